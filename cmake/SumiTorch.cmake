@@ -12,6 +12,9 @@ set(SUMI_TORCH_HAS_CUDA OFF)
 if(TARGET torch_cuda OR CUDA_FOUND OR TORCH_CUDA_LIBRARIES)
   set(SUMI_TORCH_HAS_CUDA ON)
 endif()
+if(SUMI_TORCH_HAS_CUDA AND CUDA_VERSION)
+  target_compile_definitions(sumi_torch INTERFACE SUMI_TORCH_CUDA_VERSION="${CUDA_VERSION}")
+endif()
 message(STATUS "sumi: libtorch ${Torch_VERSION} (CUDA: ${SUMI_TORCH_HAS_CUDA})")
 
 # Precompiled header shared by translation units that include ATen.

@@ -1,0 +1,405 @@
+// sumi/plugin.hpp — write a plugin as a C++ class and export it in a few lines.
+//
+//   class MyOptimizer : public sumi::Optimizer {
+//    public:
+//     explicit MyOptimizer(sumi::Context& ctx);
+//     void add_param_group(const std::string& group, std::vector<sumi::Tensor> params) override;
+//     void step(const std::vector<double>& lrs) override;
+//   };
+//   static const sumi_param_spec kParams[] = {
+//       sumi::param("momentum", SUMI_PARAM_DOUBLE, "0.9", "Momentum factor.")};
+//   SUMI_PLUGIN("my_optimizers", "1.0.0",
+//               sumi::component<MyOptimizer>("myopt", "My optimizer.", kParams))
+//
+// The glue gives each kind's C vtable trampolines that catch every exception, so nothing C++
+// crosses the boundary. Build with hidden visibility (sumi_add_plugin in the CMake package does).
+#ifndef SUMI_PLUGIN_HPP
+#define SUMI_PLUGIN_HPP
+
+#include <sumi/tensor.hpp>
+
+#include <cstring>
+#include <memory>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+namespace sumi {
+
+constexpr sumi_param_spec param(const char* key, int32_t type, const char* default_value,
+                                const char* doc) {
+  return sumi_param_spec{sizeof(sumi_param_spec), key, type, default_value, doc};
+}
+
+// The configuration and registry namespace of one component instance.
+class Context {
+ public:
+  explicit Context(sumi_context* c) : c_(c) {}
+  sumi_context* get() const { return c_; }
+
+  int64_t get_int(const char* key) const {
+    int64_t v = 0;
+    check(host().config_int(c_, key, &v));
+    return v;
+  }
+  double get_double(const char* key) const {
+    double v = 0;
+    check(host().config_double(c_, key, &v));
+    return v;
+  }
+  bool get_bool(const char* key) const {
+    int32_t v = 0;
+    check(host().config_bool(c_, key, &v));
+    return v != 0;
+  }
+  std::string get_string(const char* key) const {
+    const char* v = nullptr;
+    check(host().config_string(c_, key, &v));
+    return v ? v : "";
+  }
+  std::vector<double> get_double_list(const char* key) const {
+    const double* d = nullptr;
+    int64_t n = 0;
+    check(host().config_double_list(c_, key, &d, &n));
+    return std::vector<double>(d, d + n);
+  }
+  std::vector<int64_t> get_int_list(const char* key) const {
+    const int64_t* d = nullptr;
+    int64_t n = 0;
+    check(host().config_int_list(c_, key, &d, &n));
+    return std::vector<int64_t>(d, d + n);
+  }
+  // A trainable parameter registered with the host (a detached copy of `init`).
+  Tensor param(const std::string& name, const Tensor& init, const char* group = nullptr) {
+    sumi_tensor t = nullptr;
+    check(host().param_create(c_, name.c_str(), init.get(), group, &t));
+    return Tensor::adopt(t);
+  }
+  // Persistent non-trainable state (saved with --save_state, restored on --resume).
+  Tensor state(const std::string& name, const Tensor& init) {
+    sumi_tensor t = nullptr;
+    check(host().state_create(c_, name.c_str(), init.get(), &t));
+    return Tensor::adopt(t);
+  }
+  // Existing state, or an undefined Tensor.
+  Tensor find_state(const std::string& name) {
+    sumi_tensor t = nullptr;
+    if (host().state_find(c_, name.c_str(), &t) != SUMI_OK) return Tensor();
+    return Tensor::adopt(t);
+  }
+
+ private:
+  sumi_context* c_;
+};
+
+// ---- one base class per kind; a plugin derives from one and has a (Context&) constructor.
+class Optimizer {
+ public:
+  static constexpr int32_t kind = SUMI_KIND_OPTIMIZER;
+  static constexpr uint32_t api = SUMI_OPTIMIZER_API;
+  virtual ~Optimizer() = default;
+  virtual void add_param_group(const std::string& group, std::vector<Tensor> params) = 0;
+  virtual void step(const std::vector<double>& lrs) = 0;
+};
+
+class LrScheduler {
+ public:
+  static constexpr int32_t kind = SUMI_KIND_LR_SCHEDULER;
+  static constexpr uint32_t api = SUMI_LR_SCHEDULER_API;
+  virtual ~LrScheduler() = default;
+  virtual double factor(const sumi_lr_query& q) = 0;
+};
+
+class NoiseScheduler {
+ public:
+  static constexpr int32_t kind = SUMI_KIND_NOISE_SCHEDULER;
+  static constexpr uint32_t api = SUMI_NOISE_SCHEDULER_API;
+  virtual ~NoiseScheduler() = default;
+  virtual void set_timesteps(int64_t n) = 0;
+  virtual Tensor timesteps() = 0;
+  virtual Tensor sigmas() = 0;
+  virtual double init_noise_sigma() = 0;
+  virtual Tensor scale_model_input(const Tensor& sample, int64_t step_index) = 0;
+  virtual Tensor step(const Tensor& model_output, int64_t step_index, const Tensor& sample,
+                      const Tensor& noise) = 0;
+  virtual Tensor add_noise(const Tensor& original, const Tensor& noise, const Tensor& timesteps) = 0;
+  virtual Tensor velocity(const Tensor& sample, const Tensor& noise, const Tensor& timesteps) = 0;
+  virtual Tensor alphas_cumprod() = 0;
+};
+
+class Network {
+ public:
+  static constexpr int32_t kind = SUMI_KIND_NETWORK;
+  static constexpr uint32_t api = SUMI_NETWORK_API;
+  virtual ~Network() = default;
+  // Returns, per module, whether it is wrapped.
+  virtual std::vector<bool> attach(const std::vector<const sumi_module_info*>& modules) = 0;
+  virtual Tensor forward(int64_t module_index, const Tensor& input, const Tensor& base_output) = 0;
+  virtual Tensor weight_delta(int64_t module_index) = 0;
+  virtual void set_multiplier(double m) = 0;
+  virtual void load(const std::vector<std::string>& names, const std::vector<Tensor>& tensors) = 0;
+  virtual void set_training(bool training) = 0;
+};
+
+class Model {
+ public:
+  static constexpr int32_t kind = SUMI_KIND_MODEL;
+  static constexpr uint32_t api = SUMI_MODEL_API;
+  virtual ~Model() = default;
+  virtual void load(const std::string& path) = 0;
+  virtual const std::vector<sumi_module_info>& modules() = 0;
+  // Returns {cond, pooled}; pooled undefined when the family has none.
+  virtual std::pair<Tensor, Tensor> encode_text(const std::vector<std::string>& prompts) = 0;
+  virtual Tensor denoise(const Tensor& latents, const Tensor& timesteps, const Tensor& cond,
+                         const Tensor& pooled, const Tensor& added) = 0;
+  virtual Tensor vae_encode(const Tensor& images, bool sample) = 0;
+  virtual Tensor vae_decode(const Tensor& latents) = 0;
+  virtual void set_network(void* network_self, const sumi_network_vtable* network,
+                           const int32_t* selected) = 0;
+};
+
+class Tagger {
+ public:
+  static constexpr int32_t kind = SUMI_KIND_TAGGER;
+  static constexpr uint32_t api = SUMI_TAGGER_API;
+  virtual ~Tagger() = default;
+  virtual std::vector<std::pair<std::string, double>> tag(const Tensor& image) = 0;
+};
+
+namespace detail {
+
+template <class Impl>
+Impl& self_of(void* s) {
+  return *static_cast<Impl*>(s);
+}
+
+// Trampolines: one C vtable per (kind, implementation).
+template <class Impl>
+struct OptimizerVtable {
+  static const sumi_optimizer_vtable* get() {
+    static const sumi_optimizer_vtable vt = {
+        sizeof(sumi_optimizer_vtable),
+        [](void* s, const char* group, const sumi_tensor* params, int64_t n) {
+          return guarded([&] {
+            std::vector<Tensor> ps;
+            for (int64_t i = 0; i < n; ++i) ps.push_back(Tensor::borrow(params[i]));
+            self_of<Impl>(s).add_param_group(group ? group : "", std::move(ps));
+          });
+        },
+        [](void* s, const double* lrs, int64_t n) {
+          return guarded([&] { self_of<Impl>(s).step(std::vector<double>(lrs, lrs + n)); });
+        }};
+    return &vt;
+  }
+};
+
+template <class Impl>
+struct LrSchedulerVtable {
+  static const sumi_lr_scheduler_vtable* get() {
+    static const sumi_lr_scheduler_vtable vt = {
+        sizeof(sumi_lr_scheduler_vtable), [](void* s, const sumi_lr_query* q, double* out) {
+          return guarded([&] { *out = self_of<Impl>(s).factor(*q); });
+        }};
+    return &vt;
+  }
+};
+
+template <class Impl>
+struct NoiseSchedulerVtable {
+  static sumi_status put(sumi_tensor* out, Tensor t) {
+    *out = t.release();
+    return SUMI_OK;
+  }
+  static const sumi_noise_scheduler_vtable* get() {
+    static const sumi_noise_scheduler_vtable vt = {
+        sizeof(sumi_noise_scheduler_vtable),
+        [](void* s, int64_t n) { return guarded([&] { self_of<Impl>(s).set_timesteps(n); }); },
+        [](void* s, sumi_tensor* out) { return guarded([&] { put(out, self_of<Impl>(s).timesteps()); }); },
+        [](void* s, sumi_tensor* out) { return guarded([&] { put(out, self_of<Impl>(s).sigmas()); }); },
+        [](void* s, double* out) { return guarded([&] { *out = self_of<Impl>(s).init_noise_sigma(); }); },
+        [](void* s, sumi_tensor sample, int64_t i, sumi_tensor* out) {
+          return guarded([&] { put(out, self_of<Impl>(s).scale_model_input(Tensor::borrow(sample), i)); });
+        },
+        [](void* s, sumi_tensor mo, int64_t i, sumi_tensor sample, sumi_tensor noise, sumi_tensor* out) {
+          return guarded([&] {
+            put(out, self_of<Impl>(s).step(Tensor::borrow(mo), i, Tensor::borrow(sample), Tensor::borrow(noise)));
+          });
+        },
+        [](void* s, sumi_tensor x0, sumi_tensor noise, sumi_tensor ts, sumi_tensor* out) {
+          return guarded([&] {
+            put(out, self_of<Impl>(s).add_noise(Tensor::borrow(x0), Tensor::borrow(noise), Tensor::borrow(ts)));
+          });
+        },
+        [](void* s, sumi_tensor x0, sumi_tensor noise, sumi_tensor ts, sumi_tensor* out) {
+          return guarded([&] {
+            put(out, self_of<Impl>(s).velocity(Tensor::borrow(x0), Tensor::borrow(noise), Tensor::borrow(ts)));
+          });
+        },
+        [](void* s, sumi_tensor* out) { return guarded([&] { put(out, self_of<Impl>(s).alphas_cumprod()); }); }};
+    return &vt;
+  }
+};
+
+template <class Impl>
+struct NetworkVtable {
+  static const sumi_network_vtable* get() {
+    static const sumi_network_vtable vt = {
+        sizeof(sumi_network_vtable),
+        [](void* s, const sumi_module_info* mods, int64_t n, int32_t* selected) {
+          return guarded([&] {
+            std::vector<const sumi_module_info*> ms;
+            for (int64_t i = 0; i < n; ++i) ms.push_back(&mods[i]);
+            auto sel = self_of<Impl>(s).attach(ms);
+            for (int64_t i = 0; i < n; ++i) selected[i] = i < static_cast<int64_t>(sel.size()) && sel[static_cast<size_t>(i)];
+          });
+        },
+        [](void* s, int64_t idx, sumi_tensor in, sumi_tensor base, sumi_tensor* out) {
+          return guarded([&] { *out = self_of<Impl>(s).forward(idx, Tensor::borrow(in), Tensor::borrow(base)).release(); });
+        },
+        [](void* s, int64_t idx, sumi_tensor* out) {
+          return guarded([&] { *out = self_of<Impl>(s).weight_delta(idx).release(); });
+        },
+        [](void* s, double m) { return guarded([&] { self_of<Impl>(s).set_multiplier(m); }); },
+        [](void* s, const char* const* names, const sumi_tensor* ts, int64_t n) {
+          return guarded([&] {
+            std::vector<std::string> ns;
+            std::vector<Tensor> tv;
+            for (int64_t i = 0; i < n; ++i) {
+              ns.emplace_back(names[i]);
+              tv.push_back(Tensor::borrow(ts[i]));
+            }
+            self_of<Impl>(s).load(ns, tv);
+          });
+        },
+        [](void* s, int32_t training) { return guarded([&] { self_of<Impl>(s).set_training(training != 0); }); }};
+    return &vt;
+  }
+};
+
+template <class Impl>
+struct ModelVtable {
+  static const sumi_model_vtable* get() {
+    static const sumi_model_vtable vt = {
+        sizeof(sumi_model_vtable),
+        [](void* s, const char* path) { return guarded([&] { self_of<Impl>(s).load(path); }); },
+        [](void* s, const sumi_module_info** out, int64_t* n) {
+          return guarded([&] {
+            const auto& m = self_of<Impl>(s).modules();
+            *out = m.data();
+            *n = static_cast<int64_t>(m.size());
+          });
+        },
+        [](void* s, const char* const* prompts, int64_t n, sumi_tensor* cond, sumi_tensor* pooled) {
+          return guarded([&] {
+            std::vector<std::string> ps(prompts, prompts + n);
+            auto r = self_of<Impl>(s).encode_text(ps);
+            *cond = r.first.release();
+            if (pooled) *pooled = r.second.release();
+          });
+        },
+        [](void* s, sumi_tensor lat, sumi_tensor ts, sumi_tensor cond, sumi_tensor pooled, sumi_tensor added,
+           sumi_tensor* out) {
+          return guarded([&] {
+            *out = self_of<Impl>(s)
+                       .denoise(Tensor::borrow(lat), Tensor::borrow(ts), Tensor::borrow(cond),
+                                Tensor::borrow(pooled), Tensor::borrow(added))
+                       .release();
+          });
+        },
+        [](void* s, sumi_tensor img, int32_t sample, sumi_tensor* out) {
+          return guarded([&] { *out = self_of<Impl>(s).vae_encode(Tensor::borrow(img), sample != 0).release(); });
+        },
+        [](void* s, sumi_tensor lat, sumi_tensor* out) {
+          return guarded([&] { *out = self_of<Impl>(s).vae_decode(Tensor::borrow(lat)).release(); });
+        },
+        [](void* s, void* net, const sumi_network_vtable* vt2, const int32_t* selected) {
+          return guarded([&] { self_of<Impl>(s).set_network(net, vt2, selected); });
+        }};
+    return &vt;
+  }
+};
+
+template <class Impl>
+struct TaggerVtable {
+  static const sumi_tagger_vtable* get() {
+    static const sumi_tagger_vtable vt = {
+        sizeof(sumi_tagger_vtable), [](void* s, sumi_tensor image, sumi_tag_sink sink, void* user) {
+          return guarded([&] {
+            for (const auto& [tag, score] : self_of<Impl>(s).tag(Tensor::borrow(image))) sink(user, tag.c_str(), score);
+          });
+        }};
+    return &vt;
+  }
+};
+
+template <class Impl>
+const void* vtable_for() {
+  if constexpr (std::is_base_of_v<Optimizer, Impl>) return OptimizerVtable<Impl>::get();
+  else if constexpr (std::is_base_of_v<LrScheduler, Impl>) return LrSchedulerVtable<Impl>::get();
+  else if constexpr (std::is_base_of_v<NoiseScheduler, Impl>) return NoiseSchedulerVtable<Impl>::get();
+  else if constexpr (std::is_base_of_v<Network, Impl>) return NetworkVtable<Impl>::get();
+  else if constexpr (std::is_base_of_v<Model, Impl>) return ModelVtable<Impl>::get();
+  else {
+    static_assert(std::is_base_of_v<Tagger, Impl>, "a component derives from one sumi kind base class");
+    return TaggerVtable<Impl>::get();
+  }
+}
+
+inline sumi_status plugin_entry(const sumi_host_api* h, const sumi_plugin_descriptor** out,
+                                const sumi_plugin_descriptor* desc) {
+  if (!h || !out) return SUMI_ERR_INVALID_ARGUMENT;
+  // Version checks are the host's: it reads abi_major/abi_minor from the descriptor and
+  // refuses with a message naming both sides.
+  g_host = h;
+  *out = desc;
+  return SUMI_OK;
+}
+
+}  // namespace detail
+
+// Describe one component implemented by class Impl (derived from a kind base class, with an
+// `explicit Impl(sumi::Context&)` constructor).
+template <class Impl, size_t N>
+sumi_component component(const char* name, const char* summary, const sumi_param_spec (&params)[N]) {
+  return sumi_component{sizeof(sumi_component),
+                        Impl::kind,
+                        Impl::api,
+                        name,
+                        summary,
+                        params,
+                        static_cast<int64_t>(N),
+                        [](const sumi_host_api*, sumi_context* c, void** self) {
+                          return detail::guarded([&] {
+                            Context ctx(c);
+                            *self = new Impl(ctx);
+                          });
+                        },
+                        [](void* self) { delete static_cast<Impl*>(self); },
+                        detail::vtable_for<Impl>()};
+}
+
+template <class Impl>
+sumi_component component(const char* name, const char* summary) {
+  static const sumi_param_spec none_[1] = {param("", 0, nullptr, nullptr)};
+  auto c = component<Impl>(name, summary, none_);
+  c.n_params = 0;
+  return c;
+}
+
+}  // namespace sumi
+
+// Export the library's entry point. Arguments after the version are sumi_component values.
+#define SUMI_PLUGIN_DESCRIPTOR_(LIB, VER, NATIVE, ...)                                            \
+  extern "C" SUMI_EXPORT sumi_status sumi_plugin_entry(const sumi_host_api* host_,              \
+                                                       const sumi_plugin_descriptor** out_) {   \
+    static const sumi_component components_[] = {__VA_ARGS__};                                  \
+    static const sumi_plugin_descriptor desc_ = {                                                \
+        sizeof(sumi_plugin_descriptor), SUMI_ABI_MAJOR, SUMI_ABI_MINOR, LIB, VER, components_,   \
+        static_cast<int64_t>(sizeof(components_) / sizeof(components_[0])), NATIVE};             \
+    return ::sumi::detail::plugin_entry(host_, out_, &desc_);                                    \
+  }
+
+#define SUMI_PLUGIN(LIB, VER, ...) SUMI_PLUGIN_DESCRIPTOR_(LIB, VER, nullptr, __VA_ARGS__)
+
+#endif  // SUMI_PLUGIN_HPP
