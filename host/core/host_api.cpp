@@ -180,8 +180,9 @@ void autocast_set(int32_t device_type, int32_t enabled, sumi_dtype dtype) {
 
 // ---------------------------------------------------------------- custom autograd
 struct PluginFunction : public torch::autograd::Function<PluginFunction> {
+  // Inputs arrive as a TensorList: that is what makes autograd treat each one as a variable.
   static torch::autograd::variable_list forward(torch::autograd::AutogradContext* ctx, int64_t fn_bits,
-                                                const torch::autograd::variable_list& inputs) {
+                                                at::TensorList inputs) {
     const auto* fn = reinterpret_cast<const sumi_autograd_function*>(fn_bits);
     ctx->saved_data["fn"] = fn_bits;
     ctx->saved_data["n_inputs"] = static_cast<int64_t>(inputs.size());
@@ -250,7 +251,7 @@ sumi_status autograd_apply(const sumi_autograd_function* fn, const sumi_tensor* 
       throw UserError("autograd_apply: incomplete sumi_autograd_function");
     torch::autograd::variable_list in;
     for (int64_t i = 0; i < n_inputs; ++i) in.push_back(unwrap(inputs[i]));
-    auto out = PluginFunction::apply(reinterpret_cast<int64_t>(fn), in);
+    auto out = PluginFunction::apply(reinterpret_cast<int64_t>(fn), at::TensorList(in));
     if (static_cast<int64_t>(out.size()) > max_outputs) throw UserError("autograd_apply: more outputs than room");
     for (size_t i = 0; i < out.size(); ++i) outputs[i] = make_handle(out[i]);
     *n_outputs = static_cast<int64_t>(out.size());

@@ -38,6 +38,37 @@ c10::IValue to_ivalue(const sumi_value& v, const c10::Argument& arg, const std::
                     tag_name(v.tag) + (why.empty() ? "" : " (" + why + ")"));
   };
   const auto kind = type->kind();
+  // Scalars may go where a number is expected; everything else must match the schema's kind,
+  // or the dispatcher would assert deep inside the kernel.
+  const bool number = kind == c10::TypeKind::IntType || kind == c10::TypeKind::FloatType ||
+                      kind == c10::TypeKind::NumberType || kind == c10::TypeKind::BoolType ||
+                      kind == c10::TypeKind::SymIntType;
+  const bool list = kind == c10::TypeKind::ListType;
+  switch (v.tag) {
+    case SUMI_VALUE_TENSOR:
+      if (kind != c10::TypeKind::TensorType) return fail("");
+      break;
+    case SUMI_VALUE_INT:
+      if (!number && !list) return fail("");
+      break;
+    case SUMI_VALUE_DOUBLE:
+      if (!number) return fail("");
+      break;
+    case SUMI_VALUE_BOOL:
+      if (!number) return fail("");
+      break;
+    case SUMI_VALUE_INT_LIST:
+    case SUMI_VALUE_DOUBLE_LIST:
+    case SUMI_VALUE_BOOL_LIST:
+    case SUMI_VALUE_TENSOR_LIST:
+      if (!list) return fail("");
+      break;
+    case SUMI_VALUE_STRING:
+      if (kind != c10::TypeKind::StringType) return fail("");
+      break;
+    default:
+      break;
+  }
   switch (v.tag) {
     case SUMI_VALUE_NONE:
       if (arg.default_value() && arg.default_value()->isNone()) return c10::IValue();

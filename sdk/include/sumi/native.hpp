@@ -32,10 +32,10 @@ inline const sumi_native_info* build_info() {
 
 // The host's tensor behind a handle (borrowed).
 inline const at::Tensor& unwrap(const Tensor& t) {
-  return *static_cast<const at::Tensor*>(host().native_tensor(t.get()));
+  return *static_cast<const at::Tensor*>(api().native_tensor(t.get()));
 }
 // A new handle sharing `t`.
-inline Tensor wrap(const at::Tensor& t) { return Tensor::adopt(host().native_wrap(&t)); }
+inline Tensor wrap(const at::Tensor& t) { return Tensor::adopt(api().native_wrap(&t)); }
 
 }  // namespace sumi::native
 

@@ -40,52 +40,52 @@ class Context {
 
   int64_t get_int(const char* key) const {
     int64_t v = 0;
-    check(host().config_int(c_, key, &v));
+    check(api().config_int(c_, key, &v));
     return v;
   }
   double get_double(const char* key) const {
     double v = 0;
-    check(host().config_double(c_, key, &v));
+    check(api().config_double(c_, key, &v));
     return v;
   }
   bool get_bool(const char* key) const {
     int32_t v = 0;
-    check(host().config_bool(c_, key, &v));
+    check(api().config_bool(c_, key, &v));
     return v != 0;
   }
   std::string get_string(const char* key) const {
     const char* v = nullptr;
-    check(host().config_string(c_, key, &v));
+    check(api().config_string(c_, key, &v));
     return v ? v : "";
   }
   std::vector<double> get_double_list(const char* key) const {
     const double* d = nullptr;
     int64_t n = 0;
-    check(host().config_double_list(c_, key, &d, &n));
+    check(api().config_double_list(c_, key, &d, &n));
     return std::vector<double>(d, d + n);
   }
   std::vector<int64_t> get_int_list(const char* key) const {
     const int64_t* d = nullptr;
     int64_t n = 0;
-    check(host().config_int_list(c_, key, &d, &n));
+    check(api().config_int_list(c_, key, &d, &n));
     return std::vector<int64_t>(d, d + n);
   }
   // A trainable parameter registered with the host (a detached copy of `init`).
   Tensor param(const std::string& name, const Tensor& init, const char* group = nullptr) {
     sumi_tensor t = nullptr;
-    check(host().param_create(c_, name.c_str(), init.get(), group, &t));
+    check(api().param_create(c_, name.c_str(), init.get(), group, &t));
     return Tensor::adopt(t);
   }
   // Persistent non-trainable state (saved with --save_state, restored on --resume).
   Tensor state(const std::string& name, const Tensor& init) {
     sumi_tensor t = nullptr;
-    check(host().state_create(c_, name.c_str(), init.get(), &t));
+    check(api().state_create(c_, name.c_str(), init.get(), &t));
     return Tensor::adopt(t);
   }
   // Existing state, or an undefined Tensor.
   Tensor find_state(const std::string& name) {
     sumi_tensor t = nullptr;
-    if (host().state_find(c_, name.c_str(), &t) != SUMI_OK) return Tensor();
+    if (api().state_find(c_, name.c_str(), &t) != SUMI_OK) return Tensor();
     return Tensor::adopt(t);
   }
 

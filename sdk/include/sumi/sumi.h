@@ -296,6 +296,7 @@ typedef struct sumi_lr_query {
   int64_t step;          /* optimizer steps taken so far (0 for the first step) */
   int64_t total_steps;   /* planned optimizer steps */
   int64_t warmup_steps;  /* from the recipe's lr_scheduler.warmup_steps */
+  double base_lr;        /* the optimizer's learning_rate (polynomial decay ends at lr_end) */
 } sumi_lr_query;
 
 typedef struct sumi_lr_scheduler_vtable {

@@ -18,6 +18,12 @@
 #include <utility>
 #include <vector>
 
+// sumi_dtype is a C struct in the global namespace; compare it there so lookup finds it.
+inline bool operator==(sumi_dtype a, sumi_dtype b) {
+  return a.code == b.code && a.bits == b.bits && a.lanes == b.lanes;
+}
+inline bool operator!=(sumi_dtype a, sumi_dtype b) { return !(a == b); }
+
 namespace sumi {
 
 namespace detail {
@@ -26,7 +32,7 @@ namespace detail {
 inline const sumi_host_api* g_host = nullptr;
 }  // namespace detail
 
-inline const sumi_host_api& host() { return *detail::g_host; }
+inline const sumi_host_api& api() { return *detail::g_host; }
 
 // A failed host call or a plugin-side error. `code` travels back across the boundary.
 class Error : public std::runtime_error {
@@ -39,7 +45,7 @@ class Error : public std::runtime_error {
 };
 
 inline void check(sumi_status status) {
-  if (status != SUMI_OK) throw Error(status, host().last_error());
+  if (status != SUMI_OK) throw Error(status, api().last_error());
 }
 
 namespace dtype {
@@ -53,11 +59,6 @@ constexpr sumi_dtype u8{SUMI_DTYPE_CODE_UINT, 8, 1};
 constexpr sumi_dtype boolean{SUMI_DTYPE_CODE_BOOL, 8, 1};
 }  // namespace dtype
 
-inline bool operator==(sumi_dtype a, sumi_dtype b) {
-  return a.code == b.code && a.bits == b.bits && a.lanes == b.lanes;
-}
-inline bool operator!=(sumi_dtype a, sumi_dtype b) { return !(a == b); }
-
 // A counted reference to a host tensor.
 class Tensor {
  public:
@@ -66,11 +67,11 @@ class Tensor {
   static Tensor adopt(sumi_tensor h) { return Tensor(h); }
   // Adds a reference to a borrowed handle.
   static Tensor borrow(sumi_tensor h) {
-    if (h) host().tensor_retain(h);
+    if (h) api().tensor_retain(h);
     return Tensor(h);
   }
   Tensor(const Tensor& o) : h_(o.h_) {
-    if (h_) host().tensor_retain(h_);
+    if (h_) api().tensor_retain(h_);
   }
   Tensor(Tensor&& o) noexcept : h_(std::exchange(o.h_, nullptr)) {}
   Tensor& operator=(Tensor o) noexcept {
@@ -78,7 +79,7 @@ class Tensor {
     return *this;
   }
   ~Tensor() {
-    if (h_) host().tensor_release(h_);
+    if (h_) api().tensor_release(h_);
   }
 
   bool defined() const { return h_ != nullptr; }
@@ -86,10 +87,10 @@ class Tensor {
   // Gives up ownership (for returning a new reference across the boundary).
   sumi_tensor release() { return std::exchange(h_, nullptr); }
 
-  int64_t dim() const { return host().tensor_ndim(h_); }
+  int64_t dim() const { return api().tensor_ndim(h_); }
   std::vector<int64_t> sizes() const {
     std::vector<int64_t> s(static_cast<size_t>(dim()));
-    host().tensor_shape(h_, s.data(), static_cast<int64_t>(s.size()));
+    api().tensor_shape(h_, s.data(), static_cast<int64_t>(s.size()));
     return s;
   }
   int64_t size(int64_t d) const {
@@ -102,39 +103,39 @@ class Tensor {
     for (auto v : sizes()) n *= v;
     return n;
   }
-  sumi_dtype dtype() const { return host().tensor_dtype(h_); }
-  sumi_device device() const { return host().tensor_device(h_); }
-  bool requires_grad() const { return host().tensor_requires_grad(h_) != 0; }
+  sumi_dtype dtype() const { return api().tensor_dtype(h_); }
+  sumi_device device() const { return api().tensor_device(h_); }
+  bool requires_grad() const { return api().tensor_requires_grad(h_) != 0; }
   Tensor grad() const {
     sumi_tensor g = nullptr;
-    check(host().tensor_grad(h_, &g));
+    check(api().tensor_grad(h_, &g));
     return Tensor(g);
   }
   double item() const {
     double v = 0;
-    check(host().tensor_item(h_, &v));
+    check(api().tensor_item(h_, &v));
     return v;
   }
   // Copy out as a flat vector (converted to float64 / float32).
   std::vector<double> to_vector() const {
     std::vector<double> v(static_cast<size_t>(numel()));
-    check(host().tensor_copy_to(h_, dtype::f64, v.data(), v.size() * sizeof(double)));
+    check(api().tensor_copy_to(h_, dtype::f64, v.data(), v.size() * sizeof(double)));
     return v;
   }
   std::vector<float> to_float_vector() const {
     std::vector<float> v(static_cast<size_t>(numel()));
-    check(host().tensor_copy_to(h_, dtype::f32, v.data(), v.size() * sizeof(float)));
+    check(api().tensor_copy_to(h_, dtype::f32, v.data(), v.size() * sizeof(float)));
     return v;
   }
   static Tensor from_data(const std::vector<float>& data, const std::vector<int64_t>& shape) {
     sumi_tensor out = nullptr;
-    check(host().tensor_from_data(data.data(), dtype::f32, shape.data(),
+    check(api().tensor_from_data(data.data(), dtype::f32, shape.data(),
                                   static_cast<int64_t>(shape.size()), &out));
     return Tensor(out);
   }
   static Tensor from_data(const std::vector<double>& data, const std::vector<int64_t>& shape) {
     sumi_tensor out = nullptr;
-    check(host().tensor_from_data(data.data(), dtype::f64, shape.data(),
+    check(api().tensor_from_data(data.data(), dtype::f64, shape.data(),
                                   static_cast<int64_t>(shape.size()), &out));
     return Tensor(out);
   }
@@ -209,7 +210,7 @@ class Arg {
 // A resolved ATen operator. Resolve once (e.g. a function-local static), call many times.
 class Op {
  public:
-  Op(const char* name, const char* overload = "") { check(host().op_find(name, overload, &op_)); }
+  Op(const char* name, const char* overload = "") { check(api().op_find(name, overload, &op_)); }
 
   // All results, tensor lists flattened in order.
   std::vector<Tensor> call_all(std::initializer_list<Arg> args) const {
@@ -218,7 +219,7 @@ class Op {
     for (const auto& a : args) in.push_back(a.value());
     sumi_value out[8];
     int64_t n = 0;
-    check(host().op_call(op_, in.data(), static_cast<int64_t>(in.size()), out, 8, &n));
+    check(api().op_call(op_, in.data(), static_cast<int64_t>(in.size()), out, 8, &n));
     std::vector<Tensor> result;
     for (int64_t i = 0; i < n; ++i) {
       if (out[i].tag == SUMI_VALUE_TENSOR) {
@@ -229,7 +230,7 @@ class Op {
           result.push_back(Tensor::borrow(out[i].u.tensors.data[k]));
       }
     }
-    host().values_release(out, n);
+    api().values_release(out, n);
     return result;
   }
   // The first tensor result.
@@ -382,8 +383,8 @@ inline Tensor operator/(const Tensor& a, double b) { return ops::div(a, b); }
 // Thread-local grad mode, restored on scope exit.
 class NoGradGuard {
  public:
-  NoGradGuard() : prev_(host().grad_mode_enabled()) { host().grad_mode_set(0); }
-  ~NoGradGuard() { host().grad_mode_set(prev_); }
+  NoGradGuard() : prev_(api().grad_mode_enabled()) { api().grad_mode_set(0); }
+  ~NoGradGuard() { api().grad_mode_set(prev_); }
   NoGradGuard(const NoGradGuard&) = delete;
   NoGradGuard& operator=(const NoGradGuard&) = delete;
 
@@ -395,10 +396,10 @@ class NoGradGuard {
 class AutocastGuard {
  public:
   AutocastGuard(int32_t device_type, bool enabled, sumi_dtype dt = dtype::bf16) : device_(device_type) {
-    host().autocast_get(device_, &prev_enabled_, &prev_dtype_);
-    host().autocast_set(device_, enabled ? 1 : 0, dt);
+    api().autocast_get(device_, &prev_enabled_, &prev_dtype_);
+    api().autocast_set(device_, enabled ? 1 : 0, dt);
   }
-  ~AutocastGuard() { host().autocast_set(device_, prev_enabled_, prev_dtype_); }
+  ~AutocastGuard() { api().autocast_set(device_, prev_enabled_, prev_dtype_); }
   AutocastGuard(const AutocastGuard&) = delete;
   AutocastGuard& operator=(const AutocastGuard&) = delete;
 
@@ -418,11 +419,11 @@ class AutogradContext {
   void save_for_backward(const std::vector<Tensor>& ts) {
     std::vector<sumi_tensor> hs;
     for (const auto& t : ts) hs.push_back(t.get());
-    check(host().autograd_save(c_, hs.data(), static_cast<int64_t>(hs.size())));
+    check(api().autograd_save(c_, hs.data(), static_cast<int64_t>(hs.size())));
   }
   Tensor saved(int64_t i) const {
     sumi_tensor t = nullptr;
-    check(host().autograd_saved(c_, i, &t));
+    check(api().autograd_saved(c_, i, &t));
     return Tensor::adopt(t);
   }
 
@@ -439,11 +440,11 @@ sumi_status guarded(F&& f) noexcept {
     f();
     return SUMI_OK;
   } catch (const Error& e) {
-    return host().set_error(e.code(), e.what());
+    return api().set_error(e.code(), e.what());
   } catch (const std::exception& e) {
-    return host().set_error(SUMI_ERR_EXCEPTION, e.what());
+    return api().set_error(SUMI_ERR_EXCEPTION, e.what());
   } catch (...) {
-    return host().set_error(SUMI_ERR_EXCEPTION, "unknown C++ exception in plugin");
+    return api().set_error(SUMI_ERR_EXCEPTION, "unknown C++ exception in plugin");
   }
 }
 }  // namespace detail
@@ -458,7 +459,7 @@ class Function {
     for (const auto& t : inputs) in.push_back(t.get());
     sumi_tensor out[16];
     int64_t n = 0;
-    check(host().autograd_apply(&fn, in.data(), static_cast<int64_t>(in.size()), out, 16, &n));
+    check(api().autograd_apply(&fn, in.data(), static_cast<int64_t>(in.size()), out, 16, &n));
     std::vector<Tensor> result;
     for (int64_t i = 0; i < n; ++i) result.push_back(Tensor::adopt(out[i]));
     return result;

@@ -1,0 +1,132 @@
+// Plugin loading: discovery by name and path, null plugins of every kind, and every refusal the
+// host must make while it keeps running.
+#include <doctest/doctest.h>
+
+#include "core/error.h"
+#include "core/host_api.h"
+#include "core/tensor_handle.h"
+#include "test_helpers.h"
+
+using sumi::host::UserError;
+using sumi::test::plugins;
+
+TEST_CASE("null plugin of every kind loads and runs") {
+  sumi::host::Registry reg;
+  for (int32_t kind = SUMI_KIND_MODEL; kind <= SUMI_KIND_TAGGER; ++kind) {
+    CAPTURE(kind);
+    auto c = sumi::test::make(kind, "null", reg);
+    CHECK(c->info().kind == kind);
+    CHECK(std::string(c->info().name) == "null");
+  }
+  auto opt = sumi::test::make(SUMI_KIND_OPTIMIZER, "null", reg);
+  double lr = 1.0;
+  CHECK(opt->vtable<sumi_optimizer_vtable>().step(opt->self(), &lr, 1) == SUMI_OK);
+  auto lrs = sumi::test::make(SUMI_KIND_LR_SCHEDULER, "null", reg);
+  sumi_lr_query q{sizeof(sumi_lr_query), 3, 10, 0, 1e-3};
+  double f = 0;
+  CHECK(lrs->vtable<sumi_lr_scheduler_vtable>().factor(lrs->self(), &q, &f) == SUMI_OK);
+  CHECK(f == 1.0);
+  auto model = sumi::test::make(SUMI_KIND_MODEL, "null", reg);
+  auto latents = sumi::host::make_handle(at::ones({1, 4, 8, 8}));
+  sumi_tensor img = nullptr;
+  model->check(model->vtable<sumi_model_vtable>().vae_decode(model->self(), latents, &img), "vae_decode");
+  CHECK((sumi::host::unwrap(img).sizes() == at::IntArrayRef({1, 3, 64, 64})));
+  sumi::host::host_api()->tensor_release(img);
+  sumi::host::host_api()->tensor_release(latents);
+}
+
+TEST_CASE("plugins are found by name, by Python module name and by path") {
+  auto a = plugins().find(SUMI_KIND_OPTIMIZER, "adamw");
+  CHECK(std::string(a.component->name) == "adamw");
+  auto b = plugins().find(SUMI_KIND_OPTIMIZER, "library.adamw");
+  CHECK(b.component == a.component);
+  auto c = plugins().find(SUMI_KIND_TAGGER, std::string(SUMI_PLUGIN_DIR) + "/sumi_null.so");
+  CHECK(std::string(c.component->name) == "null");
+  CHECK_THROWS_WITH_AS(plugins().find(SUMI_KIND_LR_SCHEDULER, std::string(SUMI_PLUGIN_DIR) + "/sumi_lr_schedulers.so"),
+                       doctest::Contains("has 6 lr_scheduler components"), UserError);
+}
+
+TEST_CASE("unknown plugin name lists what is available") {
+  CHECK_THROWS_WITH_AS(plugins().find(SUMI_KIND_OPTIMIZER, "adamw8bit"),
+                       doctest::Contains("no optimizer plugin named 'adamw8bit'; available: adamw"), UserError);
+}
+
+TEST_CASE("refusals: versions, native build, missing entry, failing entry") {
+  sumi::host::PluginManager pm;
+  CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_newer_minor")),
+                       doctest::Contains("needs sumi ABI 1.1, newer than this host's 1.0"), UserError);
+  CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_other_major")),
+                       doctest::Contains("was built for sumi ABI 2.0, but this host speaks ABI 1.0"), UserError);
+  CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_native_mismatch")),
+                       doctest::Contains("native plugin built for libtorch 0.0.1-not-this-torch"), UserError);
+  CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_no_entry")),
+                       doctest::Contains("exports no 'sumi_plugin_entry' symbol"), UserError);
+  CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_entry_error")),
+                       doctest::Contains("refusing to initialise on purpose"), UserError);
+  CHECK_THROWS_WITH_AS(pm.load("/nonexistent/plugin.so"), doctest::Contains("does not exist"), UserError);
+  // The host is still usable afterwards.
+  CHECK(pm.load(sumi::test::test_plugin("test_oldest_header")).components.size() == 1);
+}
+
+TEST_CASE("a plugin built against the frozen ABI 1.0 header still works") {
+  sumi::host::Registry reg;
+  auto ref = plugins().find(SUMI_KIND_LR_SCHEDULER, sumi::test::test_plugin("test_oldest_header"));
+  sumi::host::Component c(ref, "lr", reg, {});
+  sumi_lr_query q{sizeof(sumi_lr_query), 0, 10, 0, 1e-3};
+  double f = 0;
+  CHECK(c.vtable<sumi_lr_scheduler_vtable>().factor(c.self(), &q, &f) == SUMI_OK);
+  CHECK(f == 0.5);
+}
+
+TEST_CASE("a plugin that returns an error or throws is reported, and the host goes on") {
+  sumi::host::Registry reg;
+  const auto path = sumi::test::test_plugin("test_misbehaving");
+  auto failing = plugins().load(path).components.at(0);
+  CHECK_THROWS_WITH_AS(sumi::host::Component(failing, "o", reg, sumi::host::make_config(*failing.component, {{"fail", "create"}})),
+                       doctest::Contains("create failed: failing: asked to fail in create"), UserError);
+
+  sumi::host::Component step_err(failing, "o1", reg, sumi::host::make_config(*failing.component, {}));
+  double lr = 0.1;
+  sumi_status s = step_err.vtable<sumi_optimizer_vtable>().step(step_err.self(), &lr, 1);
+  CHECK(s == SUMI_ERR_RUNTIME);
+  CHECK_THROWS_WITH_AS(step_err.check(s, "step"), doctest::Contains("step failed: failing: step returns an error"), UserError);
+
+  sumi::host::Component thrower(failing, "o2", reg, sumi::host::make_config(*failing.component, {{"fail", "throw"}}));
+  s = thrower.vtable<sumi_optimizer_vtable>().step(thrower.self(), &lr, 1);
+  CHECK(s == SUMI_ERR_EXCEPTION);
+  CHECK(sumi::host::last_error().find("std::runtime_error thrown inside step") != std::string::npos);
+
+  auto raw = plugins().load(path).components.at(1);
+  sumi::host::Component raw_c(raw, "o3", reg, {});
+  s = sumi::host::call_plugin([&] { return raw_c.vtable<sumi_optimizer_vtable>().step(raw_c.self(), &lr, 1); });
+  CHECK(s == SUMI_ERR_EXCEPTION);
+  CHECK(sumi::host::last_error().find("raw plugin threw through the C ABI") != std::string::npos);
+
+  // Still running: a healthy plugin works after all of that.
+  auto ok = sumi::test::make(SUMI_KIND_OPTIMIZER, "sgd", reg, {}, "after");
+  CHECK(ok->self() != nullptr);
+}
+
+TEST_CASE("component configuration is validated against the schema") {
+  auto ref = plugins().find(SUMI_KIND_OPTIMIZER, "adamw");
+  CHECK_THROWS_WITH_AS(sumi::host::make_config(*ref.component, {{"weight_decy", "0.1"}}),
+                       doctest::Contains("has no parameter 'weight_decy'"), UserError);
+  CHECK_THROWS_WITH_AS(sumi::host::make_config(*ref.component, {{"eps", "tiny"}}),
+                       doctest::Contains("expected a float, found 'tiny'"), UserError);
+  auto cfg = sumi::host::make_config(*ref.component, {{"betas", "0.8, 0.99"}});
+  CHECK(cfg.at("betas").doubles == std::vector<double>{0.8, 0.99});
+  CHECK(cfg.at("weight_decay").d == doctest::Approx(0.01));
+}
+
+TEST_CASE("registry: one namespace per component, duplicates refused") {
+  sumi::host::Registry reg;
+  reg.add("network", "a.weight", at::zeros({2}), "unet", true);
+  reg.add("network", "b.weight", at::zeros({3}), "text_encoder", true);
+  reg.add("optimizer", "a.step", at::zeros({}), "", false);
+  CHECK_THROWS_WITH_AS(reg.add("network", "a.weight", at::zeros({2}), "", true), doctest::Contains("already exists"), UserError);
+  auto groups = reg.param_groups("network");
+  REQUIRE(groups.size() == 2);
+  CHECK(groups[0].first == "unet");
+  CHECK(groups[0].second[0].requires_grad());
+  CHECK_FALSE(reg.find("optimizer", "a.step")->tensor.requires_grad());
+}
