@@ -5,6 +5,9 @@
 #include "sumi/recipe/load.h"
 #include "sumi/recipe/plan.h"
 #include "sumi/recipe/sections.h"
+#include <fstream>
+#include <iterator>
+
 #include "test_support.h"
 
 using namespace sumi::recipe;
@@ -32,8 +35,8 @@ TEST_CASE("every flag in the table maps to a recipe section") {
     std::string target = f.target;
     if (target.empty()) continue;
     std::string section = target.substr(0, target.find('.'));
-    CHECK_MESSAGE(is_section(section), f.name);
-    CHECK_MESSAGE(find_kohya_flag(f.name) == &f, "duplicate flag ", f.name);
+    CHECK_MESSAGE(is_section(section), std::string(f.name));
+    CHECK_MESSAGE(find_kohya_flag(f.name) == &f, std::string("duplicate flag ") + f.name);
   }
   CHECK(find_kohya_flag("network_dim")->kind == KohyaKind::Int);
   CHECK(find_kohya_flag("optimizer_args")->kind == KohyaKind::KeyValues);
@@ -149,8 +152,8 @@ TEST_CASE("a flag sumi cannot act on yet is an error at validation, never silent
   Value root = load_recipe(data_file("kohya_equivalent.toml"));
   apply_kohya_args(root, {"--mixed_precision", "fp16"});
   CHECK_THROWS_WITH_AS(resolve_recipe(root, test_schemas()),
-                       has("sumi does not support --mixed_precision yet (--mixed_precision; "
-                                         "it would set train.mixed_precision"),
+                       has("sumi does not support --mixed_precision yet (it maps to "
+                           "train.mixed_precision, which the host does not declare)"),
                        RecipeError);
   Value d = load_recipe(data_file("kohya_equivalent.toml"));
   apply_kohya_args(d, {"--train_data_dir", "img", "--resolution", "512,512"});
@@ -232,4 +235,13 @@ TEST_CASE("config file errors") {
                        has("sumi does not support --mixed_precision yet (" +
                                          unsupported.path().string() + ":1"),
                        RecipeError);
+}
+
+TEST_CASE("docs/recipes.md lists every kohya flag sumi knows") {
+  std::ifstream in(std::filesystem::path(SUMI_SOURCE_DIR) / "docs" / "recipes.md");
+  REQUIRE(in.good());
+  std::string doc((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  for (const auto& f : kohya_flags())
+    CHECK_MESSAGE(doc.find("| `--" + std::string(f.name) + "` |") != std::string::npos,
+                  std::string(f.name));
 }

@@ -95,8 +95,8 @@ void put_key_value(Value& root, const std::string& section, const std::string& i
   key.erase(0, key.find_first_not_of(" \t"));
   key.erase(key.find_last_not_of(" \t") + 1);
   if (key.empty())
-    throw RecipeError(origin + ": --" + flag + " expects key=value items (e.g. weight_decay=0.01), found '" +
-                      item + "'");
+    throw RecipeError((origin == "--" + flag ? origin : origin + ": " + flag) +
+                      " expects key=value items (e.g. weight_decay=0.01), found '" + item + "'");
   section_table(root, section, origin).set(key, parse_value_text(item.substr(eq + 1), origin));
 }
 

@@ -17,8 +17,9 @@ namespace {
 
 void check_no_flags(const Value& v, std::vector<std::string>& errors) {
   if (!v.flag().empty()) {
-    errors.push_back("sumi does not support " + v.flag() + " yet (" + v.origin() +
-                     "; datasets from kohya flags come with the dataset work)");
+    std::string where_from = v.origin() == v.flag() ? "" : v.origin() + "; ";
+    errors.push_back("sumi does not support " + v.flag() + " yet (" + where_from +
+                     "describe the dataset in the recipe's [[datasets]] instead)");
     return;
   }
   if (v.is_array())

@@ -215,7 +215,9 @@ ResolvedSection resolve_section(const Value& section, std::string_view section_n
   std::string plugin;
   if (const Value* t = section.find("type"); t && t->kind() == Value::Kind::String)
     plugin = t->as_string();
-  std::string owner = plugin.empty() ? "" : " the '" + plugin + "' " + name + " plugin and";
+  std::string declarers = plugin.empty() ? "the host does not declare"
+                                         : "neither the host nor the '" + plugin + "' " + name +
+                                               " plugin declares";
 
   std::vector<ParamSpec> specs = host_specs;
   for (const auto& p : plugin_specs) {
@@ -236,9 +238,9 @@ ResolvedSection resolve_section(const Value& section, std::string_view section_n
       if (std::find(valid.begin(), valid.end(), key) != valid.end()) continue;
       const Value& v = *section.find(key);
       if (!v.flag().empty()) {
-        errors.push_back("sumi does not support " + v.flag() + " yet (" + v.origin() +
-                         "; it would set " + name + "." + key + ", which neither" + owner +
-                         " the host declares)");
+        std::string where_from = v.origin() == v.flag() ? "" : v.origin() + "; ";
+        errors.push_back("sumi does not support " + v.flag() + " yet (" + where_from +
+                         "it maps to " + name + "." + key + ", which " + declarers + ")");
         continue;
       }
       std::string msg = "unknown key '" + key + "' in [" + name + "] (" + v.origin() + ")";
