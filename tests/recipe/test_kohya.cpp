@@ -36,7 +36,7 @@ TEST_CASE("every flag in the table maps to a recipe section") {
     if (target.empty()) continue;
     std::string section = target.substr(0, target.find('.'));
     CHECK_MESSAGE(is_section(section), std::string(f.name));
-    CHECK_MESSAGE(find_kohya_flag(f.name) == &f, std::string("duplicate flag ") + f.name);
+    CHECK_MESSAGE(find_kohya_flag(f.name) == &f, (std::string("duplicate flag ") + f.name));
   }
   CHECK(find_kohya_flag("network_dim")->kind == KohyaKind::Int);
   CHECK(find_kohya_flag("optimizer_args")->kind == KohyaKind::KeyValues);
