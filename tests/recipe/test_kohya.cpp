@@ -105,6 +105,14 @@ TEST_CASE("SGDNesterov is sgd with nesterov and kohya's momentum 0.9") {
   // A momentum the user gave wins, whichever order the flags come in.
   Value m = kohya({"--optimizer_args", "momentum=0.5", "--optimizer_type", "SGDNesterov"});
   CHECK(at(m, "optimizer", "momentum").as_double() == 0.5);
+  CHECK(at(r, "optimizer", "momentum").origin() == "--optimizer_type (implied by SGDNesterov)");
+
+  // A config file's SGDNesterov overridden on the command line leaves nothing behind.
+  TempFile cfg("cfg.toml", "optimizer_type = \"SGDNesterov\"\n");
+  Value o = kohya({"--config_file", cfg.path().string(), "--optimizer_type", "AdamW"});
+  CHECK(at(o, "optimizer", "type").as_string() == "adamw");
+  CHECK(o.find("optimizer")->find("nesterov") == nullptr);
+  CHECK(o.find("optimizer")->find("momentum") == nullptr);
 }
 
 TEST_CASE("flag syntax: --flag=value, --flag value, switches, negative numbers") {

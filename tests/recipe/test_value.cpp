@@ -175,3 +175,16 @@ TEST_CASE("plugin_type reads the type key") {
   CHECK(plugin_type(empty, "lr_scheduler") == "constant");
   CHECK(plugin_type(empty, "model") == "");
 }
+
+TEST_CASE("nested tables flatten into dotted plan lines; an empty YAML file is an empty recipe") {
+  TempFile t("r.toml", "[sample.sampler]\nname = \"euler\"\nsteps = 20\n[output]\n");
+  Value v = load_recipe(t.path());
+  CHECK(dump_plan(v) == "output = {}\nsample.sampler.name = \"euler\"\nsample.sampler.steps = 20\n");
+  TempFile y("r.yaml", "# nothing yet\n");
+  Value e = load_recipe(y.path());
+  CHECK(e.is_table());
+  CHECK(e.size() == 0);
+  Value root = Value::table("x");
+  CHECK_THROWS_WITH_AS(set_override(root, "datasets.image_dir", "x", "--set"),
+                       has("datasets entries cannot be set one key at a time"), RecipeError);
+}

@@ -46,6 +46,12 @@ std::string lower(std::string s) {
   return s;
 }
 
+constexpr std::string_view kImpliedByNesterov = " (implied by SGDNesterov)";
+
+bool ends_with(std::string_view s, std::string_view suffix) {
+  return s.size() >= suffix.size() && s.substr(s.size() - suffix.size()) == suffix;
+}
+
 // What one batch of flags (the config file, or the command line) leaves to do at its end.
 struct Layer {
   bool sgd_nesterov = false;
@@ -106,13 +112,17 @@ void apply_special(Value& root, const KohyaFlag& f, const Value& v, Layer& layer
     put(root, f.target, Value::string(normalize_network_module(v.as_string()), v.origin()), name);
   } else if (name == "optimizer_type") {
     const std::string& kohya = v.as_string();
+    Value& opt = section_table(root, "optimizer", v.origin());
+    // A lower layer's SGDNesterov leaves keys behind that only make sense for it.
+    for (const char* implied : {"nesterov", "momentum"})
+      if (const Value* k = opt.find(implied); k && ends_with(k->origin(), kImpliedByNesterov))
+        opt.erase(implied);
     put(root, f.target, Value::string(normalize_optimizer_type(kohya), v.origin()), name);
     if (lower(kohya) == "sgdnesterov") {
       // kohya: SGD with nesterov=True, momentum 0.9 unless the optimizer args give one.
-      Value t = Value::boolean(true, v.origin());
-      section_table(root, "optimizer", v.origin()).set("nesterov", t);
       layer.sgd_nesterov = true;
-      layer.nesterov_origin = v.origin();
+      layer.nesterov_origin = v.origin() + std::string(kImpliedByNesterov);
+      opt.set("nesterov", Value::boolean(true, layer.nesterov_origin));
     }
   } else if (name == "use_8bit_adam" || name == "use_lion_optimizer") {
     if (v.as_bool())

@@ -261,7 +261,7 @@ ResolvedSection resolve_section(const Value& section, std::string_view section_n
         converted.set_origin(v->origin());
         out.add({spec.key, spec.type, std::move(converted), false});
       } else {
-        std::string via = v->flag().empty() ? "" : " via " + v->flag();
+        std::string via = v->flag().empty() || v->flag() == v->origin() ? "" : " via " + v->flag();
         errors.push_back("[" + name + "] " + spec.key + ": expected a " +
                          param_type_name(spec.type) + ", found " + describe(*v) + " (" +
                          v->origin() + via + ")");

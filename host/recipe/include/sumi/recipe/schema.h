@@ -28,7 +28,7 @@ struct ParamSpec {
   ParamSpec(std::string key, int type, std::optional<std::string> default_value, std::string doc,
             bool optional = false);
   // From a plugin descriptor (fields beyond struct_size are treated as absent).
-  explicit ParamSpec(const sumi_param_spec& spec);
+  ParamSpec(const sumi_param_spec& spec);  // NOLINT: implicit on purpose
 };
 
 std::vector<ParamSpec> to_specs(const sumi_param_spec* specs, int64_t n);
