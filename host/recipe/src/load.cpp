@@ -79,7 +79,7 @@ const std::regex& float_re() {
   return re;
 }
 
-// A plain scalar typed like TOML would type it; nullopt-like `ok=false` when it is a string.
+// Types a plain scalar the way TOML would; returns false when it is just a string.
 bool type_plain(const std::string& s, const std::string& origin, Value& out) {
   if (s.empty() || s == "~" || s == "null" || s == "Null" || s == "NULL") {
     out = Value::null(origin);
