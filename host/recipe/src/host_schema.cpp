@@ -1,0 +1,69 @@
+// The keys the host owns in each recipe section. Later work adds rows here (train.*,
+// output.*, sample.*) as the host learns to act on them; kohya flags mapped to a key that
+// is not in this table (nor in a plugin's schema) are rejected as unsupported.
+#include "sumi/recipe/schema.h"
+
+namespace sumi::recipe {
+
+namespace {
+
+struct HostKeyRow {
+  const char* section;
+  const char* key;
+  int type;
+  const char* default_value;  // recipe syntax; nullptr = none
+  bool optional;              // without a default: may stay unset (otherwise required)
+  const char* doc;
+};
+
+constexpr bool kRequired = false;
+constexpr bool kOptional = true;
+
+const HostKeyRow kHostKeys[] = {
+    {"model", "type", SUMI_PARAM_STRING, nullptr, kRequired, "model plugin (e.g. \"sd\")"},
+    {"model", "path", SUMI_PARAM_STRING, nullptr, kRequired,
+     "checkpoint file or diffusers folder to load"},
+
+    {"network", "type", SUMI_PARAM_STRING, nullptr, kRequired, "network plugin (e.g. \"lora\")"},
+    {"network", "multiplier", SUMI_PARAM_DOUBLE, "1.0", kRequired,
+     "strength the network is applied with"},
+    {"network", "weights", SUMI_PARAM_STRING, nullptr, kOptional,
+     "initial network weights to load before training"},
+
+    {"optimizer", "type", SUMI_PARAM_STRING, nullptr, kRequired, "optimizer plugin (e.g. \"adamw\")"},
+    // kohya's train_network default (--learning_rate 2e-6).
+    {"optimizer", "learning_rate", SUMI_PARAM_DOUBLE, "2e-6", kRequired,
+     "base learning rate of every parameter group"},
+
+    {"lr_scheduler", "type", SUMI_PARAM_STRING, "\"constant\"", kRequired,
+     "learning-rate schedule plugin"},
+    {"lr_scheduler", "warmup_steps", SUMI_PARAM_INT, "0", kRequired,
+     "optimizer steps of linear warmup"},
+
+    {"noise_scheduler", "type", SUMI_PARAM_STRING, nullptr, kRequired,
+     "noise scheduler plugin (e.g. \"ddpm\")"},
+
+    {"train", "max_train_steps", SUMI_PARAM_INT, "1600", kRequired, "optimizer steps to train"},
+    {"train", "seed", SUMI_PARAM_INT, nullptr, kOptional, "random seed (random when unset)"},
+
+    {"output", "output_dir", SUMI_PARAM_STRING, nullptr, kRequired,
+     "folder the trained files are written to"},
+    // kohya names the final file "last" when --output_name is not given.
+    {"output", "output_name", SUMI_PARAM_STRING, "\"last\"", kRequired,
+     "base file name of the trained files"},
+};
+
+}  // namespace
+
+std::vector<ParamSpec> host_schema(std::string_view section) {
+  std::vector<ParamSpec> out;
+  for (const auto& row : kHostKeys) {
+    if (section != row.section) continue;
+    std::optional<std::string> def;
+    if (row.default_value) def = row.default_value;
+    out.emplace_back(row.key, row.type, def, row.doc, row.optional);
+  }
+  return out;
+}
+
+}  // namespace sumi::recipe
