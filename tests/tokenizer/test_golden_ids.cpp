@@ -12,6 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include "io/safetensors.h"
 #include "sd_common/tokenizer/clip_tokenizer.h"
 
 namespace {
@@ -24,30 +25,23 @@ std::string read_file(const std::string& path) {
   return std::string(std::istreambuf_iterator<char>(f), std::istreambuf_iterator<char>());
 }
 
-// The F32 tensors of a safetensors file whose names start with a prefix, as integers.
+// The F32 tensors of a golden file whose names start with `prefix`, as integers (the ids are
+// stored as exact small floats).
 std::map<std::string, std::vector<int>> read_token_tensors(const std::string& path, const std::string& prefix) {
-  const std::string bytes = read_file(path);
-  REQUIRE(bytes.size() >= 8);
-  std::uint64_t header_len = 0;
-  for (int i = 7; i >= 0; --i) header_len = (header_len << 8) | static_cast<unsigned char>(bytes[static_cast<std::size_t>(i)]);
-  REQUIRE(8 + header_len <= bytes.size());
-  const auto header = nlohmann::json::parse(bytes.substr(8, header_len));
-  const std::size_t data_start = 8 + header_len;
+  const auto file = sumi::io::SafetensorsFile::open(path);
   std::map<std::string, std::vector<int>> out;
-  for (auto it = header.begin(); it != header.end(); ++it) {
-    if (it.key().rfind(prefix, 0) != 0) continue;
-    REQUIRE(it.value()["dtype"] == "F32");
-    const auto begin = it.value()["data_offsets"][0].get<std::size_t>();
-    const auto end = it.value()["data_offsets"][1].get<std::size_t>();
-    REQUIRE(data_start + end <= bytes.size());
+  for (const auto& info : file->tensors()) {
+    if (info.name.rfind(prefix, 0) != 0) continue;
+    REQUIRE_MESSAGE(info.dtype == "F32", info.name << " is " << info.dtype);
+    const std::uint8_t* bytes = file->data(info);
     std::vector<int> ids;
-    for (std::size_t off = begin; off < end; off += 4) {
+    for (std::uint64_t off = 0; off < info.nbytes; off += 4) {
       float f;
-      std::memcpy(&f, bytes.data() + data_start + off, 4);  // little-endian host assumed
+      std::memcpy(&f, bytes + off, 4);  // safetensors is little-endian, as are sumi's hosts
       ids.push_back(static_cast<int>(f));
       REQUIRE(static_cast<float>(ids.back()) == f);
     }
-    out[it.key()] = std::move(ids);
+    out[info.name] = std::move(ids);
   }
   return out;
 }
