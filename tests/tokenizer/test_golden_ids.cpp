@@ -85,3 +85,15 @@ TEST_CASE("golden ids: tiny-sd1 (pad <|endoftext|>)") { check_model("tiny-sd1", 
 TEST_CASE("golden ids: tiny-sd2v (pad !)") { check_model("tiny-sd2v", "tok", "tokenizer"); }
 TEST_CASE("golden ids: tiny-sdxl tokenizer 1") { check_model("tiny-sdxl", "tok", "tokenizer"); }
 TEST_CASE("golden ids: tiny-sdxl tokenizer 2") { check_model("tiny-sdxl", "tok2", "tokenizer_2"); }
+
+TEST_CASE("the embedded vocabulary is the fixtures' vocab.json") {
+  const auto vocab = nlohmann::json::parse(read_file(kFixtures + "clip-tokenizer/vocab.json"));
+  const auto& tok = sumi::sd::ClipTokenizer::instance();
+  REQUIRE(vocab.size() == tok.vocab_size());
+  std::size_t mismatches = 0;
+  for (auto it = vocab.begin(); it != vocab.end(); ++it) {
+    const int id = it.value().get<int>();
+    if (tok.token_to_id(it.key()) != id || tok.id_to_token(id) != it.key()) ++mismatches;
+  }
+  CHECK(mismatches == 0);
+}

@@ -9,8 +9,6 @@
 #include <unordered_map>
 #include <utility>
 
-#include <nlohmann/json.hpp>
-
 #include "embedded_data.h"
 #include "text_clean.h"
 #include "unicode.h"
@@ -62,27 +60,123 @@ std::array<char32_t, 256> bytes_to_unicode() {
   return map;
 }
 
+// vocab.json is one flat JSON object of token -> id. A small strict reader keeps a JSON library
+// (and its compile time) out of this target.
+template <typename OnEntry>
+void parse_vocab_json(std::string_view json, OnEntry&& on_entry) {
+  std::size_t i = 0;
+  auto fail = [&](const std::string& what) { bad_data("vocab.json", what + " at byte " + std::to_string(i)); };
+  auto skip_ws = [&] {
+    while (i < json.size() && (json[i] == ' ' || json[i] == '\n' || json[i] == '\r' || json[i] == '\t')) ++i;
+  };
+  auto hex4 = [&]() -> char32_t {
+    if (i + 4 > json.size()) fail("truncated \\u escape");
+    char32_t v = 0;
+    for (int k = 0; k < 4; ++k) {
+      const char c = json[i++];
+      v <<= 4;
+      if (c >= '0' && c <= '9') v |= static_cast<char32_t>(c - '0');
+      else if (c >= 'a' && c <= 'f') v |= static_cast<char32_t>(c - 'a' + 10);
+      else if (c >= 'A' && c <= 'F') v |= static_cast<char32_t>(c - 'A' + 10);
+      else fail("bad \\u escape");
+    }
+    return v;
+  };
+  auto string = [&]() -> std::string {
+    if (i >= json.size() || json[i] != '"') fail("expected a string");
+    ++i;
+    std::string out;
+    while (true) {
+      if (i >= json.size()) fail("unterminated string");
+      const char c = json[i++];
+      if (c == '"') return out;
+      if (static_cast<unsigned char>(c) < 0x20) fail("control character in string");
+      if (c != '\\') {
+        out.push_back(c);
+        continue;
+      }
+      if (i >= json.size()) fail("unterminated escape");
+      const char e = json[i++];
+      switch (e) {
+        case '"': out.push_back('"'); break;
+        case '\\': out.push_back('\\'); break;
+        case '/': out.push_back('/'); break;
+        case 'b': out.push_back('\b'); break;
+        case 'f': out.push_back('\f'); break;
+        case 'n': out.push_back('\n'); break;
+        case 'r': out.push_back('\r'); break;
+        case 't': out.push_back('\t'); break;
+        case 'u': {
+          char32_t cp = hex4();
+          if (cp >= 0xD800 && cp <= 0xDBFF) {
+            if (i + 2 > json.size() || json[i] != '\\' || json[i + 1] != 'u') fail("lone surrogate");
+            i += 2;
+            const char32_t lo = hex4();
+            if (lo < 0xDC00 || lo > 0xDFFF) fail("bad surrogate pair");
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+          } else if (cp >= 0xDC00 && cp <= 0xDFFF) {
+            fail("lone surrogate");
+          }
+          unicode::append_utf8(out, cp);
+          break;
+        }
+        default: fail("bad escape");
+      }
+    }
+  };
+  skip_ws();
+  if (i >= json.size() || json[i] != '{') fail("expected '{'");
+  ++i;
+  skip_ws();
+  if (i < json.size() && json[i] == '}') return;
+  while (true) {
+    skip_ws();
+    const std::size_t at = i;
+    std::string token = string();
+    skip_ws();
+    if (i >= json.size() || json[i] != ':') fail("expected ':'");
+    ++i;
+    skip_ws();
+    const bool negative = i < json.size() && json[i] == '-';
+    if (negative) ++i;
+    if (i >= json.size() || json[i] < '0' || json[i] > '9') fail("expected an integer id");
+    long long id = 0;
+    while (i < json.size() && json[i] >= '0' && json[i] <= '9') {
+      id = id * 10 + (json[i++] - '0');
+      if (id > (1LL << 40)) fail("id too large");
+    }
+    on_entry(std::move(token), negative ? -id : id, at);
+    skip_ws();
+    if (i < json.size() && json[i] == ',') {
+      ++i;
+      continue;
+    }
+    if (i < json.size() && json[i] == '}') break;
+    fail("expected ',' or '}'");
+  }
+  ++i;
+  skip_ws();
+  if (i != json.size()) fail("trailing characters");
+}
+
 std::shared_ptr<const detail::ClipVocab> load_vocab() {
   auto v = std::make_shared<detail::ClipVocab>();
 
-  nlohmann::json json;
-  try {
-    json = nlohmann::json::parse(detail::embedded_vocab_json());
-  } catch (const nlohmann::json::exception& e) {
-    bad_data("vocab.json", e.what());
-  }
-  if (!json.is_object() || json.size() != kVocabSize)
-    bad_data("vocab.json", "expected an object of " + std::to_string(kVocabSize) + " tokens");
+  const std::string_view json = detail::embedded_vocab_json();
   v->tokens.resize(kVocabSize);
   v->ids.reserve(kVocabSize);
-  for (auto it = json.begin(); it != json.end(); ++it) {
-    if (!it.value().is_number_integer()) bad_data("vocab.json", "the id of \"" + it.key() + "\" is not an integer");
-    const auto id = it.value().get<long long>();
+  std::size_t count = 0;
+  parse_vocab_json(json, [&](std::string&& token, long long id, std::size_t at) {
     if (id < 0 || id >= static_cast<long long>(kVocabSize) || !v->tokens[static_cast<std::size_t>(id)].empty())
-      bad_data("vocab.json", "id " + std::to_string(id) + " of \"" + it.key() + "\" is out of range or repeated");
-    v->tokens[static_cast<std::size_t>(id)] = it.key();
-    v->ids.emplace(it.key(), static_cast<int>(id));
-  }
+      bad_data("vocab.json", "id " + std::to_string(id) + " at byte " + std::to_string(at) +
+                                 " is out of range or repeated");
+    v->ids.emplace(token, static_cast<int>(id));
+    v->tokens[static_cast<std::size_t>(id)] = std::move(token);
+    ++count;
+  });
+  if (count != kVocabSize || v->ids.size() != kVocabSize)
+    bad_data("vocab.json", "expected " + std::to_string(kVocabSize) + " distinct tokens, found " +
+                               std::to_string(v->ids.size()));
 
   v->byte_char = bytes_to_unicode();
   for (int b = 0; b < 256; ++b) {
