@@ -213,7 +213,8 @@ std::shared_ptr<const detail::ClipVocab> load_vocab() {
     const auto m = v->ids.find(left + right);
     if (l == v->ids.end() || r == v->ids.end() || m == v->ids.end())
       bad_data("merges.txt", "line " + std::to_string(line_no) + " uses a token missing from vocab.json");
-    v->merges.emplace(pair_key(l->second, r->second), std::make_pair(rank++, m->second));
+    // A repeated pair takes its later rank, as the reference's dict does.
+    v->merges.insert_or_assign(pair_key(l->second, r->second), std::make_pair(rank++, m->second));
   }
   return v;
 }
@@ -224,14 +225,15 @@ std::shared_ptr<const detail::ClipVocab> shared_vocab() {
 }
 
 // Case-insensitive compare of the (already lower-cased) text with an ASCII literal, as the
-// reference's regex does with re.IGNORECASE: U+017F and U+212A fold to 's' and 'k'.
+// reference's regex does with re.IGNORECASE: U+017F (long s) folds to 's'; no other character
+// folds onto a letter of these literals.
 bool matches_at(std::u32string_view text, std::size_t i, std::string_view literal) {
   if (text.size() - i < literal.size()) return false;
   for (std::size_t k = 0; k < literal.size(); ++k) {
     const char32_t c = text[i + k];
     const auto want = static_cast<char32_t>(literal[k]);
     if (c == want) continue;
-    if ((want == 's' && c == 0x17F) || (want == 'k' && c == 0x212A)) continue;
+    if (want == 's' && c == 0x17F) continue;
     return false;
   }
   return true;
@@ -300,7 +302,11 @@ ClipTokenizer::ClipTokenizer(std::string_view pad_token)
                                 "\" is not in the vocabulary; use \"<|endoftext|>\" (SD1, SDXL "
                                 "text encoder 1) or \"!\" (SD2, SDXL text encoder 2)");
   pad_is_added_token_ = pad_token != kStartOfText && pad_token != kEndOfText;
-  pad_token_u32_ = unicode::decode_utf8(pad_token);
+  added_.push_back({unicode::decode_utf8(kStartOfText), bos_});
+  added_.push_back({unicode::decode_utf8(kEndOfText), eos_});
+  if (pad_is_added_token_) added_.push_back({unicode::decode_utf8(pad_token), pad_id_});
+  std::stable_sort(added_.begin(), added_.end(),
+                   [](const AddedToken& a, const AddedToken& b) { return a.text.size() > b.text.size(); });
 }
 
 ClipTokenizer::~ClipTokenizer() = default;
@@ -325,24 +331,13 @@ std::vector<int> ClipTokenizer::encode(std::string_view text) const {
 
   // The reference first splits the raw text on its added tokens (case-sensitive, leftmost,
   // longest first); each of them is one id. With pad "!" every "!" becomes the pad id.
-  struct Added {
-    std::u32string_view text;
-    int id;
-  };
-  const std::u32string sot(kStartOfText.begin(), kStartOfText.end());
-  const std::u32string eot(kEndOfText.begin(), kEndOfText.end());
-  std::vector<Added> added = {{sot, bos_}, {eot, eos_}};
-  if (pad_is_added_token_) added.push_back({pad_token_u32_, pad_id_});
-  std::sort(added.begin(), added.end(),
-            [](const Added& a, const Added& b) { return a.text.size() > b.text.size(); });
-
   const std::u32string_view all(u);
   std::size_t piece_start = 0;
   std::size_t i = 0;
   while (i < all.size()) {
-    const Added* hit = nullptr;
-    for (const Added& a : added) {
-      if (!a.text.empty() && all.compare(i, a.text.size(), a.text) == 0) {
+    const AddedToken* hit = nullptr;
+    for (const AddedToken& a : added_) {
+      if (all.compare(i, a.text.size(), a.text) == 0) {
         hit = &a;
         break;
       }

@@ -74,7 +74,11 @@ class ClipTokenizer {
   std::shared_ptr<const detail::ClipVocab> vocab_;
   std::unique_ptr<detail::ClipBpeCache> cache_;
   std::string pad_token_;
-  std::u32string pad_token_u32_;
+  struct AddedToken {
+    std::u32string text;
+    int id;
+  };
+  std::vector<AddedToken> added_;  // split out of the raw text first, longest first
   int bos_ = 0;
   int eos_ = 0;
   int pad_id_ = 0;
