@@ -66,6 +66,9 @@ TEST_CASE("apostrophe contractions are their own pieces") {
   CHECK(tokens(tok, "IT'S") == tokens(tok, "it's"));  // lower-cased before matching
   // A curly apostrophe is straightened by the clean-up first.
   CHECK(tok.encode("it\xE2\x80\x99s") == tok.encode("it's"));
+  // The regex is case-insensitive: the long s (U+017F) still makes "'s" a contraction, so the
+  // apostrophe is not word-final there.
+  CHECK(tok.encode("'\xC5\xBF") == std::vector<int>{6, 129, 379});
   // Not a contraction: the apostrophe joins the punctuation run.
   CHECK(tokens(tok, "!'s") == Strings{"!'</w>", "s</w>"});
 }
