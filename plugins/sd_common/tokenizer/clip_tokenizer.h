@@ -63,8 +63,9 @@ class ClipTokenizer {
   int token_to_id(std::string_view token) const;
   const std::string& id_to_token(int id) const;
 
-  // Text of ids as the reference decodes it (bytes joined, "</w>" -> " ", trailing space kept
-  // off); special tokens are kept as their strings unless skip_special.
+  // Readable text of ids, for logs and debugging: the tokens' bytes joined, "</w>" -> " ", end
+  // trimmed; BOS/EOS (and an added pad token) dropped unless !skip_special. Unlike the
+  // reference's decode it does not remove spaces before punctuation.
   std::string decode(const std::vector<int>& ids, bool skip_special = true) const;
 
  private:
