@@ -230,6 +230,9 @@ std::vector<const PluginLibrary*> PluginManager::scan(std::vector<std::string>* 
     dirs.push_back((exe.parent_path() / "lib" / "sumi" / "plugins").string());
   } catch (...) {
   }
+#ifdef SUMI_INSTALL_PLUGIN_DIR
+  dirs.push_back(SUMI_INSTALL_PLUGIN_DIR);
+#endif
   std::vector<const PluginLibrary*> libs;
   std::vector<std::string> seen;
   for (const auto& d : dirs) {

@@ -9,6 +9,10 @@ function(sumi_add_plugin target)
     PREFIX ""
     CXX_VISIBILITY_PRESET hidden
     VISIBILITY_INLINES_HIDDEN ON)
+  if(DEFINED SUMI_PLUGIN_OUTPUT_DIR AND NOT P_OUTPUT_DIRECTORY)
+    # In-tree plugins install next to the host.
+    install(TARGETS ${target} LIBRARY DESTINATION ${CMAKE_INSTALL_LIBDIR}/sumi/plugins)
+  endif()
   if(P_OUTPUT_DIRECTORY)
     set_target_properties(${target} PROPERTIES LIBRARY_OUTPUT_DIRECTORY ${P_OUTPUT_DIRECTORY})
   elseif(DEFINED SUMI_PLUGIN_OUTPUT_DIR)

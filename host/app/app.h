@@ -1,0 +1,50 @@
+// The application layer shared by sumi's commands: common options (plugin folders, threads),
+// loading a recipe with kohya flags applied, and turning recipe sections into live plugin
+// components.
+#pragma once
+
+#include "core/component.h"
+#include "core/plugin_manager.h"
+#include "core/registry.h"
+
+#include <sumi/recipe/plan.h>
+#include <sumi/recipe/value.h>
+
+#include <memory>
+#include <string>
+#include <vector>
+
+namespace sumi::app {
+
+struct CommonOptions {
+  std::vector<std::string> plugin_dirs;
+  int threads = 0;           // 0 = all cores
+  std::string recipe;        // path or preset name; empty = flags only
+  std::vector<std::string> rest;  // kohya flags and --set overrides
+};
+
+// Parses sumi's own options out of `args`; everything else goes to `rest`. Throws on --help
+// requests by returning false (the caller prints `help`).
+bool parse_common(const std::vector<std::string>& args, CommonOptions& out, std::string& help);
+
+// Plugin manager with the search path of these options.
+host::PluginManager make_plugin_manager(const CommonOptions& o);
+
+// Folders searched for presets: ./presets, <prefix>/share/sumi/presets, the source tree's.
+std::vector<std::string> preset_dirs();
+
+// The recipe tree: the recipe file (or preset) with the kohya flags / --set of `o.rest` applied.
+recipe::Value load_recipe_tree(const CommonOptions& o);
+
+// The plugin schema of every plugin section the tree names (loading each plugin's descriptor,
+// never its weights). Throws naming the section when a plugin is missing.
+recipe::PluginSchemas plugin_schemas(const recipe::Value& root, host::PluginManager& pm);
+
+// Resolves one section against the host's keys and its plugin's schema.
+recipe::ResolvedSection resolve(const recipe::Value& root, const std::string& section, const recipe::PluginSchemas& s);
+
+// Instantiates the plugin a resolved plugin section names, configured with the section's plugin keys.
+std::unique_ptr<host::Component> instantiate(int32_t kind, const recipe::ResolvedSection& section,
+                                             host::PluginManager& pm, host::Registry& registry);
+
+}  // namespace sumi::app
