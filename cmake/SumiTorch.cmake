@@ -23,7 +23,13 @@ target_link_libraries(sumi_torch_pch PUBLIC sumi_torch)
 target_precompile_headers(sumi_torch_pch PUBLIC <ATen/ATen.h>)
 
 # Give a target the shared ATen precompiled header.
+# Executables compile as PIE, which a PIC header cannot serve, so they get their own.
 function(sumi_use_torch_pch target)
   target_link_libraries(${target} PRIVATE sumi_torch)
-  target_precompile_headers(${target} REUSE_FROM sumi_torch_pch)
+  get_target_property(type ${target} TYPE)
+  if(type STREQUAL "EXECUTABLE")
+    target_precompile_headers(${target} PRIVATE <ATen/ATen.h>)
+  else()
+    target_precompile_headers(${target} REUSE_FROM sumi_torch_pch)
+  endif()
 endfunction()

@@ -4,8 +4,8 @@
 #include <cstring>
 
 namespace {
-sumi_native_info g_native = {sizeof(sumi_native_info), "0.0.1-not-this-torch", 1, 0, ""};
-sumi_plugin_descriptor g_desc = {sizeof(sumi_plugin_descriptor), SUMI_ABI_MAJOR, SUMI_ABI_MINOR, "bad", "0", nullptr, 0,
+[[maybe_unused]] sumi_native_info g_native = {sizeof(sumi_native_info), "0.0.1-not-this-torch", 1, 0, ""};
+[[maybe_unused]] sumi_plugin_descriptor g_desc = {sizeof(sumi_plugin_descriptor), SUMI_ABI_MAJOR, SUMI_ABI_MINOR, "bad", "0", nullptr, 0,
                                  nullptr};
 }  // namespace
 
