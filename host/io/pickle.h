@@ -1,0 +1,71 @@
+// pickle.h — a restricted, non-executing reader for the pickles inside PyTorch checkpoints.
+//
+// torch.save pickles a state dict as calls to a handful of torch functions plus plain
+// containers. This reader interprets the opcode stream as data only: nothing is imported or
+// called. Globals are checked against a fixed allowlist as soon as they are named:
+//  - tensor rebuilders (torch._utils._rebuild_tensor_v2/_v3, _rebuild_parameter[_with_state],
+//    torch._tensor._rebuild_from_type_v2) become TensorRef descriptions;
+//  - collections.OrderedDict becomes a Dict; _codecs.encode (how protocol 2 stores bytes)
+//    becomes Bytes; torch.*Storage classes and torch dtypes become their dtype strings;
+//  - a few harmless objects SD checkpoints carry next to the state dict (numpy scalars and
+//    dtypes used for `global_step`, pytorch_lightning's ModelCheckpoint callback key, sets,
+//    torch.Size/device) become inert Opaque values that are never interpreted and are
+//    dropped from the result.
+// Any other global is refused with a FormatError naming it. No torch dependency: the ATen
+// side lives in torch_checkpoint.h.
+#pragma once
+
+#include <cstddef>
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+namespace sumi::io::pickle {
+
+// A storage named by a checkpoint's persistent id ('storage', type, key, location, numel).
+struct StorageRef {
+  std::string key;       // the archive member `data/<key>`
+  std::string dtype;     // safetensors dtype spelling; U8 for torch.UntypedStorage
+  std::string location;  // "cpu", "cuda:0", ... (informational; everything loads to CPU)
+  std::int64_t numel = 0;
+};
+
+// A tensor as torch._utils._rebuild_tensor_v2/_v3 describe it. `offset` counts elements of
+// `dtype`, like Tensor.set_.
+struct TensorRef {
+  std::shared_ptr<const StorageRef> storage;
+  std::string dtype;
+  std::int64_t offset = 0;
+  std::vector<std::int64_t> size;
+  std::vector<std::int64_t> stride;
+};
+
+struct Value;
+using ValuePtr = std::shared_ptr<Value>;
+
+struct Value {
+  enum class Kind { None, Bool, Int, Float, String, Bytes, Tuple, List, Dict, Tensor, Storage,
+                    Global, Opaque };
+  Kind kind = Kind::None;
+  bool b = false;
+  std::int64_t i = 0;
+  double f = 0;
+  std::string s;  // String/Bytes contents; "module.name" for Global; a description for Opaque
+  std::vector<ValuePtr> items;                           // Tuple, List
+  std::vector<std::pair<ValuePtr, ValuePtr>> entries;    // Dict, in insertion order
+  std::shared_ptr<const TensorRef> tensor;
+  std::shared_ptr<const StorageRef> storage;
+};
+
+// Interprets a pickle (protocols 2-5). `source` names the file in error messages.
+ValuePtr unpickle(const std::uint8_t* data, std::size_t size, const std::string& source);
+
+// The checkpoint's tensors, flattened: uses the top-level "state_dict" when there is one;
+// nested dicts with string keys become dotted names ("model.w"); entries that are not
+// tensors (step counters, hyper-parameters, inert values) are dropped. Order is the pickle's.
+std::vector<std::pair<std::string, std::shared_ptr<const TensorRef>>> state_dict_tensors(
+    const ValuePtr& root, const std::string& source);
+
+}  // namespace sumi::io::pickle
