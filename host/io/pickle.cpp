@@ -80,7 +80,7 @@ const std::map<std::string, GlobalInfo>& allowed_globals() {
     for (const char* name :
          {"numpy.core.multiarray.scalar", "numpy._core.multiarray.scalar", "numpy.dtype",
           "pytorch_lightning.callbacks.model_checkpoint.ModelCheckpoint", "builtins.set",
-          "builtins.frozenset", "__builtin__.set", "torch.Size", "torch.device", "torch.Tensor",
+          "builtins.frozenset", "__builtin__.set", "__builtin__.frozenset", "torch.Size", "torch.device", "torch.Tensor",
           "torch.nn.parameter.Parameter"})
       t[name] = {Role::Inert, ""};
     return t;
@@ -152,17 +152,25 @@ class Unpickler {
   }
 
  private:
+  // "'h' (0x68)": the pickletools-style character plus its code.
+  std::string op_text() const {
+    char buf[16];
+    if (op_ >= 0x20 && op_ < 0x7f)
+      std::snprintf(buf, sizeof buf, "'%c' (0x%02x)", op_, op_);
+    else
+      std::snprintf(buf, sizeof buf, "0x%02x", op_);
+    return buf;
+  }
+
   [[noreturn]] void fail(const std::string& what) const {
-    char op[8];
-    std::snprintf(op, sizeof op, "0x%02x", op_);
+    const std::string op = op_text();
     throw FormatError("'" + src_ + "': malformed pickle at byte " + std::to_string(op_pos_) +
                       " (opcode " + op + "): " + what);
   }
 
   void need(std::uint64_t k) const {
     if (k > n_ - pos_) {
-      char op[8];
-      std::snprintf(op, sizeof op, "0x%02x", op_);
+      const std::string op = op_text();
       throw FormatError("'" + src_ + "': the pickle ends unexpectedly: opcode " + op +
                         " at byte " + std::to_string(op_pos_) + " needs " + std::to_string(k) +
                         " more bytes, only " + std::to_string(n_ - pos_) +
@@ -587,9 +595,7 @@ class Unpickler {
         return;
       }
       default: {
-        char op[8];
-        std::snprintf(op, sizeof op, "0x%02x", op_);
-        fail(std::string("opcode ") + op +
+        fail("opcode " + op_text() +
              " is not one torch.save emits; refusing to interpret it");
       }
     }

@@ -41,6 +41,11 @@ std::string zip_error_text(int code) {
                       "' uses the legacy (pre-1.6) torch.save format, which sumi does not read; "
                       "re-save it with torch >= 1.6 or convert it to .safetensors");
   }
+  if (got >= 4 && std::memcmp(head, "PK\x03\x04", 4) == 0) {
+    throw FormatError("'" + path +
+                      "' starts like a zip archive but its central directory is missing or "
+                      "broken: the file is truncated or corrupt");
+  }
   if (got >= 9 && head[8] == '{') {
     throw FormatError("'" + path +
                       "' looks like a safetensors file, not a PyTorch checkpoint; load it as "
