@@ -16,10 +16,11 @@ namespace {
 
 using Kind = Value::Kind;
 
-ValuePtr make(Kind k) {
-  auto v = std::make_shared<Value>();
-  v->kind = k;
-  return v;
+void break_cycles(std::vector<ValuePtr>& arena) {
+  for (auto& v : arena) {
+    v->items.clear();
+    v->entries.clear();
+  }
 }
 
 const char* kind_name(Kind k) {
@@ -136,13 +137,21 @@ class Unpickler {
  public:
   Unpickler(const std::uint8_t* data, std::size_t size, const std::string& source)
       : p_(data), n_(size), src_(source) {}
+  ~Unpickler() { break_cycles(arena_); }
+  Unpickler(const Unpickler&) = delete;
+  Unpickler& operator=(const Unpickler&) = delete;
 
-  ValuePtr run() {
+  Unpickled run() {
     while (pos_ < n_) {
       op_pos_ = pos_;
       op_ = p_[pos_++];
       if (op_ == '.') {  // STOP
-        ValuePtr result = pop();
+        Unpickled result;
+        result.root = pop();
+        stack_.clear();
+        memo_.clear();
+        result.arena = std::move(arena_);
+        arena_.clear();
         return result;
       }
       step();
@@ -205,6 +214,15 @@ class Unpickler {
     errno = 0;
     long long v = std::strtoll(t.c_str(), &end, 10);
     if (t.empty() || *end != '\0' || errno == ERANGE) fail("bad integer literal '" + text + "'");
+    return v;
+  }
+
+  // Every value is also held by the arena, which lets break_cycles undo any reference cycle a
+  // pickle built through the memo.
+  ValuePtr make(Kind k) {
+    auto v = std::make_shared<Value>();
+    v->kind = k;
+    arena_.push_back(v);
     return v;
   }
 
@@ -293,6 +311,7 @@ class Unpickler {
     t->size = int_tuple(a[2], "tensor size");
     t->stride = int_tuple(a[3], "tensor stride");
     if (t->size.size() != t->stride.size()) fail(std::string(fn) + ": size and stride differ in length");
+    if (t->size.size() > 64) fail(std::string(fn) + ": more than 64 dimensions");
     if (v3) {
       if (a[6]->kind != Kind::Global || info(*a[6]).role != Role::Dtype)
         fail("_rebuild_tensor_v3: seventh argument is not a torch dtype");
@@ -303,7 +322,8 @@ class Unpickler {
     return v;
   }
 
-  ValuePtr call(const ValuePtr& fn, const ValuePtr& args) {
+  ValuePtr call(const ValuePtr& fn, const ValuePtr& args, int depth = 0) {
+    if (depth > 4) fail("rebuild calls nested too deeply");
     if (fn->kind != Kind::Global) fail(std::string("REDUCE on a ") + kind_name(fn->kind));
     if (args->kind != Kind::Tuple) fail("REDUCE arguments are not a tuple");
     const auto& a = args->items;
@@ -318,7 +338,7 @@ class Unpickler {
         // (rebuild function, type, its arguments, attribute dict): the type and attributes
         // only matter to Python; the tensor is what the inner rebuild call describes.
         if (a.size() < 3) fail(fn->s + " called with too few arguments");
-        return call(a[0], a[2]);
+        return call(a[0], a[2], depth + 1);
       case Role::OrderedDict: {
         ValuePtr d = make(Kind::Dict);
         if (!a.empty()) {
@@ -610,6 +630,7 @@ class Unpickler {
   std::vector<ValuePtr> stack_;
   std::vector<std::size_t> marks_;
   std::unordered_map<std::uint64_t, ValuePtr> memo_;
+  std::vector<ValuePtr> arena_;
 };
 
 void flatten(const Value& dict, const std::string& prefix, int depth, const std::string& source,
@@ -634,7 +655,9 @@ void flatten(const Value& dict, const std::string& prefix, int depth, const std:
 
 }  // namespace
 
-ValuePtr unpickle(const std::uint8_t* data, std::size_t size, const std::string& source) {
+Unpickled::~Unpickled() { break_cycles(arena); }
+
+Unpickled unpickle(const std::uint8_t* data, std::size_t size, const std::string& source) {
   return Unpickler(data, size, source).run();
 }
 

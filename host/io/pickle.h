@@ -59,8 +59,23 @@ struct Value {
   std::shared_ptr<const StorageRef> storage;
 };
 
+// The result of unpickling. `arena` holds every value the pickle created; the destructor
+// empties all containers first, so memo-built reference cycles cannot leak and hostile deep
+// nesting is released without recursion. Values under `root` are valid while this lives.
+struct Unpickled {
+  ValuePtr root;
+  std::vector<ValuePtr> arena;
+
+  Unpickled() = default;
+  Unpickled(Unpickled&&) = default;
+  Unpickled& operator=(Unpickled&&) = delete;
+  Unpickled(const Unpickled&) = delete;
+  Unpickled& operator=(const Unpickled&) = delete;
+  ~Unpickled();
+};
+
 // Interprets a pickle (protocols 2-5). `source` names the file in error messages.
-ValuePtr unpickle(const std::uint8_t* data, std::size_t size, const std::string& source);
+Unpickled unpickle(const std::uint8_t* data, std::size_t size, const std::string& source);
 
 // The checkpoint's tensors, flattened: uses the top-level "state_dict" when there is one;
 // nested dicts with string keys become dotted names ("model.w"); entries that are not

@@ -159,8 +159,7 @@ NamedTensors load_torch_checkpoint(const std::string& path) {
   }
   std::vector<std::uint8_t> pkl(pkl_size);
   read_member(ar.z, pkl_index, pkl.data(), pkl_size, path, pkl_name);
-  pickle::ValuePtr root = pickle::unpickle(pkl.data(), pkl.size(), path);
-  auto refs = pickle::state_dict_tensors(root, path);
+  auto refs = pickle::state_dict_tensors(pickle::unpickle(pkl.data(), pkl.size(), path).root, path);
 
   std::map<std::string, at::Storage> storages;
   NamedTensors out;
@@ -203,14 +202,26 @@ NamedTensors load_torch_checkpoint(const std::string& path) {
     const std::uint64_t have = it->second.nbytes();
 
     // The furthest element the view touches must lie inside the storage.
+    // Sizes and strides are non-negative (checked by the unpickler) and below 2^63, so each
+    // term fits in 128 bits; stopping once past 2^64 keeps the sum from wrapping.
+    constexpr unsigned __int128 kHuge = static_cast<unsigned __int128>(1) << 64;
     unsigned __int128 last = static_cast<unsigned __int128>(ref->offset);
+    unsigned __int128 numel = 1;
     bool empty = false;
     for (std::size_t d = 0; d < ref->size.size(); ++d) {
-      if (ref->size[d] == 0) empty = true;
-      else last += static_cast<unsigned __int128>(ref->size[d] - 1) * static_cast<std::uint64_t>(ref->stride[d]);
+      if (ref->size[d] == 0) {
+        empty = true;
+        continue;
+      }
+      if (last < kHuge)
+        last += static_cast<unsigned __int128>(ref->size[d] - 1) * static_cast<std::uint64_t>(ref->stride[d]);
+      if (numel < kHuge) numel *= static_cast<std::uint64_t>(ref->size[d]);
     }
-    const unsigned __int128 need = empty ? static_cast<unsigned __int128>(ref->offset) * item
-                                         : (last + 1) * item;
+    if (!empty && numel > (static_cast<unsigned __int128>(1) << 62))
+      throw FormatError(where + ": size " + shape_text(ref->size) + " has too many elements");
+    const unsigned __int128 need = empty        ? static_cast<unsigned __int128>(ref->offset) * item
+                                   : last >= kHuge ? kHuge
+                                                   : (last + 1) * item;
     if (need > have) {
       throw FormatError(where + ": size " + shape_text(ref->size) + ", stride " +
                         shape_text(ref->stride) + " at offset " + std::to_string(ref->offset) +

@@ -9,6 +9,7 @@
 #include <cstring>
 #include <fstream>
 #include <list>
+#include <random>
 
 #include "io/pickle.h"
 #include "io/torch_checkpoint.h"
@@ -336,7 +337,8 @@ TEST_CASE("pickle layer: memo, strings, bytes and ints decode as Python would") 
   for (int i = 7; i >= 0; --i) p.b += static_cast<char>((bits >> (8 * i)) & 0xFF);
   p.op('l');
   const std::string data = p.done();
-  auto v = pickle::unpickle(reinterpret_cast<const std::uint8_t*>(data.data()), data.size(), "mem");
+  auto doc = pickle::unpickle(reinterpret_cast<const std::uint8_t*>(data.data()), data.size(), "mem");
+  const auto& v = doc.root;
   using K = pickle::Value::Kind;
   REQUIRE(v->kind == K::List);
   REQUIRE(v->items.size() == 9);
@@ -350,4 +352,67 @@ TEST_CASE("pickle layer: memo, strings, bytes and ints decode as Python would") 
   CHECK(v->items[6]->kind == K::None);
   CHECK(v->items[7]->b == true);
   CHECK(v->items[8]->f == 2.5);
+}
+
+TEST_CASE("hostile nesting does not overflow the stack") {
+  Pickle p(2);
+  const int depth = 1000000;
+  p.b += std::string(depth, '(');
+  p.b += std::string(depth, 't');
+  const std::string data = p.done();
+  {
+    auto doc = pickle::unpickle(reinterpret_cast<const std::uint8_t*>(data.data()), data.size(), "deep");
+    CHECK(doc.root->kind == pickle::Value::Kind::Tuple);
+    CHECK_THROWS_WITH_AS(pickle::state_dict_tensors(doc.root, "deep"), doctest::Contains("found tuple"),
+                         FormatError);
+  }  // destroying a million nested tuples must not recurse
+  // A list appended to itself (through the memo) is a cycle; releasing it must not leak or loop.
+  Pickle c(2);
+  c.op(']').put(0).op('h').b += '\0';
+  c.op('a');
+  const std::string cyc = c.done();
+  auto doc = pickle::unpickle(reinterpret_cast<const std::uint8_t*>(cyc.data()), cyc.size(), "cycle");
+  REQUIRE(doc.root->items.size() == 1);
+  CHECK(doc.root->items[0] == doc.root);
+}
+
+TEST_CASE("mutated checkpoints fail only with FormatError") {
+  ScratchDir dir;
+  const std::string path = dir.file("fuzz.ckpt");
+  const std::string good = sd_checkpoint_pickle();
+  auto members = sd_members(good);
+  std::mt19937 rng(42);
+  const char interesting[] = {'(', ')', ']', '}', 't', 'R', 'b', 'Q', 'u', 's', 'a', 'e', 'h', 'q',
+                              'K', 'J', 'X', '.', '\x85', '\x86', '\x87', '\x93', '\x94', '\x8a'};
+  int loaded = 0, refused = 0;
+  for (int iter = 0; iter < 3000; ++iter) {
+    std::string m = good;
+    const int edits = 1 + static_cast<int>(rng() % 3);
+    for (int e = 0; e < edits; ++e) {
+      const std::size_t at = rng() % m.size();
+      switch (rng() % 4) {
+        case 0: m[at] = static_cast<char>(rng()); break;
+        case 1: m[at] = interesting[rng() % sizeof interesting]; break;
+        case 2: m.erase(at, 1 + rng() % 4); break;
+        default: m.insert(at, 1, interesting[rng() % sizeof interesting]); break;
+      }
+      if (m.empty()) m = ".";
+    }
+    try {
+      auto doc = pickle::unpickle(reinterpret_cast<const std::uint8_t*>(m.data()), m.size(), "fuzz");
+      auto refs = pickle::state_dict_tensors(doc.root, "fuzz");
+      if (iter % 5 == 0) {  // the ATen side too: bounds and sizes against real storages
+        members[0].second = m;
+        write_zip(path, members);
+        load_torch_checkpoint(path);
+      }
+      ++loaded;
+    } catch (const FormatError&) {
+      ++refused;
+    } catch (const std::exception& e) {
+      FAIL("iteration " << iter << " threw a non-FormatError: " << e.what());
+    }
+  }
+  CHECK(refused > 0);
+  MESSAGE("mutations loaded: " << loaded << ", refused: " << refused);
 }
