@@ -141,7 +141,7 @@ class Unpickler {
   Unpickler(const Unpickler&) = delete;
   Unpickler& operator=(const Unpickler&) = delete;
 
-  Unpickled run() {
+  Unpickled run(std::size_t* consumed) {
     while (pos_ < n_) {
       op_pos_ = pos_;
       op_ = p_[pos_++];
@@ -152,6 +152,8 @@ class Unpickler {
         memo_.clear();
         result.arena = std::move(arena_);
         arena_.clear();
+        result.storages = std::move(storages_);
+        if (consumed) *consumed = pos_;
         return result;
       }
       step();
@@ -371,8 +373,9 @@ class Unpickler {
   }
 
   ValuePtr persistent_load(const ValuePtr& pid) {
-    if (pid->kind != Kind::Tuple || pid->items.size() != 5)
-      fail("persistent id is not a 5-tuple ('storage', type, key, location, numel)");
+    // torch.save's zip format uses 5-tuples; the legacy format adds view metadata.
+    if (pid->kind != Kind::Tuple || (pid->items.size() != 5 && pid->items.size() != 6))
+      fail("persistent id is not a tuple ('storage', type, key, location, numel[, view])");
     const auto& t = pid->items;
     if (t[0]->kind != Kind::String || t[0]->s != "storage")
       fail("persistent id of an unknown kind (expected 'storage')");
@@ -391,6 +394,19 @@ class Unpickler {
     if (t[3]->kind == Kind::String) s->location = t[3]->s;
     if (t[4]->kind != Kind::Int || t[4]->i < 0) fail("storage size is not a non-negative int");
     s->numel = t[4]->i;
+    if (t.size() == 6 && t[5]->kind != Kind::None) {
+      // (view_key, offset, size): a slice of the root storage, in its elements
+      const auto& m = t[5]->items;
+      if (t[5]->kind != Kind::Tuple || m.size() != 3 || m[1]->kind != Kind::Int ||
+          m[2]->kind != Kind::Int || m[1]->i < 0 || m[2]->i < 0)
+        fail("storage view metadata is not (key, offset, size)");
+      if (m[1]->i > s->numel || m[2]->i > s->numel - m[1]->i)
+        fail("storage view [" + std::to_string(m[1]->i) + ", +" + std::to_string(m[2]->i) +
+             ") lies outside its storage of " + std::to_string(s->numel) + " elements");
+      s->view_offset = m[1]->i;
+      s->view_numel = m[2]->i;
+    }
+    storages_.push_back(s);
     ValuePtr v = make(Kind::Storage);
     v->storage = std::move(s);
     return v;
@@ -631,6 +647,7 @@ class Unpickler {
   std::vector<std::size_t> marks_;
   std::unordered_map<std::uint64_t, ValuePtr> memo_;
   std::vector<ValuePtr> arena_;
+  std::vector<std::shared_ptr<const StorageRef>> storages_;
 };
 
 void flatten(const Value& dict, const std::string& prefix, int depth, const std::string& source,
@@ -657,8 +674,9 @@ void flatten(const Value& dict, const std::string& prefix, int depth, const std:
 
 Unpickled::~Unpickled() { break_cycles(arena); }
 
-Unpickled unpickle(const std::uint8_t* data, std::size_t size, const std::string& source) {
-  return Unpickler(data, size, source).run();
+Unpickled unpickle(const std::uint8_t* data, std::size_t size, const std::string& source,
+                   std::size_t* consumed) {
+  return Unpickler(data, size, source).run(consumed);
 }
 
 std::vector<std::pair<std::string, std::shared_ptr<const TensorRef>>> state_dict_tensors(

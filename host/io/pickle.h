@@ -30,6 +30,10 @@ struct StorageRef {
   std::string dtype;     // safetensors dtype spelling; U8 for torch.UntypedStorage
   std::string location;  // "cpu", "cuda:0", ... (informational; everything loads to CPU)
   std::int64_t numel = 0;
+  // Legacy (pre-zip) checkpoints may refer to a slice of a storage: elements
+  // [view_offset, view_offset + view_numel). view_numel < 0 means the whole storage.
+  std::int64_t view_offset = 0;
+  std::int64_t view_numel = -1;
 };
 
 // A tensor as torch._utils._rebuild_tensor_v2/_v3 describe it. `offset` counts elements of
@@ -65,6 +69,7 @@ struct Value {
 struct Unpickled {
   ValuePtr root;
   std::vector<ValuePtr> arena;
+  std::vector<std::shared_ptr<const StorageRef>> storages;  // every persistent id, in order
 
   Unpickled() = default;
   Unpickled(Unpickled&&) = default;
@@ -74,8 +79,11 @@ struct Unpickled {
   ~Unpickled();
 };
 
-// Interprets a pickle (protocols 2-5). `source` names the file in error messages.
-Unpickled unpickle(const std::uint8_t* data, std::size_t size, const std::string& source);
+// Interprets one pickle (protocols 2-5) from the start of `data`; `consumed`, when given,
+// receives the number of bytes up to and including its STOP opcode (several pickles may
+// follow each other, as in legacy torch files). `source` names the file in error messages.
+Unpickled unpickle(const std::uint8_t* data, std::size_t size, const std::string& source,
+                   std::size_t* consumed = nullptr);
 
 // The checkpoint's tensors, flattened: uses the top-level "state_dict" when there is one;
 // nested dicts with string keys become dotted names ("model.w"); entries that are not

@@ -4,7 +4,7 @@
 // `<archive>/data/<key>`) through the restricted unpickler in pickle.h, so a checkpoint can
 // only ever yield tensors: a pickle that names any other Python global is refused. Tensors
 // keep their dtype, shape, strides and storage offset, and tensors that shared a storage
-// when saved share one here too. The pre-1.6 (non-zip) torch format is refused with a hint.
+// when saved share one here too. The pre-1.6 (non-zip) torch.save format is read as well.
 #pragma once
 
 #include <string>

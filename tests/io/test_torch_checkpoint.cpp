@@ -311,10 +311,11 @@ TEST_CASE("truncated and inconsistent checkpoints are refused clearly") {
     write_zip(path, {{"x/constants.pkl", "."}});
     CHECK(load_error(path).find("no <archive>/data.pkl") != std::string::npos);
   }
-  SUBCASE("legacy torch.save format") {
-    // torch's legacy files open with a pickled magic number: PROTO 2, LONG1 ...
-    std::ofstream(path, std::ios::binary) << std::string("\x80\x02\x8a\x0a", 4) << "legacy";
-    CHECK(load_error(path).find("legacy (pre-1.6)") != std::string::npos);
+  SUBCASE("a pickle that is not a torch.save file") {
+    Pickle p(2);
+    p.op('}');
+    std::ofstream(path, std::ios::binary) << p.done();
+    CHECK(load_error(path).find("no torch magic number") != std::string::npos);
   }
   SUBCASE("top level is not a dict") {
     Pickle p(2);
@@ -415,4 +416,63 @@ TEST_CASE("mutated checkpoints fail only with FormatError") {
   }
   CHECK(refused > 0);
   MESSAGE("mutations loaded: " << loaded << ", refused: " << refused);
+}
+
+namespace {
+
+// A legacy (torch < 1.6) file: magic, protocol version, sys info, object, keys, raw storages.
+// `w` is a 2x3 float tensor on storage "7"; `v` views elements 2..4 of it through a legacy
+// storage slice (view key "7v", offset 2, size 3) with its own offset 1.
+std::string legacy_file(bool truncate) {
+  std::string f("\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19.", 15);
+  f += Pickle(2).integer(1001).done();
+  Pickle info(2);
+  info.op('}').mark().str("protocol_version").integer(1001).str("little_endian").op('\x88');
+  info.str("type_sizes").op('}').mark().str("short").integer(2).str("int").integer(4).op('u').op('u');
+  f += info.done();
+  Pickle obj(2);
+  obj.op('}').mark().str("state_dict").ordered_dict().mark();
+  auto tensor6 = [&](const std::string& name, bool view, std::int64_t off, std::vector<std::int64_t> size,
+                     std::vector<std::int64_t> stride) {
+    obj.str(name).global("torch._utils", "_rebuild_tensor_v2").mark();
+    obj.mark().str("storage").global("torch", "FloatStorage").str("7").str("cpu").integer(6);
+    if (view)
+      obj.mark().str("7v").integer(2).integer(3).tuple();
+    else
+      obj.op('N');
+    obj.tuple().op('Q').integer(off).ints(size).ints(stride).op('\x89').ordered_dict().tuple().op('R');
+  };
+  tensor6("w", false, 0, {2, 3}, {3, 1});
+  tensor6("v", true, 1, {2}, {1});
+  obj.op('u').op('u');
+  f += obj.done();
+  Pickle keys(2);
+  keys.mark().str("7").op('l');
+  f += keys.done();
+  const std::int64_t count = 6;
+  f += std::string(reinterpret_cast<const char*>(&count), 8);
+  f += floats({0, 1, 2, 3, 4, 5});
+  if (truncate) f.resize(f.size() - 4);
+  return f;
+}
+
+}  // namespace
+
+TEST_CASE("legacy (pre-zip) torch.save files load, storage slices included") {
+  ScratchDir dir;
+  const std::string path = dir.file("old.pth");
+  std::ofstream(path, std::ios::binary) << legacy_file(false);
+  NamedTensors sd = load_torch_checkpoint(path);
+  REQUIRE(sd.size() == 2);
+  CHECK(sd[0].first == "w");
+  CHECK(at::equal(sd[0].second, at::arange(6, at::kFloat).reshape({2, 3})));
+  CHECK(sd[1].first == "v");
+  CHECK(sd[1].second.storage_offset() == 3);  // slice offset 2 + tensor offset 1
+  CHECK(at::equal(sd[1].second, at::tensor({3.0f, 4.0f})));
+  CHECK(sd[1].second.storage().data() == sd[0].second.storage().data());
+
+  std::ofstream(path, std::ios::binary | std::ios::trunc) << legacy_file(true);
+  auto msg = load_error(path);
+  CHECK(msg.find("storage '7'") != std::string::npos);
+  CHECK(msg.find("truncated") != std::string::npos);
 }
