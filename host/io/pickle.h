@@ -24,9 +24,10 @@
 
 namespace sumi::io::pickle {
 
-// A storage named by a checkpoint's persistent id ('storage', type, key, location, numel).
+// A storage named by a checkpoint's persistent id ('storage', type, key, location, numel),
+// with a sixth element (view metadata) in legacy files.
 struct StorageRef {
-  std::string key;       // the archive member `data/<key>`
+  std::string key;       // zip format: the member `<archive>/data/<key>`; legacy: the key list
   std::string dtype;     // safetensors dtype spelling; U8 for torch.UntypedStorage
   std::string location;  // "cpu", "cuda:0", ... (informational; everything loads to CPU)
   std::int64_t numel = 0;
