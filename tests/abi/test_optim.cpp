@@ -4,7 +4,7 @@
 
 #include "core/host_api.h"
 #include "core/tensor_handle.h"
-#include "test_helpers.h"
+#include "../common/plugin_test.h"
 
 #include <torch/optim/adamw.h>
 #include <torch/optim/sgd.h>

@@ -5,7 +5,7 @@
 #include "core/error.h"
 #include "core/host_api.h"
 #include "core/tensor_handle.h"
-#include "test_helpers.h"
+#include "../common/plugin_test.h"
 
 using sumi::host::UserError;
 using sumi::test::plugins;

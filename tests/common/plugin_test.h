@@ -1,4 +1,4 @@
-// Shared set-up for the ABI tests: a plugin manager over the build's plugin folders and a
+// Shared set-up for tests that drive plugins through the host: a plugin manager over the build's plugin folders and a
 // helper to instantiate a component with text configuration.
 #pragma once
 
@@ -21,7 +21,9 @@ inline host::PluginManager& plugins() {
   return pm;
 }
 
+#ifdef SUMI_TEST_PLUGIN_DIR
 inline std::string test_plugin(const std::string& name) { return std::string(SUMI_TEST_PLUGIN_DIR) + "/" + name + ".so"; }
+#endif
 
 inline std::unique_ptr<host::Component> make(int32_t kind, const std::string& name, host::Registry& reg,
                                              const std::map<std::string, std::string>& config = {},
