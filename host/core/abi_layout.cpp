@@ -1,0 +1,32 @@
+// Pins the released ABI 1.0 layouts (LP64). A change here breaks every plugin built before it:
+// grow structs only by appending, and add asserts for the new minor instead of editing these.
+#include <sumi/sumi.h>
+
+#include <cstddef>
+
+#if defined(__LP64__)
+static_assert(sizeof(sumi_host_api) == 320, "sumi_host_api layout changed");
+static_assert(offsetof(sumi_host_api, last_error) == 16, "sumi_host_api.last_error moved");
+static_assert(offsetof(sumi_host_api, op_call) == 160, "sumi_host_api.op_call moved");
+static_assert(offsetof(sumi_host_api, autograd_apply) == 208, "sumi_host_api.autograd_apply moved");
+static_assert(offsetof(sumi_host_api, param_create) == 280, "sumi_host_api.param_create moved");
+static_assert(offsetof(sumi_host_api, native_wrap) == 312, "sumi_host_api.native_wrap moved");
+static_assert(sizeof(sumi_value) == 24, "sumi_value layout changed");
+static_assert(sizeof(sumi_dtype) == 4, "sumi_dtype layout changed");
+static_assert(sizeof(sumi_device) == 8, "sumi_device layout changed");
+static_assert(sizeof(sumi_param_spec) == 40, "sumi_param_spec layout changed");
+static_assert(sizeof(sumi_component) == 72, "sumi_component layout changed");
+static_assert(offsetof(sumi_component, vtable) == 64, "sumi_component.vtable moved");
+static_assert(sizeof(sumi_plugin_descriptor) == 56, "sumi_plugin_descriptor layout changed");
+static_assert(offsetof(sumi_plugin_descriptor, native) == 48, "sumi_plugin_descriptor.native moved");
+static_assert(sizeof(sumi_native_info) == 32, "sumi_native_info layout changed");
+static_assert(sizeof(sumi_autograd_function) == 40, "sumi_autograd_function layout changed");
+static_assert(sizeof(sumi_optimizer_vtable) == 24, "sumi_optimizer_vtable layout changed");
+static_assert(sizeof(sumi_lr_query) == 40, "sumi_lr_query layout changed");
+static_assert(sizeof(sumi_lr_scheduler_vtable) == 16, "sumi_lr_scheduler_vtable layout changed");
+static_assert(sizeof(sumi_noise_scheduler_vtable) == 80, "sumi_noise_scheduler_vtable layout changed");
+static_assert(sizeof(sumi_module_info) == 104, "sumi_module_info layout changed");
+static_assert(sizeof(sumi_network_vtable) == 56, "sumi_network_vtable layout changed");
+static_assert(sizeof(sumi_model_vtable) == 64, "sumi_model_vtable layout changed");
+static_assert(sizeof(sumi_tagger_vtable) == 16, "sumi_tagger_vtable layout changed");
+#endif
