@@ -1,0 +1,33 @@
+// From original single-file checkpoints (CompVis LDM layout for SD 1.x/2.x, Stability SGM for
+// SDXL) to diffusers / transformers names, which is what sumi's modules use. Besides renaming,
+// the conversion reshapes the VAE mid-attention q/k/v/proj_out from 1x1 convs to linears,
+// splits OpenCLIP's fused in_proj into q/k/v, transposes OpenCLIP's text_projection
+// ([width, proj] in single files) into a Linear weight, and drops the last OpenCLIP block for
+// SD2 (diffusers stores SD2's tower without it, so last_hidden_state is the penultimate layer).
+#pragma once
+
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "detect.h"
+#include "weights.h"
+
+namespace sumi::nn {
+
+struct ConvertedCheckpoint {
+  ModelFamily family = ModelFamily::sd1;
+  TensorMap unet, vae, text_encoder, text_encoder_2;  // diffusers names, no component prefix
+  std::vector<std::string> unused;  // single-file keys that map to nothing (e.g. logit_scale)
+};
+
+// `weights`: every tensor of the single file under its original name.
+ConvertedCheckpoint convert_single_file(const TensorMap& weights, ModelFamily family);
+
+// Name-only maps, for tensors that keep their shape (also what LoRA key translation needs).
+// `key` is without the "model.diffusion_model." / "first_stage_model." prefix; std::nullopt when
+// the key is not part of the layout.
+std::optional<std::string> unet_key_to_diffusers(const std::string& key, int64_t layers_per_block);
+std::optional<std::string> vae_key_to_diffusers(const std::string& key, int64_t levels);
+
+}  // namespace sumi::nn
