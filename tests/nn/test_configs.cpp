@@ -105,4 +105,6 @@ TEST_CASE("detect: names of no SD layout are rejected") {
   TensorShapes partial{{"model.diffusion_model.input_blocks.0.0.weight", {32, 4, 3, 3}},
                        {"cond_stage_model.transformer.text_model.embeddings.token_embedding.weight", {10, 8}}};
   CHECK_THROWS_WITH(detect_from_weights(partial), doctest::Contains("is missing"));
+  TensorShapes refiner{{"conditioner.embedders.0.model.token_embedding.weight", {49408, 1280}}};
+  CHECK_THROWS_WITH(detect_from_weights(refiner), doctest::Contains("refiner"));
 }

@@ -1,4 +1,5 @@
 // AutoencoderKL of the three tiny models against diffusers' outputs.
+#include <ATen/CPUGeneratorImpl.h>
 #include <doctest/doctest.h>
 
 #include "nn/autoencoder_kl.h"

@@ -217,6 +217,9 @@ DetectedModel detect_from_weights(const TensorShapes& shapes) {
                              "model.diffusion_model., first_stage_model., cond_stage_model. or "
                              "conditioner.embedders.)");
   }
+  if (m.family == ModelFamily::sdxl && any_prefix(shapes, "conditioner.embedders.0.model."))
+    throw std::runtime_error("detect: this is an SDXL refiner (its first embedder is OpenCLIP); "
+                             "only the SDXL base layout is supported");
   const auto p = single_file_prefixes(m.family);
   int64_t pooled_dim = 0;
   if (m.family == ModelFamily::sdxl) {
