@@ -108,3 +108,55 @@ TEST_CASE("weights: strict loading names missing, unexpected and mis-shaped tens
   wrong["conv_in.weight"] = at::zeros({32, 4, 1, 1});
   CHECK_THROWS_WITH(load_weights(unet, wrong), doctest::Contains("conv_in.weight' has shape [32, 4, 1, 1]"));
 }
+
+TEST_CASE("key map: diffusers parts back to the single file") {
+  struct Case {
+    const char* model;
+    ModelFamily family;
+  };
+  for (auto [model, family] : {Case{"tiny-sd1", ModelFamily::sd1}, Case{"tiny-sd2v", ModelFamily::sd2},
+                               Case{"tiny-sdxl", ModelFamily::sdxl}}) {
+    CAPTURE(model);
+    const std::string m = model;
+    auto original = load_f32(fixture(m + ".safetensors"));
+    auto parts = convert_single_file(original, family);
+    auto config = UNetConfig::from_diffusers_json(fixture(m + "/unet/config.json"));
+    // With the original as carry-over the round trip is exact.
+    auto back = to_single_file(parts, config, &original);
+    CHECK(back.size() == original.size());
+    for (const auto& [name, t] : original) {
+      CAPTURE(name);
+      auto it = back.find(name);
+      REQUIRE(it != back.end());
+      REQUIRE(it->second.sizes() == t.sizes());
+      CHECK(at::equal(it->second, t));
+    }
+    // Without it, the tensors the diffusers form lacks get placeholders of the right shape
+    // (SD2's unused text_projection is [width, width] as in the real model; the tiny one is not).
+    auto placeholder = to_single_file(parts, config);
+    CHECK(placeholder.size() == original.size());
+    for (const auto& [name, t] : original) {
+      CAPTURE(name);
+      REQUIRE(placeholder.count(name) == 1);
+      if (name != "cond_stage_model.model.text_projection") CHECK(placeholder.at(name).sizes() == t.sizes());
+    }
+  }
+}
+
+TEST_CASE("key map: names back to the original layout") {
+  auto xl = UNetConfig::from_diffusers_json(fixture("tiny-sdxl/unet/config.json"));
+  CHECK(unet_key_to_original("down_blocks.1.attentions.0.transformer_blocks.0.attn1.to_q.weight", xl) ==
+        "input_blocks.4.1.transformer_blocks.0.attn1.to_q.weight");
+  CHECK(unet_key_to_original("up_blocks.0.upsamplers.0.conv.weight", xl) == "output_blocks.2.2.conv.weight");
+  CHECK(unet_key_to_original("up_blocks.1.upsamplers.0.conv.weight", xl) == "output_blocks.5.2.conv.weight");
+  auto sd1 = UNetConfig::from_diffusers_json(fixture("tiny-sd1/unet/config.json"));
+  CHECK(unet_key_to_original("up_blocks.0.upsamplers.0.conv.weight", sd1) == "output_blocks.2.1.conv.weight");
+  CHECK(unet_key_to_original("down_blocks.1.resnets.0.time_emb_proj.weight", sd1) ==
+        "input_blocks.4.0.emb_layers.1.weight");
+  CHECK_FALSE(unet_key_to_original("down_blocks.9.resnets.0.conv1.weight", sd1));
+  CHECK(vae_key_to_original("decoder.up_blocks.0.upsamplers.0.conv.weight", 4) == "decoder.up.3.upsample.conv.weight");
+  CHECK(vae_key_to_original("encoder.mid_block.attentions.0.to_out.0.weight", 4) == "encoder.mid.attn_1.proj_out.weight");
+  ConvertedCheckpoint bad;
+  bad.unet["nonsense.weight"] = at::zeros({1});
+  CHECK_THROWS_WITH(to_single_file(bad, sd1), doctest::Contains("'nonsense.weight' has no place"));
+}

@@ -1,6 +1,8 @@
 #include "key_map.h"
 
 #include <algorithm>
+#include <array>
+#include <cmath>
 #include <stdexcept>
 
 namespace sumi::nn {
@@ -20,29 +22,49 @@ bool take_index(const std::string& s, int64_t& index, std::string& rest) {
   return true;
 }
 
-std::optional<std::string> rename_prefix(const std::string& key,
-                                         std::initializer_list<std::pair<const char*, const char*>> table) {
-  for (const auto& [from, to] : table)
-    if (starts_with(key, from)) return std::string(to) + key.substr(std::string(from).size());
+// Prefix renames, original name first; applied in either direction.
+using Table = std::vector<std::pair<std::string, std::string>>;
+
+std::optional<std::string> rename_prefix(const std::string& key, const Table& table,
+                                         bool to_original = false) {
+  for (const auto& [orig, diff] : table) {
+    const auto& from = to_original ? diff : orig;
+    const auto& to = to_original ? orig : diff;
+    if (starts_with(key, from)) return to + key.substr(from.size());
+  }
   return std::nullopt;
 }
 
-std::optional<std::string> unet_resnet(const std::string& rest) {
-  return rename_prefix(rest, {{"in_layers.0.", "norm1."},
-                              {"in_layers.2.", "conv1."},
-                              {"emb_layers.1.", "time_emb_proj."},
-                              {"out_layers.0.", "norm2."},
-                              {"out_layers.3.", "conv2."},
-                              {"skip_connection.", "conv_shortcut."}});
-}
+const Table kUnetResnet{{"in_layers.0.", "norm1."},      {"in_layers.2.", "conv1."},
+                        {"emb_layers.1.", "time_emb_proj."}, {"out_layers.0.", "norm2."},
+                        {"out_layers.3.", "conv2."},     {"skip_connection.", "conv_shortcut."}};
+const Table kVaeResnet{{"norm1.", "norm1."}, {"conv1.", "conv1."}, {"norm2.", "norm2."},
+                       {"conv2.", "conv2."}, {"nin_shortcut.", "conv_shortcut."}};
+const Table kVaeAttention{{"norm.", "group_norm."}, {"q.", "to_q."}, {"k.", "to_k."},
+                          {"v.", "to_v."},          {"proj_out.", "to_out.0."}};
+const Table kUnetTop{{"time_embed.0.", "time_embedding.linear_1."},
+                     {"time_embed.2.", "time_embedding.linear_2."},
+                     {"label_emb.0.0.", "add_embedding.linear_1."},
+                     {"label_emb.0.2.", "add_embedding.linear_2."},
+                     {"input_blocks.0.0.", "conv_in."},
+                     {"out.0.", "conv_norm_out."},
+                     {"out.2.", "conv_out."}};
+const Table kVaeTop{{"encoder.conv_in.", "encoder.conv_in."},
+                    {"encoder.conv_out.", "encoder.conv_out."},
+                    {"encoder.norm_out.", "encoder.conv_norm_out."},
+                    {"decoder.conv_in.", "decoder.conv_in."},
+                    {"decoder.conv_out.", "decoder.conv_out."},
+                    {"decoder.norm_out.", "decoder.conv_norm_out."},
+                    {"quant_conv.", "quant_conv."},
+                    {"post_quant_conv.", "post_quant_conv."}};
+const Table kOpenClipLayer{{"attn.out_proj.", "self_attn.out_proj."},
+                           {"ln_1.", "layer_norm1."},
+                           {"ln_2.", "layer_norm2."},
+                           {"mlp.c_fc.", "mlp.fc1."},
+                           {"mlp.c_proj.", "mlp.fc2."}};
 
-std::optional<std::string> vae_resnet(const std::string& rest) {
-  return rename_prefix(rest, {{"norm1.", "norm1."},
-                              {"conv1.", "conv1."},
-                              {"norm2.", "norm2."},
-                              {"conv2.", "conv2."},
-                              {"nin_shortcut.", "conv_shortcut."}});
-}
+std::optional<std::string> unet_resnet(const std::string& rest) { return rename_prefix(rest, kUnetResnet); }
+std::optional<std::string> vae_resnet(const std::string& rest) { return rename_prefix(rest, kVaeResnet); }
 
 std::optional<std::string> with_prefix(const std::string& prefix, std::optional<std::string> rest) {
   if (!rest) return std::nullopt;
@@ -53,12 +75,7 @@ std::optional<std::string> vae_mid(const std::string& side, const std::string& r
   if (starts_with(rest, "block_1.")) return with_prefix(side + "mid_block.resnets.0.", vae_resnet(rest.substr(8)));
   if (starts_with(rest, "block_2.")) return with_prefix(side + "mid_block.resnets.1.", vae_resnet(rest.substr(8)));
   if (starts_with(rest, "attn_1."))
-    return with_prefix(side + "mid_block.attentions.0.",
-                       rename_prefix(rest.substr(7), {{"norm.", "group_norm."},
-                                                      {"q.", "to_q."},
-                                                      {"k.", "to_k."},
-                                                      {"v.", "to_v."},
-                                                      {"proj_out.", "to_out.0."}}));
+    return with_prefix(side + "mid_block.attentions.0.", rename_prefix(rest.substr(7), kVaeAttention));
   return std::nullopt;
 }
 
@@ -111,11 +128,7 @@ void convert_openclip(const TensorMap& w, const std::string& p, bool drop_last, 
         put(out, layer + "self_attn.v_proj." + suffix, parts[2].contiguous(), key);
         continue;
       }
-      auto mapped = rename_prefix(rest, {{"attn.out_proj.", "self_attn.out_proj."},
-                                         {"ln_1.", "layer_norm1."},
-                                         {"ln_2.", "layer_norm2."},
-                                         {"mlp.c_fc.", "mlp.fc1."},
-                                         {"mlp.c_proj.", "mlp.fc2."}});
+      auto mapped = rename_prefix(rest, kOpenClipLayer);
       if (mapped) put(out, layer + *mapped, t, key);
       else unused.push_back(key);
     } else {
@@ -136,14 +149,7 @@ void convert_clip(const TensorMap& w, const std::string& p, TensorMap& out) {
 }  // namespace
 
 std::optional<std::string> unet_key_to_diffusers(const std::string& key, int64_t layers) {
-  if (auto m = rename_prefix(key, {{"time_embed.0.", "time_embedding.linear_1."},
-                                   {"time_embed.2.", "time_embedding.linear_2."},
-                                   {"label_emb.0.0.", "add_embedding.linear_1."},
-                                   {"label_emb.0.2.", "add_embedding.linear_2."},
-                                   {"input_blocks.0.0.", "conv_in."},
-                                   {"out.0.", "conv_norm_out."},
-                                   {"out.2.", "conv_out."}}))
-    return m;
+  if (auto m = rename_prefix(key, kUnetTop)) return m;
   int64_t k, sub;
   std::string rest, inner;
   if (starts_with(key, "input_blocks.")) {
@@ -179,15 +185,7 @@ std::optional<std::string> unet_key_to_diffusers(const std::string& key, int64_t
 }
 
 std::optional<std::string> vae_key_to_diffusers(const std::string& key, int64_t levels) {
-  if (auto m = rename_prefix(key, {{"encoder.conv_in.", "encoder.conv_in."},
-                                   {"encoder.conv_out.", "encoder.conv_out."},
-                                   {"encoder.norm_out.", "encoder.conv_norm_out."},
-                                   {"decoder.conv_in.", "decoder.conv_in."},
-                                   {"decoder.conv_out.", "decoder.conv_out."},
-                                   {"decoder.norm_out.", "decoder.conv_norm_out."},
-                                   {"quant_conv.", "quant_conv."},
-                                   {"post_quant_conv.", "post_quant_conv."}}))
-    return m;
+  if (auto m = rename_prefix(key, kVaeTop)) return m;
   int64_t i, j;
   std::string rest, inner;
   if (starts_with(key, "encoder.mid.")) return vae_mid("encoder.", key.substr(12));
@@ -251,6 +249,184 @@ ConvertedCheckpoint convert_single_file(const TensorMap& w, ModelFamily family) 
     convert_clip(w, p.text_encoder, out.text_encoder);
   if (family == ModelFamily::sdxl)
     convert_openclip(w, p.text_encoder_2, false, true, out.text_encoder_2, out.unused);
+  return out;
+}
+
+namespace {
+
+std::optional<std::string> resnet_back(const std::string& prefix, const std::string& rest,
+                                       const Table& table) {
+  return with_prefix(prefix, rename_prefix(rest, table, true));
+}
+
+std::optional<std::string> vae_mid_back(const std::string& side, const std::string& rest) {
+  if (starts_with(rest, "resnets.0.")) return resnet_back(side + "mid.block_1.", rest.substr(10), kVaeResnet);
+  if (starts_with(rest, "resnets.1.")) return resnet_back(side + "mid.block_2.", rest.substr(10), kVaeResnet);
+  if (starts_with(rest, "attentions.0."))
+    return with_prefix(side + "mid.attn_1.", rename_prefix(rest.substr(13), kVaeAttention, true));
+  return std::nullopt;
+}
+
+int64_t count_blocks(const TensorMap& w, const std::string& prefix) { return count_indices(w, prefix); }
+
+}  // namespace
+
+std::optional<std::string> unet_key_to_original(const std::string& key, const UNetConfig& c) {
+  if (auto m = rename_prefix(key, kUnetTop, true)) return m;
+  const int64_t layers = c.layers_per_block, n = static_cast<int64_t>(c.levels());
+  int64_t i, j;
+  std::string rest, inner;
+  auto block = [](int64_t k, int sub) {
+    return std::to_string(k) + "." + std::to_string(sub) + ".";
+  };
+  if (starts_with(key, "down_blocks.")) {
+    if (!take_index(key.substr(12), i, rest) || i >= n) return std::nullopt;
+    if (starts_with(rest, "resnets.") && take_index(rest.substr(8), j, inner))
+      return resnet_back("input_blocks." + block(1 + i * (layers + 1) + j, 0), inner, kUnetResnet);
+    if (starts_with(rest, "attentions.") && take_index(rest.substr(11), j, inner))
+      return "input_blocks." + block(1 + i * (layers + 1) + j, 1) + inner;
+    if (starts_with(rest, "downsamplers.0.conv."))
+      return "input_blocks." + block((i + 1) * (layers + 1), 0) + "op." + rest.substr(20);
+    return std::nullopt;
+  }
+  if (starts_with(key, "mid_block.")) {
+    rest = key.substr(10);
+    if (starts_with(rest, "resnets.0.")) return resnet_back("middle_block.0.", rest.substr(10), kUnetResnet);
+    if (starts_with(rest, "attentions.0.")) return "middle_block.1." + rest.substr(13);
+    if (starts_with(rest, "resnets.1.")) return resnet_back("middle_block.2.", rest.substr(10), kUnetResnet);
+    return std::nullopt;
+  }
+  if (starts_with(key, "up_blocks.")) {
+    if (!take_index(key.substr(10), i, rest) || i >= n) return std::nullopt;
+    if (starts_with(rest, "resnets.") && take_index(rest.substr(8), j, inner))
+      return resnet_back("output_blocks." + block(i * (layers + 1) + j, 0), inner, kUnetResnet);
+    if (starts_with(rest, "attentions.") && take_index(rest.substr(11), j, inner))
+      return "output_blocks." + block(i * (layers + 1) + j, 1) + inner;
+    if (starts_with(rest, "upsamplers.0.conv.")) {
+      const bool attn = c.cross_attention[n - 1 - i];
+      return "output_blocks." + block(i * (layers + 1) + layers, attn ? 2 : 1) + "conv." +
+             rest.substr(18);
+    }
+    return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+std::optional<std::string> vae_key_to_original(const std::string& key, int64_t levels) {
+  if (auto m = rename_prefix(key, kVaeTop, true)) return m;
+  int64_t i, j;
+  std::string rest, inner;
+  if (starts_with(key, "encoder.mid_block.")) return vae_mid_back("encoder.", key.substr(18));
+  if (starts_with(key, "decoder.mid_block.")) return vae_mid_back("decoder.", key.substr(18));
+  if (starts_with(key, "encoder.down_blocks.")) {
+    if (!take_index(key.substr(20), i, rest)) return std::nullopt;
+    const auto block = "encoder.down." + std::to_string(i) + ".";
+    if (starts_with(rest, "downsamplers.0.conv.")) return block + "downsample.conv." + rest.substr(20);
+    if (starts_with(rest, "resnets.") && take_index(rest.substr(8), j, inner))
+      return resnet_back(block + "block." + std::to_string(j) + ".", inner, kVaeResnet);
+    return std::nullopt;
+  }
+  if (starts_with(key, "decoder.up_blocks.")) {
+    if (!take_index(key.substr(18), i, rest) || i >= levels) return std::nullopt;
+    const auto block = "decoder.up." + std::to_string(levels - 1 - i) + ".";
+    if (starts_with(rest, "upsamplers.0.conv.")) return block + "upsample.conv." + rest.substr(18);
+    if (starts_with(rest, "resnets.") && take_index(rest.substr(8), j, inner))
+      return resnet_back(block + "block." + std::to_string(j) + ".", inner, kVaeResnet);
+    return std::nullopt;
+  }
+  return std::nullopt;
+}
+
+namespace {
+
+[[noreturn]] void unmappable(const std::string& part, const std::string& key) {
+  throw std::runtime_error("key map: " + part + " tensor '" + key +
+                           "' has no place in the original layout; is it from another model kind?");
+}
+
+// transformers' CLIP names back to OpenCLIP under `p` (q/k/v fused into in_proj).
+void openclip_back(const TensorMap& te, const std::string& p, bool sd2, const TensorMap* carry,
+                   TensorMap& out) {
+  std::map<std::string, std::array<at::Tensor, 3>> fused;  // "<layer>.weight" -> q, k, v
+  for (const auto& [key, t] : te) {
+    if (key == "text_model.embeddings.token_embedding.weight") {
+      put(out, p + "token_embedding.weight", t, key);
+    } else if (key == "text_model.embeddings.position_embedding.weight") {
+      put(out, p + "positional_embedding", t, key);
+    } else if (starts_with(key, "text_model.final_layer_norm.")) {
+      put(out, p + "ln_final." + key.substr(28), t, key);
+    } else if (key == "text_projection.weight") {
+      put(out, p + "text_projection", t.t().contiguous(), key);
+    } else if (starts_with(key, "text_model.encoder.layers.")) {
+      int64_t i;
+      std::string rest;
+      if (!take_index(key.substr(26), i, rest)) unmappable("text encoder", key);
+      const auto layer = p + "transformer.resblocks." + std::to_string(i) + ".";
+      int slot = starts_with(rest, "self_attn.q_proj.") ? 0
+                 : starts_with(rest, "self_attn.k_proj.") ? 1
+                 : starts_with(rest, "self_attn.v_proj.") ? 2 : -1;
+      if (slot >= 0) {
+        fused[layer + "attn.in_proj_" + rest.substr(17)][slot] = t;
+        continue;
+      }
+      auto mapped = rename_prefix(rest, kOpenClipLayer, true);
+      if (!mapped) unmappable("text encoder", key);
+      put(out, layer + *mapped, t, key);
+    } else if (key.find("position_ids") == std::string::npos) {
+      unmappable("text encoder", key);
+    }
+  }
+  for (auto& [name, qkv] : fused) {
+    if (!qkv[0].defined() || !qkv[1].defined() || !qkv[2].defined())
+      throw std::runtime_error("key map: '" + name + "' needs q, k and v projections; one is missing");
+    put(out, name, at::cat({qkv[0], qkv[1], qkv[2]}, 0), name);
+  }
+  // What the diffusers form does not hold.
+  const int64_t blocks = count_blocks(out, p + "transformer.resblocks.");
+  std::vector<std::pair<std::string, at::Tensor>> extras;
+  if (sd2 && blocks > 0) {
+    const auto last = p + "transformer.resblocks." + std::to_string(blocks - 1) + ".";
+    const auto dummy = p + "transformer.resblocks." + std::to_string(blocks) + ".";
+    for (auto it = out.lower_bound(last); it != out.end() && starts_with(it->first, last); ++it)
+      extras.emplace_back(dummy + it->first.substr(last.size()), it->second.clone());
+    const int64_t width = out.at(p + "token_embedding.weight").size(1);
+    extras.emplace_back(p + "text_projection", at::eye(width, out.at(p + "token_embedding.weight").options()));
+  }
+  extras.emplace_back(p + "logit_scale", at::scalar_tensor(std::log(100.0), at::kFloat));
+  for (auto& [name, t] : extras) {
+    if (carry) {
+      auto it = carry->find(name);
+      if (it != carry->end()) t = it->second;
+    }
+    out.emplace(name, t);
+  }
+}
+
+}  // namespace
+
+TensorMap to_single_file(const ConvertedCheckpoint& parts, const UNetConfig& unet_config,
+                         const TensorMap* carry_over) {
+  TensorMap out;
+  const auto p = single_file_prefixes(parts.family);
+  for (const auto& [key, t] : parts.unet) {
+    auto name = unet_key_to_original(key, unet_config);
+    if (!name) unmappable("UNet", key);
+    put(out, p.unet + *name, t, key);
+  }
+  const int64_t levels = count_blocks(parts.vae, "encoder.down_blocks.");
+  for (const auto& [key, t] : parts.vae) {
+    auto name = vae_key_to_original(key, levels);
+    if (!name) unmappable("VAE", key);
+    const bool attn_proj = key.find("mid_block.attentions.0.to_") != std::string::npos && t.dim() == 2;
+    put(out, p.vae + *name, attn_proj ? t.reshape({t.size(0), t.size(1), 1, 1}) : t, key);
+  }
+  if (parts.family == ModelFamily::sd2) {
+    if (!parts.text_encoder.empty()) openclip_back(parts.text_encoder, p.text_encoder, true, carry_over, out);
+  } else {
+    for (const auto& [key, t] : parts.text_encoder) put(out, p.text_encoder + key, t, key);
+  }
+  if (parts.family == ModelFamily::sdxl && !parts.text_encoder_2.empty())
+    openclip_back(parts.text_encoder_2, p.text_encoder_2, false, carry_over, out);
   return out;
 }
 

@@ -30,4 +30,19 @@ ConvertedCheckpoint convert_single_file(const TensorMap& weights, ModelFamily fa
 std::optional<std::string> unet_key_to_diffusers(const std::string& key, int64_t layers_per_block);
 std::optional<std::string> vae_key_to_diffusers(const std::string& key, int64_t levels);
 
+// The way back: diffusers names to the original layout (what a saved single-file checkpoint
+// and SDXL's kohya LoRA names use). The UNet needs the config to place the upsamplers.
+std::optional<std::string> unet_key_to_original(const std::string& key, const UNetConfig& config);
+std::optional<std::string> vae_key_to_original(const std::string& key, int64_t levels);
+
+// Assembles a single-file checkpoint (original names, with the component prefixes) from
+// diffusers-named parts; the inverse of convert_single_file. Tensors the diffusers form does not
+// hold (OpenCLIP's logit_scale, SD2's last block and text_projection) are taken from
+// `carry_over` (original names, e.g. the file the model came from) when given; otherwise they
+// are filled with placeholders of the right shape, as sd-scripts does (SD2's last block is a
+// copy of the one before it, SD2's text_projection an identity [width, width] as in the real
+// model; SD2 and SDXL never use any of them).
+TensorMap to_single_file(const ConvertedCheckpoint& parts, const UNetConfig& unet_config,
+                         const TensorMap* carry_over = nullptr);
+
 }  // namespace sumi::nn
