@@ -55,3 +55,31 @@ TEST_CASE("autocast: text encoder and VAE decode under bf16 autocast") {
   CHECK(rel_err(out.text_embeds, golden("tiny-sdxl", "te2.text_embeds")) < 5e-2);
   CHECK(rel_err(vae.decode(golden("tiny-sdxl", "vae.in.latent")), golden("tiny-sdxl", "vae.dec.out")) < 5e-2);
 }
+
+TEST_CASE("bf16: a UNet cast to bf16 runs in bf16 and stays close to float32") {
+  UNet2DConditionModel unet(UNetConfig::from_diffusers_json(fixture("tiny-sd2v/unet/config.json")));
+  load_weights(unet, load_f32(fixture("tiny-sd2v/unet/diffusion_pytorch_model.safetensors")));
+  unet.to(at::kBFloat16);
+  at::NoGradGuard no_grad;
+  auto out = unet.forward(golden("tiny-sd2v", "unet.in.sample").to(at::kBFloat16), at::scalar_tensor(500, at::kLong),
+                          golden("tiny-sd2v", "unet.in.encoder_hidden_states").to(at::kBFloat16));
+  CHECK((out.scalar_type() == at::kBFloat16));
+  CHECK(rel_err(out, golden("tiny-sd2v", "unet.out.t500")) < 5e-2);
+}
+
+TEST_CASE("training: gradients reach every UNet and text-encoder parameter") {
+  UNet2DConditionModel unet(UNetConfig::from_diffusers_json(fixture("tiny-sdxl/unet/config.json")));
+  AddedConditioning added{at::randn({1, 24}), at::tensor({64.0f, 64.0f, 0.0f, 0.0f, 64.0f, 64.0f}).unsqueeze(0)};
+  unet.forward(at::randn({1, 4, 8, 8}), at::scalar_tensor(10), at::randn({1, 7, 64}), &added).square().mean().backward();
+  for (const auto& p : unet.named_parameters()) {
+    CAPTURE(p.key());
+    REQUIRE(p.value().grad().defined());
+  }
+  ClipTextModel te(ClipTextConfig::from_diffusers_json(fixture("tiny-sdxl/text_encoder_2/config.json")));
+  auto out = te.forward(at::tensor({49406, 320, 49407, 0}, at::kLong).unsqueeze(0));
+  (out.last_hidden_state.sum() + out.text_embeds.sum()).backward();
+  for (const auto& p : te.named_parameters()) {
+    CAPTURE(p.key());
+    REQUIRE(p.value().grad().defined());
+  }
+}
