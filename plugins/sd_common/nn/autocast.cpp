@@ -34,6 +34,9 @@ void set_dtype(c10::DeviceType d, c10::ScalarType t) {
 
 }  // namespace
 
+bool autocast_enabled(c10::DeviceType device) { return is_enabled(device); }
+c10::ScalarType autocast_dtype(c10::DeviceType device) { return get_dtype(device); }
+
 AutocastGuard::AutocastGuard(c10::DeviceType device, c10::ScalarType dtype, bool enabled)
     : device_(device) {
   if (device != c10::DeviceType::CPU && device != c10::DeviceType::CUDA)

@@ -8,6 +8,10 @@
 
 namespace sumi::nn {
 
+// The current autocast switch and dtype of a device (CPU or CUDA).
+bool autocast_enabled(c10::DeviceType device);
+c10::ScalarType autocast_dtype(c10::DeviceType device);
+
 class AutocastGuard {
  public:
   AutocastGuard(c10::DeviceType device, c10::ScalarType dtype, bool enabled = true);

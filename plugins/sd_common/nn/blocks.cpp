@@ -4,6 +4,7 @@
 #include <string>
 
 #include "attention_compat.h"
+#include "checkpoint.h"
 
 namespace sumi::nn {
 
@@ -19,6 +20,13 @@ ResnetBlock2D::ResnetBlock2D(int64_t in, int64_t out, int64_t temb_channels, int
 }
 
 at::Tensor ResnetBlock2D::forward(const at::Tensor& x, const at::Tensor& temb) const {
+  if (gradient_checkpointing && at::GradMode::is_enabled() && temb.defined())
+    return checkpointed(*this, [this](const std::vector<at::Tensor>& in) { return compute(in[0], in[1]); },
+                        {x, temb});
+  return compute(x, temb);
+}
+
+at::Tensor ResnetBlock2D::compute(const at::Tensor& x, const at::Tensor& temb) const {
   auto h = conv1->forward(at::silu(norm1->forward(x)));
   if (time_emb_proj && temb.defined())
     h = h + time_emb_proj->forward(at::silu(temb)).unsqueeze(-1).unsqueeze(-1);
@@ -100,7 +108,14 @@ BasicTransformerBlock::BasicTransformerBlock(int64_t dim, int64_t heads, int64_t
   ff = register_module("ff", std::make_shared<FeedForward>(dim, 4));
 }
 
-at::Tensor BasicTransformerBlock::forward(at::Tensor x, const at::Tensor& context) const {
+at::Tensor BasicTransformerBlock::forward(const at::Tensor& x, const at::Tensor& context) const {
+  if (gradient_checkpointing && at::GradMode::is_enabled())
+    return checkpointed(*this, [this](const std::vector<at::Tensor>& in) { return compute(in[0], in[1]); },
+                        {x, context});
+  return compute(x, context);
+}
+
+at::Tensor BasicTransformerBlock::compute(at::Tensor x, const at::Tensor& context) const {
   x = x + attn1->forward(norm1->forward(x));
   x = x + attn2->forward(norm2->forward(x), context);
   return x + ff->forward(norm3->forward(x));

@@ -16,6 +16,8 @@ struct ResnetBlock2D : torch::nn::Module {
   // temb_channels 0: no time embedding (the VAE).
   ResnetBlock2D(int64_t in, int64_t out, int64_t temb_channels, int64_t groups, double eps);
   at::Tensor forward(const at::Tensor& x, const at::Tensor& temb = {}) const;
+  at::Tensor compute(const at::Tensor& x, const at::Tensor& temb) const;
+  bool gradient_checkpointing = false;
   std::shared_ptr<GroupNorm> norm1, norm2;
   std::shared_ptr<Conv2d> conv1, conv2, conv_shortcut;
   std::shared_ptr<Linear> time_emb_proj;
@@ -58,7 +60,9 @@ struct FeedForward : torch::nn::Module {
 
 struct BasicTransformerBlock : torch::nn::Module {
   BasicTransformerBlock(int64_t dim, int64_t heads, int64_t context_dim, bool upcast);
-  at::Tensor forward(at::Tensor x, const at::Tensor& context) const;
+  at::Tensor forward(const at::Tensor& x, const at::Tensor& context) const;
+  at::Tensor compute(at::Tensor x, const at::Tensor& context) const;
+  bool gradient_checkpointing = false;
   std::shared_ptr<LayerNorm> norm1, norm2, norm3;
   std::shared_ptr<Attention> attn1, attn2;
   std::shared_ptr<FeedForward> ff;

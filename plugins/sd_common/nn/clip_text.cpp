@@ -4,6 +4,7 @@
 #include <string>
 
 #include "attention_compat.h"
+#include "checkpoint.h"
 #include "layers.h"
 
 namespace sumi::nn {
@@ -50,10 +51,16 @@ struct ClipLayer : torch::nn::Module {
     mlp = register_module("mlp", std::make_shared<ClipMlp>(c.hidden_size, c.intermediate_size, c.hidden_act));
     layer_norm2 = register_module("layer_norm2", std::make_shared<LayerNorm>(c.hidden_size, c.layer_norm_eps));
   }
-  at::Tensor forward(at::Tensor x) const {
+  at::Tensor forward(const at::Tensor& x) const {
+    if (gradient_checkpointing && at::GradMode::is_enabled())
+      return checkpointed(*this, [this](const std::vector<at::Tensor>& in) { return compute(in[0]); }, {x});
+    return compute(x);
+  }
+  at::Tensor compute(at::Tensor x) const {
     x = x + self_attn->forward(layer_norm1->forward(x));
     return x + mlp->forward(layer_norm2->forward(x));
   }
+  bool gradient_checkpointing = false;
   std::shared_ptr<ClipAttention> self_attn;
   std::shared_ptr<LayerNorm> layer_norm1, layer_norm2;
   std::shared_ptr<ClipMlp> mlp;
@@ -125,6 +132,10 @@ ClipTextOutput ClipTextModel::forward(const at::Tensor& ids) const {
   out.pooled = out.last_hidden_state.reshape({b * l, -1}).index_select(0, flat_index);
   if (text_projection_) out.text_embeds = text_projection_->forward(out.pooled);
   return out;
+}
+
+void ClipTextModel::set_gradient_checkpointing(bool enabled) {
+  for (const auto& layer : text_model_->encoder->layers->items) layer->gradient_checkpointing = enabled;
 }
 
 at::Tensor ClipTextModel::final_layer_norm(const at::Tensor& hidden) const {

@@ -35,6 +35,9 @@ class ClipTextModel : public torch::nn::Module {
   // The tower's final layer norm, for "clip skip" style outputs of earlier layers.
   at::Tensor final_layer_norm(const at::Tensor& hidden) const;
 
+  // Recompute each encoder layer during backward (training the text encoder).
+  void set_gradient_checkpointing(bool enabled);
+
   const ClipTextConfig& config() const { return config_; }
 
  private:

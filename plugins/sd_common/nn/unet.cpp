@@ -133,6 +133,13 @@ UNet2DConditionModel::UNet2DConditionModel(UNetConfig config) : config_(std::mov
   conv_out_ = register_module("conv_out", std::make_shared<Conv2d>(ch0, c.out_channels, 3, 1, 1));
 }
 
+void UNet2DConditionModel::set_gradient_checkpointing(bool enabled) {
+  for (const auto& m : modules(/*include_self=*/false)) {
+    if (auto r = std::dynamic_pointer_cast<ResnetBlock2D>(m)) r->gradient_checkpointing = enabled;
+    if (auto b = std::dynamic_pointer_cast<BasicTransformerBlock>(m)) b->gradient_checkpointing = enabled;
+  }
+}
+
 at::Tensor UNet2DConditionModel::forward(const at::Tensor& sample, const at::Tensor& timesteps,
                                          const at::Tensor& context,
                                          const AddedConditioning* added) const {

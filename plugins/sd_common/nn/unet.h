@@ -42,6 +42,10 @@ class UNet2DConditionModel : public torch::nn::Module {
   at::Tensor forward(const at::Tensor& sample, const at::Tensor& timesteps,
                      const at::Tensor& context, const AddedConditioning* added = nullptr) const;
 
+  // Recompute each resnet and transformer block during backward instead of keeping its
+  // activations (training only; no effect without grad mode).
+  void set_gradient_checkpointing(bool enabled);
+
   const UNetConfig& config() const { return config_; }
 
  private:
