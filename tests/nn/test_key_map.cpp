@@ -160,3 +160,32 @@ TEST_CASE("key map: names back to the original layout") {
   bad.unet["nonsense.weight"] = at::zeros({1});
   CHECK_THROWS_WITH(to_single_file(bad, sd1), doctest::Contains("'nonsense.weight' has no place"));
 }
+
+TEST_CASE("key map: legacy diffusers VAE attention names are upgraded") {
+  auto vae = load_f32(fixture("tiny-sd1/vae/diffusion_pytorch_model.safetensors"));
+  TensorMap legacy;
+  for (const auto& [name, t] : vae) {
+    auto n = name;
+    for (auto [from, to] : {std::pair<std::string, std::string>{".to_q.", ".query."}, {".to_k.", ".key."},
+                            {".to_v.", ".value."}, {".to_out.0.", ".proj_attn."}}) {
+      auto pos = n.find(from);
+      if (pos != std::string::npos) n = n.substr(0, pos) + to + n.substr(pos + from.size());
+    }
+    legacy[n] = t;
+  }
+  REQUIRE(legacy.count("encoder.mid_block.attentions.0.proj_attn.weight") == 1);
+  auto upgraded = upgrade_legacy_vae_names(legacy);
+  CHECK(upgraded.size() == vae.size());
+  for (const auto& [name, t] : vae) {
+    CAPTURE(name);
+    REQUIRE(upgraded.count(name) == 1);
+    CHECK(at::equal(upgraded.at(name), t));
+  }
+}
+
+TEST_CASE("unet: mismatched context batch is reported") {
+  UNet2DConditionModel unet(UNetConfig::from_diffusers_json(fixture("tiny-sd1/unet/config.json")));
+  at::NoGradGuard no_grad;
+  CHECK_THROWS_WITH(unet.forward(at::zeros({2, 4, 8, 8}), at::scalar_tensor(1), at::zeros({1, 77, 32})),
+                    doctest::Contains("context batch 1 differs from sample batch 2"));
+}

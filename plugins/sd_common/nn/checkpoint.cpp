@@ -17,7 +17,6 @@ using torch::autograd::variable_list;
 
 struct Body : torch::CustomClassHolder {
   CheckpointBody fn;
-  size_t num_inputs = 0;
   std::vector<at::Tensor> params;
   bool cpu_autocast = false, cuda_autocast = false;
   c10::ScalarType cpu_dtype = at::kBFloat16, cuda_dtype = at::kHalf;
@@ -73,7 +72,6 @@ at::Tensor checkpointed(const torch::nn::Module& owner, CheckpointBody fn,
                         std::vector<at::Tensor> inputs) {
   auto body = c10::make_intrusive<Body>();
   body->fn = std::move(fn);
-  body->num_inputs = inputs.size();
   for (const auto& p : owner.parameters(true))
     if (p.requires_grad()) body->params.push_back(p);
   body->cpu_autocast = autocast_enabled(c10::DeviceType::CPU);

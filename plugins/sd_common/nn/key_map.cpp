@@ -148,6 +148,22 @@ void convert_clip(const TensorMap& w, const std::string& p, TensorMap& out) {
 
 }  // namespace
 
+TensorMap upgrade_legacy_vae_names(const TensorMap& vae) {
+  static const Table legacy{{"query.", "to_q."}, {"key.", "to_k."}, {"value.", "to_v."},
+                            {"proj_attn.", "to_out.0."}};
+  TensorMap out;
+  for (const auto& [key, t] : vae) {
+    const auto pos = key.find("mid_block.attentions.0.");
+    std::optional<std::string> renamed;
+    if (pos != std::string::npos) {
+      const auto head = key.substr(0, pos + 23);
+      renamed = with_prefix(head, rename_prefix(key.substr(pos + 23), legacy));
+    }
+    put(out, renamed ? *renamed : key, t, key);
+  }
+  return out;
+}
+
 std::optional<std::string> unet_key_to_diffusers(const std::string& key, int64_t layers) {
   if (auto m = rename_prefix(key, kUnetTop)) return m;
   int64_t k, sub;

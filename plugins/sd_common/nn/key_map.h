@@ -30,6 +30,10 @@ ConvertedCheckpoint convert_single_file(const TensorMap& weights, ModelFamily fa
 std::optional<std::string> unet_key_to_diffusers(const std::string& key, int64_t layers_per_block);
 std::optional<std::string> vae_key_to_diffusers(const std::string& key, int64_t levels);
 
+// diffusers folders written before diffusers 0.14 name the VAE's mid attention
+// query/key/value/proj_attn; renames those to to_q/to_k/to_v/to_out.0 (other names unchanged).
+TensorMap upgrade_legacy_vae_names(const TensorMap& vae);
+
 // The way back: diffusers names to the original layout (what a saved single-file checkpoint
 // and SDXL's kohya LoRA names use). The UNet needs the config to place the upsamplers.
 std::optional<std::string> unet_key_to_original(const std::string& key, const UNetConfig& config);

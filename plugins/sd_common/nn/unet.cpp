@@ -151,6 +151,10 @@ at::Tensor UNet2DConditionModel::forward(const at::Tensor& sample, const at::Ten
     throw std::invalid_argument("UNet: expected context [B, L, " +
                                 std::to_string(c.cross_attention_dim) + "]");
   const int64_t b = sample.size(0);
+  if (context.size(0) != b)
+    throw std::invalid_argument("UNet: context batch " + std::to_string(context.size(0)) +
+                                " differs from sample batch " + std::to_string(b) +
+                                " (for classifier-free guidance concatenate both halves of each)");
   auto t = timesteps.dim() == 0 ? timesteps.reshape({1}).expand({b}) : timesteps;
   if (t.dim() != 1 || (t.size(0) != b && t.size(0) != 1))
     throw std::invalid_argument("UNet: timesteps must be a scalar or one per sample");
