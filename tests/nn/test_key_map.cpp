@@ -68,7 +68,10 @@ TEST_CASE("key map: tiny-sdxl single file (SGM, two encoders) equals the diffuse
 }
 
 TEST_CASE("key map: a UNet loaded from the single file reproduces the golden") {
-  auto c = convert("tiny-sd1", ModelFamily::sd1);
+  auto original = load_f32(fixture("tiny-sd1.safetensors"));
+  auto detected = detect_from_weights(shapes_of(original));
+  REQUIRE(detected.family == ModelFamily::sd1);
+  auto c = convert_single_file(original, detected.family);
   UNet2DConditionModel unet(UNetConfig::from_diffusers_json(fixture("tiny-sd1/unet/config.json")));
   load_weights(unet, c.unet);
   at::NoGradGuard no_grad;

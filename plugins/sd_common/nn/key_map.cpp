@@ -148,6 +148,12 @@ void convert_clip(const TensorMap& w, const std::string& p, TensorMap& out) {
 
 }  // namespace
 
+TensorShapes shapes_of(const TensorMap& weights) {
+  TensorShapes out;
+  for (const auto& [name, t] : weights) out.emplace(name, t.sizes().vec());
+  return out;
+}
+
 TensorMap upgrade_legacy_vae_names(const TensorMap& vae) {
   static const Table legacy{{"query.", "to_q."}, {"key.", "to_k."}, {"value.", "to_v."},
                             {"proj_attn.", "to_out.0."}};

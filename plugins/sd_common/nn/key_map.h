@@ -21,6 +21,9 @@ struct ConvertedCheckpoint {
   std::vector<std::string> unused;  // single-file keys that map to nothing (e.g. logit_scale)
 };
 
+// Names and shapes of loaded tensors, for detect_from_weights().
+TensorShapes shapes_of(const TensorMap& weights);
+
 // `weights`: every tensor of the single file under its original name.
 ConvertedCheckpoint convert_single_file(const TensorMap& weights, ModelFamily family);
 
