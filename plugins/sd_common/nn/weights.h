@@ -1,0 +1,41 @@
+// Filling a module's parameters from a name -> tensor map (diffusers / transformers naming,
+// i.e. what named_parameters() of sumi's modules yields). Values are copied and converted to
+// each parameter's dtype and device, so an F16 file loads into an F32 (or bf16, or CUDA) model.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <map>
+#include <string>
+#include <vector>
+
+namespace torch::nn {
+class Module;
+}
+
+namespace sumi::nn {
+
+using TensorMap = std::map<std::string, at::Tensor>;
+
+struct LoadOptions {
+  // Strict: every parameter must be present and every map entry must be used.
+  bool strict = true;
+  // Only entries under this prefix are considered, with the prefix stripped ("unet." ...).
+  std::string prefix;
+};
+
+struct LoadReport {
+  std::vector<std::string> loaded;
+  std::vector<std::string> missing;     // parameters the map did not provide
+  std::vector<std::string> unexpected;  // map entries no parameter took (known extras excluded)
+};
+
+// Throws std::runtime_error naming the key, the expected and the found shape on a shape
+// mismatch, and (strict) listing missing / unexpected names.
+LoadReport load_weights(torch::nn::Module& module, const TensorMap& weights,
+                        const LoadOptions& options = {});
+
+// The module's parameters by name, for saving or comparing.
+TensorMap named_tensors(const torch::nn::Module& module);
+
+}  // namespace sumi::nn

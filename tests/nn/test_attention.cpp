@@ -1,0 +1,51 @@
+// The attention compat layer against a direct softmax(QK^T / sqrt(d)) V, including the chunked
+// query path and the causal mask.
+#include <doctest/doctest.h>
+
+#include <cmath>
+
+#include "nn/attention_compat.h"
+#include "nn_test_util.h"
+
+using namespace sumi::nn;
+using namespace sumi::nn::test;
+
+namespace {
+at::Tensor reference(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal) {
+  auto s = at::matmul(q.to(at::kDouble), k.to(at::kDouble).transpose(-1, -2)) / std::sqrt(double(q.size(-1)));
+  if (causal) {
+    auto mask = at::ones({q.size(2), k.size(2)}, at::kBool).triu(1);
+    s = s.masked_fill(mask, -INFINITY);
+  }
+  return at::matmul(at::softmax(s, -1), v.to(at::kDouble)).to(at::kFloat);
+}
+}  // namespace
+
+TEST_CASE("attention: matches softmax(QK^T/sqrt(d))V, plain, causal and upcast") {
+  auto q = at::randn({2, 3, 17, 8}), k = at::randn({2, 3, 11, 8}), v = at::randn({2, 3, 11, 8});
+  CHECK(rel_err(scaled_dot_product_attention(q, k, v), reference(q, k, v, false)) < 1e-5);
+  auto kc = at::randn({2, 3, 17, 8}), vc = at::randn({2, 3, 17, 8});
+  AttentionOptions causal;
+  causal.causal = true;
+  CHECK(rel_err(scaled_dot_product_attention(q, kc, vc, causal), reference(q, kc, vc, true)) < 1e-5);
+  AttentionOptions up;
+  up.upcast = true;
+  auto out = scaled_dot_product_attention(q.to(at::kBFloat16), k.to(at::kBFloat16), v.to(at::kBFloat16), up);
+  CHECK((out.scalar_type() == at::kBFloat16));
+  CHECK(rel_err(out, reference(q, k, v, false)) < 2e-2);
+}
+
+TEST_CASE("attention: a query length beyond one chunk gives the same result") {
+  // 2 * 1 * L * L elements > kAttentionChunkElements for L = 4200 (the chunked path on 1.x).
+  const int64_t l = 4200;
+  auto q = at::randn({1, 2, l, 4}), k = at::randn({1, 2, l, 4}), v = at::randn({1, 2, l, 4});
+  auto out = scaled_dot_product_attention(q, k, v);
+  auto rows = at::arange(0, l, 997);
+  auto want = reference(q.index_select(2, rows), k, v, false);
+  CHECK(rel_err(out.index_select(2, rows), want) < 1e-5);
+}
+
+TEST_CASE("attention: rejects tensors that are not [B, H, L, D]") {
+  CHECK_THROWS_AS(scaled_dot_product_attention(at::zeros({2, 3, 4}), at::zeros({2, 3, 4}), at::zeros({2, 3, 4})),
+                  std::invalid_argument);
+}
