@@ -198,3 +198,16 @@ TEST_CASE("lora: configuration errors say what is wrong") {
   CHECK(attach_error(mods, {{"dim", "0"}}).find("dim is 0") != std::string::npos);
   CHECK(attach_error(mods, {{"conv_dim", "-3"}}).find("conv_dim") != std::string::npos);
 }
+
+TEST_CASE("lora: conv_dim 0 opens the ResNet blocks but wraps only their Linear / 1x1 layers, as kohya") {
+  auto& mods = sumi::test::tiny_sd("tiny-sd1");
+  auto a = attach_lora(mods, {{"dim", "4"}, {"alpha", "2"}, {"conv_dim", "0"}});
+  CHECK(entry(*a, "lora_unet_down_blocks_0_resnets_0_time_emb_proj.lora_down.weight") != nullptr);
+  CHECK(entry(*a, "lora_unet_up_blocks_1_resnets_0_conv_shortcut.lora_down.weight") != nullptr);
+  CHECK(entry(*a, "lora_unet_down_blocks_0_resnets_0_conv1.lora_down.weight") == nullptr);
+  CHECK(entry(*a, "lora_unet_down_blocks_0_downsamplers_0_conv.lora_down.weight") == nullptr);
+  // Unset (the default) leaves them all alone.
+  auto b = attach_lora(mods, {{"dim", "4"}});
+  CHECK(entry(*b, "lora_unet_down_blocks_0_resnets_0_time_emb_proj.lora_down.weight") == nullptr);
+  CHECK(!b->selected[mods.index("lora_unet_time_embedding_linear_1")]);
+}
