@@ -10,7 +10,6 @@
 
 #include <cmath>
 #include <map>
-#include <set>
 
 namespace sumi::lora {
 

@@ -225,7 +225,8 @@ TEST_CASE("lora: module dropout skips the whole module; neuron dropout rescales 
   // Solve for the per-(token, rank) factors: got = (lx * f) @ up^T * 0.5; up has full column rank.
   const at::Tensor f = std::get<0>(at::linalg_lstsq(up, (got / 0.5).reshape({-1, up.size(0)}).t())).t().reshape(lx.sizes()) / lx;
   const at::Tensor is0 = f.abs() < 1e-3, is2 = (f - 2).abs() < 1e-3;
-  CHECK((is0 | is2).all().item<bool>());
+  const at::Tensor measurable = lx.abs() > 1e-2;  // f is a ratio; skip activations near zero
+  CHECK((is0 | is2 | ~measurable).all().item<bool>());
   CHECK(is0.any().item<bool>());
   CHECK(is2.any().item<bool>());
 }
