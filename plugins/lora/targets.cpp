@@ -1,0 +1,180 @@
+// The selection rules of sd-scripts' networks/lora.py (LoRANetwork.create_modules,
+// get_block_dims_and_alphas, get_block_index), restated over the model's module list.
+//
+// kohya walks the torch module tree: children of Transformer2DModel / CLIPAttention / CLIPMLP
+// always qualify; children of ResnetBlock2D / Downsample2D / Upsample2D only when conv_dim or
+// conv_block_dims is given. The model marks the first set with in_transformer; the second set
+// is recognised from the kohya name, since sumi_module_info carries no parent-class field.
+#include "targets.h"
+
+#include <sumi/tensor.hpp>
+
+#include <algorithm>
+#include <regex>
+#include <set>
+
+namespace sumi::lora {
+
+namespace {
+
+bool starts_with(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
+
+[[noreturn]] void invalid(const std::string& msg) { throw Error(SUMI_ERR_INVALID_ARGUMENT, "lora: " + msg); }
+
+// A child of ResnetBlock2D / Downsample2D / Upsample2D, judged by its kohya name.
+bool in_resnet_or_sampler(const std::string& name, bool sgm) {
+  if (sgm) {
+    // SGM U-Net: input_blocks.0.0 is conv_in; every other module of input/middle/output blocks
+    // outside the SpatialTransformer (in_transformer) belongs to a ResBlock, Downsample or
+    // Upsample.
+    static const std::regex re("^lora_unet_(input_blocks_[0-9]+_[0-9]+|middle_block_[0-9]+|output_blocks_[0-9]+_[0-9]+)_");
+    return !starts_with(name, "lora_unet_input_blocks_0_0") && std::regex_search(name, re);
+  }
+  static const std::regex re(
+      "^lora_unet_(down_blocks_[0-9]+_(resnets|downsamplers)|up_blocks_[0-9]+_(resnets|upsamplers)|mid_block_resnets)_[0-9]+_");
+  return std::regex_search(name, re);
+}
+
+int role_order(int32_t role) {
+  switch (role) {
+    case SUMI_ROLE_TEXT_ENCODER: return 0;
+    case SUMI_ROLE_TEXT_ENCODER_2: return 1;
+    default: return 2;
+  }
+}
+
+std::string join(const std::vector<int64_t>& v) {
+  std::string s;
+  for (size_t i = 0; i < v.size(); ++i) s += (i ? "," : "") + std::to_string(v[i]);
+  return s;
+}
+
+// kohya's get_block_dims_and_alphas: fills the lists that were left out and checks lengths.
+struct Blocks {
+  std::vector<int64_t> dims, conv_dims;
+  std::vector<double> alphas, conv_alphas;
+};
+
+Blocks resolve_blocks(const Settings& s, bool sgm) {
+  const size_t n = sgm ? 23 : 25;
+  const char* family = sgm ? "an SDXL U-Net (SGM names, 1 + 9 input + 3 middle + 9 output + 1 out)"
+                           : "an SD1/SD2 U-Net (12 down + 1 mid + 12 up)";
+  auto check_len = [&](size_t got, const char* key) {
+    if (got != n)
+      invalid(std::string(key) + " has " + std::to_string(got) + " values but " + family + " needs " +
+              std::to_string(n) + ", one per block in kohya's numbering");
+  };
+  Blocks b;
+  check_len(s.block_dims.size(), "block_dims");
+  b.dims = s.block_dims;
+  if (!s.block_alphas.empty()) check_len(s.block_alphas.size(), "block_alphas");
+  b.alphas = s.block_alphas.empty() ? std::vector<double>(n, s.alpha) : s.block_alphas;
+  if (!s.conv_block_dims.empty()) {
+    check_len(s.conv_block_dims.size(), "conv_block_dims");
+    b.conv_dims = s.conv_block_dims;
+    if (!s.conv_block_alphas.empty()) check_len(s.conv_block_alphas.size(), "conv_block_alphas");
+    b.conv_alphas = s.conv_block_alphas.empty() ? std::vector<double>(n, s.conv_alpha) : s.conv_block_alphas;
+  } else if (s.conv_dim >= 0) {
+    b.conv_dims.assign(n, s.conv_dim);
+    b.conv_alphas.assign(n, s.conv_alpha);
+  }
+  for (auto d : b.dims)
+    if (d < 0) invalid("block_dims has a negative rank (" + join(b.dims) + "); use 0 to leave a block out");
+  for (auto d : b.conv_dims)
+    if (d < 0) invalid("conv_block_dims has a negative rank (" + join(b.conv_dims) + "); use 0 to leave a block out");
+  return b;
+}
+
+}  // namespace
+
+int block_index(const std::string& name, bool sgm) {
+  if (!sgm) {
+    static const std::regex re("(up|down)_blocks_([0-9]+)_(resnets|upsamplers|downsamplers|attentions)_([0-9]+)_");
+    std::smatch m;
+    if (std::regex_search(name, m, re)) {
+      const int i = std::stoi(m[2].str()), j = std::stoi(m[4].str());
+      const std::string kind = m[3].str();
+      const int idx = (kind == "upsamplers" || kind == "downsamplers") ? 3 * i + 2 : 3 * i + j;
+      return m[1].str() == "down" ? 1 + idx : 12 + 1 + idx;
+    }
+    if (name.find("mid_block_") != std::string::npos) return 12;
+    return -1;
+  }
+  if (!starts_with(name, "lora_unet_")) return -1;
+  const std::string rest = name.substr(10);
+  auto number_after = [&](size_t prefix_len) {
+    size_t end = rest.find('_', prefix_len);
+    return std::stoi(rest.substr(prefix_len, end == std::string::npos ? std::string::npos : end - prefix_len));
+  };
+  if (starts_with(rest, "time_embed_") || starts_with(rest, "label_emb_")) return 0;
+  if (starts_with(rest, "input_blocks_")) return 1 + number_after(13);
+  if (starts_with(rest, "middle_block_")) return 10 + number_after(13);
+  if (starts_with(rest, "output_blocks_")) return 13 + number_after(14);
+  if (starts_with(rest, "out_")) return 22;
+  return -1;
+}
+
+bool uses_sgm_names(const std::vector<const sumi_module_info*>& modules) {
+  for (const auto* m : modules) {
+    if (m->role != SUMI_ROLE_UNET || !m->name) continue;
+    const std::string n = m->name;
+    if (starts_with(n, "lora_unet_input_blocks_") || starts_with(n, "lora_unet_middle_block_") ||
+        starts_with(n, "lora_unet_output_blocks_"))
+      return true;
+  }
+  return false;
+}
+
+std::vector<Target> choose_targets(const std::vector<const sumi_module_info*>& modules, const Settings& s) {
+  const bool sgm = uses_sgm_names(modules);
+  const bool block_mode = !s.block_dims.empty();
+  Blocks blocks;
+  if (block_mode) blocks = resolve_blocks(s, sgm);
+  // kohya adds the ResNet/sampler containers whenever a conv rank is configured at all.
+  const bool conv_containers = s.conv_dim >= 0 || !blocks.conv_dims.empty();
+
+  std::vector<Target> out;
+  std::set<std::string> seen;
+  for (size_t i = 0; i < modules.size(); ++i) {
+    const sumi_module_info& m = *modules[i];
+    if (!m.name || !*m.name) invalid("module " + std::to_string(i) + " of the model has no name");
+    const std::string name = m.name;
+    const bool unet = m.role == SUMI_ROLE_UNET;
+    if (unet ? !s.unet : !s.text_encoder) continue;
+    if (m.kind != SUMI_MODULE_LINEAR && m.kind != SUMI_MODULE_CONV2D) continue;
+    const bool container = m.in_transformer != 0 || (unet && conv_containers && in_resnet_or_sampler(name, sgm));
+    if (!container) continue;
+
+    const bool linear_like = m.kind == SUMI_MODULE_LINEAR || (m.kernel[0] == 1 && m.kernel[1] == 1);
+    int64_t dim = 0;
+    double alpha = 0;
+    if (unet && block_mode) {
+      const int b = block_index(name, sgm);
+      if (b < 0 || b >= static_cast<int>(blocks.dims.size()))
+        invalid("block_dims: module '" + name + "' belongs to no block of kohya's numbering (" +
+                (sgm ? "SGM" : "diffusers") + " names); block_dims needs the model's standard module names");
+      if (linear_like) {
+        dim = blocks.dims[static_cast<size_t>(b)];
+        alpha = blocks.alphas[static_cast<size_t>(b)];
+      } else if (!blocks.conv_dims.empty()) {
+        dim = blocks.conv_dims[static_cast<size_t>(b)];
+        alpha = blocks.conv_alphas[static_cast<size_t>(b)];
+      }
+    } else if (linear_like) {
+      dim = s.dim;
+      alpha = s.alpha;
+    } else if (s.conv_dim >= 0) {
+      dim = s.conv_dim;
+      alpha = s.conv_alpha;
+    }
+    if (dim <= 0) continue;  // kohya skips rank 0
+    if (!seen.insert(name).second) invalid("the model lists module '" + name + "' twice; kohya names must be unique");
+    out.push_back({i, dim, alpha == 0 ? static_cast<double>(dim) : alpha});
+  }
+  std::stable_sort(out.begin(), out.end(), [&](const Target& a, const Target& b) {
+    return role_order(modules[a.index]->role) < role_order(modules[b.index]->role);
+  });
+  return out;
+}
+
+}  // namespace sumi::lora
