@@ -166,10 +166,13 @@ TEST_CASE("prompt file: .json lists of lines and objects") {
   CHECK_THROWS_WITH_AS(parse_prompt_json("[\"a\", \"b --w x\"]", "x.json"),
                        doctest::Contains("x.json entry 2: option '--w'"), std::invalid_argument);
   CHECK_THROWS_WITH_AS(parse_prompt_json("[{\"prompt\": \"a\", \"seed\": -1}]", "x.json"),
-                       doctest::Contains("x.json entry 1: key 'seed': expected a seed of at least 0"),
+                       doctest::Contains("x.json entry 1: key 'seed': expected a seed from 0 to"),
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(parse_prompt_json("[{\"prompt\": \"a\", \"sample_sampler\": \"unipc\"}]", "x.json"),
                        doctest::Contains("unknown sampler 'unipc'"), std::invalid_argument);
+  CHECK_THROWS_WITH_AS(parse_prompt_json("[{\"width\": 99999999999}]", "x.json"),
+                       doctest::Contains("key 'width': expected a width in pixels from 1 to 1000000000"),
+                       std::invalid_argument);
   CHECK_THROWS_WITH_AS(parse_prompt_json("[1]", "x.json"), doctest::Contains("expected a string or an object"),
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(parse_prompt_json("[", "x.json"), doctest::Contains("invalid JSON"), std::invalid_argument);

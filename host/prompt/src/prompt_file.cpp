@@ -1,6 +1,7 @@
 // Prompt files: lines (gen_img --from_file, train_util .txt), .toml and .json as train_util's
 // sample_images reads them. Structured entries take the keys of train_util's
 // sample_image_inference; the reference ignores unknown keys, here they are errors.
+#include <cstdint>
 #include <fstream>
 #include <functional>
 #include <sstream>
@@ -51,9 +52,11 @@ void apply_key(PromptSpec& spec, const std::string& key, const Value& v, const s
     if (v.kind != Value::kString) fail("expected a string, found " + v.type_name);
     return v.text;
   };
-  auto want_int = [&](std::int64_t lo, const char* what) -> std::int64_t {
+  auto want_int = [&](std::int64_t lo, const char* what, std::int64_t hi = 1000000000) -> std::int64_t {
     if (v.kind != Value::kInteger) fail(std::string("expected ") + what + " (an integer), found " + v.type_name);
-    if (v.integer < lo) fail(std::string("expected ") + what + " of at least " + std::to_string(lo) + ", found " + std::to_string(v.integer));
+    if (v.integer < lo || v.integer > hi)
+      fail(std::string("expected ") + what + " from " + std::to_string(lo) + " to " + std::to_string(hi) +
+           ", found " + std::to_string(v.integer));
     return v.integer;
   };
   if (key == "prompt") {
@@ -67,7 +70,7 @@ void apply_key(PromptSpec& spec, const std::string& key, const Value& v, const s
   } else if (key == "sample_steps") {
     spec.steps = static_cast<int>(want_int(1, "a step count"));
   } else if (key == "seed") {
-    spec.seeds = {static_cast<std::uint64_t>(want_int(0, "a seed"))};
+    spec.seeds = {static_cast<std::uint64_t>(want_int(0, "a seed", INT64_MAX))};
   } else if (key == "scale") {
     if (v.kind == Value::kInteger) spec.scale = static_cast<double>(v.integer);
     else if (v.kind == Value::kFloat) spec.scale = v.number;
