@@ -161,6 +161,12 @@ TEST_CASE("prompt file: .json lists of lines and objects") {
   CHECK(prompts[1].sampler == "dpmsolver++");
   CHECK(prompts[1].controlnet_image == "edges.png");
 
+  // null is Python's None: not given.
+  auto nulls = parse_prompt_json("[{\"prompt\": \"a\", \"negative_prompt\": null, \"seed\": null}]", "x.json");
+  REQUIRE(nulls.size() == 1);
+  CHECK_FALSE(nulls[0].negative_prompt.has_value());
+  CHECK(nulls[0].seeds.empty());
+
   CHECK_THROWS_WITH_AS(parse_prompt_json("{\"prompt\": \"a\"}", "x.json"), doctest::Contains("expected a JSON list"),
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(parse_prompt_json("[\"a\", \"b --w x\"]", "x.json"),

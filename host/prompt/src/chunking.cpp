@@ -10,8 +10,7 @@
 namespace sumi::prompt {
 namespace {
 
-void check(const TokenizerSpec& tokenizer, const ChunkOptions& options) {
-  if (!tokenizer.tokenize) throw std::invalid_argument("prompt tokenizer: no tokenize function given");
+void check_lengths(const TokenizerSpec& tokenizer, const ChunkOptions& options) {
   if (tokenizer.model_max_length < 3)
     throw std::invalid_argument("prompt tokenizer: model_max_length must be at least 3 (BOS, one "
                                 "token, EOS), got " + std::to_string(tokenizer.model_max_length));
@@ -28,7 +27,8 @@ std::string shorten(std::string_view text) {
 
 WeightedTokens tokenize_weighted(std::string_view prompt, const TokenizerSpec& tokenizer,
                                  const ChunkOptions& options, const Warn& warn) {
-  check(tokenizer, options);
+  if (!tokenizer.tokenize) throw std::invalid_argument("prompt tokenizer: no tokenize function given");
+  check_lengths(tokenizer, options);
   const size_t mml = static_cast<size_t>(tokenizer.model_max_length);
   const size_t limit = (mml - 2) * static_cast<size_t>(options.max_embeddings_multiples);
 
@@ -61,7 +61,7 @@ WeightedTokens tokenize_weighted(std::string_view prompt, const TokenizerSpec& t
 
 std::vector<FramedPrompt> frame(const std::vector<WeightedTokens>& prompts,
                                 const TokenizerSpec& tokenizer, const ChunkOptions& options) {
-  if (tokenizer.model_max_length < 3 || options.max_embeddings_multiples < 1) check(tokenizer, options);
+  check_lengths(tokenizer, options);
   const size_t mml = static_cast<size_t>(tokenizer.model_max_length);
   const size_t body = mml - 2;
 

@@ -1,6 +1,7 @@
 // Prompt files: lines (gen_img --from_file, train_util .txt), .toml and .json as train_util's
 // sample_images reads them. Structured entries take the keys of train_util's
 // sample_image_inference; the reference ignores unknown keys, here they are errors.
+#include <algorithm>
 #include <cstdint>
 #include <fstream>
 #include <functional>
@@ -36,7 +37,7 @@ const std::vector<std::string>& entry_keys() {
 
 // A key's value, independent of TOML or JSON.
 struct Value {
-  enum Kind { kString, kInteger, kFloat, kOther } kind = kOther;
+  enum Kind { kString, kInteger, kFloat, kNull, kOther } kind = kOther;
   std::string text;
   std::int64_t integer = 0;
   double number = 0.0;
@@ -48,6 +49,9 @@ void apply_key(PromptSpec& spec, const std::string& key, const Value& v, const s
   auto fail = [&](const std::string& what) {
     throw std::invalid_argument(where + ": key '" + key + "': " + what);
   };
+  // JSON null is Python's None: the key counts as not given.
+  if (v.kind == Value::kNull && std::find(entry_keys().begin(), entry_keys().end(), key) != entry_keys().end())
+    return;
   auto want_string = [&]() -> std::string {
     if (v.kind != Value::kString) fail("expected a string, found " + v.type_name);
     return v.text;
@@ -123,6 +127,8 @@ Value from_json(const nlohmann::json& j) {
   } else if (j.is_number_float()) {
     v.kind = Value::kFloat;
     v.number = j.get<double>();
+  } else if (j.is_null()) {
+    v.kind = Value::kNull;
   }
   v.type_name = j.type_name();
   if (v.kind == Value::kOther && j.is_number()) v.type_name = "an integer out of range";
