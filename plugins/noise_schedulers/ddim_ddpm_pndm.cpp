@@ -62,8 +62,6 @@ Tensor Ddim::step(const Tensor& model_output, int64_t step_index, const Tensor& 
 // ------------------------------------------------------------------------------------ DDPM
 Ddpm::Ddpm(Context& ctx) : Ddim(ctx, "ddpm", kClip) {}
 
-void Ddpm::set_timesteps(int64_t n) { Ddim::set_timesteps(n); }
-
 Tensor Ddpm::step(const Tensor& model_output, int64_t step_index, const Tensor& sample, const Tensor& noise) {
   require_index(step_index, static_cast<int64_t>(ts_.size()));
   require_same_shape(model_output, "model_output", sample, "sample");

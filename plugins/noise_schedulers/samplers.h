@@ -31,7 +31,6 @@ class Ddim : public Base {
 class Ddpm : public Ddim {
  public:
   explicit Ddpm(Context& ctx);
-  void set_timesteps(int64_t n) override;
   Tensor step(const Tensor& model_output, int64_t step_index, const Tensor& sample, const Tensor& noise) override;
 };
 
