@@ -146,12 +146,12 @@ Tensor DpmSolver::update(int order, const std::vector<int64_t>& ts, int64_t prev
     const Tensor D0 = out(1), D1 = (out(0) - out(1)) * (1.0 / r0);
     return ops::add(lin(sample, base, D0, c1), D1, 0.5 * c1);
   }
-  const double ls0 = lambda(ts[2]), ls1 = lambda(ts[1]), ls2 = lambda(ts[0]);
-  const double r0 = (ls0 - ls2) / h, r1 = (ls1 - ls2) / h;
+  const double ls0 = lambda(ts[2]), ls2 = lambda(ts[0]);
+  // the midpoint variant uses only the newest and the oldest output
+  const double r0 = (ls0 - ls2) / h;
   const Tensor D0 = out(2);
   const Tensor D1_1 = (out(0) - out(2)) * (1.0 / r0);
   const double c2 = pp ? at * ((std::exp(-h) - 1.0) / h + 1.0) : -st * ((std::exp(h) - 1.0) / h - 1.0);
-  (void)r1;
   return ops::add(lin(sample, base, D0, c1), D1_1, c2);
 }
 

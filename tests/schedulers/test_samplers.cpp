@@ -313,6 +313,39 @@ TEST_CASE("DPM-Solver family vs Lu et al.'s updates") {
     Sched d("dpmsingle");
     CHECK(rel_norm(run_plugin(d, n), x) < 1e-10);
   }
+  SUBCASE("dpmsingle order 3, 6 steps: orders 1,2,3 then 1,2 then a final 1") {
+    Sched d("dpmsingle", {{"solver_order", "3"}});
+    const int m = 6;
+    std::vector<int64_t> t6;
+    for (int i = m; i >= 1; --i) t6.push_back(static_cast<int64_t>(std::nearbyint(999.0 * i / m)));
+    t6.push_back(0);
+    auto x0_of = [&](const at::Tensor& x, int64_t t) {
+      return (x - si(t) * model_eps(x, static_cast<double>(t))) / al(t);
+    };
+    // first-order (DDIM) move of x from s to t with data prediction D
+    auto first = [&](const at::Tensor& x, int64_t s, int64_t t, const at::Tensor& D) {
+      return si(t) / si(s) * x - al(t) * std::expm1(la(s) - la(t)) * D;
+    };
+    at::Tensor x = start_noise();
+    // steps 0-2: from t0, through t1 and t2, to t3 (third order, midpoint form)
+    const at::Tensor a0 = x0_of(x, t6[0]);
+    const at::Tensor x1 = first(x, t6[0], t6[1], a0);
+    const at::Tensor a1 = x0_of(x1, t6[1]);
+    double h = la(t6[2]) - la(t6[0]);
+    const at::Tensor x2 = first(x, t6[0], t6[2], a0) - 0.5 * al(t6[2]) * std::expm1(-h) * (a1 - a0) * h / (la(t6[1]) - la(t6[0]));
+    const at::Tensor a2 = x0_of(x2, t6[2]);
+    h = la(t6[3]) - la(t6[0]);
+    const double r0 = (la(t6[2]) - la(t6[0])) / h;
+    x = first(x, t6[0], t6[3], a0) + al(t6[3]) * (std::expm1(-h) / h + 1) * (a2 - a0) / r0;
+    // steps 3-4: second order from t3 to t5; step 5: first order to 0
+    const at::Tensor b0 = x0_of(x, t6[3]);
+    const at::Tensor y1 = first(x, t6[3], t6[4], b0);
+    const at::Tensor b1 = x0_of(y1, t6[4]);
+    h = la(t6[5]) - la(t6[3]);
+    x = first(x, t6[3], t6[5], b0) - 0.5 * al(t6[5]) * std::expm1(-h) * (b1 - b0) * h / (la(t6[4]) - la(t6[3]));
+    x = first(x, t6[5], t6[6], x0_of(x, t6[5]));
+    CHECK(rel_norm(run_plugin(d, m), x) < 1e-10);
+  }
   SUBCASE("solver_order 3 runs and differs from order 2") {
     Sched d3("dpmsolver++", {{"solver_order", "3"}});
     Sched d2("dpmsolver++");
