@@ -128,7 +128,8 @@ Config read_config(Context& ctx, const char* name, unsigned features) {
   if (c.spacing != "leading" && c.spacing != "linspace" && c.spacing != "trailing")
     fail(c, "timestep_spacing must be leading, linspace or trailing, got \"" + c.spacing + "\"");
   if (c.steps_offset < 0) fail(c, "steps_offset must be >= 0, got " + std::to_string(c.steps_offset));
-  if (c.eta < 0) fail(c, "eta must be >= 0, got " + std::to_string(c.eta));
+  // above 1 the deterministic part of the DDIM update would need the root of a negative number
+  if (c.eta < 0 || c.eta > 1) fail(c, "eta must be in [0, 1], got " + std::to_string(c.eta));
   if (c.clip_sample_range <= 0) fail(c, "clip_sample_range must be > 0");
   return c;
 }

@@ -111,7 +111,8 @@ TEST_CASE("settings and calls that are refused name the problem") {
   CHECK_THROWS_WITH(make("dpmsolver++", {{"solver_order", "4"}}), doctest::Contains("solver_order must be 1, 2 or 3"));
   CHECK_THROWS_WITH(make("dpmsingle", {{"algorithm_type", "sde-dpmsolver++"}}), doctest::Contains("algorithm_type"));
   CHECK_THROWS_WITH(make("lms", {{"beta_start", "0.02"}}), doctest::Contains("beta_start <= beta_end"));
-  CHECK_THROWS_WITH(make("ddim", {{"eta", "-1"}}), doctest::Contains("eta must be >= 0"));
+  CHECK_THROWS_WITH(make("ddim", {{"eta", "-1"}}), doctest::Contains("eta must be in [0, 1]"));
+  CHECK_THROWS_WITH(make("ddim", {{"eta", "1.5"}}), doctest::Contains("got 1.5"));
   CHECK_THROWS(make("euler", {{"eta", "0.5"}}));  // not in euler's schema
 
   const at::Tensor x = rnd({1, 4, 4, 4}, 8);
