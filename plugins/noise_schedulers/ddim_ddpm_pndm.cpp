@@ -98,6 +98,7 @@ void Pndm::set_timesteps(int64_t n) {
   ets_.clear();
   cur_sample_ = Tensor();
   counter_ = 0;
+  next_ = -1;
 }
 
 Tensor Pndm::timesteps() {
@@ -115,8 +116,7 @@ Tensor Pndm::scale_model_input(const Tensor& sample, int64_t step_index) {
 Tensor Pndm::step(const Tensor& model_output, int64_t step_index, const Tensor& sample_in, const Tensor&) {
   require_index(step_index, static_cast<int64_t>(ts_.size()));
   require_same_shape(model_output, "model_output", sample_in, "sample");
-  require_next(step_index, counter_);
-  if (step_index == 0) {
+  if (enter(step_index)) {
     ets_.clear();
     cur_sample_ = Tensor();
     counter_ = 0;

@@ -57,7 +57,7 @@ void DpmSolver::set_timesteps(int64_t n) {
   outputs_.assign(static_cast<size_t>(cfg_.solver_order), Tensor());
   single_sample_ = Tensor();
   lower_order_nums_ = 0;
-  next_ = 0;
+  next_ = -1;
   if (singlestep_) {
     const int64_t order = cfg_.solver_order, steps = num_steps_;
     // diffusers forces lower_order_final when the steps do not divide evenly
@@ -158,8 +158,7 @@ Tensor DpmSolver::update(int order, const std::vector<int64_t>& ts, int64_t prev
 Tensor DpmSolver::step(const Tensor& model_output, int64_t step_index, const Tensor& sample, const Tensor&) {
   require_index(step_index, num_steps_);
   require_same_shape(model_output, "model_output", sample, "sample");
-  require_next(step_index, next_);
-  if (step_index == 0) {
+  if (enter(step_index)) {
     outputs_.assign(static_cast<size_t>(cfg_.solver_order), Tensor());
     single_sample_ = Tensor();
     lower_order_nums_ = 0;
@@ -170,7 +169,6 @@ Tensor DpmSolver::step(const Tensor& model_output, int64_t step_index, const Ten
   const int64_t prev_t = last ? 0 : ts_[i + 1];
   outputs_.pop_front();
   outputs_.push_back(convert(model_output, t, sample));
-  next_ = step_index + 1;
 
   if (singlestep_) {
     int order = order_list_[i];

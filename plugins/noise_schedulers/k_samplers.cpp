@@ -2,6 +2,7 @@
 // Euler ancestral, Heun and DPM-Solver-2 (KDPM2) with its ancestral variant.
 #include "samplers.h"
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
 
@@ -29,7 +30,7 @@ void Lms::set_timesteps(int64_t n) {
   base_schedule(n, sig_, ts_);
   num_steps_ = n;
   derivatives_.clear();
-  next_ = 0;
+  next_ = -1;
 }
 
 // Integral over [sigma_i, sigma_{i+1}] of the Lagrange basis polynomial of the `current`-th
@@ -55,18 +56,19 @@ double Lms::coefficient(int64_t order, int64_t i, int64_t current) const {
 Tensor Lms::step(const Tensor& model_output, int64_t step_index, const Tensor& sample, const Tensor&) {
   require_index(step_index, static_cast<int64_t>(ts_.size()));
   require_same_shape(model_output, "model_output", sample, "sample");
-  require_next(step_index, next_);
-  if (step_index == 0) derivatives_.clear();
+  if (enter(step_index)) derivatives_.clear();
   const double sigma = sig_[static_cast<size_t>(step_index)];
   const Tensor x0 = predict_x0(model_output, sample, sigma);
   derivatives_.push_back((sample - x0) / sigma);
   constexpr int64_t kOrder = 4;
   if (static_cast<int64_t>(derivatives_.size()) > kOrder) derivatives_.pop_front();
   const int64_t order = std::min(step_index + 1, kOrder);
+  // started mid-schedule (img2img) there are fewer derivatives than the order; diffusers then
+  // uses the leading coefficients only
+  const int64_t terms = std::min(order, static_cast<int64_t>(derivatives_.size()));
   Tensor out = sample;
-  for (int64_t cur = 0; cur < order; ++cur)
+  for (int64_t cur = 0; cur < terms; ++cur)
     out = ops::add(out, derivatives_[derivatives_.size() - 1 - static_cast<size_t>(cur)], coefficient(order, step_index, cur));
-  next_ = step_index + 1;
   return out;
 }
 
@@ -128,15 +130,14 @@ void Heun::set_timesteps(int64_t n) {
   }
   num_steps_ = n;
   prev_derivative_ = prev_sample_ = Tensor();
-  next_ = 0;
+  next_ = -1;
 }
 
 Tensor Heun::step(const Tensor& model_output, int64_t step_index, const Tensor& sample, const Tensor&) {
   require_index(step_index, static_cast<int64_t>(ts_.size()));
   require_same_shape(model_output, "model_output", sample, "sample");
-  require_next(step_index, next_);
+  enter(step_index, true);
   const auto i = static_cast<size_t>(step_index);
-  next_ = step_index + 1;
   if (step_index % 2 == 0) {  // Euler predictor
     const double sigma = sig_[i], next = sig_[i + 1];
     const Tensor x0 = predict_x0(model_output, sample, sigma);
@@ -190,7 +191,7 @@ void KDpm2::set_timesteps(int64_t n) {
   }
   num_steps_ = n;
   prev_sample_ = Tensor();
-  next_ = 0;
+  next_ = -1;
 }
 
 double KDpm2::input_sigma(int64_t step_index) const {
@@ -202,10 +203,9 @@ double KDpm2::input_sigma(int64_t step_index) const {
 Tensor KDpm2::step(const Tensor& model_output, int64_t step_index, const Tensor& sample, const Tensor& noise) {
   require_index(step_index, static_cast<int64_t>(ts_.size()));
   require_same_shape(model_output, "model_output", sample, "sample");
-  require_next(step_index, next_);
+  enter(step_index, true);
   const Tensor eps = ancestral_ ? require_noise(noise, sample, step_index) : Tensor();
   const auto i = static_cast<size_t>(step_index);
-  next_ = step_index + 1;
   if (step_index % 2 == 0) {  // Euler half-step to the midpoint
     const double sigma = sig_[i];
     const double mid = ancestral_ ? interpol_[i] : interpol_[i + 1];

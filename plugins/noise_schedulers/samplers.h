@@ -49,7 +49,7 @@ class Pndm : public Base {
   std::vector<int64_t> ts_;
   std::deque<Tensor> ets_;
   Tensor cur_sample_;
-  int64_t counter_ = 0;
+  int64_t counter_ = 0;  // calls since the start, as diffusers counts them
 };
 
 class Lms : public SigmaBase {
@@ -61,7 +61,6 @@ class Lms : public SigmaBase {
  private:
   double coefficient(int64_t order, int64_t i, int64_t current) const;
   std::deque<Tensor> derivatives_;
-  int64_t next_ = 0;
 };
 
 class Euler : public SigmaBase {
@@ -88,7 +87,6 @@ class Heun : public SigmaBase {
  private:
   Tensor prev_derivative_, prev_sample_;
   double dt_ = 0;
-  int64_t next_ = 0;
 };
 
 // DPM-Solver-2 in k-diffusion's form (KDPM2), optionally ancestral.
@@ -106,7 +104,6 @@ class KDpm2 : public SigmaBase {
   bool ancestral_;
   std::vector<double> interpol_, up_, down_;  // interleaved like sig_
   Tensor prev_sample_;
-  int64_t next_ = 0;
 };
 
 class KDpm2Ancestral : public KDpm2 {
@@ -138,7 +135,6 @@ class DpmSolver : public Base {
   std::deque<Tensor> outputs_;   // newest last, `solver_order` long (undefined = not yet)
   Tensor single_sample_;
   int64_t lower_order_nums_ = 0;
-  int64_t next_ = 0;
 };
 
 class DpmSolverMultistep : public DpmSolver {

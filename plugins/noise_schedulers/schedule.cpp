@@ -285,10 +285,16 @@ void Base::require_index(int64_t i, int64_t n) const {
     fail(cfg_, "step_index " + std::to_string(i) + " is outside the schedule's " + std::to_string(n) + " timesteps");
 }
 
-void Base::require_next(int64_t step_index, int64_t expected) const {
-  if (step_index != 0 && step_index != expected)
-    fail(cfg_, "this multistep sampler keeps state between steps and must be stepped in order: expected step_index " +
-                   std::to_string(expected) + " (or 0 to restart), got " + std::to_string(step_index));
+bool Base::enter(int64_t step_index, bool pairs) {
+  const bool start = next_ < 0 || step_index == 0;
+  if (!start && step_index != next_)
+    fail(cfg_, "this sampler keeps state between steps and must be stepped in order: expected step_index " +
+                   std::to_string(next_) + " (or 0 to restart), got " + std::to_string(step_index));
+  if (start && pairs && step_index % 2 != 0)
+    fail(cfg_, "each step takes two model calls; start at a step's first call (an even step_index), got " +
+                   std::to_string(step_index));
+  next_ = step_index + 1;
+  return start;
 }
 
 void Base::require_same_shape(const Tensor& a, const char* what_a, const Tensor& b, const char* what_b) const {

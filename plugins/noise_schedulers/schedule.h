@@ -80,14 +80,17 @@ class Base : public NoiseScheduler {
   void require_index(int64_t i, int64_t n) const;
   void require_same_shape(const Tensor& a, const char* what_a, const Tensor& b, const char* what_b) const;
   const Tensor& require_noise(const Tensor& noise, const Tensor& like, int64_t step_index) const;
-  // Stateful multistep samplers are driven in order; index 0 restarts them.
-  void require_next(int64_t step_index, int64_t expected) const;
+  // Samplers with history are driven in order. The first step after set_timesteps (any index,
+  // so img2img can start mid-schedule) or index 0 starts afresh: returns true then. `pairs`:
+  // two model calls per step, so a start must be on a step's first call (an even index).
+  bool enter(int64_t step_index, bool pairs = false);
   // sqrt(acp) clamped away from 0 so sigma/lambda samplers stay finite under zero-SNR betas.
   double acp_at(int64_t t) const;
 
   Config cfg_;
   std::vector<double> betas_, acp_;
   int64_t num_steps_ = 0;
+  int64_t next_ = -1;  // expected next step_index of a stateful sampler; -1 = fresh
 };
 
 // The sigma-space samplers (k-diffusion family): sigmas, timesteps, init_noise_sigma and input scaling.

@@ -357,3 +357,61 @@ TEST_CASE("DPM-Solver family vs Lu et al.'s updates") {
     CHECK(rel_norm(run_plugin(s3, 21), b) < 0.1);
   }
 }
+
+TEST_CASE("img2img: samplers with history start afresh at any step after set_timesteps") {
+  Sched probe("euler");
+  const Sigmas sg(probe.alphas_cumprod());
+  std::vector<double> s, t;
+  sg.schedule(kSteps, s, t);
+  const at::Tensor x_start = start_noise() * s[3];
+
+  // plugin chain from step_index `first` (model calls as in run_plugin)
+  auto run_from = [&](Sched& sc, int64_t first) {
+    sc.set_timesteps(kSteps);
+    const at::Tensor ts = sc.timesteps();
+    at::Tensor x = x_start;
+    for (int64_t i = first; i < ts.numel(); ++i) x = sc.step(model_eps(sc.scale(x, i), ts[i].item<double>()), i, x);
+    return x;
+  };
+
+  SUBCASE("heun from its 4th step") {
+    at::Tensor x = x_start;
+    for (int i = 3; i < kSteps; ++i) {
+      const at::Tensor d = (x - sg.denoised(x, s[i], t[i])) / s[i];
+      const double dt = s[i + 1] - s[i];
+      if (s[i + 1] == 0) {
+        x = x + d * dt;
+      } else {
+        const at::Tensor x2 = x + d * dt;
+        x = x + (d + (x2 - sg.denoised(x2, s[i + 1], t[i + 1])) / s[i + 1]) / 2 * dt;
+      }
+    }
+    Sched h("heun");
+    CHECK(rel_norm(run_from(h, 6), x) < 1e-5);
+    Sched h2("heun");
+    h2.set_timesteps(kSteps);
+    CHECK_THROWS_WITH(h2.step(x, 5, x), doctest::Contains("even step_index"));
+  }
+  SUBCASE("lms from its 3rd step: one derivative, the leading coefficient of order 3") {
+    const at::Tensor d = (x_start - sg.denoised(x_start, s[2], t[2])) / s[2];
+    auto basis = [&](double tau) { return (tau - s[1]) / (s[2] - s[1]) * (tau - s[0]) / (s[2] - s[0]); };
+    const double a = s[2], b = s[3];
+    const double c = (b - a) / 6 * (basis(a) + 4 * basis((a + b) / 2) + basis(b));
+    Sched l("lms");
+    l.set_timesteps(kSteps);
+    const double t2 = l.timesteps()[2].item<double>();
+    CHECK(rel_norm(l.step(model_eps(l.scale(x_start, 2), t2), 2, x_start), x_start + c * d) < 1e-5);
+  }
+  SUBCASE("dpmsolver++ from its 4th step starts with a first-order step; out of order is refused") {
+    Sched d("dpmsolver++");
+    d.set_timesteps(kSteps);
+    const at::Tensor acp = d.alphas_cumprod(), ts = d.timesteps();
+    const auto t3 = static_cast<int64_t>(ts[3].item<double>()), t4 = static_cast<int64_t>(ts[4].item<double>());
+    const double a = acp[t3].item<double>(), an = acp[t4].item<double>();
+    const at::Tensor e = model_eps(x_start, static_cast<double>(t3));
+    const at::Tensor x0 = (x_start - std::sqrt(1 - a) * e) / std::sqrt(a);
+    CHECK(rel_norm(d.step(e, 3, x_start), std::sqrt(an) * x0 + std::sqrt(1 - an) * e) < 1e-10);
+    CHECK_THROWS_WITH(d.step(e, 3, x_start), doctest::Contains("expected step_index 4"));
+    CHECK_NOTHROW(d.step(e, 0, x_start));
+  }
+}
