@@ -131,7 +131,8 @@ int cmd_generate(const std::vector<std::string>& args) {
   model.check(model.vtable<sumi_model_vtable>().load(model.self(), ckpt.c_str()), "load");
 
   auto sched_ref = pm.find(SUMI_KIND_NOISE_SCHEDULER, sampler);
-  std::map<std::string, std::string> sched_cfg;
+  // A diffusers folder says how its sampler is set up; flags override.
+  std::map<std::string, std::string> sched_cfg = scheduler_config_of(ckpt, *sched_ref.component);
   if (vm.count("v_parameterization")) sched_cfg["prediction_type"] = "v_prediction";
   if (vm.count("use_karras_sigmas")) sched_cfg["use_karras_sigmas"] = "true";
   host::Component scheduler(sched_ref, "noise_scheduler", registry, host::make_config(*sched_ref.component, sched_cfg));

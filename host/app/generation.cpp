@@ -7,6 +7,11 @@
 
 #include <ATen/CPUGeneratorImpl.h>
 
+#include <nlohmann/json.hpp>
+
+#include <filesystem>
+#include <fstream>
+
 namespace sumi::app {
 
 namespace {
@@ -104,6 +109,26 @@ ImageResult Generator::run(const ImageRequest& r, bool progress) {
   Handle image;
   model_.check(mvt.vae_decode(model_.self(), borrow(latents, keep), &image.h), "vae_decode");
   return {latents, image.get().to(at::kFloat)};
+}
+
+std::map<std::string, std::string> scheduler_config_of(const std::string& model_path, const sumi_component& sampler) {
+  std::map<std::string, std::string> out;
+  const auto file = std::filesystem::path(model_path) / "scheduler" / "scheduler_config.json";
+  if (!std::filesystem::is_directory(model_path) || !std::filesystem::exists(file)) return out;
+  std::ifstream in(file);
+  nlohmann::json j;
+  try {
+    in >> j;
+  } catch (const std::exception& e) {
+    throw host::UserError(file.string() + ": not valid JSON: " + e.what());
+  }
+  for (int64_t i = 0; i < sampler.n_params; ++i) {
+    const char* key = sampler.params[i].key;
+    if (!j.contains(key) || j[key].is_null()) continue;
+    const auto& v = j[key];
+    out[key] = v.is_string() ? v.get<std::string>() : v.dump();
+  }
+  return out;
 }
 
 at::Tensor to_uint8_hwc(const at::Tensor& image) {

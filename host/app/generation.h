@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -39,6 +40,10 @@ class Generator {
   host::Component& model_;
   host::Component& scheduler_;
 };
+
+// The noise-scheduler settings a diffusers folder carries (<model>/scheduler/scheduler_config.json),
+// as text values for the keys the sampler's schema declares; {} for single files.
+std::map<std::string, std::string> scheduler_config_of(const std::string& model_path, const sumi_component& sampler);
 
 // [1, 3, H, W] in [-1, 1] -> HxWx3 8-bit, as A1111/diffusers: round(clamp(x / 2 + 0.5, 0, 1) * 255).
 at::Tensor to_uint8_hwc(const at::Tensor& image);
