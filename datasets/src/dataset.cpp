@@ -50,7 +50,9 @@ struct Collector {
   const BuildOptions& options;
   BuildReport& report;
   std::vector<Problem> problems;
-  void problem(const fs::path& p, const std::string& msg) { problems.push_back({p, msg}); }
+  void problem(const fs::path& p, const std::string& msg) {
+    problems.push_back({p, msg.find(p.string()) == std::string::npos ? p.string() + ": " + msg : msg});
+  }
 };
 
 // Reads the size and (optionally) decodes, recording a problem instead of throwing.
