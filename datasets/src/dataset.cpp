@@ -116,11 +116,19 @@ void add_folder_subset(const SubsetConfig& s, std::size_t si, std::vector<ImageI
       } else {
         item.conditioning_path = it->second;
         cond_by_stem.erase(it);
-        Size cs;
-        if (!check_image(item.conditioning_path, cs, c)) ok = false;
       }
     }
     if (!check_image(p, item.size, c)) ok = false;
+    if (!item.conditioning_path.empty()) {
+      Size cs;
+      if (!check_image(item.conditioning_path, cs, c)) {
+        ok = false;
+      } else if (ok && cs != item.size) {
+        c.problem(item.conditioning_path, "conditioning image is " + to_string(cs) + " but " + p.string() + " is " +
+                                              to_string(item.size) + "; they must be the same size");
+        ok = false;
+      }
+    }
     if (ok) out.push_back(std::move(item));
   }
   for (const auto& [stem, p] : cond_by_stem)
@@ -307,7 +315,7 @@ std::string Dataset::caption(std::size_t item, const CaptionStep& at, std::mt199
 TrainingImage Dataset::image(std::size_t item, std::mt19937_64& rng) const {
   const auto& it = items_.at(item);
   const auto& s = config_.subsets.at(it.subset);
-  return load_training_image(it.path, it.bucket, {s.random_crop, s.flip_aug, s.color_aug}, rng);
+  return load_training_image(it.path, it.bucket, {s.random_crop, s.flip_aug, s.color_aug}, rng, it.conditioning_path);
 }
 
 std::vector<GroupBatch> group_epoch_plan(const std::vector<Dataset>& datasets, std::uint64_t seed, int epoch) {

@@ -152,7 +152,7 @@ void color_aug(Image& img, std::mt19937_64& rng) {
 }
 
 TrainingImage load_training_image(const fs::path& p, const BucketChoice& choice, const AugmentOptions& aug,
-                                  std::mt19937_64& rng) {
+                                  std::mt19937_64& rng, const fs::path& conditioning) {
   TrainingImage out;
   Image img = read_image(p);
   out.original = {img.width, img.height};
@@ -160,10 +160,19 @@ TrainingImage load_training_image(const fs::path& p, const BucketChoice& choice,
   out.crop = crop_offset(choice.resized, choice.bucket, aug.random_crop, rng);
   out.image = crop_image(img, out.crop, choice.bucket);
   out.crop_ltrb = sdxl_crop_ltrb(choice.bucket, out.original);
+  if (!conditioning.empty()) {
+    Image cond = read_image(conditioning);
+    if (cond.width != out.original.width || cond.height != out.original.height)
+      throw ImageError("conditioning image " + conditioning.string() + " is " + std::to_string(cond.width) + "x" +
+                       std::to_string(cond.height) + " but its training image " + p.string() + " is " +
+                       to_string(out.original) + "; they must be the same size");
+    out.conditioning = crop_image(resize_image(cond, choice.resized), out.crop, choice.bucket);
+  }
   if (aug.color_aug) color_aug(out.image, rng);
   out.flipped = aug.flip_aug && uniform01(rng) < 0.5;
   if (out.flipped) {
     flip_horizontal(out.image);
+    if (!out.conditioning.rgb.empty()) flip_horizontal(out.conditioning);
     const double w = choice.bucket.width;
     out.crop_ltrb = {w - out.crop_ltrb.right, out.crop_ltrb.top, w - out.crop_ltrb.left, out.crop_ltrb.bottom};
   }

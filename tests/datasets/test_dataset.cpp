@@ -191,6 +191,15 @@ TEST_CASE("ControlNet: conditioning images pair by name") {
   REQUIRE(ds.items().size() == 1);
   CHECK(ds.items()[0].conditioning_path == t / "cond/a.jpg");
   CHECK(ds.items()[0].caption == "a caption");
+  std::mt19937_64 rng(2);
+  const auto ti = ds.image(0, rng);
+  CHECK(ti.conditioning.width == 64);
+  CHECK(ti.conditioning.height == 64);
+  CHECK(std::abs(ti.conditioning.pixel(40, 3)[0] - 40) <= 40);  // same picture (jpeg)
+  // A conditioning image of another size is named at build time.
+  write_image(t / "cond/b.png", 32, 64);
+  const std::string bc = (t / "cond/b.png").string();
+  CHECK_THROWS_WITH(Dataset::build(cfg), doctest::Contains(bc.c_str()));
 }
 
 TEST_CASE("missing folders are configuration errors") {

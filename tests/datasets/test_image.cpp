@@ -118,6 +118,15 @@ TEST_CASE("load_training_image: resize to cover, centre crop, flip mirrors SDXL 
   }
   CHECK(seen_flip);
   CHECK(seen_plain);
+  // A conditioning image follows the same crop and flip.
+  write_image(t / "cond.png", 200, 100);
+  for (int i = 0; i < 6; ++i) {
+    auto f = load_training_image(t / "w.png", choice, {true, true, false}, rng, t / "cond.png");
+    CHECK(f.conditioning.rgb == f.image.rgb);
+  }
+  write_image(t / "small.png", 100, 50);
+  CHECK_THROWS_WITH_AS(load_training_image(t / "w.png", choice, {}, rng, t / "small.png"),
+                       doctest::Contains("must be the same size"), ImageError);
 }
 
 TEST_CASE("color_aug is deterministic under a seed and changes images about a third of the time") {

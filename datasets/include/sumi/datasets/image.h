@@ -60,11 +60,13 @@ struct TrainingImage {
   CropOffset crop;        // where the resized image was cut
   CropLtrb crop_ltrb;     // kohya's SDXL crop conditioning (mirrored when flipped)
   bool flipped = false;
+  Image conditioning;     // ControlNet: the conditioning image, same resize/crop/flip, no color_aug
 };
 
 // Read, resize to choice.resized, crop to choice.bucket, color_aug, flip: kohya's order and
-// draw order (crop x, crop y, color, flip).
+// draw order (crop x, crop y, color, flip). A ControlNet conditioning image (same size as the
+// image, else ImageError) gets the same resize, crop and flip.
 TrainingImage load_training_image(const std::filesystem::path& p, const BucketChoice& choice, const AugmentOptions& aug,
-                                  std::mt19937_64& rng);
+                                  std::mt19937_64& rng, const std::filesystem::path& conditioning = {});
 
 }  // namespace sumi::datasets
