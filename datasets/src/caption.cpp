@@ -63,9 +63,34 @@ std::string replace_all(std::string s, const std::string& from, const std::strin
   return s;
 }
 
+// kohya's wildcards: a random line of a multi-line caption, then every "{a|b|c}" replaced by
+// one of its options ("{{" and "}}" stand for literal braces).
+std::string expand_wildcards(std::string caption, std::mt19937_64& rng) {
+  if (caption.find('\n') != std::string::npos) {
+    const auto lines = split(caption, "\n");
+    caption = lines[static_cast<std::size_t>(uniform_below(rng, lines.size()))];
+  }
+  // Escaped braces become private markers that cannot occur in the text.
+  std::string open = "\x01", close = "\x02";
+  while (caption.find(open) != std::string::npos || caption.find(close) != std::string::npos) open += "\x01", close += "\x02";
+  caption = replace_all(replace_all(caption, "{{", open), "}}", close);
+  std::string out;
+  for (std::size_t i = 0; i < caption.size();) {
+    const auto j = caption[i] == '{' ? caption.find('}', i + 1) : std::string::npos;
+    if (j == std::string::npos || j == i + 1) {  // not "{" + one or more non-"}" + "}"
+      out += caption[i++];
+      continue;
+    }
+    const auto options = split(caption.substr(i + 1, j - i - 1), "|");
+    out += options[static_cast<std::size_t>(uniform_below(rng, options.size()))];
+    i = j + 1;
+  }
+  return replace_all(replace_all(out, open, "{"), close, "}");
+}
+
 }  // namespace
 
-std::optional<std::string> read_caption_file(const fs::path& image, const std::string& extension_in) {
+std::optional<std::string> read_caption_file(const fs::path& image, const std::string& extension_in, bool all_lines) {
   std::string extension = extension_in;
   if (!extension.empty() && extension[0] != '.') extension = "." + extension;
   const fs::path stem = image.parent_path() / image.stem();
@@ -91,6 +116,14 @@ std::optional<std::string> read_caption_file(const fs::path& image, const std::s
     if (!valid_utf8(text))
       throw std::runtime_error("caption file " + path.string() + " is not valid UTF-8; re-save it as UTF-8");
     if (text.empty()) throw std::runtime_error("caption file " + path.string() + " is empty; write a caption or delete it");
+    if (all_lines) {
+      std::string joined;
+      for (const auto& line : split(text, "\n")) {
+        const auto l = strip(line);
+        if (!l.empty()) joined += (joined.empty() ? "" : "\n") + l;
+      }
+      return joined;
+    }
     const auto nl = text.find('\n');
     return strip(nl == std::string::npos ? text : text.substr(0, nl));
   }
@@ -107,8 +140,12 @@ std::string process_caption(const std::string& caption_in, const CaptionOptions&
   drop = drop || (opt.dropout_every_n_epochs > 0 && at.epoch % opt.dropout_every_n_epochs == 0);
   if (drop) return "";
 
-  const auto nl = caption.find('\n');
-  if (nl != std::string::npos) caption = caption.substr(0, nl);
+  if (opt.enable_wildcard) {
+    caption = expand_wildcards(caption, rng);
+  } else {
+    const auto nl = caption.find('\n');
+    if (nl != std::string::npos) caption = caption.substr(0, nl);
+  }
 
   if (opt.shuffle || opt.token_warmup_step > 0 || opt.tag_dropout_rate > 0) {
     std::vector<std::string> fixed, flex, fixed_suffix;

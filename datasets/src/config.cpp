@@ -71,7 +71,7 @@ const KeyDef kKeys[] = {
     {"caption_extension", Type::Str, Scope::Subset, DB | CN, true},
     {"class_tokens", Type::Str, Scope::Subset, DB, true},
     {"face_crop_aug_range", Type::Str, Scope::Subset, ALL, false},
-    {"enable_wildcard", Type::Bool, Scope::Subset, ALL, false},
+    {"enable_wildcard", Type::Bool, Scope::Subset, ALL, true},
     {"custom_attributes", Type::Str, Scope::Subset, ALL, false},
     {"resize_interpolation", Type::Str, Scope::Subset, ALL, false},
     {"cache_info", Type::Bool, Scope::Subset, DB | CN, false},
@@ -341,6 +341,7 @@ void resolve_subset_settings(SubsetConfig& s, const Chain& c) {
   c.get("caption_tag_dropout_rate", cap.tag_dropout_rate, as_float);
   c.get("token_warmup_min", cap.token_warmup_min, as_int);
   c.get("token_warmup_step", cap.token_warmup_step, as_float);
+  c.get("enable_wildcard", cap.enable_wildcard, as_bool);
   if (s.kind != SubsetKind::FineTuning) {
     c.get("caption_extension", s.caption_extension, as_string);
     s.caption_extension = dotted(s.caption_extension);

@@ -97,7 +97,7 @@ void add_folder_subset(const SubsetConfig& s, std::size_t si, std::vector<ImageI
     item.num_repeats = s.num_repeats;
     bool ok = true;
     try {
-      auto cap = read_caption_file(p, s.caption_extension);
+      auto cap = read_caption_file(p, s.caption_extension, s.caption.enable_wildcard);
       if (cap) {
         item.caption = *cap;
       } else {
@@ -187,7 +187,20 @@ void add_metadata_subset(const SubsetConfig& s, std::size_t si, std::vector<Imag
     auto tags = text("tags");
     if (!caption) caption = std::move(tags), tags.reset();
     std::string cap = caption.value_or("");
-    if (tags && !tags->empty()) cap += s.caption.separator + *tags;
+    const std::string& sep = s.caption.separator;
+    if (s.caption.enable_wildcard) {
+      // Tags go on every caption line (one of which is picked per step).
+      if (tags && caption) {
+        std::string t = *tags, joined;
+        for (std::size_t p = t.find('\n'); p != std::string::npos; p = t.find('\n', p + sep.size())) t.replace(p, 1, sep);
+        std::istringstream lines(cap);
+        for (std::string line; std::getline(lines, line);)
+          if (!strip(line).empty()) joined += (joined.empty() ? "" : "\n") + line + sep + t;
+        cap = joined;
+      }
+    } else if (tags && !tags->empty()) {
+      cap += sep + *tags;
+    }
     ImageItem item;
     item.path = found;
     item.caption = cap;

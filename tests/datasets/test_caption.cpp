@@ -180,3 +180,22 @@ TEST_CASE("the caption stream is pinned: a seed gives these exact captions every
   CHECK(run("sks, a, b, c, d, e, f", o, 42) == "sks, b, f, e");
   CHECK(run("sks, a, b, c, d, e, f", o, 7) == "sks, b, e, a, d");
 }
+
+TEST_CASE("wildcards: a random line, {a|b} choices, {{ }} escapes") {
+  TempDir t;
+  write_text(t / "w.txt", "first {red|blue} cat\n\n  second {{literal}} line  \n");
+  const auto all = read_caption_file(t / "w.png", ".txt", true);
+  REQUIRE(all);
+  CHECK(*all == "first {red|blue} cat\nsecond {{literal}} line");
+  CaptionOptions o;
+  o.enable_wildcard = true;
+  std::set<std::string> seen;
+  for (std::uint64_t s = 0; s < 60; ++s) seen.insert(run(*all, o, s));
+  CHECK(seen == std::set<std::string>{"first red cat", "first blue cat", "second {literal} line"});
+  // "{}" is not a choice; text outside braces is kept; the same seed gives the same pick.
+  CHECK(run("a {} b {x|y|z}", o, 3) == run("a {} b {x|y|z}", o, 3));
+  CHECK(run("a {} b {x}", o, 3) == "a {} b x");
+  // Without wildcards a multi-line caption uses its first line.
+  o.enable_wildcard = false;
+  CHECK(run(*all, o, 1) == "first {red|blue} cat");
+}

@@ -137,7 +137,7 @@ TEST_CASE("errors: keys at the wrong level, wrong kind, wrong type, unsupported,
   auto e = error_of(head + "  image_dir = \"a\"\n  num_repeats = \"ten\"\n");
   CHECK(e.find("num_repeats") != std::string::npos);
   CHECK(e.find("expected an integer, found a string") != std::string::npos);
-  CHECK(error_of(head + "  image_dir = \"a\"\n  enable_wildcard = true\n").find("does not support") != std::string::npos);
+  CHECK(error_of(head + "  image_dir = \"a\"\n  alpha_mask = true\n").find("does not support") != std::string::npos);
   CHECK(error_of(head + "  is_reg = true\n").find("needs \"image_dir\"") != std::string::npos);
   CHECK(error_of(head + "  image_dir = \"a\"\n  caption_dropout_rate = 1.5\n").find("between 0 and 1") !=
         std::string::npos);

@@ -210,3 +210,20 @@ TEST_CASE("missing folders are configuration errors") {
                        .datasets.at(0);
   CHECK_THROWS_WITH_AS(Dataset::build(cfg), doctest::Contains("is not a directory"), ConfigError);
 }
+
+TEST_CASE("fine-tuning metadata with wildcards: tags on every caption line") {
+  TempDir t;
+  write_image(t / "imgs/one.png", 64, 64);
+  write_text(t / "meta.json", R"({"one": {"caption": "line a\n\nline b", "tags": "x\ny"}})");
+  const auto cfg = parse_dataset_config("[general]\nresolution = 64\nenable_wildcard = true\n[[datasets]]\n"
+                                        "[[datasets.subsets]]\nmetadata_file = \"" + (t / "meta.json").string() +
+                                            "\"\nimage_dir = \"" + (t / "imgs").string() + "\"\n",
+                                        "ft.toml")
+                       .datasets.at(0);
+  const auto ds = Dataset::build(cfg);
+  REQUIRE(ds.items().size() == 1);
+  CHECK(ds.items()[0].caption == "line a,x,y\nline b,x,y");
+  std::mt19937_64 rng(1);
+  const auto c = ds.caption(0, {}, rng);
+  CHECK((c == "line a,x,y" || c == "line b,x,y"));
+}

@@ -27,6 +27,7 @@ struct CaptionOptions {
   double tag_dropout_rate = 0.0;       // caption_tag_dropout_rate, per flexible token
   int token_warmup_min = 1;            // token_warmup_min
   double token_warmup_step = 0.0;      // token_warmup_step; < 1 means a fraction of max_train_steps
+  bool enable_wildcard = false;        // one random line per step, "{a|b|c}" picks one ("{{" "}}" escape)
 };
 
 struct CaptionStep {
@@ -36,13 +37,16 @@ struct CaptionStep {
 };
 
 // The caption file for `image` with `extension` (".txt"; a missing dot is added), read as
-// UTF-8: its first line, stripped. kohya also looks for `<stem minus 4 "_" fields>.ext`
+// UTF-8: its first line, stripped (with `all_lines`, for wildcards: every non-empty line,
+// stripped, joined by "\n"). kohya also looks for `<stem minus 4 "_" fields>.ext`
 // (face-crop outputs); so does this. nullopt when there is no such file. Throws
 // std::runtime_error naming the file when it cannot be read, is empty or is not UTF-8.
-std::optional<std::string> read_caption_file(const std::filesystem::path& image, const std::string& extension);
+std::optional<std::string> read_caption_file(const std::filesystem::path& image, const std::string& extension,
+                                             bool all_lines = false);
 
 // One draw of the caption for a training step. Draw order (uniform01 for the dropout test,
-// then the shuffle, then one uniform01 per flexible token) is fixed, so seeded runs repeat.
+// then wildcard line and choices, then the shuffle, then one uniform01 per flexible token) is
+// fixed, so seeded runs repeat.
 std::string process_caption(const std::string& caption, const CaptionOptions& opt, const CaptionStep& at,
                             std::mt19937_64& rng);
 
