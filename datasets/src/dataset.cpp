@@ -1,6 +1,8 @@
 #include "sumi/datasets/dataset.h"
 
 #include <algorithm>
+#include <atomic>
+#include <thread>
 #include <fstream>
 #include <map>
 #include <sstream>
@@ -55,20 +57,55 @@ struct Collector {
   }
 };
 
-// Reads the size and (optionally) decodes, recording a problem instead of throwing.
-bool check_image(const fs::path& p, Size& size, Collector& c) {
-  try {
-    if (c.options.decode_images) {
-      const Image img = read_image(p);
-      size = {img.width, img.height};
-    } else {
-      size = read_image_size(p);
+// Reads the size (decoding the whole image when asked) of an item and its conditioning
+// image; returns what is wrong, empty when nothing.
+std::vector<Problem> check_item(ImageItem& item, bool decode) {
+  std::vector<Problem> out;
+  auto size_of = [&](const fs::path& p, Size& size) {
+    try {
+      if (decode) {
+        const Image img = read_image(p);
+        size = {img.width, img.height};
+      } else {
+        size = read_image_size(p);
+      }
+      return true;
+    } catch (const std::exception& e) {
+      out.push_back({p, e.what()});
+      return false;
     }
-    return true;
-  } catch (const std::exception& e) {
-    c.problem(p, e.what());
-    return false;
+  };
+  const bool ok = size_of(item.path, item.size);
+  if (!item.conditioning_path.empty()) {
+    Size cs;
+    if (size_of(item.conditioning_path, cs) && ok && cs != item.size)
+      out.push_back({item.conditioning_path, item.conditioning_path.string() + ": conditioning image is " + to_string(cs) +
+                                                 " but " + item.path.string() + " is " + to_string(item.size) +
+                                                 "; they must be the same size"});
   }
+  return out;
+}
+
+// Checks every item on `threads` threads (0: one per core); failed items are removed and
+// their problems appended in item order.
+void check_items(std::vector<ImageItem>& items, const BuildOptions& options, Collector& c) {
+  std::vector<std::vector<Problem>> found(items.size());
+  std::atomic<std::size_t> next{0};
+  auto work = [&] {
+    for (std::size_t i; (i = next.fetch_add(1)) < items.size();) found[i] = check_item(items[i], options.decode_images);
+  };
+  unsigned n = options.threads ? options.threads : std::max(1u, std::thread::hardware_concurrency());
+  n = static_cast<unsigned>(std::min<std::size_t>(n, std::max<std::size_t>(1, items.size())));
+  std::vector<std::thread> pool;
+  for (unsigned k = 1; k < n; ++k) pool.emplace_back(work);
+  work();
+  for (auto& t : pool) t.join();
+  std::vector<ImageItem> kept;
+  for (std::size_t i = 0; i < items.size(); ++i) {
+    if (found[i].empty()) kept.push_back(std::move(items[i]));
+    for (auto& p : found[i]) c.problem(p.path, p.message);
+  }
+  items = std::move(kept);
 }
 
 void add_folder_subset(const SubsetConfig& s, std::size_t si, std::vector<ImageItem>& out, Collector& c) {
@@ -118,18 +155,7 @@ void add_folder_subset(const SubsetConfig& s, std::size_t si, std::vector<ImageI
         cond_by_stem.erase(it);
       }
     }
-    if (!check_image(p, item.size, c)) ok = false;
-    if (!item.conditioning_path.empty()) {
-      Size cs;
-      if (!check_image(item.conditioning_path, cs, c)) {
-        ok = false;
-      } else if (ok && cs != item.size) {
-        c.problem(item.conditioning_path, "conditioning image is " + to_string(cs) + " but " + p.string() + " is " +
-                                              to_string(item.size) + "; they must be the same size");
-        ok = false;
-      }
-    }
-    if (ok) out.push_back(std::move(item));
+    if (ok) out.push_back(std::move(item));  // images are checked later, all at once
   }
   for (const auto& [stem, p] : cond_by_stem)
     c.report.warnings.push_back(p.string() + ": conditioning image without a training image; unused");
@@ -206,7 +232,7 @@ void add_metadata_subset(const SubsetConfig& s, std::size_t si, std::vector<Imag
     item.caption = cap;
     item.subset = si;
     item.num_repeats = s.num_repeats;
-    if (check_image(found, item.size, c)) out.push_back(std::move(item));
+    out.push_back(std::move(item));
   }
 }
 
@@ -242,6 +268,8 @@ Dataset Dataset::build(const DatasetConfig& config, const BuildOptions& options,
     else
       add_folder_subset(s, si, dst, c);
   }
+  check_items(train, options, c);
+  check_items(reg, options, c);
   if (!c.problems.empty()) {
     // Problem messages already name the file; keep the path apart for callers.
     if (!options.skip_bad) throw DatasetError(problem_list(c.problems));

@@ -137,6 +137,19 @@ TEST_CASE("the up-front check refuses corrupt images naming them, or skips them 
   CHECK(ds.items().size() == 5);
   REQUIRE(report.skipped.size() == 1);
   CHECK(report.skipped[0].path == t / "train/10_sks dog/z_broken.png");
+  // The check runs on several threads; the result does not depend on how many.
+  for (unsigned threads : {1u, 3u, 8u}) {
+    BuildReport r;
+    const auto d = Dataset::build(cfg, {true, true, threads}, &r);
+    REQUIRE(d.items().size() == ds.items().size());
+    for (std::size_t i = 0; i < d.items().size(); ++i) {
+      CHECK(d.items()[i].path == ds.items()[i].path);
+      CHECK(d.items()[i].size == ds.items()[i].size);
+    }
+    CHECK(r.skipped.size() == 1);
+  }
+  // Header-only checking does not see that the file is garbage either way: it cannot open it.
+  CHECK_THROWS_WITH_AS(Dataset::build(cfg, {false, false}), doctest::Contains(broken.c_str()), DatasetError);
   // A caption that cannot be read (not UTF-8) is named too.
   write_text(t / "train/10_sks dog/b.txt", "caf\xE9");
   const std::string cap = (t / "train/10_sks dog/b.txt").string();

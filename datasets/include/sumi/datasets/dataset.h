@@ -38,6 +38,7 @@ struct ImageItem {
 struct BuildOptions {
   bool decode_images = true;  // fully decode every image while checking (else header only)
   bool skip_bad = false;      // drop unreadable images/captions instead of refusing
+  unsigned threads = 0;       // image checks in parallel; 0: one thread per core
 };
 
 struct Problem {
