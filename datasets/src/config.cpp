@@ -8,6 +8,8 @@
 
 #include <toml++/toml.h>
 
+#include "sumi/datasets/image.h"
+
 namespace sumi::datasets {
 namespace fs = std::filesystem;
 
@@ -73,7 +75,7 @@ const KeyDef kKeys[] = {
     {"face_crop_aug_range", Type::Str, Scope::Subset, ALL, false},
     {"enable_wildcard", Type::Bool, Scope::Subset, ALL, true},
     {"custom_attributes", Type::Str, Scope::Subset, ALL, false},
-    {"resize_interpolation", Type::Str, Scope::Subset, ALL, false},
+    {"resize_interpolation", Type::Str, Scope::Subset, ALL, true},
     {"cache_info", Type::Bool, Scope::Subset, DB | CN, false},
 
     {"image_dir", Type::Path, Scope::Distinct, ALL, true},
@@ -342,6 +344,14 @@ void resolve_subset_settings(SubsetConfig& s, const Chain& c) {
   c.get("token_warmup_min", cap.token_warmup_min, as_int);
   c.get("token_warmup_step", cap.token_warmup_step, as_float);
   c.get("enable_wildcard", cap.enable_wildcard, as_bool);
+  c.get("resize_interpolation", s.resize_interpolation, as_string);
+  if (!s.resize_interpolation.empty() && !parse_interpolation(s.resize_interpolation)) {
+    const std::vector<std::string> names{"lanczos", "nearest", "bilinear", "linear", "bicubic", "cubic", "area", "box"};
+    const auto near = nearest_key(s.resize_interpolation, names);
+    fail(c.find("resize_interpolation")->where,
+         "resize_interpolation must be one of lanczos, nearest, bilinear, linear, bicubic, cubic, area, box; found \"" +
+             s.resize_interpolation + "\"" + (near.empty() ? "" : "; did you mean \"" + near + "\"?"));
+  }
   if (s.kind != SubsetKind::FineTuning) {
     c.get("caption_extension", s.caption_extension, as_string);
     s.caption_extension = dotted(s.caption_extension);

@@ -356,7 +356,8 @@ std::string Dataset::caption(std::size_t item, const CaptionStep& at, std::mt199
 TrainingImage Dataset::image(std::size_t item, std::mt19937_64& rng) const {
   const auto& it = items_.at(item);
   const auto& s = config_.subsets.at(it.subset);
-  return load_training_image(it.path, it.bucket, {s.random_crop, s.flip_aug, s.color_aug}, rng, it.conditioning_path);
+  const auto how = s.resize_interpolation.empty() ? Interpolation::Default : *parse_interpolation(s.resize_interpolation);
+  return load_training_image(it.path, it.bucket, {s.random_crop, s.flip_aug, s.color_aug, how}, rng, it.conditioning_path);
 }
 
 std::vector<GroupBatch> group_epoch_plan(const std::vector<Dataset>& datasets, std::uint64_t seed, int epoch) {

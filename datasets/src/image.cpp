@@ -88,12 +88,35 @@ Image from_buf(const ImageBuf& buf, Size size) {
 }
 }  // namespace
 
-Image resize_image(const Image& img, Size size) {
+std::optional<Interpolation> parse_interpolation(const std::string& name) {
+  if (name == "lanczos") return Interpolation::Lanczos;
+  if (name == "nearest") return Interpolation::Nearest;
+  if (name == "bilinear" || name == "linear") return Interpolation::Linear;
+  if (name == "bicubic" || name == "cubic") return Interpolation::Cubic;
+  if (name == "area" || name == "box") return Interpolation::Area;
+  return std::nullopt;
+}
+
+Image resize_image(const Image& img, Size size, Interpolation how) {
   if (size.width == img.width && size.height == img.height) return img;
   if (size.width <= 0 || size.height <= 0) throw std::invalid_argument("resize to empty size " + to_string(size));
+  if (how == Interpolation::Default)
+    how = img.width >= size.width && img.height >= size.height ? Interpolation::Area : Interpolation::Lanczos;
   ImageBuf src = to_buf(img);
   ImageBuf dst(ImageSpec(size.width, size.height, 3, TypeDesc::UINT8));
-  if (!ImageBufAlgo::resize(dst, src)) throw std::runtime_error("resize to " + to_string(size) + " failed: " + dst.geterror());
+  bool ok;
+  if (how == Interpolation::Nearest) {
+    ok = ImageBufAlgo::resample(dst, src, false);
+  } else {
+    // OpenImageIO widens these filters by the scale factor when shrinking, so "box" averages
+    // the covered source pixels like OpenCV's INTER_AREA.
+    const char* filter = how == Interpolation::Area     ? "box"
+                         : how == Interpolation::Linear ? "triangle"
+                         : how == Interpolation::Cubic  ? "catmull-rom"
+                                                        : "lanczos3";
+    ok = ImageBufAlgo::resize(dst, src, filter, 0.0f);
+  }
+  if (!ok) throw std::runtime_error("resize to " + to_string(size) + " failed: " + dst.geterror());
   return from_buf(dst, size);
 }
 
@@ -156,7 +179,7 @@ TrainingImage load_training_image(const fs::path& p, const BucketChoice& choice,
   TrainingImage out;
   Image img = read_image(p);
   out.original = {img.width, img.height};
-  img = resize_image(img, choice.resized);
+  img = resize_image(img, choice.resized, aug.interpolation);
   out.crop = crop_offset(choice.resized, choice.bucket, aug.random_crop, rng);
   out.image = crop_image(img, out.crop, choice.bucket);
   out.crop_ltrb = sdxl_crop_ltrb(choice.bucket, out.original);
@@ -166,7 +189,7 @@ TrainingImage load_training_image(const fs::path& p, const BucketChoice& choice,
       throw ImageError("conditioning image " + conditioning.string() + " is " + std::to_string(cond.width) + "x" +
                        std::to_string(cond.height) + " but its training image " + p.string() + " is " +
                        to_string(out.original) + "; they must be the same size");
-    out.conditioning = crop_image(resize_image(cond, choice.resized), out.crop, choice.bucket);
+    out.conditioning = crop_image(resize_image(cond, choice.resized, aug.interpolation), out.crop, choice.bucket);
   }
   if (aug.color_aug) color_aug(out.image, rng);
   out.flipped = aug.flip_aug && uniform01(rng) < 0.5;

@@ -86,6 +86,17 @@ enable_bucket = true
   CHECK(d1.subsets[0].caption_extension == ".txt");
 }
 
+TEST_CASE("resize_interpolation: dataset level reaches subsets, names are checked") {
+  auto g = parse("[[datasets]]\nresolution = 512\nresize_interpolation = \"area\"\n[[datasets.subsets]]\nimage_dir = \"a\"\n"
+                 "[[datasets.subsets]]\nimage_dir = \"b\"\nresize_interpolation = \"nearest\"\n");
+  CHECK(g.datasets[0].subsets[0].resize_interpolation == "area");
+  CHECK(g.datasets[0].subsets[1].resize_interpolation == "nearest");
+  const auto e = error_of("[general]\nresolution = 512\nresize_interpolation = \"lanczoz\"\n[[datasets]]\n"
+                          "[[datasets.subsets]]\nimage_dir = \"a\"\n");
+  CHECK(e.find("cfg.toml:3") != std::string::npos);
+  CHECK(e.find("did you mean \"lanczos\"") != std::string::npos);
+}
+
 TEST_CASE("subset kinds: fine-tuning and ControlNet") {
   const auto g = parse(R"(
 [general]

@@ -145,3 +145,23 @@ TEST_CASE("color_aug is deterministic under a seed and changes images about a th
   CHECK(changed > 8);
   CHECK(changed < 35);
 }
+
+TEST_CASE("resize_interpolation: area averages, nearest picks, default follows kohya's rule") {
+  Image img;
+  img.width = 6;
+  img.height = 1;
+  for (int v : {0, 30, 60, 90, 120, 150}) img.rgb.insert(img.rgb.end(), {static_cast<std::uint8_t>(v), 0, 0});
+  auto area = resize_image(img, {2, 1}, Interpolation::Area);  // mean of 3 source pixels
+  CHECK(area.pixel(0, 0)[0] == 30);
+  CHECK(area.pixel(1, 0)[0] == 120);
+  CHECK(resize_image(img, {2, 1}).rgb == area.rgb);  // shrinking both sides: area by default
+  auto nearest = resize_image(img, {3, 1}, Interpolation::Nearest);
+  for (int x = 0; x < 3; ++x) {
+    const int v = nearest.pixel(x, 0)[0];
+    CHECK((v == 0 || v == 30 || v == 60 || v == 90 || v == 120 || v == 150));
+  }
+  CHECK(resize_image(img, {12, 2}).width == 12);  // enlarging: lanczos by default
+  CHECK(parse_interpolation("bicubic") == Interpolation::Cubic);
+  CHECK(parse_interpolation("box") == Interpolation::Area);
+  CHECK_FALSE(parse_interpolation("hamming"));
+}

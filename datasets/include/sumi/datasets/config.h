@@ -49,6 +49,7 @@ struct SubsetConfig {
   bool flip_aug = false;
   bool color_aug = false;
   bool random_crop = false;
+  std::string resize_interpolation;  // "" (kohya's default) or a name parse_interpolation accepts
 };
 
 struct DatasetConfig {

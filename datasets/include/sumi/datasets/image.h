@@ -5,7 +5,9 @@
 
 #include <cstdint>
 #include <filesystem>
+#include <optional>
 #include <random>
+#include <string>
 #include <stdexcept>
 #include <vector>
 
@@ -37,9 +39,16 @@ Size read_image_size(const std::filesystem::path& p);
 // including truncated data.
 Image read_image(const std::filesystem::path& p);
 
-// Resample to `size` (OpenImageIO's default filters: lanczos3 enlarging, blackman-harris
-// shrinking; kohya uses OpenCV INTER_AREA / LANCZOS4, so pixels differ slightly).
-Image resize_image(const Image& img, Size size);
+// kohya's resize_interpolation names: "lanczos", "nearest", "bilinear"/"linear",
+// "bicubic"/"cubic", "area"/"box". Default: area when both sides shrink, else lanczos.
+enum class Interpolation { Default, Lanczos, Nearest, Linear, Cubic, Area };
+// nullopt for an unknown name.
+std::optional<Interpolation> parse_interpolation(const std::string& name);
+
+// Resample to `size` with OpenImageIO filters standing in for kohya's OpenCV ones (area: box,
+// lanczos: lanczos3, linear: triangle, cubic: catmull-rom): sizes are exact, pixels differ
+// slightly from OpenCV's.
+Image resize_image(const Image& img, Size size, Interpolation how = Interpolation::Default);
 Image crop_image(const Image& img, CropOffset at, Size size);
 void flip_horizontal(Image& img);
 
@@ -52,6 +61,7 @@ struct AugmentOptions {
   bool random_crop = false;
   bool flip_aug = false;
   bool color_aug = false;
+  Interpolation interpolation = Interpolation::Default;
 };
 
 struct TrainingImage {
