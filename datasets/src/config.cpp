@@ -5,6 +5,7 @@
 #include <cmath>
 #include <fstream>
 #include <sstream>
+#include <type_traits>
 
 #include <toml++/toml.h>
 
@@ -300,7 +301,12 @@ struct Chain {
   }
   template <class F, class T>
   void get(const std::string& key, T& out, F convert) const {
-    if (const Val* v = find(key)) out = static_cast<T>(convert(*v));
+    const Val* v = find(key);
+    if (!v) return;
+    const auto x = convert(*v);
+    if constexpr (std::is_same_v<T, int>)
+      if (x < -(1LL << 30) || x > (1LL << 30)) fail(v->where, key + " is out of range: " + std::to_string(x));
+    out = static_cast<T>(x);
   }
 };
 

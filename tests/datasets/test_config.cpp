@@ -150,6 +150,8 @@ TEST_CASE("errors: keys at the wrong level, wrong kind, wrong type, unsupported,
   CHECK(e.find("expected an integer, found a string") != std::string::npos);
   CHECK(error_of(head + "  image_dir = \"a\"\n  alpha_mask = true\n").find("does not support") != std::string::npos);
   CHECK(error_of(head + "  is_reg = true\n").find("needs \"image_dir\"") != std::string::npos);
+  CHECK(error_of(head + "  image_dir = \"a\"\n  num_repeats = 10000000000000\n").find("out of range") !=
+        std::string::npos);
   CHECK(error_of(head + "  image_dir = \"a\"\n  caption_dropout_rate = 1.5\n").find("between 0 and 1") !=
         std::string::npos);
   CHECK(error_of("[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"a\"\n").find("resolution is required") !=
