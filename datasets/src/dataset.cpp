@@ -268,8 +268,27 @@ Dataset Dataset::build(const DatasetConfig& config, const BuildOptions& options,
     else
       add_folder_subset(s, si, dst, c);
   }
-  check_items(train, options, c);
-  check_items(reg, options, c);
+  // Buckets are chosen here so an image no bucket fits is one more listed problem.
+  BucketSelector selector = [&] {
+    try {
+      return BucketSelector(config.buckets);
+    } catch (const std::invalid_argument& e) {
+      throw ConfigError(config.origin + ": " + e.what());
+    }
+  }();
+  for (auto* items : {&train, &reg}) {
+    check_items(*items, options, c);
+    std::vector<ImageItem> kept;
+    for (auto& it : *items) {
+      try {
+        it.bucket = selector.select(it.size);
+        kept.push_back(std::move(it));
+      } catch (const std::invalid_argument& e) {
+        c.problem(it.path, e.what());
+      }
+    }
+    *items = std::move(kept);
+  }
   if (!c.problems.empty()) {
     // Problem messages already name the file; keep the path apart for callers.
     if (!options.skip_bad) throw DatasetError(problem_list(c.problems));
@@ -292,22 +311,10 @@ Dataset Dataset::build(const DatasetConfig& config, const BuildOptions& options,
   d.items_ = std::move(train);
   d.items_.insert(d.items_.end(), reg.begin(), reg.end());
 
-  // Buckets: choose per image, then kohya's sorted bucket order.
-  BucketSelector selector = [&] {
-    try {
-      return BucketSelector(config.buckets);
-    } catch (const std::invalid_argument& e) {
-      throw ConfigError(config.origin + ": " + e.what());
-    }
-  }();
+  // kohya's sorted bucket order.
   std::map<Size, std::vector<std::size_t>> by_reso;
   for (std::size_t i = 0; i < d.items_.size(); ++i) {
-    auto& it = d.items_[i];
-    try {
-      it.bucket = selector.select(it.size);
-    } catch (const std::invalid_argument& e) {
-      throw DatasetError(it.path.string() + ": " + e.what());
-    }
+    const auto& it = d.items_[i];
     auto& b = by_reso[it.bucket.bucket];
     for (int r = 0; r < it.num_repeats; ++r) b.push_back(i);
   }

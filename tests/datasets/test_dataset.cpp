@@ -215,6 +215,24 @@ TEST_CASE("ControlNet: conditioning images pair by name") {
   CHECK_THROWS_WITH(Dataset::build(cfg), doctest::Contains(bc.c_str()));
 }
 
+TEST_CASE("an image no bucket fits is a listed problem too") {
+  TempDir t;
+  write_image(t / "img/ok.png", 64, 64);
+  write_image(t / "img/thin.png", 8, 64);  // bucket_no_upscale never enlarges: 8 < one step
+  const auto cfg = parse_dataset_config("[general]\nresolution = 64\nenable_bucket = true\nbucket_no_upscale = true\n"
+                                        "min_bucket_reso = 32\nmax_bucket_reso = 128\nbucket_reso_steps = 16\n"
+                                        "[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" + (t / "img").string() + "\"\n",
+                                        "nb.toml")
+                       .datasets.at(0);
+  const std::string thin = (t / "img/thin.png").string();
+  CHECK_THROWS_WITH_AS(Dataset::build(cfg), doctest::Contains(thin.c_str()), DatasetError);
+  BuildReport r;
+  const auto ds = Dataset::build(cfg, {true, true}, &r);
+  REQUIRE(ds.items().size() == 1);
+  CHECK(ds.items()[0].bucket.bucket == Size{64, 64});
+  CHECK(r.skipped.size() == 1);
+}
+
 TEST_CASE("missing folders are configuration errors") {
   TempDir t;
   const auto cfg = parse_dataset_config("[general]\nresolution = 64\n[[datasets]]\n[[datasets.subsets]]\nimage_dir = \"" +
