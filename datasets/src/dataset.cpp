@@ -201,16 +201,19 @@ void add_metadata_subset(const SubsetConfig& s, std::size_t si, std::vector<Imag
                     (s.image_dir.empty() ? " (set image_dir / --train_data_dir)" : ""));
       continue;
     }
+    bool bad = false;
     auto text = [&](const char* field) -> std::optional<std::string> {
       if (!entry.is_object() || !entry.contains(field) || entry[field].is_null()) return std::nullopt;
       if (!entry[field].is_string()) {
         c.problem(found, s.metadata_file.string() + ": \"" + key + "\"." + field + " is not a string");
+        bad = true;
         return std::nullopt;
       }
       return entry[field].get<std::string>();
     };
     auto caption = text("caption");
     auto tags = text("tags");
+    if (bad) continue;
     if (!caption) caption = std::move(tags), tags.reset();
     std::string cap = caption.value_or("");
     const std::string& sep = s.caption.separator;

@@ -182,6 +182,12 @@ TEST_CASE("fine-tuning metadata: caption + tags, keys by stem or path, missing i
   CHECK(ds.items()[0].num_repeats == 2);
   write_text(t / "meta.json", R"({"missing": {"caption": "x"}, "one": {"caption": "y"}})");
   CHECK_THROWS_WITH(Dataset::build(g.datasets.at(0)), doctest::Contains("no image for metadata key \"missing\""));
+  write_text(t / "meta.json", R"({"one": {"caption": 5}, "two": {"caption": "fine"}})");
+  BuildReport r;
+  const auto skipped = Dataset::build(g.datasets.at(0), {true, true}, &r);
+  CHECK(skipped.items().size() == 1);
+  REQUIRE(r.skipped.size() == 1);
+  CHECK(r.skipped[0].message.find("\"one\".caption is not a string") != std::string::npos);
   write_text(t / "meta.json", "{not json");
   CHECK_THROWS_WITH_AS(Dataset::build(g.datasets.at(0)), doctest::Contains("invalid JSON"), ConfigError);
 }
