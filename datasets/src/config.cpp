@@ -315,8 +315,18 @@ Table cli_table(const CliOptions& cli) {
   Table out;
   for (const auto& [name, value] : cli) {
     std::string key = name == "train_batch_size" ? "batch_size" : name == "dataset_repeats" ? "num_repeats" : name;
+    // The folder/metadata paths are read by config_from_arguments itself.
+    if (name == "train_data_dir" || name == "reg_data_dir" || name == "in_json" || name == "conditioning_data_dir") continue;
     const KeyDef* def = find_key(key);
-    if (!def || def->scope == Scope::Distinct || !def->supported) continue;
+    if (!def || def->scope == Scope::Distinct) {
+      std::vector<std::string> valid{"train_data_dir", "reg_data_dir", "in_json", "conditioning_data_dir", "train_batch_size",
+                                     "dataset_repeats"};
+      for (const auto& k : kKeys)
+        if (k.scope != Scope::Distinct && k.supported) valid.push_back(k.name);
+      const std::string near = nearest_key(name, valid);
+      throw ConfigError("unknown dataset option '" + name + "'" + (near.empty() ? "" : "; did you mean '" + near + "'?"));
+    }
+    if (!def->supported) throw ConfigError("sumi does not support the dataset option '" + name + "' yet");
     out[key] = Val{nullptr, &value, "--" + name};
   }
   return out;

@@ -11,5 +11,6 @@ int cmd_plugins(const std::vector<std::string>& args);
 int cmd_fit(const std::vector<std::string>& args);
 int cmd_plan(const std::vector<std::string>& args);
 int cmd_generate(const std::vector<std::string>& args);
+int cmd_train(const std::vector<std::string>& args);
 
 }  // namespace sumi::app

@@ -52,7 +52,7 @@ enable_bucket = true
   image_dir = "img/b"
 )",
                        {{"resolution", std::string("512")}, {"train_batch_size", 2LL}, {"dataset_repeats", 3LL},
-                        {"caption_dropout_rate", 0.25}, {"keep_tokens", 7LL}, {"unrelated_flag", true}});
+                        {"caption_dropout_rate", 0.25}, {"keep_tokens", 7LL}});
   REQUIRE(g.datasets.size() == 2);
   const auto& d0 = g.datasets[0];
   CHECK(d0.batch_size == 4);                            // dataset over command line
@@ -240,4 +240,11 @@ TEST_CASE("load_dataset_config reads a file and names it") {
     CHECK(std::string(e.what()).find("expected true or false") != std::string::npos);
   }
   CHECK_THROWS_WITH(load_dataset_config(t / "missing.toml"), doctest::Contains("cannot open"));
+}
+
+TEST_CASE("command-line dataset options the layer does not know are refused, with the nearest name") {
+  using namespace sumi::datasets;
+  CHECK_THROWS_WITH_AS(config_from_arguments({{"train_data_dir", std::string("/nonexistent")}, {"caption_extention", std::string(".txt")}}),
+                       doctest::Contains("unknown dataset option 'caption_extention'; did you mean 'caption_extension'?"),
+                       ConfigError);
 }
