@@ -16,6 +16,7 @@ const char* kUsage =
     "commands:\n"
     "  plugins [show NAME]   list installed plugins, or one component's parameters\n"
     "  plan --recipe R       validate a recipe (+ kohya flags) and print what a run would use\n"
+    "  convert SRC DST       an SD checkpoint between single-file and diffusers forms, or to another dtype\n"
     "  fit --recipe R        demo: fit a small problem with the recipe's optimizer and LR scheduler\n"
     "\n"
     "common options: --plugin-dir DIR (repeatable), --threads N, --recipe FILE|PRESET, --help\n"
@@ -37,6 +38,7 @@ int main(int argc, char** argv) {
     if (cmd == "plugins") return sumi::app::cmd_plugins(args);
     if (cmd == "plan") return sumi::app::cmd_plan(args);
     if (cmd == "fit") return sumi::app::cmd_fit(args);
+    if (cmd == "convert") return sumi::app::cmd_convert(args);
     std::fprintf(stderr, "sumi: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const std::exception& e) {
