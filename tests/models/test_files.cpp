@@ -11,7 +11,12 @@
 #include <fstream>
 #include <set>
 
+#include <sumi/tensor.hpp>
+
 #include "ckpt_writer.h"
+#include "core/host_api.h"
+#include "core/tensor_handle.h"
+#include "sd_model.h"
 #include "io/safetensors_torch.h"
 #include "model_files.h"
 #include "models_test_util.h"
@@ -239,4 +244,45 @@ TEST_CASE("convert: the sumi CLI") {
   CHECK(err.find("nope.safetensors: no such file or folder") != std::string::npos);
   CHECK(run_cli("convert a b --dtype fp8", &err) == 2);
   CHECK(err.find("--dtype 'fp8'") != std::string::npos);
+}
+
+TEST_CASE("models: a diffusers folder with .bin weights loads through the restricted unpickler") {
+  const std::string dir = scratch("tiny-sd1-bin");
+  fs::copy(fixture("tiny-sd1"), dir, fs::copy_options::recursive);
+  const std::string st = dir + "/unet/diffusion_pytorch_model.safetensors";
+  write_ckpt(dir + "/unet/diffusion_pytorch_model.bin", sumi::io::load_all(st));
+  fs::remove(st);
+  auto m = load_model("sd1", dir);
+  at::NoGradGuard no_grad;
+  CHECK(rel_err(m->denoise(golden("tiny-sd1", "unet.in.sample"), at::full({2}, 999, at::kLong),
+                           golden("tiny-sd1", "unet.in.encoder_hidden_states")),
+                golden("tiny-sd1", "unet.out.t999")) < 1e-4);
+}
+
+TEST_CASE("models: dtype and prediction type") {
+  sumi::detail::g_host = sumi::host::host_api();
+  auto prediction = [](sumi::nn::ModelFamily f, const std::string& path, bool v = false) {
+    sumi::sd::ModelOptions o;
+    o.family = f;
+    o.v_parameterization = v;
+    sumi::sd::SdModel m(o);
+    m.load(path);
+    return m.prediction_type();
+  };
+  using sumi::nn::ModelFamily;
+  CHECK(prediction(ModelFamily::sd2, fixture("tiny-sd2v")) == "v_prediction");             // scheduler config
+  CHECK(prediction(ModelFamily::sd2, fixture("tiny-sd2v.safetensors")) == "v_prediction");  // parameterization: v
+  CHECK(prediction(ModelFamily::sd1, fixture("tiny-sd1.safetensors")) == "epsilon");
+  CHECK(prediction(ModelFamily::sd1, fixture("tiny-sd1.safetensors"), true) == "v_prediction");
+
+  // bf16: weights in bf16, numbers close to the fp32 goldens.
+  auto m = load_model("sd1", fixture("tiny-sd1.safetensors"), {{"dtype", "bf16"}});
+  for (const auto& info : m->modules()) CHECK((sumi::host::unwrap(info.weight).scalar_type() == at::kBFloat16));
+  at::NoGradGuard no_grad;
+  CHECK(rel_err(m->encode_text(golden_prompts()).first, golden("tiny-sd1", "te.last_hidden_state")) < 5e-2);
+  CHECK(rel_err(m->denoise(golden("tiny-sd1", "unet.in.sample"), at::full({2}, 500, at::kLong),
+                           golden("tiny-sd1", "unet.in.encoder_hidden_states")),
+                golden("tiny-sd1", "unet.out.t500")) < 5e-2);
+  CHECK(load_error("sd1", fixture("tiny-sd1.safetensors"), {{"dtype", "fp8"}}).find("dtype 'fp8'") != std::string::npos);
+  CHECK(load_error("sdxl", fixture("tiny-sdxl.safetensors"), {{"clip_skip", "2"}}).find("clip_skip") != std::string::npos);
 }
