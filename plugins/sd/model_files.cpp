@@ -261,8 +261,7 @@ ModelFiles read_model(const std::string& path, const ReadOptions& options) {
   return read_single(path, options);
 }
 
-TensorMap read_vae(const std::string& path, int64_t levels, std::optional<at::ScalarType> dtype) {
-  (void)levels;
+TensorMap read_vae(const std::string& path, std::optional<at::ScalarType> dtype) {
   std::string file = path;
   if (fs::is_directory(path)) {
     fs::path dir(path);

@@ -51,7 +51,7 @@ ModelFiles read_model(const std::string& path, const ReadOptions& options = {});
 
 // A standalone VAE (`--vae`): a diffusers vae folder or weights file, or an original-layout file
 // (LDM names, with or without the first_stage_model. prefix). Returns diffusers names.
-nn::TensorMap read_vae(const std::string& path, int64_t levels, std::optional<at::ScalarType> dtype = {});
+nn::TensorMap read_vae(const std::string& path, std::optional<at::ScalarType> dtype = {});
 
 // Writers. Both write into a temporary sibling and rename onto `dst`, which must not exist.
 void write_diffusers_folder(const ModelFiles& model, const std::string& dst);

@@ -75,7 +75,7 @@ void SdModel::load(const std::string& path) {
   if (f.vae_config) vae_config = *f.vae_config;
   else vae_config.scaling_factor = f.family == ModelFamily::sdxl ? 0.13025 : 0.18215;
   if (!options_.vae.empty()) {
-    vae_weights = read_vae(options_.vae, static_cast<int64_t>(vae_config.block_out_channels.size()));
+    vae_weights = read_vae(options_.vae);
   } else if (!f.vae_config) {
     throw std::runtime_error(path + ": no VAE in the checkpoint; pass a separate one with the 'vae' option");
   }

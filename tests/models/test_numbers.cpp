@@ -2,6 +2,7 @@
 // of its forms (original single file and diffusers folder): conditioning, UNet, VAE.
 #include <doctest/doctest.h>
 
+#include "io/safetensors_torch.h"
 #include "models_test_util.h"
 
 using namespace sumi::test;
@@ -74,4 +75,16 @@ TEST_CASE("models: a separate VAE replaces the checkpoint's") {
                       {{"vae", fixture("tiny-sd1/vae/diffusion_pytorch_model.safetensors")}});
   at::NoGradGuard no_grad;
   CHECK(rel_err(m->vae_decode(golden("tiny-sd1", "vae.in.latent") * 0.18215), golden("tiny-sd1", "vae.dec.out")) < 1e-4);
+
+  // An original-layout VAE file (first_stage_model.* names, LDM's 1x1-conv attention) for SDXL.
+  sumi::io::NamedTensors ldm;
+  for (auto& [k, t] : sumi::io::load_all(fixture("tiny-sdxl.safetensors")))
+    if (k.rfind("first_stage_model.", 0) == 0) ldm.emplace_back(k, t);
+  const std::string path = scratch("sdxl-vae.safetensors");
+  sumi::io::save_tensors(path, ldm);
+  auto xl = load_model("sdxl", fixture("tiny-sdxl"), {{"vae", path}});
+  CHECK(rel_err(xl->vae_decode(golden("tiny-sdxl", "vae.in.latent") * 0.13025), golden("tiny-sdxl", "vae.dec.out")) < 1e-4);
+  CHECK(rel_err(xl->vae_encode(golden("tiny-sdxl", "vae.in.image")), golden("tiny-sdxl", "vae.enc.mean") * 0.13025) < 1e-4);
+  CHECK(load_error("sdxl", fixture("tiny-sdxl"), {{"vae", scratch("none.safetensors")}}).find("none.safetensors") !=
+        std::string::npos);
 }
