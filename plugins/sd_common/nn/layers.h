@@ -7,16 +7,22 @@
 #include <ATen/ATen.h>
 #include <torch/nn/module.h>
 
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
 
 namespace sumi::nn {
 
+// An adapter hook (LoRA at run time): when set, a Linear / Conv2d returns
+// adapter(input, frozen_output) instead of the frozen output. Set and cleared by model plugins.
+using LayerAdapter = std::function<at::Tensor(const at::Tensor& input, const at::Tensor& base_output)>;
+
 struct Linear : torch::nn::Module {
   Linear(int64_t in, int64_t out, bool bias = true);
   at::Tensor forward(const at::Tensor& x) const;
   at::Tensor weight, bias;
+  LayerAdapter adapter;
 };
 
 struct Conv2d : torch::nn::Module {
@@ -24,6 +30,7 @@ struct Conv2d : torch::nn::Module {
   at::Tensor forward(const at::Tensor& x) const;
   at::Tensor weight, bias;
   int64_t stride, padding;
+  LayerAdapter adapter;
 };
 
 struct GroupNorm : torch::nn::Module {

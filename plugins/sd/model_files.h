@@ -1,0 +1,70 @@
+// A Stable Diffusion checkpoint read from any of the forms people keep them in — an original
+// single file (.safetensors, or a torch .ckpt/.pt read by the restricted unpickler) or a
+// diffusers folder — as diffusers-named parts plus configs; and written back to either form.
+// The family and configs are settled from names and shapes (single files) or config.json files
+// (folders) before any tensor data is read, so a wrong family is refused without loading it.
+// Shared by the sd1/sd2/sdxl model plugin and `sumi convert`.
+#pragma once
+
+#include <ATen/ATen.h>
+
+#include <optional>
+#include <string>
+
+#include "nn/detect.h"
+#include "nn/key_map.h"
+
+namespace sumi::sd {
+
+enum class SourceForm { safetensors, torch_pickle, diffusers_folder };
+
+struct ModelFiles {
+  nn::ModelFamily family = nn::ModelFamily::sd1;
+  SourceForm form = SourceForm::safetensors;
+  std::string path;
+  std::optional<nn::UNetConfig> unet_config;
+  std::optional<nn::VaeConfig> vae_config;
+  std::optional<nn::ClipTextConfig> te_config, te2_config;
+  nn::ConvertedCheckpoint parts;  // diffusers / transformers names, no component prefix
+  // A single file's own tensors under their original names (EMA copies removed): what makes
+  // writing a single file back lossless (tensors diffusers has no place for).
+  nn::TensorMap original;
+  // From a diffusers folder's scheduler config ("epsilon", "v_prediction"); "" when unknown.
+  std::string prediction_type;
+};
+
+struct ReadOptions {
+  // Refuse a checkpoint of another family, before its tensor data is read.
+  std::optional<nn::ModelFamily> expect;
+  // Convert floating-point tensors; unset keeps the file's dtype (safetensors tensors then
+  // stay zero-copy views of the mapped file).
+  std::optional<at::ScalarType> dtype;
+};
+
+// "sd1" / "sd2" / "sdxl"; throws std::invalid_argument otherwise.
+nn::ModelFamily family_from_string(const std::string& name);
+// What users read: "SD 1.x", "SD 2.x", "SDXL".
+const char* family_title(nn::ModelFamily family);
+
+// Throws std::runtime_error naming the file (and tensor / config) on anything it refuses.
+ModelFiles read_model(const std::string& path, const ReadOptions& options = {});
+
+// A standalone VAE (`--vae`): a diffusers vae folder or weights file, or an original-layout file
+// (LDM names, with or without the first_stage_model. prefix). Returns diffusers names.
+nn::TensorMap read_vae(const std::string& path, std::optional<at::ScalarType> dtype = {});
+
+// Writers. Both write into a temporary sibling and rename onto `dst`, which must not exist.
+void write_diffusers_folder(const ModelFiles& model, const std::string& dst);
+void write_single_file(const ModelFiles& model, const std::string& dst);
+
+struct ConvertOptions {
+  std::optional<at::ScalarType> dtype;      // floating-point tensors only
+  std::optional<nn::ModelFamily> family;    // refuse a source of another family
+  bool overwrite = false;
+};
+
+// Single file <-> diffusers folder, .ckpt -> .safetensors, dtype change. `dst` ending in
+// .safetensors is a single file; anything else is a diffusers folder.
+void convert_model(const std::string& src, const std::string& dst, const ConvertOptions& options);
+
+}  // namespace sumi::sd

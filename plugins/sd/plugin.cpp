@@ -1,0 +1,79 @@
+// The sumi_sd plugin: model components sd1, sd2 and sdxl (native tier), each an SdModel that
+// accepts only checkpoints of its own family.
+#include <sumi/native.hpp>
+
+#include <stdexcept>
+
+#include "sd_model.h"
+
+namespace {
+
+using sumi::Tensor;
+using sumi::native::unwrap;
+using sumi::native::wrap;
+using sumi::nn::ModelFamily;
+
+at::ScalarType dtype_from(const std::string& s) {
+  if (s == "fp32" || s == "float32") return at::kFloat;
+  if (s == "fp16" || s == "float16") return at::kHalf;
+  if (s == "bf16" || s == "bfloat16") return at::kBFloat16;
+  throw sumi::Error(SUMI_ERR_INVALID_ARGUMENT, "dtype '" + s + "' is not one of fp32, fp16, bf16");
+}
+
+at::Tensor optional(const Tensor& t) { return t.get() ? unwrap(t) : at::Tensor(); }
+Tensor wrap_optional(const at::Tensor& t) { return t.defined() ? wrap(t) : Tensor(); }
+
+template <ModelFamily F>
+class SdComponent : public sumi::Model {
+ public:
+  explicit SdComponent(sumi::Context& ctx) : model_(options(ctx)) {}
+
+  void load(const std::string& path) override { model_.load(path); }
+  const std::vector<sumi_module_info>& modules() override {
+    if (!model_.loaded()) throw sumi::Error(SUMI_ERR_INVALID_ARGUMENT, "modules: load the model first");
+    return model_.modules();
+  }
+  std::pair<Tensor, Tensor> encode_text(const std::vector<std::string>& prompts) override {
+    auto r = model_.encode_text(prompts);
+    return {wrap(r.first), wrap_optional(r.second)};
+  }
+  Tensor denoise(const Tensor& latents, const Tensor& timesteps, const Tensor& cond, const Tensor& pooled,
+                 const Tensor& added) override {
+    return wrap(model_.denoise(unwrap(latents), unwrap(timesteps), unwrap(cond), optional(pooled), optional(added)));
+  }
+  Tensor vae_encode(const Tensor& images, bool sample) override { return wrap(model_.vae_encode(unwrap(images), sample)); }
+  Tensor vae_decode(const Tensor& latents) override { return wrap(model_.vae_decode(unwrap(latents))); }
+  void set_network(void* network_self, const sumi_network_vtable* network, const int32_t* selected) override {
+    model_.set_network(network_self, network, selected);
+  }
+
+ private:
+  static sumi::sd::ModelOptions options(sumi::Context& ctx) {
+    sumi::sd::ModelOptions o;
+    o.family = F;
+    o.dtype = dtype_from(ctx.get_string("dtype"));
+    o.vae = ctx.get_string("vae");
+    o.v_parameterization = ctx.get_bool("v_parameterization");
+    o.clip_skip = ctx.get_int("clip_skip");
+    return o;
+  }
+  sumi::sd::SdModel model_;
+};
+
+const sumi_param_spec kParams[] = {
+    sumi::param("dtype", SUMI_PARAM_STRING, "fp32",
+                "Weight dtype after loading (fp32, fp16 or bf16); the file's own dtype does not matter."),
+    sumi::param("vae", SUMI_PARAM_STRING, "",
+                "A separate VAE (file or diffusers folder) to use instead of the checkpoint's; empty keeps it."),
+    sumi::param("v_parameterization", SUMI_PARAM_BOOL, "false",
+                "The model predicts v (SD 2.x 768-v); diffusers folders also say so in their scheduler config."),
+    sumi::param("clip_skip", SUMI_PARAM_INT, "1",
+                "Text-encoder layer for the conditioning: 1 = last, 2 = penultimate (+ final layer norm)."),
+};
+
+}  // namespace
+
+SUMI_NATIVE_PLUGIN("sumi_sd", "0.1.0",
+                   sumi::component<SdComponent<ModelFamily::sd1>>("sd1", "Stable Diffusion 1.x (CLIP ViT-L text encoder).", kParams),
+                   sumi::component<SdComponent<ModelFamily::sd2>>("sd2", "Stable Diffusion 2.x (OpenCLIP text encoder).", kParams),
+                   sumi::component<SdComponent<ModelFamily::sdxl>>("sdxl", "Stable Diffusion XL base (two text encoders).", kParams))

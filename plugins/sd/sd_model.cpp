@@ -1,0 +1,280 @@
+#include "sd_model.h"
+
+#include <sumi/tensor.hpp>
+
+#include <torch/nn/module.h>
+
+#include <algorithm>
+#include <stdexcept>
+
+#include "model_files.h"
+#include "nn/autoencoder_kl.h"
+#include "nn/clip_text.h"
+#include "nn/layers.h"
+#include "nn/unet.h"
+#include "nn/weights.h"
+#include "sd_common/tokenizer/clip_tokenizer.h"
+
+namespace sumi::sd {
+
+using nn::ModelFamily;
+
+namespace {
+
+bool contains(const std::string& s, const char* x) { return s.find(x) != std::string::npos; }
+
+void load_part(torch::nn::Module& module, const nn::TensorMap& weights, const std::string& path,
+               const char* part) {
+  if (weights.empty())
+    throw std::runtime_error(path + ": the checkpoint has no " + part + " weights");
+  try {
+    nn::load_weights(module, weights);
+  } catch (const std::exception& e) {
+    throw std::runtime_error(path + " (" + part + "): " + e.what());
+  }
+}
+
+at::Tensor ids_tensor(const sd::ClipTokenizer& tok, const std::vector<std::string>& prompts) {
+  std::vector<int64_t> ids;
+  for (const auto& p : prompts) {
+    auto v = tok.encode_padded(p);
+    ids.insert(ids.end(), v.begin(), v.end());
+  }
+  return at::tensor(ids, at::kLong).view({static_cast<int64_t>(prompts.size()), ClipTokenizer::kModelMaxLength});
+}
+
+std::string network_error(const char* what, const std::string& module) {
+  return std::string("network ") + what + " failed for module '" + module + "': " + api().last_error();
+}
+
+}  // namespace
+
+at::Tensor& SdModel::Layer::weight() const { return linear ? linear->weight : conv->weight; }
+
+SdModel::SdModel(ModelOptions options) : options_(std::move(options)) {
+  if (options_.clip_skip < 1)
+    throw std::invalid_argument("clip_skip must be >= 1 (1 = the last layer), got " + std::to_string(options_.clip_skip));
+  if (options_.family == ModelFamily::sdxl && options_.clip_skip != 1)
+    throw std::invalid_argument("clip_skip does not apply to SDXL (its conditioning is fixed to the penultimate "
+                                "layers of both encoders); leave it at 1");
+}
+
+SdModel::~SdModel() { release_module_list(); }
+
+void SdModel::load(const std::string& path) {
+  ReadOptions ro;
+  ro.expect = options_.family;
+  ModelFiles f = read_model(path, ro);
+  const char* title = family_title(f.family);
+  if (!f.unet_config) throw std::runtime_error(path + ": no UNet in the checkpoint; an " + std::string(title) + " model needs one");
+  if (!f.te_config) throw std::runtime_error(path + ": no text encoder in the checkpoint");
+  if (f.family == ModelFamily::sdxl && !f.te2_config)
+    throw std::runtime_error(path + ": no second text encoder (OpenCLIP) in the SDXL checkpoint");
+  nn::TensorMap vae_weights = f.parts.vae;
+  nn::VaeConfig vae_config;
+  if (f.vae_config) vae_config = *f.vae_config;
+  else vae_config.scaling_factor = f.family == ModelFamily::sdxl ? 0.13025 : 0.18215;
+  if (!options_.vae.empty()) {
+    vae_weights = read_vae(options_.vae);
+  } else if (!f.vae_config) {
+    throw std::runtime_error(path + ": no VAE in the checkpoint; pass a separate one with the 'vae' option");
+  }
+  // Build and fill everything before replacing the current model, so a refused file leaves it intact.
+  const at::ScalarType dt = options_.dtype;
+  auto te = std::make_shared<nn::ClipTextModel>(*f.te_config);
+  te->to(dt);
+  load_part(*te, f.parts.text_encoder, path, "text_encoder");
+  std::shared_ptr<nn::ClipTextModel> te2;
+  if (f.te2_config) {
+    te2 = std::make_shared<nn::ClipTextModel>(*f.te2_config);
+    te2->to(dt);
+    load_part(*te2, f.parts.text_encoder_2, path, "text_encoder_2");
+  }
+  auto unet = std::make_shared<nn::UNet2DConditionModel>(*f.unet_config);
+  unet->to(dt);
+  load_part(*unet, f.parts.unet, path, "unet");
+  auto vae = std::make_shared<nn::AutoencoderKL>(vae_config);
+  // The SD VAEs overflow in fp16 (force_upcast); keep them in fp32 then.
+  vae->to(dt == at::kHalf && vae_config.force_upcast ? at::kFloat : dt);
+  load_part(*vae, vae_weights, options_.vae.empty() ? path : options_.vae, "vae");
+  for (torch::nn::Module* m : {static_cast<torch::nn::Module*>(te.get()), static_cast<torch::nn::Module*>(te2.get()),
+                               static_cast<torch::nn::Module*>(unet.get()), static_cast<torch::nn::Module*>(vae.get())})
+    if (m)
+      for (auto& p : m->parameters()) p.requires_grad_(false);
+  const int64_t layers = f.te_config->num_hidden_layers;
+  if (options_.clip_skip > layers)
+    throw std::invalid_argument("clip_skip " + std::to_string(options_.clip_skip) + " exceeds the text encoder's " +
+                                std::to_string(layers) + " layers");
+
+  release_module_list();
+  te_ = te;
+  te2_ = te2;
+  unet_ = unet;
+  vae_ = vae;
+  prediction_type_ = f.prediction_type;
+  build_module_list();
+}
+
+std::string SdModel::prediction_type() const {
+  if (options_.v_parameterization) return "v_prediction";
+  return prediction_type_.empty() ? "epsilon" : prediction_type_;
+}
+
+double SdModel::vae_scaling_factor() const { return vae_->config().scaling_factor; }
+
+std::pair<at::Tensor, at::Tensor> SdModel::encode_text(const std::vector<std::string>& prompts) const {
+  if (!loaded()) throw std::logic_error("encode_text before load");
+  if (options_.family == ModelFamily::sdxl)
+    return encode_ids(ids_tensor(ClipTokenizer::instance(), prompts), ids_tensor(ClipTokenizer::instance_pad_bang(), prompts));
+  const auto& tok = options_.family == ModelFamily::sd2 ? ClipTokenizer::instance_pad_bang() : ClipTokenizer::instance();
+  return encode_ids(ids_tensor(tok, prompts));
+}
+
+std::pair<at::Tensor, at::Tensor> SdModel::encode_ids(const at::Tensor& ids, const at::Tensor& ids2) const {
+  if (!loaded()) throw std::logic_error("encode_ids before load");
+  if (options_.family == ModelFamily::sdxl) {
+    if (!ids2.defined()) throw std::invalid_argument("SDXL conditioning needs the second tokenizer's ids too");
+    // Both encoders' penultimate layers (no final norm), concatenated; pooled = te2's projection.
+    auto a = te_->forward(ids.to(at::kLong));
+    auto b = te2_->forward(ids2.to(at::kLong));
+    const auto& ha = a.hidden_states[a.hidden_states.size() - 2];
+    const auto& hb = b.hidden_states[b.hidden_states.size() - 2];
+    return {at::cat({ha, hb.to(ha.scalar_type())}, -1), b.text_embeds};
+  }
+  auto out = te_->forward(ids.to(at::kLong));
+  if (options_.clip_skip == 1) return {out.last_hidden_state, at::Tensor()};
+  const auto& h = out.hidden_states[out.hidden_states.size() - static_cast<size_t>(options_.clip_skip)];
+  return {te_->final_layer_norm(h), at::Tensor()};
+}
+
+at::Tensor SdModel::denoise(const at::Tensor& latents, const at::Tensor& timesteps, const at::Tensor& cond,
+                            const at::Tensor& pooled, const at::Tensor& added) const {
+  if (!loaded()) throw std::logic_error("denoise before load");
+  const at::ScalarType dt = options_.dtype;
+  at::Tensor out;
+  if (options_.family == ModelFamily::sdxl) {
+    if (!pooled.defined() || !added.defined())
+      throw std::invalid_argument("SDXL denoise needs the pooled text embedding [B, P] and the size/crop time ids [B, 6]");
+    nn::AddedConditioning ac{pooled.to(dt), added.to(dt)};
+    out = unet_->forward(latents.to(dt), timesteps, cond.to(dt), &ac);
+  } else {
+    out = unet_->forward(latents.to(dt), timesteps, cond.to(dt));
+  }
+  return out.to(latents.scalar_type());
+}
+
+at::Tensor SdModel::vae_encode(const at::Tensor& images, bool sample) const {
+  if (!loaded()) throw std::logic_error("vae_encode before load");
+  const at::ScalarType dt = vae_->parameters().front().scalar_type();
+  auto dist = vae_->encode(images.to(dt));
+  at::Tensor z = sample ? dist.sample() : dist.mean;
+  return (z * vae_scaling_factor()).to(images.scalar_type());
+}
+
+at::Tensor SdModel::vae_decode(const at::Tensor& latents) const {
+  if (!loaded()) throw std::logic_error("vae_decode before load");
+  const at::ScalarType dt = vae_->parameters().front().scalar_type();
+  return vae_->decode((latents / vae_scaling_factor()).to(dt)).to(latents.scalar_type());
+}
+
+void SdModel::build_module_list() {
+  auto add = [&](torch::nn::Module& root, int32_t role, const std::string& prefix) {
+    for (const auto& item : root.named_modules("", /*include_self=*/false)) {
+      const std::string& path = item.key();
+      Layer layer;
+      layer.linear = dynamic_cast<nn::Linear*>(item.value().get());
+      layer.conv = layer.linear ? nullptr : dynamic_cast<nn::Conv2d*>(item.value().get());
+      if (!layer.linear && !layer.conv) continue;
+      std::string name = path;
+      if (role == SUMI_ROLE_UNET && options_.family == ModelFamily::sdxl) {
+        // sd-scripts names SDXL's UNet modules by the original SGM layout.
+        auto orig = nn::unet_key_to_original(path + ".weight", unet_->config());
+        if (!orig) throw std::logic_error("no SGM name for UNet module " + path);
+        name = orig->substr(0, orig->size() - 7);
+      }
+      name = prefix + name;
+      std::replace(name.begin(), name.end(), '.', '_');
+      const at::Tensor& w = layer.weight();
+      sumi_module_info m{};
+      m.struct_size = sizeof(sumi_module_info);
+      m.kind = layer.linear ? SUMI_MODULE_LINEAR : SUMI_MODULE_CONV2D;
+      m.role = role;
+      m.out_features = w.size(0);
+      m.in_features = w.size(1);
+      m.kernel[0] = layer.conv ? w.size(2) : 1;
+      m.kernel[1] = layer.conv ? w.size(3) : 1;
+      m.stride[0] = m.stride[1] = layer.conv ? layer.conv->stride : 1;
+      m.padding[0] = m.padding[1] = layer.conv ? layer.conv->padding : 0;
+      // kohya's LierLa set: children of Transformer2DModel (UNet) and CLIPAttention / CLIPMLP.
+      m.in_transformer = role == SUMI_ROLE_UNET ? contains(path, "attentions.")
+                                                : (contains(path, ".self_attn.") || contains(path, ".mlp."));
+      m.weight = api().native_wrap(&w);
+      names_.push_back(name);
+      m.name = names_.back().c_str();
+      layers_.push_back(layer);
+      infos_.push_back(m);
+    }
+  };
+  if (options_.family == ModelFamily::sdxl) {
+    add(*te_, SUMI_ROLE_TEXT_ENCODER, "lora_te1.");
+    add(*te2_, SUMI_ROLE_TEXT_ENCODER_2, "lora_te2.");
+  } else {
+    add(*te_, SUMI_ROLE_TEXT_ENCODER, "lora_te.");
+  }
+  add(*unet_, SUMI_ROLE_UNET, "lora_unet.");
+}
+
+void SdModel::release_module_list() {
+  for (auto& l : layers_) {
+    if (l.linear) l.linear->adapter = nullptr;
+    if (l.conv) l.conv->adapter = nullptr;
+  }
+  for (auto& m : infos_) api().tensor_release(m.weight);
+  infos_.clear();
+  layers_.clear();
+  names_.clear();
+}
+
+void SdModel::set_network(void* self, const sumi_network_vtable* vt, const int32_t* selected) {
+  if (!loaded()) throw std::logic_error("set_network before load");
+  if (vt && !selected) throw std::invalid_argument("set_network: 'selected' is required with a network");
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    nn::LayerAdapter adapter;
+    if (vt && selected[i]) {
+      const int64_t index = static_cast<int64_t>(i);
+      std::string name = infos_[i].name;
+      adapter = [self, vt, index, name](const at::Tensor& x, const at::Tensor& y) {
+        sumi_tensor hx = api().native_wrap(&x), hy = api().native_wrap(&y), out = nullptr;
+        const sumi_status st = vt->forward(self, index, hx, hy, &out);
+        api().tensor_release(hx);
+        api().tensor_release(hy);
+        if (st != SUMI_OK) throw std::runtime_error(network_error("forward", name));
+        at::Tensor r = *static_cast<const at::Tensor*>(api().native_tensor(out));
+        api().tensor_release(out);
+        return r;
+      };
+    }
+    if (layers_[i].linear) layers_[i].linear->adapter = adapter;
+    else layers_[i].conv->adapter = adapter;
+  }
+}
+
+void SdModel::merge_network(void* self, const sumi_network_vtable* vt, const int32_t* selected) {
+  if (!loaded()) throw std::logic_error("merge_network before load");
+  if (!vt || !selected) throw std::invalid_argument("merge_network needs a network and its selection");
+  at::NoGradGuard no_grad;
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    if (!selected[i]) continue;
+    sumi_tensor d = nullptr;
+    if (vt->weight_delta(self, static_cast<int64_t>(i), &d) != SUMI_OK)
+      throw std::runtime_error(network_error("weight_delta", infos_[i].name));
+    at::Tensor delta = *static_cast<const at::Tensor*>(api().native_tensor(d));
+    api().tensor_release(d);
+    at::Tensor& w = layers_[i].weight();
+    if (!delta.sizes().equals(w.sizes()))
+      throw std::runtime_error(std::string("network weight_delta for '") + infos_[i].name + "' has the wrong shape");
+    w.add_(delta.to(w.device(), w.scalar_type()));
+  }
+}
+
+}  // namespace sumi::sd

@@ -1,0 +1,100 @@
+// One loaded SD 1.x / 2.x / XL model (text encoder(s), UNet, VAE) with what the plugin ABI asks
+// of a model: conditioning from prompts, the denoiser, the scaled VAE, the adaptable layers under
+// kohya's names, and adapter networks applied at run time or merged into the weights.
+// The sd1/sd2/sdxl components of the sumi_sd plugin wrap this class; it is a C++ API for code
+// linked into the same library (and for tests), not part of the ABI.
+#pragma once
+
+#include <sumi/sumi.h>
+
+#include <ATen/ATen.h>
+
+#include <deque>
+#include <memory>
+#include <string>
+#include <utility>
+#include <vector>
+
+#include "nn/detect.h"
+
+namespace sumi::nn {
+class ClipTextModel;
+class UNet2DConditionModel;
+class AutoencoderKL;
+struct Linear;
+struct Conv2d;
+}  // namespace sumi::nn
+
+namespace sumi::sd {
+
+struct ModelOptions {
+  nn::ModelFamily family = nn::ModelFamily::sd1;
+  at::ScalarType dtype = at::kFloat;  // of the text encoders and UNet (the VAE stays fp32 for fp16)
+  std::string vae;                    // a separate VAE to use instead of the checkpoint's
+  bool v_parameterization = false;
+  int64_t clip_skip = 1;              // 1 = last layer; n = n-th from last + final layer norm
+};
+
+class SdModel {
+ public:
+  explicit SdModel(ModelOptions options);
+  ~SdModel();
+  SdModel(const SdModel&) = delete;
+  SdModel& operator=(const SdModel&) = delete;
+
+  // Single file (.safetensors mmapped, .ckpt/.pt through the restricted unpickler) or diffusers
+  // folder. Throws std::runtime_error naming the file, tensor or family on refusal.
+  void load(const std::string& path);
+  bool loaded() const { return unet_ != nullptr; }
+  nn::ModelFamily family() const { return options_.family; }
+  // "epsilon" or "v_prediction": v_parameterization, else the folder's scheduler config.
+  std::string prediction_type() const;
+
+  // Plain 77-token conditioning: {cond [B, 77, C], pooled [B, P] (SDXL) or undefined}.
+  std::pair<at::Tensor, at::Tensor> encode_text(const std::vector<std::string>& prompts) const;
+  // The same from token ids [B, L] (already framed with BOS/EOS/padding); `ids2` for SDXL's
+  // second encoder (padded with "!"). For long-prompt chunking by the caller.
+  std::pair<at::Tensor, at::Tensor> encode_ids(const at::Tensor& ids, const at::Tensor& ids2 = {}) const;
+
+  // UNet output; SDXL needs `pooled` [B, P] and `added` time ids [B, 6].
+  at::Tensor denoise(const at::Tensor& latents, const at::Tensor& timesteps, const at::Tensor& cond,
+                     const at::Tensor& pooled, const at::Tensor& added) const;
+  // Images in [-1, 1] -> scaled latents (posterior mean, or a draw), and scaled latents -> images.
+  at::Tensor vae_encode(const at::Tensor& images, bool sample) const;
+  at::Tensor vae_decode(const at::Tensor& latents) const;
+  double vae_scaling_factor() const;
+
+  // Every Linear / Conv2d of the UNet and text encoder(s) (not the VAE), kohya-named.
+  const std::vector<sumi_module_info>& modules() const { return infos_; }
+
+  // Runtime application: each selected module's output goes through network->forward. A null
+  // network detaches every module.
+  void set_network(void* network_self, const sumi_network_vtable* network, const int32_t* selected);
+  // Adds each selected module's network->weight_delta into its weight (in place, permanent).
+  void merge_network(void* network_self, const sumi_network_vtable* network, const int32_t* selected);
+
+  nn::ClipTextModel& text_encoder() const { return *te_; }
+  nn::ClipTextModel* text_encoder_2() const { return te2_.get(); }
+  nn::UNet2DConditionModel& unet() const { return *unet_; }
+  nn::AutoencoderKL& vae() const { return *vae_; }
+
+ private:
+  struct Layer {
+    nn::Linear* linear = nullptr;
+    nn::Conv2d* conv = nullptr;
+    at::Tensor& weight() const;
+  };
+  void build_module_list();
+  void release_module_list();
+
+  ModelOptions options_;
+  std::string prediction_type_;
+  std::shared_ptr<nn::ClipTextModel> te_, te2_;
+  std::shared_ptr<nn::UNet2DConditionModel> unet_;
+  std::shared_ptr<nn::AutoencoderKL> vae_;
+  std::deque<std::string> names_;
+  std::vector<Layer> layers_;
+  std::vector<sumi_module_info> infos_;
+};
+
+}  // namespace sumi::sd
