@@ -120,9 +120,8 @@ int cmd_train(const std::vector<std::string>& args) {
 
   s.model_path = m.get_string("path");
   s.family = m.get_string("type");
-  if (m.has("vae")) s.vae = m.get_string("vae");
-  s.v_parameterization = m.get_bool("v_parameterization");
-  s.clip_skip = m.get_int("clip_skip");
+  s.model_params = plugin_params(m);
+  s.v_parameterization = m.has("v_parameterization") && m.get_bool("v_parameterization");
   s.network_type = net.get_string("type");
   s.network_params = plugin_params(net);
   if (net.has("weights")) s.network_weights = net.get_string("weights");

@@ -127,9 +127,8 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
 
   // --- plugins: model, noise schedule, network, optimizer, LR schedule
   auto model_ref = pm.find(SUMI_KIND_MODEL, s.family);
-  std::map<std::string, std::string> mcfg{{"dtype", "fp32"}, {"clip_skip", std::to_string(s.clip_skip)}};
-  if (!s.vae.empty()) mcfg["vae"] = s.vae;
-  if (s.v_parameterization) mcfg["v_parameterization"] = "true";
+  auto mcfg = s.model_params;
+  mcfg["dtype"] = "fp32";  // trained networks hold fp32 masters; bf16 comes from autocast
   host::Component model(model_ref, "model", registry, host::make_config(*model_ref.component, mcfg));
   const auto& mvt = model.vtable<sumi_model_vtable>();
   model.check(mvt.load(model.self(), s.model_path.c_str()), ("load " + s.model_path).c_str());
@@ -242,7 +241,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
         {"ss_full_fp16", "False"},
         {"ss_v2", s.family == "sd2" ? "True" : "False"},
         {"ss_base_model_version", s.family == "sdxl" ? "sdxl_base_v1-0" : s.family == "sd2" ? (s.v_parameterization ? "sd_v2_768_v" : "sd_v2_512") : "sd_v1"},
-        {"ss_clip_skip", std::to_string(s.clip_skip)},
+        {"ss_clip_skip", s.model_params.count("clip_skip") ? s.model_params.at("clip_skip") : "None"},
         {"ss_seed", std::to_string(s.seed)},
         {"ss_noise_offset", std::to_string(s.noise_offset)},
         {"ss_optimizer", s.optimizer_type},
@@ -250,7 +249,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
         {"ss_prior_loss_weight", std::to_string(s.prior_loss_weight)},
         {"ss_min_snr_gamma", s.min_snr_gamma ? std::to_string(*s.min_snr_gamma) : "None"},
         {"ss_sd_model_name", fs::path(s.model_path).filename().string()},
-        {"ss_vae_name", s.vae.empty() ? "None" : fs::path(s.vae).filename().string()},
+        {"ss_vae_name", s.model_params.count("vae") && !s.model_params.at("vae").empty() ? fs::path(s.model_params.at("vae")).filename().string() : "None"},
         {"ss_training_comment", "None"},
         {"ss_sd_scripts_commit_hash", "sumi 0.1.0"},
     };

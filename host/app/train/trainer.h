@@ -15,9 +15,9 @@ namespace sumi::app {
 
 struct TrainSettings {
   // [model]
-  std::string model_path, family, vae;
-  bool v_parameterization = false;
-  int64_t clip_skip = 1;
+  std::string model_path, family;
+  std::map<std::string, std::string> model_params;  // the model plugin's own keys (vae, clip_skip, ...)
+  bool v_parameterization = false;                  // also in model_params; decides the loss target
   // [network] plugin name, its plugin parameters (text values), initial weights, multiplier
   std::string network_type;
   std::map<std::string, std::string> network_params;

@@ -24,9 +24,6 @@ const HostKeyRow kHostKeys[] = {
     {"model", "path", SUMI_PARAM_STRING, nullptr, kRequired,
      "checkpoint file or diffusers folder to load"},
     {"model", "v2", SUMI_PARAM_BOOL, "false", kRequired, "the model is SD 2.x (when the file cannot tell)"},
-    {"model", "v_parameterization", SUMI_PARAM_BOOL, "false", kRequired, "the model predicts v (SD 2.x 768-v)"},
-    {"model", "vae", SUMI_PARAM_STRING, nullptr, kOptional, "separate VAE file to use instead of the model's"},
-    {"model", "clip_skip", SUMI_PARAM_INT, "1", kRequired, "use the n-th last text-encoder layer"},
 
     {"network", "type", SUMI_PARAM_STRING, nullptr, kRequired, "network plugin (e.g. \"lora\")"},
     {"network", "multiplier", SUMI_PARAM_DOUBLE, "1.0", kRequired,
