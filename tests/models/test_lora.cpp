@@ -161,3 +161,26 @@ TEST_CASE("models: the kohya LoRA at run time and merged equals sd-scripts' gold
              "lora.");
   }
 }
+
+TEST_CASE("models: gradients reach the network's parameters through set_network, not the frozen base") {
+  auto m = load_model("sd1", fixture("tiny-sd1.safetensors"));
+  const auto modules = m->modules();
+  auto n = attach(modules, {{"dim", "4"}, {"alpha", "2"}});
+  load_lora_file(*n, fixture("tiny-sd1.lora.safetensors"));
+  m->c->check(m->vt().set_network(m->self(), n->net->self(), &n->vt(), n->selected.data()), "set_network");
+  auto g = [](const std::string& k) { return golden("tiny-sd1", k); };
+  at::Tensor out = m->denoise(g("unet.in.sample"), at::full({2}, 500, at::kLong), g("unet.in.encoder_hidden_states"));
+  REQUIRE(out.requires_grad());
+  out.square().mean().backward();
+  size_t with_grad = 0, unet_params = 0;
+  for (const auto& e : n->registry.entries()) {
+    if (!e.trainable || e.name.rfind("lora_unet_", 0) != 0) continue;
+    ++unet_params;
+    if (e.tensor.grad().defined() && e.tensor.grad().abs().sum().item<double>() > 0) ++with_grad;
+    // The mid block's latent is 1x1 here: self-attention over one token ignores q and k.
+    else CHECK(e.name.rfind("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_", 0) == 0);
+  }
+  CHECK(unet_params == 2 * 192);
+  CHECK(with_grad == unet_params - 4);
+  for (const auto& info : modules) CHECK_FALSE(sumi::host::unwrap(info.weight).requires_grad());
+}
