@@ -7,7 +7,7 @@ packages=(
   libtorch-dev libopenblas0-openmp
   libboost-dev libboost-program-options-dev libboost-filesystem-dev
   libyaml-cpp-dev libtomlplusplus-dev nlohmann-json3-dev
-  libopenimageio-dev doctest-dev libzip-dev
+  libopenimageio-dev doctest-dev libzip-dev libssl-dev
 )
 missing=()
 for p in "${packages[@]}"; do

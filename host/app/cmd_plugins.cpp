@@ -10,19 +10,6 @@
 
 namespace sumi::app {
 
-namespace {
-const char* type_name(int32_t t) {
-  switch (t) {
-    case SUMI_PARAM_BOOL: return "bool";
-    case SUMI_PARAM_INT: return "int";
-    case SUMI_PARAM_DOUBLE: return "float";
-    case SUMI_PARAM_STRING: return "string";
-    case SUMI_PARAM_DOUBLE_LIST: return "float list";
-    case SUMI_PARAM_INT_LIST: return "int list";
-  }
-  return "?";
-}
-}  // namespace
 
 int cmd_plugins(const std::vector<std::string>& args) {
   CommonOptions o;
@@ -63,7 +50,7 @@ int cmd_plugins(const std::vector<std::string>& args) {
       if (comp.n_params == 0) std::printf("  parameters: none\n");
       for (int64_t i = 0; i < comp.n_params; ++i) {
         const auto& p = comp.params[i];
-        std::printf("  %-20s %-11s default %-12s %s\n", p.key, type_name(p.type),
+        std::printf("  %-20s %-11s default %-12s %s\n", p.key, host::param_type_name(p.type),
                     p.default_value ? p.default_value : "(required)", p.doc ? p.doc : "");
       }
     }

@@ -10,6 +10,8 @@ namespace sumi::app {
 int cmd_plugins(const std::vector<std::string>& args);
 int cmd_fit(const std::vector<std::string>& args);
 int cmd_plan(const std::vector<std::string>& args);
+int cmd_generate(const std::vector<std::string>& args);
+int cmd_train(const std::vector<std::string>& args);
 int cmd_convert(const std::vector<std::string>& args);
 
 }  // namespace sumi::app

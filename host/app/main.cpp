@@ -18,6 +18,8 @@ const char* kUsage =
     "  plan --recipe R       validate a recipe (+ kohya flags) and print what a run would use\n"
     "  convert SRC DST       an SD checkpoint between single-file and diffusers forms, or to another dtype\n"
     "  fit --recipe R        demo: fit a small problem with the recipe's optimizer and LR scheduler\n"
+    "  train [--recipe R] [kohya flags]   network (LoRA) training, kohya train_network.py flags\n"
+    "  generate --ckpt M --prompt P   text to image (kohya gen_img flags; --help lists them)\n"
     "\n"
     "common options: --plugin-dir DIR (repeatable), --threads N, --recipe FILE|PRESET, --help\n"
     "kohya flags (--optimizer_type, --learning_rate, --lr_scheduler, --config_file ...) override the recipe.\n";
@@ -38,6 +40,8 @@ int main(int argc, char** argv) {
     if (cmd == "plugins") return sumi::app::cmd_plugins(args);
     if (cmd == "plan") return sumi::app::cmd_plan(args);
     if (cmd == "fit") return sumi::app::cmd_fit(args);
+    if (cmd == "generate") return sumi::app::cmd_generate(args);
+    if (cmd == "train") return sumi::app::cmd_train(args);
     if (cmd == "convert") return sumi::app::cmd_convert(args);
     std::fprintf(stderr, "sumi: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;

@@ -33,7 +33,9 @@ std::vector<std::string> split_list(std::string s) {
   return out;
 }
 
-const char* type_name(int32_t t) {
+}  // namespace
+
+const char* param_type_name(int32_t t) {
   switch (t) {
     case SUMI_PARAM_BOOL: return "bool";
     case SUMI_PARAM_INT: return "int";
@@ -44,6 +46,8 @@ const char* type_name(int32_t t) {
   }
   return "?";
 }
+
+namespace {
 
 int64_t to_int(const std::string& s, const std::string& where) {
   size_t pos = 0;
@@ -112,7 +116,7 @@ std::map<std::string, ConfigValue> make_config(const sumi_component& c, const st
   for (int64_t i = 0; i < c.n_params; ++i) {
     const auto& p = c.params[i];
     if (out.count(p.key)) continue;
-    if (!p.default_value) throw UserError(section + " requires '" + p.key + "' (" + type_name(p.type) + "): " + (p.doc ? p.doc : ""));
+    if (!p.default_value) throw UserError(section + " requires '" + p.key + "' (" + param_type_name(p.type) + "): " + (p.doc ? p.doc : ""));
     out[p.key] = parse_config_value(p, p.default_value, section + " default of " + p.key);
   }
   return out;

@@ -12,6 +12,9 @@
 
 namespace sumi::host {
 
+// "float", "list of ints", ... for a SUMI_PARAM_* code.
+const char* param_type_name(int32_t type);
+
 // Parses a value written in recipe syntax ("0.1", "true", "0.9,0.99") as the spec's type.
 // Throws UserError naming `where` (e.g. "[optimizer] betas").
 ConfigValue parse_config_value(const sumi_param_spec& spec, const std::string& text, const std::string& where);

@@ -23,7 +23,7 @@ ResolvedSection resolve_optimizer(const std::string& toml_body) {
 
 TEST_CASE("host schema table") {
   auto opt = host_schema("optimizer");
-  REQUIRE(opt.size() == 2);
+  REQUIRE(opt.size() == 4);
   CHECK(opt[0].key == "type");
   CHECK(!opt[0].default_value);
   CHECK(opt[1].key == "learning_rate");
@@ -111,7 +111,7 @@ TEST_CASE("an unknown key names the nearest valid key, its origin and the valid 
   } catch (const RecipeError& e) {
     std::string msg = e.what();
     CHECK(msg.find("recipe.toml:3); did you mean 'weight_decay'? valid keys: type, learning_rate, "
-                   "weight_decay, betas, eps, amsgrad") != std::string::npos);
+                   "unet_lr, text_encoder_lr, weight_decay, betas, eps, amsgrad") != std::string::npos);
   }
   CHECK_THROWS_WITH_AS(resolve_optimizer("type = \"adamw\"\nzzzzzzzzzzzz = 1\n"),
                        has("; valid keys: type"), RecipeError);

@@ -23,6 +23,10 @@ const HostKeyRow kHostKeys[] = {
     {"model", "type", SUMI_PARAM_STRING, nullptr, kRequired, "model plugin (e.g. \"sd\")"},
     {"model", "path", SUMI_PARAM_STRING, nullptr, kRequired,
      "checkpoint file or diffusers folder to load"},
+    {"model", "v2", SUMI_PARAM_BOOL, "false", kRequired, "the model is SD 2.x (when the file cannot tell)"},
+    {"model", "v_parameterization", SUMI_PARAM_BOOL, "false", kRequired, "the model predicts v (SD 2.x 768-v)"},
+    {"model", "vae", SUMI_PARAM_STRING, nullptr, kOptional, "separate VAE file to use instead of the model's"},
+    {"model", "clip_skip", SUMI_PARAM_INT, "1", kRequired, "use the n-th last text-encoder layer"},
 
     {"network", "type", SUMI_PARAM_STRING, nullptr, kRequired, "network plugin (e.g. \"lora\")"},
     {"network", "multiplier", SUMI_PARAM_DOUBLE, "1.0", kRequired,
@@ -34,23 +38,39 @@ const HostKeyRow kHostKeys[] = {
     // kohya's train_network default (--learning_rate 2e-6).
     {"optimizer", "learning_rate", SUMI_PARAM_DOUBLE, "2e-6", kRequired,
      "base learning rate of every parameter group"},
+    {"optimizer", "unet_lr", SUMI_PARAM_DOUBLE, nullptr, kOptional, "learning rate of the UNet group"},
+    {"optimizer", "text_encoder_lr", SUMI_PARAM_DOUBLE, nullptr, kOptional, "learning rate of the text-encoder groups"},
 
     {"lr_scheduler", "type", SUMI_PARAM_STRING, "\"constant\"", kRequired,
      "learning-rate schedule plugin"},
     {"lr_scheduler", "warmup_steps", SUMI_PARAM_INT, "0", kRequired,
      "optimizer steps of linear warmup"},
 
-    {"noise_scheduler", "type", SUMI_PARAM_STRING, nullptr, kRequired,
-     "noise scheduler plugin (e.g. \"ddpm\")"},
+    {"noise_scheduler", "type", SUMI_PARAM_STRING, "\"ddpm\"", kRequired,
+     "noise scheduler plugin (training: the DDPM schedule, as kohya)"},
 
     {"train", "max_train_steps", SUMI_PARAM_INT, "1600", kRequired, "optimizer steps to train"},
     {"train", "seed", SUMI_PARAM_INT, nullptr, kOptional, "random seed (random when unset)"},
+    {"train", "max_train_epochs", SUMI_PARAM_INT, nullptr, kOptional, "train this many epochs (overrides max_train_steps)"},
+    {"train", "batch_size", SUMI_PARAM_INT, "1", kRequired, "images per batch (kohya --train_batch_size)"},
+    {"train", "gradient_accumulation_steps", SUMI_PARAM_INT, "1", kRequired, "micro-batches per optimizer step"},
+    {"train", "max_grad_norm", SUMI_PARAM_DOUBLE, "1.0", kRequired, "clip the gradient norm (0 = off)"},
+    {"train", "mixed_precision", SUMI_PARAM_STRING, "\"no\"", kRequired, "\"no\" or \"bf16\" (autocast)"},
+    {"train", "noise_offset", SUMI_PARAM_DOUBLE, "0", kRequired, "add per-channel offset noise of this strength"},
+    {"train", "min_timestep", SUMI_PARAM_INT, "0", kRequired, "lowest training timestep"},
+    {"train", "max_timestep", SUMI_PARAM_INT, "1000", kRequired, "training timesteps are below this"},
+    {"train", "min_snr_gamma", SUMI_PARAM_DOUBLE, nullptr, kOptional, "min-SNR loss weighting gamma (5 is common)"},
+    {"train", "prior_loss_weight", SUMI_PARAM_DOUBLE, "1.0", kRequired, "loss weight of regularization images"},
 
     {"output", "output_dir", SUMI_PARAM_STRING, nullptr, kRequired,
      "folder the trained files are written to"},
     // kohya names the final file "last" when --output_name is not given.
     {"output", "output_name", SUMI_PARAM_STRING, "\"last\"", kRequired,
      "base file name of the trained files"},
+    {"output", "save_model_as", SUMI_PARAM_STRING, "\"safetensors\"", kRequired, "file format (safetensors)"},
+    {"output", "save_precision", SUMI_PARAM_STRING, "\"float\"", kRequired, "float, fp16 or bf16"},
+    {"output", "save_every_n_steps", SUMI_PARAM_INT, "0", kRequired, "also save every n steps (0 = off)"},
+    {"output", "save_every_n_epochs", SUMI_PARAM_INT, "0", kRequired, "also save every n epochs (0 = off)"},
 };
 
 }  // namespace

@@ -1,0 +1,168 @@
+// `sumi train`: kohya-style training from a recipe and/or kohya's flags. The mode comes from the
+// recipe's sections as kohya's scripts imply it: a [network] section (--network_module) means
+// network training. Other modes (DreamBooth, fine-tuning, Textual Inversion) are refused with a
+// clear message until they land.
+#include "commands.h"
+
+#include "app.h"
+#include "core/error.h"
+#include "core/runtime.h"
+#include "model_file.h"
+#include "train/trainer.h"
+
+#include <sumi/recipe/load.h>
+#include <sumi/recipe/schema.h>
+
+#include <cstdio>
+#include <iostream>
+#include <random>
+#include <set>
+
+namespace sumi::app {
+
+namespace {
+
+// A plugin section's own keys (not the host's) as text values for the plugin's schema.
+std::map<std::string, std::string> plugin_params(const recipe::ResolvedSection& sec) {
+  std::set<std::string> host_keys;
+  for (const auto& spec : recipe::host_schema(sec.name())) host_keys.insert(spec.key);
+  std::map<std::string, std::string> out;
+  for (const auto& e : sec.entries()) {
+    if (host_keys.count(e.key) || !sec.has(e.key)) continue;
+    std::string text;
+    switch (e.type) {
+      case SUMI_PARAM_STRING: text = sec.get_string(e.key); break;
+      case SUMI_PARAM_BOOL: text = sec.get_bool(e.key) ? "true" : "false"; break;
+      case SUMI_PARAM_DOUBLE_LIST:
+        for (double d : sec.get_double_list(e.key)) text += (text.empty() ? "" : ",") + recipe::format_double(d);
+        break;
+      case SUMI_PARAM_INT_LIST:
+        for (int64_t i : sec.get_int_list(e.key)) text += (text.empty() ? "" : ",") + std::to_string(i);
+        break;
+      default: text = sec.text(e.key);
+    }
+    out[e.key] = text;
+  }
+  return out;
+}
+
+// The [datasets] table (one entry) as the dataset layer's kohya-named options.
+datasets::CliOptions dataset_options(const recipe::Value& root, std::string& dataset_config) {
+  datasets::CliOptions cli;
+  const recipe::Value* d = root.find("datasets");
+  if (!d) return cli;
+  const recipe::Value* table = d;
+  if (d->is_array()) {
+    if (d->size() != 1)
+      throw host::UserError("[[datasets]] in a recipe: give one table of kohya dataset options, or point "
+                            "dataset_config at a kohya --dataset_config file for several datasets");
+    table = &d->items().front();
+  }
+  for (const auto& key : table->keys()) {
+    const recipe::Value& v = *table->find(key);
+    if (key == "dataset_config") {
+      dataset_config = v.as_string();
+      continue;
+    }
+    switch (v.kind()) {
+      case recipe::Value::Kind::Bool: cli[key] = v.as_bool(); break;
+      case recipe::Value::Kind::Int: cli[key] = static_cast<long long>(v.as_int()); break;
+      case recipe::Value::Kind::Double: cli[key] = v.as_double(); break;
+      case recipe::Value::Kind::String: cli[key] = v.as_string(); break;
+      default:
+        throw host::UserError("[datasets] " + key + " (" + v.origin() + "): expected a bool, number or string");
+    }
+  }
+  return cli;
+}
+
+}  // namespace
+
+int cmd_train(const std::vector<std::string>& args) {
+  CommonOptions o;
+  std::string help;
+  if (!parse_common(args, o, help)) {
+    std::cout << "usage: sumi train [--recipe RECIPE] [kohya train_network.py flags] [--set section.key=value]...\n"
+                 "e.g.  sumi train --pretrained_model_name_or_path model.safetensors --train_data_dir data \\\n"
+                 "        --network_module networks.lora --network_dim 4 --output_dir out --max_train_steps 100\n\n"
+              << help;
+    return 0;
+  }
+  host::init_runtime(o.threads);
+  auto pm = make_plugin_manager(o);
+  recipe::Value root = load_recipe_tree(o);
+  if (!root.find("network"))
+    throw host::UserError("sumi train: only network training (--network_module / [network]) is implemented so far; "
+                          "DreamBooth, fine-tuning and Textual Inversion are not yet");
+  // The model section: the family comes from the file when the recipe does not name it.
+  const recipe::Value* model = root.find("model");
+  if (!model || !model->find("path"))
+    throw host::UserError("sumi train: no model: give --pretrained_model_name_or_path or [model] path");
+  if (!model->find("type")) {
+    const recipe::Value* v2 = model->find("v2");
+    std::string family = v2 && v2->as_bool() ? "sd2" : detect_family(model->find("path")->as_string());
+    if (family.empty()) family = "sd1";
+    recipe::set_override(root, "model.type", "\"" + family + "\"", "detected from the model file");
+  }
+  std::string dataset_config;
+  TrainSettings s;
+  s.dataset_args = dataset_options(root, dataset_config);
+  s.dataset_config = dataset_config;
+  // Validate everything else against the host's keys and the plugins' schemas.
+  const auto schemas = plugin_schemas(root, pm);
+  const auto m = resolve(root, "model", schemas);
+  const auto net = resolve(root, "network", schemas);
+  const auto opt = resolve(root, "optimizer", schemas);
+  const auto lr = resolve(root, "lr_scheduler", schemas);
+  const auto ns = resolve(root, "noise_scheduler", schemas);
+  const auto train = resolve(root, "train", schemas);
+  const auto out = resolve(root, "output", schemas);
+
+  s.model_path = m.get_string("path");
+  s.family = m.get_string("type");
+  if (m.has("vae")) s.vae = m.get_string("vae");
+  s.v_parameterization = m.get_bool("v_parameterization");
+  s.clip_skip = m.get_int("clip_skip");
+  s.network_type = net.get_string("type");
+  s.network_params = plugin_params(net);
+  if (net.has("weights")) s.network_weights = net.get_string("weights");
+  s.network_multiplier = net.get_double("multiplier");
+  s.optimizer_type = opt.get_string("type");
+  s.optimizer_params = plugin_params(opt);
+  s.learning_rate = opt.get_double("learning_rate");
+  if (opt.has("unet_lr")) s.unet_lr = opt.get_double("unet_lr");
+  if (opt.has("text_encoder_lr")) s.text_encoder_lr = opt.get_double("text_encoder_lr");
+  s.lr_scheduler_type = lr.get_string("type");
+  s.lr_scheduler_params = plugin_params(lr);
+  s.lr_warmup_steps = lr.get_int("warmup_steps");
+  s.noise_scheduler_type = ns.get_string("type");
+  s.noise_scheduler_params = plugin_params(ns);
+  s.max_train_steps = train.get_int("max_train_steps");
+  if (train.has("max_train_epochs")) s.max_train_epochs = train.get_int("max_train_epochs");
+  s.seed = train.has("seed") ? static_cast<uint64_t>(train.get_int("seed")) : std::random_device{}();
+  s.dataset_args["train_batch_size"] = static_cast<long long>(train.get_int("batch_size"));
+  s.gradient_accumulation_steps = train.get_int("gradient_accumulation_steps");
+  s.max_grad_norm = train.get_double("max_grad_norm");
+  s.mixed_precision = train.get_string("mixed_precision");
+  s.noise_offset = train.get_double("noise_offset");
+  s.min_timestep = train.get_int("min_timestep");
+  s.max_timestep = train.get_int("max_timestep");
+  if (train.has("min_snr_gamma")) s.min_snr_gamma = train.get_double("min_snr_gamma");
+  s.prior_loss_weight = train.get_double("prior_loss_weight");
+  s.output_dir = out.get_string("output_dir");
+  s.output_name = out.get_string("output_name");
+  if (out.get_string("save_model_as") != "safetensors")
+    throw host::UserError("[output] save_model_as: networks are saved as safetensors; got '" +
+                          out.get_string("save_model_as") + "'");
+  s.save_precision = out.get_string("save_precision");
+  s.save_every_n_steps = out.get_int("save_every_n_steps");
+  s.save_every_n_epochs = out.get_int("save_every_n_epochs");
+
+  const auto result = train_network(s, o.plugin_dirs);
+  std::printf("train: %lld steps, loss %.5f (first) -> %.5f (last)\n", static_cast<long long>(result.steps),
+              result.losses.empty() ? 0.0 : result.losses.front(), result.losses.empty() ? 0.0 : result.losses.back());
+  std::printf("train: wrote %s\n", result.output_file.c_str());
+  return 0;
+}
+
+}  // namespace sumi::app

@@ -1,0 +1,66 @@
+// Network training (kohya train_network.py): a frozen model plugin, a network plugin attached at
+// runtime, the DDPM noise schedule, kohya's loss options, an optimizer and LR-scheduler plugin,
+// batches from the dataset layer. `sumi train` builds a TrainSettings from a recipe + kohya flags.
+#pragma once
+
+#include <sumi/datasets/config.h>
+
+#include <cstdint>
+#include <map>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace sumi::app {
+
+struct TrainSettings {
+  // [model]
+  std::string model_path, family, vae;
+  bool v_parameterization = false;
+  int64_t clip_skip = 1;
+  // [network] plugin name, its plugin parameters (text values), initial weights, multiplier
+  std::string network_type;
+  std::map<std::string, std::string> network_params;
+  std::string network_weights;
+  double network_multiplier = 1.0;
+  // [optimizer]
+  std::string optimizer_type;
+  std::map<std::string, std::string> optimizer_params;
+  double learning_rate = 1e-4;
+  std::optional<double> unet_lr, text_encoder_lr;
+  // [lr_scheduler]
+  std::string lr_scheduler_type = "constant";
+  std::map<std::string, std::string> lr_scheduler_params;
+  int64_t lr_warmup_steps = 0;
+  // [noise_scheduler]
+  std::string noise_scheduler_type = "ddpm";
+  std::map<std::string, std::string> noise_scheduler_params;
+  // [train]
+  int64_t max_train_steps = 1600;
+  std::optional<int64_t> max_train_epochs;
+  uint64_t seed = 0;
+  int64_t gradient_accumulation_steps = 1;
+  double max_grad_norm = 1.0;
+  std::string mixed_precision = "no";  // "no" or "bf16"
+  double noise_offset = 0.0;
+  int64_t min_timestep = 0, max_timestep = 1000;
+  std::optional<double> min_snr_gamma;
+  double prior_loss_weight = 1.0;
+  // [datasets]: kohya argparse names -> values, for the dataset layer
+  datasets::CliOptions dataset_args;
+  std::string dataset_config;
+  // [output]
+  std::string output_dir, output_name = "last", save_precision = "float";
+  int64_t save_every_n_steps = 0, save_every_n_epochs = 0;
+};
+
+struct TrainResult {
+  std::vector<double> losses;  // one per optimizer step (mean over accumulated micro-batches)
+  std::string output_file;
+  int64_t steps = 0;
+};
+
+// Runs the whole training. Plugins come from `plugin_dirs` (plus the default search path).
+TrainResult train_network(const TrainSettings& s, const std::vector<std::string>& plugin_dirs, bool progress = true);
+
+}  // namespace sumi::app
