@@ -162,9 +162,18 @@ TEST_CASE("convert: single file -> diffusers -> single file keeps every tensor b
       std::ifstream a(dir + "/tokenizer/" + f), b(fixture(model + "/tokenizer/" + f));
       CHECK(nlohmann::json::parse(a) == nlohmann::json::parse(b));
     }
+    {
+      std::ifstream a(dir + "/tokenizer/merges.txt"), b(fixture(model + "/tokenizer/merges.txt"));
+      CHECK(std::string(std::istreambuf_iterator<char>(a), {}) == std::string(std::istreambuf_iterator<char>(b), {}));
+    }
     if (model == "tiny-sdxl") {
       check_same_file(dir + "/text_encoder_2/model.safetensors", fixture(model + "/text_encoder_2/model.safetensors"));
       CHECK(fs::exists(dir + "/tokenizer_2/merges.txt"));
+      for (const char* f : {"vocab.json", "added_tokens.json", "special_tokens_map.json", "tokenizer_config.json"}) {
+        CAPTURE(f);
+        std::ifstream a(dir + "/tokenizer_2/" + f), b(fixture(model + "/tokenizer_2/" + f));
+        CHECK(nlohmann::json::parse(a) == nlohmann::json::parse(b));
+      }
     }
     // The converted folder is a working model.
     auto m = load_model(family_of(model), dir);

@@ -161,3 +161,33 @@ TEST_CASE("models: the kohya LoRA at run time and merged equals sd-scripts' gold
              "lora.");
   }
 }
+
+TEST_CASE("models: gradients reach the network's parameters through set_network, not the frozen base") {
+  auto g = [](const std::string& k) { return golden("tiny-sd1", k); };
+  // Returns each U-Net LoRA parameter's gradient.
+  auto grads = [&]() {
+    auto m = load_model("sd1", fixture("tiny-sd1.safetensors"));
+    const auto modules = m->modules();
+    auto n = attach(modules, {{"dim", "4"}, {"alpha", "2"}});
+    load_lora_file(*n, fixture("tiny-sd1.lora.safetensors"));
+    m->c->check(m->vt().set_network(m->self(), n->net->self(), &n->vt(), n->selected.data()), "set_network");
+    at::Tensor out = m->denoise(g("unet.in.sample"), at::full({2}, 500, at::kLong), g("unet.in.encoder_hidden_states"));
+    REQUIRE(out.requires_grad());
+    out.square().mean().backward();
+    for (const auto& info : modules) CHECK_FALSE(sumi::host::unwrap(info.weight).requires_grad());
+    std::map<std::string, at::Tensor> out_grads;
+    for (const auto& e : n->registry.entries())
+      if (e.trainable && e.name.rfind("lora_unet_", 0) == 0)
+        out_grads[e.name] = e.tensor.grad().defined() ? e.tensor.grad().clone() : at::zeros_like(e.tensor);
+    return out_grads;
+  };
+  const auto plain = grads();
+  CHECK(plain.size() == 2 * 192);
+  size_t with_grad = 0;
+  for (const auto& [name, grad] : plain) {
+    if (grad.abs().sum().item<double>() > 0) ++with_grad;
+    // The mid block's latent is 1x1 here: self-attention over one token ignores q and k.
+    else CHECK(name.rfind("lora_unet_mid_block_attentions_0_transformer_blocks_0_attn1_to_", 0) == 0);
+  }
+  CHECK(with_grad == plain.size() - 4);
+}
