@@ -60,6 +60,8 @@ datasets::CliOptions dataset_options(const recipe::Value& root, std::string& dat
   }
   for (const auto& key : table->keys()) {
     const recipe::Value& v = *table->find(key);
+    for (const char* later : {"cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs", "vae_batch_size"})
+      if (key == later) throw host::UserError("sumi does not support --" + key + " yet (" + v.origin() + ")");
     if (key == "dataset_config") {
       dataset_config = v.as_string();
       continue;
