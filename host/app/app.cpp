@@ -1,7 +1,10 @@
 #include "app.h"
 
 #include "core/error.h"
+#include "core/op_bridge.h"
 #include "core/runtime.h"
+#include "core/tensor_handle.h"
+#include "io/safetensors_torch.h"
 
 #include <sumi/recipe/kohya.h>
 #include <sumi/recipe/load.h>
@@ -113,6 +116,33 @@ std::unique_ptr<host::Component> instantiate(int32_t kind, const recipe::Resolve
     config[spec.key] = cv;
   }
   return std::make_unique<host::Component>(ref, section.name(), registry, std::move(config));
+}
+
+std::vector<int32_t> attach_network(host::Component& model, host::Component& network, const std::string& weights_file,
+                                    double multiplier, bool training) {
+  const auto& mvt = model.vtable<sumi_model_vtable>();
+  const auto& nvt = network.vtable<sumi_network_vtable>();
+  const sumi_module_info* mods = nullptr;
+  int64_t n = 0;
+  model.check(mvt.modules(model.self(), &mods, &n), "modules");
+  std::vector<int32_t> selected(static_cast<size_t>(n), 0);
+  network.check(nvt.attach(network.self(), mods, n, selected.data()), "attach");
+  if (!weights_file.empty()) {
+    const auto weights = io::load_all(weights_file);
+    std::vector<const char*> names;
+    std::vector<sumi_tensor> handles;
+    for (const auto& [name, t] : weights) {
+      names.push_back(name.c_str());
+      handles.push_back(host::make_handle(t));
+    }
+    const auto st = nvt.load(network.self(), names.data(), handles.data(), static_cast<int64_t>(handles.size()));
+    for (auto h : handles) host::release_handle(h);
+    network.check(st, ("load " + weights_file).c_str());
+  }
+  network.check(nvt.set_multiplier(network.self(), multiplier), "set_multiplier");
+  network.check(nvt.set_training(network.self(), training ? 1 : 0), "set_training");
+  model.check(mvt.set_network(model.self(), network.self(), &nvt, selected.data()), "set_network");
+  return selected;
 }
 
 }  // namespace sumi::app

@@ -47,4 +47,10 @@ recipe::ResolvedSection resolve(const recipe::Value& root, const std::string& se
 std::unique_ptr<host::Component> instantiate(int32_t kind, const recipe::ResolvedSection& section,
                                              host::PluginManager& pm, host::Registry& registry);
 
+// Attaches a network component to a model: lets it choose among the model's modules, fills it
+// from `weights_file` (kohya keys; "" = keep its initial weights), sets the multiplier and
+// training mode, and routes the model's forward through it. Returns the selection per module.
+std::vector<int32_t> attach_network(host::Component& model, host::Component& network, const std::string& weights_file,
+                                    double multiplier, bool training);
+
 }  // namespace sumi::app

@@ -138,32 +138,10 @@ int cmd_generate(const std::vector<std::string>& args) {
   host::Component scheduler(sched_ref, "noise_scheduler", registry, host::make_config(*sched_ref.component, sched_cfg));
 
   std::unique_ptr<host::Component> network;
-  std::vector<int32_t> selected;
   if (!network_modules.empty()) {
     auto ref = pm.find(SUMI_KIND_NETWORK, network_modules[0]);
     network = std::make_unique<host::Component>(ref, "network", registry, host::make_config(*ref.component, {}));
-    const auto& nvt = network->vtable<sumi_network_vtable>();
-    const sumi_module_info* mods = nullptr;
-    int64_t n = 0;
-    model.check(model.vtable<sumi_model_vtable>().modules(model.self(), &mods, &n), "modules");
-    selected.assign(static_cast<size_t>(n), 0);
-    network->check(nvt.attach(network->self(), mods, n, selected.data()), "attach");
-    auto weights = io::load_all(network_weights[0]);
-    std::vector<std::string> names;
-    std::vector<const char*> cnames;
-    std::vector<sumi_tensor> handles;
-    for (auto& [name, t] : weights) {
-      names.push_back(name);
-      handles.push_back(host::make_handle(t));
-    }
-    for (const auto& s : names) cnames.push_back(s.c_str());
-    const auto st = nvt.load(network->self(), cnames.data(), handles.data(), static_cast<int64_t>(handles.size()));
-    for (auto h : handles) host::release_handle(h);
-    network->check(st, ("load " + network_weights[0]).c_str());
-    network->check(nvt.set_multiplier(network->self(), network_mul.empty() ? 1.0 : network_mul[0]), "set_multiplier");
-    network->check(nvt.set_training(network->self(), 0), "set_training");
-    model.check(model.vtable<sumi_model_vtable>().set_network(model.self(), network->self(), &nvt, selected.data()),
-                "set_network");
+    attach_network(model, *network, network_weights[0], network_mul.empty() ? 1.0 : network_mul[0], false);
   }
 
   std::vector<prompt::PromptSpec> specs =

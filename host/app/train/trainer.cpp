@@ -148,29 +148,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
 
   auto net_ref = pm.find(SUMI_KIND_NETWORK, s.network_type);
   host::Component network(net_ref, "network", registry, host::make_config(*net_ref.component, s.network_params));
-  const auto& nvt = network.vtable<sumi_network_vtable>();
-  const sumi_module_info* mods = nullptr;
-  int64_t n_mods = 0;
-  model.check(mvt.modules(model.self(), &mods, &n_mods), "modules");
-  std::vector<int32_t> selected(static_cast<size_t>(n_mods), 0);
-  network.check(nvt.attach(network.self(), mods, n_mods, selected.data()), "attach");
-  if (!s.network_weights.empty()) {
-    auto w = io::load_all(s.network_weights);
-    std::vector<std::string> names;
-    std::vector<const char*> cn;
-    Handles hs;
-    std::vector<sumi_tensor> th;
-    for (auto& [n, t] : w) {
-      names.push_back(n);
-      th.push_back(hs(t));
-    }
-    for (auto& n : names) cn.push_back(n.c_str());
-    network.check(nvt.load(network.self(), cn.data(), th.data(), static_cast<int64_t>(th.size())),
-                  ("load " + s.network_weights).c_str());
-  }
-  network.check(nvt.set_multiplier(network.self(), s.network_multiplier), "set_multiplier");
-  network.check(nvt.set_training(network.self(), 1), "set_training");
-  model.check(mvt.set_network(model.self(), network.self(), &nvt, selected.data()), "set_network");
+  attach_network(model, network, s.network_weights, s.network_multiplier, true);
 
   const auto groups = registry.param_groups("network");
   if (groups.empty()) throw host::UserError("the network adapts no module of this model: nothing to train");
