@@ -158,6 +158,8 @@ int cmd_train(const std::vector<std::string>& args) {
   s.save_precision = out.get_string("save_precision");
   s.save_every_n_steps = out.get_int("save_every_n_steps");
   s.save_every_n_epochs = out.get_int("save_every_n_epochs");
+  s.save_state = out.get_bool("save_state");
+  if (train.has("resume")) s.resume = train.get_string("resume");
 
   const auto result = train_network(s, o.plugin_dirs);
   std::printf("train: %lld steps, loss %.5f (first) -> %.5f (last)\n", static_cast<long long>(result.steps),

@@ -182,3 +182,52 @@ TEST_CASE("a corrupt image is refused before training, naming the file") {
   fs::remove_all(dataset);
   fs::remove_all(out);
 }
+
+TEST_CASE("resume after a stop continues the identical loss sequence") {
+  at::set_num_threads(2);
+  const auto dataset = make_dataset("resume", 3);
+  const fs::path out = fs::temp_directory_path() / "sumi_train_resume_out";
+  fs::remove_all(out);
+  auto s = settings(dataset, out);
+  s.max_train_steps = 8;
+  s.dataset_args["flip_aug"] = true;  // data randomness must resume too
+  s.network_params["dropout"] = "0.1";  // and the torch RNG stream
+
+  auto full = s;
+  full.output_dir = (out / "full").string();
+  const auto a = sumi::app::train_network(full, {SUMI_PLUGIN_DIR}, false);
+  REQUIRE(a.losses.size() == 8);
+
+  // The same run, saving its state at step 3 (mid-epoch: 3 images x 5 repeats per epoch).
+  auto first = s;
+  first.output_dir = (out / "part").string();
+  first.save_every_n_steps = 3;
+  first.save_state = true;
+  const auto b = sumi::app::train_network(first, {SUMI_PLUGIN_DIR}, false);
+  const fs::path state = out / "part" / "lora-step00000003-state";
+  REQUIRE(fs::exists(state / "train_state.json"));
+  for (size_t i = 0; i < 8; ++i) CHECK(b.losses[i] == a.losses[i]);
+
+  auto resumed = s;
+  resumed.output_dir = (out / "resumed").string();
+  resumed.resume = state.string();
+  const auto c = sumi::app::train_network(resumed, {SUMI_PLUGIN_DIR}, false);
+  REQUIRE(c.losses.size() == 5);
+  for (size_t i = 0; i < 5; ++i) {
+    CAPTURE(i);
+    CHECK(c.losses[i] == a.losses[i + 3]);
+  }
+  // The final networks are identical too.
+  auto fa = sumi::io::load_all(a.output_file), fc = sumi::io::load_all(c.output_file);
+  REQUIRE(fa.size() == fc.size());
+  for (size_t i = 0; i < fa.size(); ++i) CHECK(at::equal(fa[i].second, fc[i].second));
+
+  // A state from another network type is refused.
+  auto other = s;
+  other.optimizer_type = "sgd";
+  other.optimizer_params.clear();
+  other.resume = state.string();
+  CHECK_THROWS_WITH(sumi::app::train_network(other, {SUMI_PLUGIN_DIR}, false), doctest::Contains("optimizer 'adamw'"));
+  fs::remove_all(out);
+  fs::remove_all(dataset);
+}

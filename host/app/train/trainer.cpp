@@ -29,6 +29,11 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include <ATen/CPUGeneratorImpl.h>
+
+#include <mutex>
+#include <sstream>
+
 namespace fs = std::filesystem;
 
 namespace sumi::app {
@@ -243,11 +248,83 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     return path;
   };
 
+  // Position in the epoch plan: batches of the current epoch already consumed.
+  size_t batch_in_epoch = 0;
+  auto save_state = [&](const std::string& name) {
+    if (!s.save_state) return;
+    const fs::path dir = outdir / (name + "-state");
+    const fs::path tmp = outdir / (name + "-state.tmp");
+    fs::remove_all(tmp);
+    fs::create_directories(tmp);
+    io::NamedTensors tensors;
+    for (const auto& e : registry.entries())
+      if (e.component == "network" || e.component == "optimizer") tensors.emplace_back(e.key(), e.tensor.detach().contiguous());
+    {
+      auto gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      tensors.emplace_back("rng/torch_cpu", gen.get_state());
+    }
+    std::ostringstream rng;
+    rng << data_rng;
+    nlohmann::json j{{"format", "sumi-train-state-1"}, {"step", step},         {"epoch", epoch},
+                     {"batch_in_epoch", batch_in_epoch}, {"seed", s.seed}, {"data_rng", rng.str()},
+                     {"network", s.network_type},        {"optimizer", s.optimizer_type}};
+    io::save_tensors((tmp / "train_state.safetensors").string(), tensors, {});
+    std::ofstream((tmp / "train_state.json").string()) << j.dump(1);
+    fs::remove_all(dir);
+    fs::rename(tmp, dir);
+  };
+  int resume_epoch = 0;
+  size_t resume_batch = 0;
+  if (!s.resume.empty()) {
+    const fs::path dir = s.resume;
+    std::ifstream jf(dir / "train_state.json");
+    if (!jf) throw host::UserError("--resume " + s.resume + ": no train_state.json there (a folder written by --save_state)");
+    nlohmann::json j;
+    try {
+      jf >> j;
+    } catch (const std::exception& e) {
+      throw host::UserError("--resume " + s.resume + "/train_state.json: " + e.what());
+    }
+    if (j.value("format", "") != "sumi-train-state-1")
+      throw host::UserError("--resume " + s.resume + ": not a sumi training state (format '" + j.value("format", "") + "')");
+    if (j.value("network", "") != s.network_type || j.value("optimizer", "") != s.optimizer_type)
+      throw host::UserError("--resume " + s.resume + ": saved with network '" + j.value("network", "") + "' and optimizer '" +
+                            j.value("optimizer", "") + "', this run uses '" + s.network_type + "' and '" + s.optimizer_type + "'");
+    std::map<std::string, at::Tensor> saved;
+    for (auto& [k, t] : io::load_all((dir / "train_state.safetensors").string())) saved[k] = t;
+    at::NoGradGuard ng;
+    for (const auto& e : registry.entries()) {
+      if (e.component != "network" && e.component != "optimizer") continue;
+      auto it = saved.find(e.key());
+      if (it == saved.end()) throw host::UserError("--resume " + s.resume + ": the state has no '" + e.key() + "'");
+      if (!it->second.sizes().equals(e.tensor.sizes()))
+        throw host::UserError("--resume " + s.resume + ": '" + e.key() + "' has another shape than this run's");
+      e.tensor.copy_(it->second);
+    }
+    {
+      auto gen = at::detail::getDefaultCPUGenerator();
+      std::lock_guard<std::mutex> lock(gen.mutex());
+      gen.set_state(saved.at("rng/torch_cpu"));
+    }
+    std::istringstream rng(j.at("data_rng").get<std::string>());
+    rng >> data_rng;
+    step = j.at("step").get<int64_t>();
+    resume_epoch = j.at("epoch").get<int>();
+    resume_batch = j.at("batch_in_epoch").get<size_t>();
+    epoch = resume_epoch - 1;
+    host::log(SUMI_LOG_INFO, "train", "resuming at step " + std::to_string(step) + ", epoch " + std::to_string(resume_epoch));
+    if (bar) host::progress_update(bar, step, nullptr);
+  }
+
   while (step < total_steps) {
     ++epoch;
     const auto plan = datasets::group_epoch_plan(data, s.seed, epoch);
-    for (const auto& gb : plan) {
+    batch_in_epoch = epoch == resume_epoch ? resume_batch : 0;
+    for (size_t bi = batch_in_epoch; bi < plan.size(); ++bi) {
+      const auto& gb = plan[bi];
       if (step >= total_steps) break;
+      batch_in_epoch = bi + 1;
       const auto& ds = data[gb.dataset];
       std::vector<datasets::TrainingImage> imgs;
       std::vector<std::string> captions;
@@ -353,17 +430,21 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
         char n[32];
         std::snprintf(n, sizeof n, "-step%08lld", static_cast<long long>(step));
         save(s.output_name + n, step, epoch);
+        save_state(s.output_name + n);
       }
     }
     if (s.save_every_n_epochs > 0 && epoch % s.save_every_n_epochs == 0 && step < total_steps) {
       char n[32];
       std::snprintf(n, sizeof n, "-%06d", epoch);
+      batch_in_epoch = plan.size();
       save(s.output_name + n, step, epoch);
+      save_state(s.output_name + n);
     }
   }
   if (bar) host::progress_end(bar);
   result.steps = step;
   result.output_file = save(s.output_name, step, epoch);
+  save_state(s.output_name);
   {
     const std::string csv = (outdir / (s.output_name + ".loss.csv")).string();
     std::ofstream f(csv + ".tmp");

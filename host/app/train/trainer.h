@@ -52,6 +52,11 @@ struct TrainSettings {
   // [output]
   std::string output_dir, output_name = "last", save_precision = "float";
   int64_t save_every_n_steps = 0, save_every_n_epochs = 0;
+  // --save_state: with every save, also a "<name>-state" folder holding everything a resumed
+  // run needs (network, optimizer state, step, epoch, position in the epoch, RNG streams).
+  bool save_state = false;
+  // --resume: such a folder; the run continues exactly where it was saved.
+  std::string resume;
 };
 
 struct TrainResult {

@@ -58,6 +58,7 @@ const HostKeyRow kHostKeys[] = {
     {"train", "max_timestep", SUMI_PARAM_INT, "1000", kRequired, "training timesteps are below this"},
     {"train", "min_snr_gamma", SUMI_PARAM_DOUBLE, nullptr, kOptional, "min-SNR loss weighting gamma (5 is common)"},
     {"train", "prior_loss_weight", SUMI_PARAM_DOUBLE, "1.0", kRequired, "loss weight of regularization images"},
+    {"train", "resume", SUMI_PARAM_STRING, nullptr, kOptional, "continue from a folder written by save_state"},
 
     {"output", "output_dir", SUMI_PARAM_STRING, nullptr, kRequired,
      "folder the trained files are written to"},
@@ -68,6 +69,7 @@ const HostKeyRow kHostKeys[] = {
     {"output", "save_precision", SUMI_PARAM_STRING, "\"float\"", kRequired, "float, fp16 or bf16"},
     {"output", "save_every_n_steps", SUMI_PARAM_INT, "0", kRequired, "also save every n steps (0 = off)"},
     {"output", "save_every_n_epochs", SUMI_PARAM_INT, "0", kRequired, "also save every n epochs (0 = off)"},
+    {"output", "save_state", SUMI_PARAM_BOOL, "false", kRequired, "with each save, write a <name>-state folder for --resume"},
 };
 
 }  // namespace
