@@ -1,6 +1,7 @@
-// `sumi generate`: text-to-image with kohya gen_img's flags. The model family and sampler are
-// plugins; a LoRA (or any network module) applies at runtime. Outputs are PNGs carrying
-// A1111's `parameters` text, so A1111/ComfyUI users can read back how each image was made.
+// `sumi generate`: text-to-image, img2img, inpainting and highres fix with kohya gen_img's
+// flags. The model family and sampler are plugins; a LoRA (or any network module) applies at
+// runtime. Outputs are PNGs carrying A1111's `parameters` text, so A1111/ComfyUI users can read
+// back how each image was made.
 #include "commands.h"
 
 #include "app.h"
@@ -17,6 +18,8 @@
 
 #include <boost/program_options.hpp>
 
+#include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
 #include <ctime>
@@ -33,8 +36,8 @@ namespace sumi::app {
 namespace {
 
 // gen_img flags sumi does not implement yet: refused by name rather than ignored.
-const char* kNotYet[] = {"image_path", "strength", "mask_path", "highres_fix_scale", "highres_fix_steps",
-                         "highres_fix_strength", "network_merge", "textual_inversion_embeddings", "vae_batch_size",
+const char* kNotYet[] = {"highres_fix_save_1st", "highres_fix_upscaler", "highres_fix_upscaler_args", "network_merge",
+                         "textual_inversion_embeddings", "vae_batch_size",
                          "control_net_models", "xformers", "sdpa", "interactive", "clip_guidance_scale"};
 
 // A1111's sampler labels for the `parameters` text.
@@ -47,6 +50,28 @@ std::string a1111_sampler(const std::string& s, bool karras) {
   auto it = names.find(s);
   std::string n = it == names.end() ? s : it->second;
   return karras ? n + " Karras" : n;
+}
+
+// A file, or the images of a folder in name order (gen_img cycles through them image by image).
+std::vector<std::string> image_files(const std::string& flag, const std::string& path) {
+  if (!fs::exists(path)) throw host::UserError("sumi generate: --" + flag + " '" + path + "' does not exist");
+  if (!fs::is_directory(path)) return {path};
+  std::vector<std::string> out;
+  for (const auto& e : fs::directory_iterator(path)) {
+    std::string ext = e.path().extension().string();
+    for (auto& ch : ext) ch = static_cast<char>(std::tolower(static_cast<unsigned char>(ch)));
+    if (e.is_regular_file() && (ext == ".png" || ext == ".jpg" || ext == ".jpeg" || ext == ".webp" || ext == ".bmp"))
+      out.push_back(e.path().string());
+  }
+  std::sort(out.begin(), out.end());
+  if (out.empty())
+    throw host::UserError("sumi generate: --" + flag + " folder '" + path + "' holds no .png/.jpg/.jpeg/.webp/.bmp image");
+  return out;
+}
+
+void check_strength(const std::string& flag, double v) {
+  if (!(v > 0 && v <= 1))
+    throw host::UserError("sumi generate: --" + flag + " must be in (0, 1], got " + std::to_string(v));
 }
 
 std::string timestamp() {
@@ -65,7 +90,9 @@ int cmd_generate(const std::vector<std::string>& args) {
   std::vector<std::string> plugin_dirs;
   int64_t W = 512, H = 512, steps = 50, n_iter = 1, images_per_prompt = 1, batch_size = 1, clip_skip = 1,
           max_emb = 3;
-  double scale = 7.5;
+  double scale = 7.5, strength = 0.8, hr_scale = 0, hr_strength = -1;
+  int64_t hr_steps = 28;
+  std::string image_path, mask_path;
   int64_t seed = -1;
   int threads = 0;
   po::options_description d("sumi generate (kohya gen_img flags)");
@@ -89,7 +116,14 @@ int cmd_generate(const std::vector<std::string>& args) {
       "network_weights", po::value(&network_weights)->multitoken(), "network weights file")(
       "network_mul", po::value(&network_mul)->multitoken(), "network multiplier")(
       "plugin-dir", po::value(&plugin_dirs)->composing(), "extra plugin folder")(
-      "threads", po::value(&threads), "CPU threads (0 = all cores)");
+      "threads", po::value(&threads), "CPU threads (0 = all cores)")(
+      "image_path", po::value(&image_path), "img2img start image: a file, or a folder (cycled image by image)")(
+      "strength", po::value(&strength), "img2img strength in (0, 1] (default 0.8)")(
+      "mask_path", po::value(&mask_path), "inpainting mask, file or folder: white = repaint (needs --image_path)")(
+      "highres_fix_scale", po::value(&hr_scale), "highres fix: first pass at this fraction of the size (e.g. 0.5)")(
+      "highres_fix_steps", po::value(&hr_steps), "highres fix: first pass steps (default 28)")(
+      "highres_fix_strength", po::value(&hr_strength), "highres fix: first pass strength with --image_path (default --strength)")(
+      "highres_fix_latents_upscaling", "highres fix: upscale latents (bilinear) instead of the decoded image");
   for (const char* f : kNotYet) d.add_options()(f, po::value<std::vector<std::string>>()->multitoken()->zero_tokens(), "");
   po::variables_map vm;
   try {
@@ -104,6 +138,21 @@ int cmd_generate(const std::vector<std::string>& args) {
   }
   for (const char* f : kNotYet)
     if (vm.count(f)) throw host::UserError(std::string("sumi generate: --") + f + " is not supported yet");
+  check_strength("strength", strength);
+  if (vm.count("highres_fix_strength")) check_strength("highres_fix_strength", hr_strength);
+  if (hr_strength < 0) hr_strength = strength;
+  const bool highres = vm.count("highres_fix_scale") > 0;
+  if (highres && !(hr_scale > 0 && hr_scale < 1))
+    throw host::UserError("sumi generate: --highres_fix_scale must be in (0, 1), the first pass's fraction of the size "
+                          "(gen_img's meaning, the inverse of A1111's), got " + std::to_string(hr_scale));
+  if (!highres && (vm.count("highres_fix_steps") || vm.count("highres_fix_strength") || vm.count("highres_fix_latents_upscaling")))
+    throw host::UserError("sumi generate: --highres_fix_steps/--highres_fix_strength/--highres_fix_latents_upscaling need --highres_fix_scale");
+  if (highres && hr_steps <= 0) throw host::UserError("sumi generate: --highres_fix_steps must be positive");
+  if (!mask_path.empty() && image_path.empty()) throw host::UserError("sumi generate: --mask_path needs --image_path (the image to inpaint)");
+  if (vm.count("strength") && image_path.empty() && !highres)
+    throw host::UserError("sumi generate: --strength applies to img2img (--image_path) or the highres fix second pass");
+  const std::vector<std::string> images = image_path.empty() ? std::vector<std::string>{} : image_files("image_path", image_path);
+  const std::vector<std::string> masks = mask_path.empty() ? std::vector<std::string>{} : image_files("mask_path", mask_path);
   if (ckpt.empty()) throw host::UserError("sumi generate: --ckpt is required (a .safetensors/.ckpt file or a diffusers folder)");
   if (!fs::exists(ckpt)) throw host::UserError("sumi generate: --ckpt '" + ckpt + "' does not exist");
   if (prompt.empty() == from_file.empty()) throw host::UserError("sumi generate: give exactly one of --prompt and --from_file");
@@ -168,12 +217,45 @@ int cmd_generate(const std::vector<std::string>& args) {
       r.scale = spec.scale.value_or(scale);
       r.seed = static_cast<size_t>(it) < spec.seeds.size() ? spec.seeds[static_cast<size_t>(it)] : next_seed++;
       r.zero_empty_negative = family == "sdxl";
-      const auto result = gen.run(r);
+      std::string init_name;
+      if (!images.empty()) {
+        const std::string& file = images[static_cast<size_t>(index) % images.size()];
+        init_name = fs::path(file).filename().string();
+        const at::Tensor img = read_image(file);
+        // No size given: the image's own, rounded down to a multiple of 32 as gen_img does.
+        if (!spec.width && !vm.count("W")) r.width = img.size(1) - img.size(1) % 32;
+        if (!spec.height && !vm.count("H")) r.height = img.size(0) - img.size(0) % 32;
+        if (r.width <= 0 || r.height <= 0)
+          throw host::UserError("sumi generate: " + file + " is smaller than 32 pixels; give --W and --H");
+        r.init_image = to_model_image(img, r.width, r.height);
+        r.strength = strength;
+        if (!masks.empty())
+          r.mask = to_mask(read_image(masks[static_cast<size_t>(index) % masks.size()]), r.width, r.height);
+      } else if (highres) {
+        r.strength = strength;
+      }
+      ImageResult result;
+      if (highres) {
+        HighresFix h;
+        h.scale = hr_scale;
+        h.steps = hr_steps;
+        h.first_strength = hr_strength;
+        h.latents_upscaling = vm.count("highres_fix_latents_upscaling") > 0;
+        result = gen.run_highres(r, h);
+      } else {
+        result = gen.run(r);
+      }
       std::ostringstream params;
       params << r.prompt << "\n";
       if (!r.negative_prompt.empty()) params << "Negative prompt: " << r.negative_prompt << "\n";
-      params << "Steps: " << r.steps << ", Sampler: " << a1111_sampler(sampler, vm.count("use_karras_sigmas") > 0)
+      params << "Steps: " << (highres ? hr_steps : r.steps) << ", Sampler: " << a1111_sampler(sampler, vm.count("use_karras_sigmas") > 0)
              << ", CFG scale: " << r.scale << ", Seed: " << r.seed << ", Size: " << r.width << "x" << r.height;
+      if (!init_name.empty()) params << ", Denoising strength: " << (highres ? hr_strength : strength) << ", Init image: " << init_name;
+      if (!masks.empty()) params << ", Mask: " << fs::path(masks[static_cast<size_t>(index) % masks.size()]).filename().string();
+      if (highres)
+        params << ", Hires upscale: " << 1 / hr_scale << ", Hires steps: " << r.steps
+               << ", Hires upscaler: " << (vm.count("highres_fix_latents_upscaling") ? "Latent" : "bicubic")
+               << (init_name.empty() ? ", Denoising strength: " : ", Hires denoising strength: ") << strength;
       if (!hash.empty()) params << ", Model hash: " << hash;
       params << ", Model: " << model_name;
       if (network) params << ", Lora: " << fs::path(network_weights[0]).stem().string();

@@ -9,6 +9,7 @@
 
 #include <nlohmann/json.hpp>
 
+#include <cmath>
 #include <filesystem>
 #include <fstream>
 
@@ -73,18 +74,76 @@ ImageResult Generator::run(const ImageRequest& r, bool progress) {
   }
 
   scheduler_.check(svt.set_timesteps(scheduler_.self(), r.steps), "set_timesteps");
-  Handle ts;
+  Handle ts, sg;
   scheduler_.check(svt.timesteps(scheduler_.self(), &ts.h), "timesteps");
   const at::Tensor timesteps = ts.get().to(at::kDouble).contiguous();
   double sigma0 = 1.0;
   scheduler_.check(svt.init_noise_sigma(scheduler_.self(), &sigma0), "init_noise_sigma");
+  scheduler_.check(svt.sigmas(scheduler_.self(), &sg.h), "sigmas");
+  const at::Tensor sigmas = sg.get().defined() ? sg.get().to(at::kDouble).contiguous() : at::Tensor();
+  // diffusers' sigma samplers (init sigma > 1) noise in sigma space, x0 + sigma * noise; the
+  // plugins' add_noise is the DDPM form for every sampler (docs/schedulers.md), which is what
+  // diffusers uses for ddim/ddpm/pndm and the DPM-Solvers. Same choice as diffusers' add_noise.
+  const bool sigma_space = sigmas.defined() && sigmas.numel() > 0 && sigma0 > 1.0;
 
   auto gen = at::make_generator<at::CPUGeneratorImpl>(r.seed);
-  at::Tensor latents = at::randn({1, 4, r.height / 8, r.width / 8}, gen, at::TensorOptions().dtype(at::kFloat));
-  latents = latents * sigma0;
+  const at::Tensor noise0 = at::randn({1, 4, r.height / 8, r.width / 8}, gen, at::TensorOptions().dtype(at::kFloat));
+  const bool img2img = r.init_image.defined() || r.init_latents.defined();
+  if (r.mask.defined() && !img2img) throw host::UserError("inpainting needs an init image (a mask alone was given)");
 
-  sumi_progress* bar = progress ? host::progress_begin("sampling", timesteps.numel()) : nullptr;
-  for (int64_t i = 0; i < timesteps.numel(); ++i) {
+  at::Tensor init_latents;
+  int64_t start = 0;
+  auto noised = [&](int64_t index) {
+    if (sigma_space) return init_latents + noise0 * sigmas[index].item<double>();
+    Handle out;
+    const at::Tensor t = at::full({1}, static_cast<int64_t>(std::llround(timesteps[index].item<double>())), at::kLong);
+    scheduler_.check(svt.add_noise(scheduler_.self(), borrow(init_latents, keep), borrow(noise0, keep), borrow(t, keep),
+                                   &out.h),
+                     "add_noise");
+    return out.get().to(at::kFloat);
+  };
+  at::Tensor latents;
+  if (img2img) {
+    if (!(r.strength > 0 && r.strength <= 1))
+      throw host::UserError("strength must be in (0, 1], got " + std::to_string(r.strength));
+    if (r.init_latents.defined()) {
+      init_latents = r.init_latents.to(at::kFloat);
+      if (init_latents.dim() != 4 || init_latents.size(2) != r.height / 8 || init_latents.size(3) != r.width / 8)
+        throw host::UserError("init latents must be [1, C, " + std::to_string(r.height / 8) + ", " +
+                              std::to_string(r.width / 8) + "] for a " + std::to_string(r.width) + "x" +
+                              std::to_string(r.height) + " request");
+    } else {
+      if (r.init_image.dim() != 4 || r.init_image.size(1) != 3 || r.init_image.size(2) != r.height ||
+          r.init_image.size(3) != r.width) {
+        std::string got;
+        for (auto v : r.init_image.sizes()) got += (got.empty() ? "" : ", ") + std::to_string(v);
+        throw host::UserError("init image must be [1, 3, " + std::to_string(r.height) + ", " + std::to_string(r.width) +
+                              "], got [" + got + "]; resize it to the request size (to_model_image)");
+      }
+      Handle enc;
+      // The posterior mean, not a sample: deterministic, and the seed's stream stays the
+      // txt2img one (diffusers samples here from the pipeline generator).
+      model_.check(mvt.vae_encode(model_.self(), borrow(r.init_image.to(at::kFloat), keep), 0, &enc.h), "vae_encode");
+      init_latents = enc.get().to(at::kFloat);
+    }
+    // diffusers' get_timesteps: skip the first steps - min(int(steps * strength), steps) steps;
+    // two-call samplers (2n - 1 timesteps) skip twice as many entries.
+    const int64_t init_steps = std::min(static_cast<int64_t>(static_cast<double>(r.steps) * r.strength), r.steps);
+    if (init_steps == 0)
+      throw host::UserError("strength " + std::to_string(r.strength) + " with " + std::to_string(r.steps) +
+                            " steps leaves no sampling step; raise --strength or --steps");
+    const int64_t order = timesteps.numel() == 2 * r.steps - 1 ? 2 : 1;
+    start = (r.steps - init_steps) * order;
+    latents = noised(start);
+  } else {
+    latents = noise0 * sigma0;
+  }
+  at::Tensor mask;
+  if (r.mask.defined())
+    mask = at::upsample_nearest2d(r.mask.to(at::kFloat), {r.height / 8, r.width / 8});
+
+  sumi_progress* bar = progress ? host::progress_begin("sampling", timesteps.numel() - start) : nullptr;
+  for (int64_t i = start; i < timesteps.numel(); ++i) {
     const double t = timesteps[i].item<double>();
     const at::Tensor x2 = at::cat({latents, latents});
     Handle scaled, out, next;
@@ -102,6 +161,9 @@ ImageResult Generator::run(const ImageRequest& r, bool progress) {
                               &next.h),
                      "step");
     latents = next.get();
+    // Legacy inpainting (diffusers' StableDiffusionInpaintPipelineLegacy, sd-scripts gen_img for
+    // ordinary models): keep the original, noised to this step's timestep, outside the mask.
+    if (mask.defined()) latents = noised(i) * (1 - mask) + latents * mask;
     if (bar) host::progress_update(bar, 1, nullptr);
   }
   if (bar) host::progress_end(bar);
@@ -109,6 +171,54 @@ ImageResult Generator::run(const ImageRequest& r, bool progress) {
   Handle image;
   model_.check(mvt.vae_decode(model_.self(), borrow(latents, keep), &image.h), "vae_decode");
   return {latents, image.get().to(at::kFloat)};
+}
+
+ImageResult Generator::run_highres(const ImageRequest& r, const HighresFix& h, bool progress, ImageResult* first) {
+  if (!(h.scale > 0 && h.scale < 1))
+    throw host::UserError("highres fix scale must be in (0, 1) (gen_img's meaning: 0.5 = first pass at half size), got " +
+                          std::to_string(h.scale));
+  auto small = [&](int64_t x) {
+    const int64_t v = static_cast<int64_t>(static_cast<double>(x) * h.scale + 0.5);
+    return v - v % 32;
+  };
+  ImageRequest a = r;
+  a.width = small(r.width);
+  a.height = small(r.height);
+  if (a.width <= 0 || a.height <= 0)
+    throw host::UserError("highres fix scale " + std::to_string(h.scale) + " makes the first pass of " +
+                          std::to_string(r.width) + "x" + std::to_string(r.height) +
+                          " smaller than 32 pixels; raise the scale or the size");
+  a.steps = h.steps;
+  a.strength = h.first_strength;
+  if (r.init_image.defined())
+    a.init_image = at::_upsample_bicubic2d_aa(r.init_image.to(at::kFloat), {a.height, a.width}, false).clamp(-1, 1);
+  a.init_latents = at::Tensor();
+  if (r.mask.defined()) a.mask = at::upsample_nearest2d(r.mask.to(at::kFloat), {a.height, a.width});
+  ImageResult one = run(a, progress);
+  ImageRequest b = r;
+  // The mask holds in the second pass too, so the unmasked region stays the original's.
+  if (h.latents_upscaling) {
+    b.init_latents = at::upsample_bilinear2d(one.latents, {r.height / 8, r.width / 8}, false);
+  } else {
+    b.init_image = at::_upsample_bicubic2d_aa(one.image, {r.height, r.width}, false).clamp(-1, 1);
+    b.init_latents = at::Tensor();
+  }
+  if (first) *first = one;
+  return run(b, progress);
+}
+
+at::Tensor to_model_image(const at::Tensor& hwc, int64_t width, int64_t height) {
+  at::Tensor x = hwc.to(at::kFloat).permute({2, 0, 1}).unsqueeze(0);
+  if (x.size(1) == 1) x = x.repeat({1, 3, 1, 1});
+  x = x.slice(1, 0, 3) / 127.5 - 1;  // drops alpha
+  if (x.size(2) != height || x.size(3) != width) x = at::_upsample_bicubic2d_aa(x, {height, width}, false);
+  return x.clamp(-1, 1).contiguous();
+}
+
+at::Tensor to_mask(const at::Tensor& hwc, int64_t width, int64_t height) {
+  const int64_t c = std::min<int64_t>(hwc.size(2), 3);
+  at::Tensor m = hwc.to(at::kFloat).slice(2, 0, c).mean(2).div(255).unsqueeze(0).unsqueeze(0);
+  return at::upsample_bilinear2d(m, {height, width}, false).clamp(0, 1).contiguous();
 }
 
 std::map<std::string, std::string> scheduler_config_of(const std::string& model_path, const sumi_component& sampler) {

@@ -1,7 +1,8 @@
-// Text-to-image sampling over plugin components: a model (text encoders, denoiser, VAE) and a
-// noise scheduler, classifier-free guidance, and seeds that reproduce PyTorch's CPU stream
+// Image sampling over plugin components: a model (text encoders, denoiser, VAE) and a noise
+// scheduler, classifier-free guidance, and seeds that reproduce PyTorch's CPU stream
 // (torch.manual_seed(seed); torch.randn(latent shape); ancestral noise drawn from the same
-// generator right after, step by step, as sd-scripts' gen_img does).
+// generator right after, step by step, as sd-scripts' gen_img does). Text-to-image, img2img,
+// inpainting for ordinary (non-inpainting) models by latent blending, and gen_img's highres fix.
 // Used by `sumi generate` and by sample images during training.
 #pragma once
 
@@ -24,6 +25,22 @@ struct ImageRequest {
   double scale = 7.5;
   uint64_t seed = 0;
   bool zero_empty_negative = false;  // SDXL: an empty negative prompt is zero conditioning (diffusers)
+  // img2img: the start image [1, 3, height, width] in [-1, 1] (or already-encoded latents
+  // [1, 4, height/8, width/8]; these win). Sampling skips the first steps - int(steps * strength)
+  // steps as diffusers' get_timesteps does; strength 1 still starts from the noised image.
+  at::Tensor init_image, init_latents;
+  double strength = 0.8;
+  // Inpainting (needs an init image): [1, 1, height, width] in [0, 1], 1 = repaint.
+  at::Tensor mask;
+};
+
+// gen_img's highres fix: a first pass at scale x the size (rounded down to a multiple of 32) with
+// `steps` steps, upscaled to the full size, then img2img at the request's strength.
+struct HighresFix {
+  double scale = 0.5;
+  int64_t steps = 28;
+  double first_strength = 0.8;    // first pass strength when the request is img2img itself
+  bool latents_upscaling = false;  // bilinear in latent space; else bicubic on the decoded image
 };
 
 struct ImageResult {
@@ -35,6 +52,9 @@ class Generator {
  public:
   Generator(host::Component& model, host::Component& scheduler) : model_(model), scheduler_(scheduler) {}
   ImageResult run(const ImageRequest& r, bool progress = true);
+  // Both passes; returns the second's result. `first` (if given) receives the first pass's.
+  ImageResult run_highres(const ImageRequest& r, const HighresFix& h, bool progress = true,
+                          ImageResult* first = nullptr);
 
  private:
   host::Component& model_;
@@ -44,6 +64,11 @@ class Generator {
 // The noise-scheduler settings a diffusers folder carries (<model>/scheduler/scheduler_config.json),
 // as text values for the keys the sampler's schema declares; {} for single files.
 std::map<std::string, std::string> scheduler_config_of(const std::string& model_path, const sumi_component& sampler);
+
+// HxWxC 8-bit (read_image) -> [1, 3, height, width] in [-1, 1], resized with antialiased bicubic.
+at::Tensor to_model_image(const at::Tensor& hwc, int64_t width, int64_t height);
+// HxWxC 8-bit -> [1, 1, height, width] in [0, 1] (channel mean; white = 1).
+at::Tensor to_mask(const at::Tensor& hwc, int64_t width, int64_t height);
 
 // [1, 3, H, W] in [-1, 1] -> HxWx3 8-bit, as A1111/diffusers: round(clamp(x / 2 + 0.5, 0, 1) * 255).
 at::Tensor to_uint8_hwc(const at::Tensor& image);
