@@ -82,7 +82,9 @@ FramedBatch frame_batch(const ClipTokenizer& tok, const std::vector<std::string>
 
 // sd-scripts' emphasis: scale each position's embedding by its weight, then rescale the whole
 // prompt so its mean (over positions and channels, computed in fp32) is what it was.
-at::Tensor apply_weights(const at::Tensor& emb, const at::Tensor& weights) {
+at::Tensor apply_weights(const at::Tensor& embeddings, const at::Tensor& weights) {
+  // Contiguous, so both means reduce in the same order: all weights 1 then give exactly 1.
+  const at::Tensor emb = embeddings.contiguous();
   const auto dt = emb.scalar_type();
   const at::Tensor before = emb.to(at::kFloat).mean({-2, -1}).to(dt);
   at::Tensor out = emb * weights.to(emb.device(), dt).unsqueeze(-1);
