@@ -89,6 +89,8 @@ TEST_CASE("prompt weighting: emphasis changes the conditioning, a weight of 1 do
   auto up = m->encode_text({"a photo of a (cat:1.5)"}).first;
   CHECK(up.sizes() == base.sizes());
   CHECK(max_abs_diff(up, base).item<double>() > 1e-3);
+  // (The rescale formula is checked on SDXL below: this fixture's conditioning, a final layer
+  // norm's output, has a mean of about 1e-8, which makes sd-scripts' mean ratio ill-conditioned.)
   CHECK(max_abs_diff(m->encode_text({"a photo of a [cat]"}).first, base).item<double>() > 1e-4);
 
   std::string error;
@@ -124,6 +126,17 @@ TEST_CASE("prompt weighting: sd2 and sdxl long prompts, sdxl pooled from the fir
   auto base = m->encode_text({"a photo of a cat"}).first;
   auto up = m->encode_text({"a photo of a (cat:1.5)"}).first;
   CHECK(max_abs_diff(up, base).item<double>() > 1e-3);
+  // The formula, per encoder: cat (position 5 after BOS a photo of a) times 1.5, then every
+  // position times the ratio of the means before and after (emb_normalize_mode "original").
+  const int64_t c1 = golden("tiny-sdxl", "te.penultimate").size(-1);
+  at::Tensor w = at::ones({1, base.size(1), 1});
+  w[0][5][0] = 1.5;
+  for (auto [from, width] : {std::pair<int64_t, int64_t>{0, c1}, {c1, base.size(2) - c1}}) {
+    const at::Tensor half = base.narrow(-1, from, width);
+    const at::Tensor scaled = half * w;
+    const at::Tensor expected = scaled * (half.mean() / scaled.mean());
+    CHECK(rel_err(up.narrow(-1, from, width), expected) < 1e-4);
+  }
 }
 
 TEST_CASE("prompt weighting: max_embeddings_multiples 1 truncates to 77 tokens") {
