@@ -55,6 +55,10 @@ class SdComponent : public sumi::Model {
     o.vae = ctx.get_string("vae");
     o.v_parameterization = ctx.get_bool("v_parameterization");
     o.clip_skip = ctx.get_int("clip_skip");
+    o.prompt_weighting = ctx.get_bool("prompt_weighting");
+    o.max_embeddings_multiples = ctx.get_int("max_embeddings_multiples");
+    o.no_boseos_middle = ctx.get_bool("no_boseos_middle");
+    o.warn = [](const std::string& message) { sumi::api().log(SUMI_LOG_WARN, "sumi_sd", message.c_str()); };
     return o;
   }
   sumi::sd::SdModel model_;
@@ -69,6 +73,13 @@ const sumi_param_spec kParams[] = {
                 "The model predicts v (SD 2.x 768-v); diffusers folders also say so in their scheduler config."),
     sumi::param("clip_skip", SUMI_PARAM_INT, "1",
                 "Text-encoder layer for the conditioning: 1 = last, 2 = penultimate (+ final layer norm)."),
+    sumi::param("prompt_weighting", SUMI_PARAM_BOOL, "false",
+                "gen_img's prompts: (word:1.3) emphasis, BREAK and prompts longer than 75 tokens in chunks; "
+                "off = the plain 77-token encoding (training captions)."),
+    sumi::param("max_embeddings_multiples", SUMI_PARAM_INT, "3",
+                "With prompt_weighting: at most this many 75-token chunks (3 = 225 tokens); longer prompts are cut."),
+    sumi::param("no_boseos_middle", SUMI_PARAM_BOOL, "false",
+                "With prompt_weighting: drop the BOS/EOS embeddings between chunks (L = 75 * chunks + 2)."),
 };
 
 }  // namespace

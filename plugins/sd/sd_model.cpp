@@ -14,6 +14,7 @@
 #include "nn/unet.h"
 #include "nn/weights.h"
 #include "sd_common/tokenizer/clip_tokenizer.h"
+#include "sumi/prompt/chunking.h"
 
 namespace sumi::sd {
 
@@ -43,6 +44,54 @@ at::Tensor ids_tensor(const sd::ClipTokenizer& tok, const std::vector<std::strin
   return at::tensor(ids, at::kLong).view({static_cast<int64_t>(prompts.size()), ClipTokenizer::kModelMaxLength});
 }
 
+// The prompts of one call framed together with one tokenizer: ids [B, chunks * 77] and one
+// weight per position of the concatenated chunk embeddings [B, L] (double).
+struct FramedBatch {
+  int64_t chunks = 1;
+  at::Tensor ids;
+  at::Tensor weights;
+};
+
+FramedBatch frame_batch(const ClipTokenizer& tok, const std::vector<std::string>& prompts,
+                        const prompt::ChunkOptions& options, const prompt::Warn& warn) {
+  prompt::TokenizerSpec spec;
+  spec.tokenize = [&tok](std::string_view text) { return tok.encode(text); };
+  spec.pad = tok.pad_id();
+  std::vector<prompt::WeightedTokens> tokens;
+  for (const auto& p : prompts) {
+    try {
+      tokens.push_back(prompt::tokenize_weighted(p, spec, options, warn));
+    } catch (const std::invalid_argument& e) {
+      throw std::invalid_argument("prompt '" + p + "': " + e.what());
+    }
+  }
+  auto framed = prompt::frame(tokens, spec, options);
+  FramedBatch out;
+  out.chunks = framed.front().chunks;
+  std::vector<int64_t> ids;
+  std::vector<double> weights;
+  for (const auto& f : framed) {
+    ids.insert(ids.end(), f.chunk_ids.begin(), f.chunk_ids.end());
+    weights.insert(weights.end(), f.weights.begin(), f.weights.end());
+  }
+  const auto batch = static_cast<int64_t>(prompts.size());
+  out.ids = at::tensor(ids, at::kLong).view({batch, -1});
+  out.weights = at::tensor(weights, at::kDouble).view({batch, -1});
+  return out;
+}
+
+// sd-scripts' emphasis: scale each position's embedding by its weight, then rescale the whole
+// prompt so its mean (over positions and channels, computed in fp32) is what it was.
+at::Tensor apply_weights(const at::Tensor& embeddings, const at::Tensor& weights) {
+  // Contiguous, so both means reduce in the same order: all weights 1 then give exactly 1.
+  const at::Tensor emb = embeddings.contiguous();
+  const auto dt = emb.scalar_type();
+  const at::Tensor before = emb.to(at::kFloat).mean({-2, -1}).to(dt);
+  at::Tensor out = emb * weights.to(emb.device(), dt).unsqueeze(-1);
+  const at::Tensor after = out.to(at::kFloat).mean({-2, -1}).to(dt);
+  return out * (before / after).unsqueeze(-1).unsqueeze(-1);
+}
+
 std::string network_error(const char* what, const std::string& module) {
   return std::string("network ") + what + " failed for module '" + module + "': " + api().last_error();
 }
@@ -54,6 +103,9 @@ at::Tensor& SdModel::Layer::weight() const { return linear ? linear->weight : co
 SdModel::SdModel(ModelOptions options) : options_(std::move(options)) {
   if (options_.clip_skip < 1)
     throw std::invalid_argument("clip_skip must be >= 1 (1 = the last layer), got " + std::to_string(options_.clip_skip));
+  if (options_.max_embeddings_multiples < 1)
+    throw std::invalid_argument("max_embeddings_multiples must be >= 1 (chunks of 75 prompt tokens), got " +
+                                std::to_string(options_.max_embeddings_multiples));
   if (options_.family == ModelFamily::sdxl && options_.clip_skip != 1)
     throw std::invalid_argument("clip_skip does not apply to SDXL (its conditioning is fixed to the penultimate "
                                 "layers of both encoders); leave it at 1");
@@ -124,10 +176,47 @@ double SdModel::vae_scaling_factor() const { return vae_->config().scaling_facto
 
 std::pair<at::Tensor, at::Tensor> SdModel::encode_text(const std::vector<std::string>& prompts) const {
   if (!loaded()) throw std::logic_error("encode_text before load");
+  if (options_.prompt_weighting) return encode_weighted(prompts);
   if (options_.family == ModelFamily::sdxl)
     return encode_ids(ids_tensor(ClipTokenizer::instance(), prompts), ids_tensor(ClipTokenizer::instance_pad_bang(), prompts));
   const auto& tok = options_.family == ModelFamily::sd2 ? ClipTokenizer::instance_pad_bang() : ClipTokenizer::instance();
   return encode_ids(ids_tensor(tok, prompts));
+}
+
+std::pair<at::Tensor, at::Tensor> SdModel::encode_weighted(const std::vector<std::string>& prompts) const {
+  if (prompts.empty()) throw std::invalid_argument("encode_text: no prompts");
+  prompt::ChunkOptions co;
+  co.max_embeddings_multiples = static_cast<int>(options_.max_embeddings_multiples);
+  co.no_boseos_middle = options_.no_boseos_middle;
+  const bool xl = options_.family == ModelFamily::sdxl;
+  const auto& tok1 = options_.family == ModelFamily::sd2 ? ClipTokenizer::instance_pad_bang() : ClipTokenizer::instance();
+  FramedBatch f1 = frame_batch(tok1, prompts, co, options_.warn);
+  // SDXL's second tokenizer pads with "!"; its ids differ only in padding, so warn once.
+  FramedBatch f2 = xl ? frame_batch(ClipTokenizer::instance_pad_bang(), prompts, co, {}) : FramedBatch{};
+  if (xl && f2.chunks != f1.chunks) throw std::logic_error("SDXL tokenizers framed different chunk counts");
+
+  // Each 77-token chunk through the encoder(s) as a plain prompt (clip_skip applies), then the
+  // chunks side by side; with no_boseos_middle the inner BOS/EOS positions are dropped.
+  constexpr int64_t L = ClipTokenizer::kModelMaxLength;
+  std::vector<at::Tensor> parts;
+  at::Tensor pooled;
+  for (int64_t c = 0; c < f1.chunks; ++c) {
+    auto [h, p] = encode_ids(f1.ids.narrow(1, c * L, L), xl ? f2.ids.narrow(1, c * L, L) : at::Tensor());
+    if (c == 0) pooled = p;
+    if (f1.chunks > 1 && options_.no_boseos_middle) {
+      const int64_t from = c == 0 ? 0 : 1;
+      const int64_t to = c == f1.chunks - 1 ? L : L - 1;
+      h = h.narrow(1, from, to - from);
+    }
+    parts.push_back(h);
+  }
+  at::Tensor cond = parts.size() == 1 ? parts.front() : at::cat(parts, 1);
+  if (!xl) return {apply_weights(cond, f1.weights), pooled};
+  // gen_img weights each encoder's output on its own before concatenating them.
+  const int64_t c1 = te_->config().hidden_size;
+  at::Tensor a = apply_weights(cond.narrow(-1, 0, c1), f1.weights);
+  at::Tensor b = apply_weights(cond.narrow(-1, c1, cond.size(-1) - c1), f2.weights);
+  return {at::cat({a, b}, -1), pooled};
 }
 
 std::pair<at::Tensor, at::Tensor> SdModel::encode_ids(const at::Tensor& ids, const at::Tensor& ids2) const {

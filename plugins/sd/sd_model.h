@@ -10,6 +10,7 @@
 #include <ATen/ATen.h>
 
 #include <deque>
+#include <functional>
 #include <memory>
 #include <string>
 #include <utility>
@@ -33,6 +34,12 @@ struct ModelOptions {
   std::string vae;                    // a separate VAE to use instead of the checkpoint's
   bool v_parameterization = false;
   int64_t clip_skip = 1;              // 1 = last layer; n = n-th from last + final layer norm
+  // gen_img's long, weighted prompts: "(word:1.3)" emphasis and up to max_embeddings_multiples
+  // chunks of 75 tokens (docs/prompts.md). Off: the plain 77-token encoding training uses.
+  bool prompt_weighting = false;
+  int64_t max_embeddings_multiples = 3;
+  bool no_boseos_middle = false;      // drop the inner chunks' BOS/EOS embeddings
+  std::function<void(const std::string&)> warn;  // receives "prompt truncated" warnings
 };
 
 class SdModel {
@@ -50,7 +57,10 @@ class SdModel {
   // "epsilon" or "v_prediction": v_parameterization, else the folder's scheduler config.
   std::string prediction_type() const;
 
-  // Plain 77-token conditioning: {cond [B, 77, C], pooled [B, P] (SDXL) or undefined}.
+  // Conditioning {cond [B, L, C], pooled [B, P] (SDXL) or undefined}. Plain: L = 77, prompts
+  // truncated to 75 tokens, no emphasis syntax. With prompt_weighting: emphasis applied and
+  // L = 77 * chunks (75 * chunks + 2 with no_boseos_middle), one chunk count for all the
+  // prompts of the call; SDXL's pooled comes from the first chunk.
   std::pair<at::Tensor, at::Tensor> encode_text(const std::vector<std::string>& prompts) const;
   // The same from token ids [B, L] (already framed with BOS/EOS/padding); `ids2` for SDXL's
   // second encoder (padded with "!"). For long-prompt chunking by the caller.
@@ -84,6 +94,7 @@ class SdModel {
     nn::Conv2d* conv = nullptr;
     at::Tensor& weight() const;
   };
+  std::pair<at::Tensor, at::Tensor> encode_weighted(const std::vector<std::string>& prompts) const;
   void build_module_list();
   void release_module_list();
 
