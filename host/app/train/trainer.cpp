@@ -104,7 +104,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
 
   if (s.mixed_precision != "no" && s.mixed_precision != "bf16")
     throw host::UserError("[train] mixed_precision: sumi supports \"no\" and \"bf16\" so far, got \"" + s.mixed_precision +
-                          "\" (fp16 needs loss scaling, not implemented yet)");
+                          "\" (fp16 needs loss scaling, which sumi does not support yet)");
   if (s.gradient_accumulation_steps < 1) throw host::UserError("[train] gradient_accumulation_steps must be >= 1");
   if (s.min_timestep < 0 || s.max_timestep > 1000 || s.min_timestep >= s.max_timestep)
     throw host::UserError("[train] need 0 <= min_timestep < max_timestep <= 1000");
