@@ -58,6 +58,9 @@ class SdComponent : public sumi::Model {
     o.prompt_weighting = ctx.get_bool("prompt_weighting");
     o.max_embeddings_multiples = ctx.get_int("max_embeddings_multiples");
     o.no_boseos_middle = ctx.get_bool("no_boseos_middle");
+    o.gradient_checkpointing = ctx.get_bool("gradient_checkpointing");
+    o.vae_tiling = ctx.get_bool("vae_tiling");
+    o.vae_slicing = ctx.get_bool("vae_slicing");
     o.warn = [](const std::string& message) { sumi::api().log(SUMI_LOG_WARN, "sumi_sd", message.c_str()); };
     return o;
   }
@@ -80,6 +83,14 @@ const sumi_param_spec kParams[] = {
                 "With prompt_weighting: at most this many 75-token chunks (3 = 225 tokens); longer prompts are cut."),
     sumi::param("no_boseos_middle", SUMI_PARAM_BOOL, "false",
                 "With prompt_weighting: drop the BOS/EOS embeddings between chunks (L = 75 * chunks + 2)."),
+    sumi::param("gradient_checkpointing", SUMI_PARAM_BOOL, "false",
+                "Recompute the UNet's and text encoders' block activations during backward: less memory, "
+                "more compute; gradients (network ones included) are unchanged."),
+    sumi::param("vae_tiling", SUMI_PARAM_BOOL, "false",
+                "VAE encode/decode of large images in overlapping tiles blended at the seams (diffusers' "
+                "enable_tiling: 512-pixel tiles, 1/4 overlap); only images larger than a tile are tiled."),
+    sumi::param("vae_slicing", SUMI_PARAM_BOOL, "false",
+                "VAE encode/decode one image of a batch at a time (diffusers' enable_slicing); same result."),
 };
 
 }  // namespace

@@ -158,6 +158,12 @@ void SdModel::load(const std::string& path) {
     throw std::invalid_argument("clip_skip " + std::to_string(options_.clip_skip) + " exceeds the text encoder's " +
                                 std::to_string(layers) + " layers");
 
+  if (options_.gradient_checkpointing) {
+    unet->set_gradient_checkpointing(true);
+    te->set_gradient_checkpointing(true);
+    if (te2) te2->set_gradient_checkpointing(true);
+  }
+
   release_module_list();
   te_ = te;
   te2_ = te2;

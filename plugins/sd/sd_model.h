@@ -39,6 +39,12 @@ struct ModelOptions {
   bool prompt_weighting = false;
   int64_t max_embeddings_multiples = 3;
   bool no_boseos_middle = false;      // drop the inner chunks' BOS/EOS embeddings
+  // Recompute the UNet's and text encoders' block activations in backward (training memory).
+  bool gradient_checkpointing = false;
+  // VAE on large images: tiles with blended overlaps (diffusers' enable_tiling), and one image
+  // of a batch at a time (enable_slicing).
+  bool vae_tiling = false;
+  bool vae_slicing = false;
   std::function<void(const std::string&)> warn;  // receives "prompt truncated" warnings
 };
 

@@ -1,7 +1,8 @@
 // Gradient checkpointing: run a block without keeping its activations and recompute them during
 // backward, trading compute for memory (what diffusers' enable_gradient_checkpointing does).
-// The block's parameters are passed along so their gradients flow even when no activation
-// entering the block requires grad (frozen base model with trainable adapters inside).
+// Gradients reach every leaf the block uses, including adapter (LoRA) parameters reached through
+// its layers' hooks, also when no activation entering the block requires grad (frozen base model
+// with trainable adapters inside).
 // Internal to sumi_sd_nn.
 #pragma once
 

@@ -1,0 +1,90 @@
+// Gradient checkpointing (the model option `gradient_checkpointing`) with a runtime LoRA on the
+// frozen tiny-sd1: the network's parameters live in the host registry and are reached only
+// through the layers' adapter hooks, yet their gradients must equal those without checkpointing.
+#include <doctest/doctest.h>
+
+#include "core/host_api.h"
+#include "core/tensor_handle.h"
+#include "io/safetensors_torch.h"
+#include "models_test_util.h"
+
+using namespace sumi::test;
+
+namespace {
+
+struct Network {
+  sumi::host::Registry registry;
+  std::unique_ptr<sumi::host::Component> net;
+  std::vector<int32_t> selected;
+  const sumi_network_vtable& vt() const { return net->vtable<sumi_network_vtable>(); }
+};
+
+// The kohya-made tiny-sd1 LoRA (UNet and text encoder) attached to `m` at run time.
+std::unique_ptr<Network> attach_lora(ModelUnderTest& m) {
+  const auto modules = m.modules();
+  auto n = std::make_unique<Network>();
+  n->net = make(SUMI_KIND_NETWORK, "lora", n->registry, {{"dim", "4"}, {"alpha", "2"}}, "network");
+  n->selected.assign(modules.size(), 0);
+  n->net->check(n->vt().attach(n->net->self(), modules.data(), static_cast<int64_t>(modules.size()), n->selected.data()),
+                "attach");
+  std::vector<std::string> names;
+  std::vector<const char*> cnames;
+  std::vector<sumi_tensor> hs;
+  for (auto& [k, t] : sumi::io::load_all(fixture("tiny-sd1.lora.safetensors"))) {
+    names.push_back(k);
+    hs.push_back(sumi::host::make_handle(t));
+  }
+  for (auto& s : names) cnames.push_back(s.c_str());
+  const sumi_status st = n->vt().load(n->net->self(), cnames.data(), hs.data(), static_cast<int64_t>(hs.size()));
+  for (auto h : hs) sumi::host::host_api()->tensor_release(h);
+  n->net->check(st, "load");
+  m.c->check(m.vt().set_network(m.self(), n->net->self(), &n->vt(), n->selected.data()), "set_network");
+  return n;
+}
+
+// Each trainable network parameter's gradient of a loss over the text encoder and the UNet.
+std::map<std::string, at::Tensor> lora_grads(bool checkpointing) {
+  auto m = load_model("sd1", fixture("tiny-sd1.safetensors"),
+                      {{"gradient_checkpointing", checkpointing ? "true" : "false"}});
+  auto n = attach_lora(*m);
+  const auto& g = golden("tiny-sd1");
+  const at::Tensor cond = m->encode_text({"a photo of a cat", "an old man"}).first;
+  REQUIRE(cond.requires_grad());
+  const at::Tensor out = m->denoise(g.at("unet.in.sample"), at::full({2}, 500, at::kLong), cond);
+  REQUIRE(out.requires_grad());
+  out.square().mean().backward();
+  std::map<std::string, at::Tensor> grads;
+  for (const auto& e : n->registry.entries())
+    if (e.trainable) grads[e.name] = e.tensor.grad().defined() ? e.tensor.grad().clone() : at::Tensor();
+  return grads;
+}
+
+}  // namespace
+
+TEST_CASE("models: gradient checkpointing gives the LoRA the gradients it gets without (tiny-sd1, fp32)") {
+  const auto plain = lora_grads(false);
+  const auto ckpt = lora_grads(true);
+  REQUIRE(plain.size() == 2 * 210);  // 192 UNet + 18 text-encoder modules, down and up each
+  REQUIRE(ckpt.size() == plain.size());
+  size_t te = 0, unet = 0;
+  double worst = 0, worst_rel = 0;
+  for (const auto& [name, want] : plain) {
+    CAPTURE(name);
+    const at::Tensor& got = ckpt.at(name);
+    REQUIRE(got.defined() == want.defined());
+    if (!want.defined()) continue;
+    worst = std::max(worst, (got - want).abs().max().item<double>());
+    worst_rel = std::max(worst_rel, ((got - want).norm() / want.norm().clamp_min(1e-30)).item<double>());
+    if (want.abs().sum().item<double>() > 0) (name.rfind("lora_te_", 0) == 0 ? te : unet) += 1;
+  }
+  CHECK(worst < 1e-5);
+  // per tensor, float32 summation order differs between one backward and the recomputed one
+  CHECK(worst_rel < 1e-4);
+  CHECK(te == 2 * 18);
+  CHECK(unet >= 2 * 192 - 4);  // the 1x1 mid block's self-attention ignores q and k
+}
+
+TEST_CASE("models: gradient_checkpointing is a model option and refuses non-booleans") {
+  CHECK(load_error("sd1", fixture("tiny-sd1.safetensors"), {{"gradient_checkpointing", "true"}}).empty());
+  CHECK_FALSE(load_error("sd1", fixture("tiny-sd1.safetensors"), {{"gradient_checkpointing", "sometimes"}}).empty());
+}
