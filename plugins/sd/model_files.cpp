@@ -345,6 +345,7 @@ json vae_config_json(const nn::VaeConfig& c) {
   j["layers_per_block"] = c.layers_per_block;
   j["norm_num_groups"] = c.norm_num_groups;
   j["out_channels"] = c.out_channels;
+  j["sample_size"] = c.sample_size;
   j["scaling_factor"] = c.scaling_factor;
   j["up_block_types"] = std::vector<std::string>(n, "UpDecoderBlock2D");
   return j;

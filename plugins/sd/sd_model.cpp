@@ -149,6 +149,8 @@ void SdModel::load(const std::string& path) {
   // The SD VAEs overflow in fp16 (force_upcast); keep them in fp32 then.
   vae->to(dt == at::kHalf && vae_config.force_upcast ? at::kFloat : dt);
   load_part(*vae, vae_weights, options_.vae.empty() ? path : options_.vae, "vae");
+  vae->set_tiling(options_.vae_tiling);
+  vae->set_slicing(options_.vae_slicing);
   for (torch::nn::Module* m : {static_cast<torch::nn::Module*>(te.get()), static_cast<torch::nn::Module*>(te2.get()),
                                static_cast<torch::nn::Module*>(unet.get()), static_cast<torch::nn::Module*>(vae.get())})
     if (m)

@@ -1,7 +1,10 @@
 #include "autoencoder_kl.h"
 
+#include <algorithm>
+#include <functional>
 #include <stdexcept>
 #include <string>
+#include <vector>
 
 #include "blocks.h"
 #include "layers.h"
@@ -132,12 +135,82 @@ AutoencoderKL::AutoencoderKL(VaeConfig config) : config_(std::move(config)) {
   post_quant_conv_ = register_module("post_quant_conv", std::make_shared<Conv2d>(z, z, 1));
 }
 
+namespace {
+
+constexpr double kTileOverlap = 0.25;  // diffusers' tile_overlap_factor
+
+// diffusers' blend_v (dim 2) / blend_h (dim 3): b's first `extent` rows or columns fade in from
+// a's last ones, in place.
+void blend(const at::Tensor& a, at::Tensor& b, int64_t dim, int64_t extent) {
+  extent = std::min({a.size(dim), b.size(dim), extent});
+  for (int64_t y = 0; y < extent; ++y) {
+    const double w = static_cast<double>(y) / static_cast<double>(extent);
+    b.select(dim, y).copy_(a.select(dim, a.size(dim) - extent + y) * (1 - w) + b.select(dim, y) * w);
+  }
+}
+
+// `f` over tiles of `in_tile` (stride in_tile * 3/4) whose results, `out_tile` big, are blended
+// with the upper and left neighbours and cropped to out_tile * 3/4 before being stitched.
+at::Tensor tiled(const at::Tensor& x, int64_t in_tile, int64_t out_tile,
+                 const std::function<at::Tensor(const at::Tensor&)>& f) {
+  const auto stride = static_cast<int64_t>(static_cast<double>(in_tile) * (1 - kTileOverlap));
+  const auto extent = static_cast<int64_t>(static_cast<double>(out_tile) * kTileOverlap);
+  const int64_t keep = out_tile - extent;
+  if (stride <= 0) throw std::invalid_argument("VAE tiling: tile of " + std::to_string(in_tile) + " is too small");
+  std::vector<std::vector<at::Tensor>> rows;
+  for (int64_t i = 0; i < x.size(2); i += stride) {
+    rows.emplace_back();
+    for (int64_t j = 0; j < x.size(3); j += stride)
+      rows.back().push_back(f(x.slice(2, i, i + in_tile).slice(3, j, j + in_tile)));
+  }
+  std::vector<at::Tensor> stitched;
+  for (size_t i = 0; i < rows.size(); ++i) {
+    std::vector<at::Tensor> parts;
+    for (size_t j = 0; j < rows[i].size(); ++j) {
+      at::Tensor& tile = rows[i][j];
+      if (i > 0) blend(rows[i - 1][j], tile, 2, extent);
+      if (j > 0) blend(rows[i][j - 1], tile, 3, extent);
+      parts.push_back(tile.slice(2, 0, keep).slice(3, 0, keep));
+    }
+    stitched.push_back(at::cat(parts, 3));
+  }
+  return at::cat(stitched, 2);
+}
+
+}  // namespace
+
+int64_t AutoencoderKL::tile_latent_size() const {
+  // diffusers: int(sample_size / 2 ** (len(block_out_channels) - 1))
+  return config_.sample_size >> (config_.block_out_channels.size() - 1);
+}
+
+at::Tensor AutoencoderKL::encode_moments(const at::Tensor& image) const {
+  const int64_t tile = tile_sample_size();
+  if (tiling_ && (image.size(2) > tile || image.size(3) > tile))
+    return tiled(image, tile, tile_latent_size(),
+                 [this](const at::Tensor& t) { return quant_conv_->forward(encoder_->forward(t)); });
+  if (slicing_ && image.size(0) > 1) {
+    std::vector<at::Tensor> parts;
+    for (const auto& one : image.split(1)) parts.push_back(encoder_->forward(one));
+    return quant_conv_->forward(at::cat(parts));
+  }
+  return quant_conv_->forward(encoder_->forward(image));
+}
+
+at::Tensor AutoencoderKL::decode_one(const at::Tensor& latent) const {
+  const int64_t tile = tile_latent_size();
+  if (tiling_ && (latent.size(2) > tile || latent.size(3) > tile))
+    return tiled(latent, tile, tile_sample_size(),
+                 [this](const at::Tensor& t) { return decoder_->forward(post_quant_conv_->forward(t)); });
+  return decoder_->forward(post_quant_conv_->forward(latent));
+}
+
 LatentDistribution AutoencoderKL::encode(const at::Tensor& image) const {
   if (image.dim() != 4 || image.size(1) != config_.in_channels)
     throw std::invalid_argument("AutoencoderKL::encode: expected [B, " +
                                 std::to_string(config_.in_channels) + ", H, W] images");
   LatentDistribution d;
-  d.moments = quant_conv_->forward(encoder_->forward(image));
+  d.moments = encode_moments(image);
   auto parts = d.moments.chunk(2, 1);
   d.mean = parts[0];
   d.logvar = at::clamp(parts[1], -30.0, 20.0);
@@ -149,7 +222,12 @@ at::Tensor AutoencoderKL::decode(const at::Tensor& latent) const {
   if (latent.dim() != 4 || latent.size(1) != config_.latent_channels)
     throw std::invalid_argument("AutoencoderKL::decode: expected [B, " +
                                 std::to_string(config_.latent_channels) + ", h, w] latents");
-  return decoder_->forward(post_quant_conv_->forward(latent));
+  if (slicing_ && latent.size(0) > 1) {
+    std::vector<at::Tensor> parts;
+    for (const auto& one : latent.split(1)) parts.push_back(decode_one(one));
+    return at::cat(parts);
+  }
+  return decode_one(latent);
 }
 
 }  // namespace sumi::nn

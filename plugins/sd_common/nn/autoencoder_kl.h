@@ -2,6 +2,8 @@
 // diagonal-Gaussian latent distribution and latents back to images. Scaling by
 // config().scaling_factor is the caller's business (the goldens and diffusers' encode/decode
 // work on unscaled latents). Parameter names are diffusers' (`encoder.down_blocks.0.resnets.0...`).
+// For large images, set_tiling runs encoder and decoder on overlapping tiles blended at the seams
+// and set_slicing one batch item at a time, as diffusers' enable_tiling / enable_slicing do.
 #pragma once
 
 #include <ATen/ATen.h>
@@ -35,8 +37,23 @@ class AutoencoderKL : public torch::nn::Module {
 
   const VaeConfig& config() const { return config_; }
 
+  // Tiles of config().sample_size pixels (sample_size / 8 latents) overlapping by a quarter,
+  // each blended linearly into its upper and left neighbours over a quarter tile; only inputs
+  // larger than a tile are tiled. Not exact: seams differ slightly from the whole-image result.
+  void set_tiling(bool enabled) { tiling_ = enabled; }
+  // One batch item at a time through encoder and decoder; the same numbers, less peak memory.
+  void set_slicing(bool enabled) { slicing_ = enabled; }
+  bool tiling() const { return tiling_; }
+  bool slicing() const { return slicing_; }
+  int64_t tile_sample_size() const { return config_.sample_size; }
+  int64_t tile_latent_size() const;
+
  private:
+  at::Tensor encode_moments(const at::Tensor& image) const;
+  at::Tensor decode_one(const at::Tensor& latent) const;
+
   VaeConfig config_;
+  bool tiling_ = false, slicing_ = false;
   std::shared_ptr<VaeEncoder> encoder_;
   std::shared_ptr<VaeDecoder> decoder_;
   std::shared_ptr<Conv2d> quant_conv_, post_quant_conv_;

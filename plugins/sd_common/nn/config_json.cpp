@@ -82,6 +82,12 @@ VaeConfig VaeConfig::from_diffusers_json(const std::string& path) {
   c.act_fn = get_or<std::string>(j, "act_fn", c.act_fn);
   c.scaling_factor = get_or<double>(j, "scaling_factor", c.scaling_factor);
   c.force_upcast = get_or<bool>(j, "force_upcast", c.force_upcast);
+  if (j.contains("sample_size") && !j["sample_size"].is_null()) {
+    const auto& s = j["sample_size"];  // an int, or [h, w] of which diffusers' tiling uses the first
+    c.sample_size = s.is_array() && !s.empty() ? s[0].get<int64_t>() : s.get<int64_t>();
+    if (c.sample_size <= 0)
+      throw std::runtime_error("config '" + path + "': sample_size must be positive, got " + std::to_string(c.sample_size));
+  }
   for (const char* key : {"down_block_types", "up_block_types"}) {
     for (const auto& t : get_or<std::vector<std::string>>(j, key, {}))
       if (t != "DownEncoderBlock2D" && t != "UpDecoderBlock2D")

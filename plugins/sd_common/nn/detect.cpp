@@ -128,6 +128,7 @@ VaeConfig detect_vae(const TensorShapes& s, const std::string& p, ModelFamily fa
         shape_of(s, p + "encoder.down." + std::to_string(i) + ".block.0.conv2.weight", 4)[0]);
   c.layers_per_block = count(s, p + "encoder.down.0.block.");
   c.scaling_factor = family == ModelFamily::sdxl ? 0.13025 : 0.18215;
+  c.sample_size = family == ModelFamily::sdxl ? 1024 : 512;
   return c;
 }
 

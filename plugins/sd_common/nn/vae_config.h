@@ -17,6 +17,9 @@ struct VaeConfig {
   std::string act_fn = "silu";
   double scaling_factor = 0.18215;
   bool force_upcast = true;  // the SD/SDXL VAEs overflow in fp16; callers should decode in fp32
+  // Image size the VAE was trained at: the tile size of tiled encode/decode (diffusers'
+  // tile_sample_min_size). 512 for SD 1.x/2.x, 1024 for SDXL. Not part of the shape (==).
+  int64_t sample_size = 512;
 
   static VaeConfig from_diffusers_json(const std::string& path);
 };

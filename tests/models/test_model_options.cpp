@@ -1,6 +1,8 @@
-// Gradient checkpointing (the model option `gradient_checkpointing`) with a runtime LoRA on the
-// frozen tiny-sd1: the network's parameters live in the host registry and are reached only
-// through the layers' adapter hooks, yet their gradients must equal those without checkpointing.
+// The sd model options for memory: `gradient_checkpointing` with a runtime LoRA on the frozen
+// tiny-sd1 (the network's parameters live in the host registry and are reached only through the
+// layers' adapter hooks, yet their gradients must equal those without checkpointing), and
+// `vae_tiling` / `vae_slicing` reaching the VAE (their numbers: tests/nn/test_vae.cpp).
+#include <ATen/CPUGeneratorImpl.h>
 #include <doctest/doctest.h>
 
 #include "core/host_api.h"
@@ -87,4 +89,21 @@ TEST_CASE("models: gradient checkpointing gives the LoRA the gradients it gets w
 TEST_CASE("models: gradient_checkpointing is a model option and refuses non-booleans") {
   CHECK(load_error("sd1", fixture("tiny-sd1.safetensors"), {{"gradient_checkpointing", "true"}}).empty());
   CHECK_FALSE(load_error("sd1", fixture("tiny-sd1.safetensors"), {{"gradient_checkpointing", "sometimes"}}).empty());
+}
+
+TEST_CASE("models: vae_tiling and vae_slicing reach the model's VAE") {
+  auto gen = at::detail::createCPUGenerator(4);
+  const at::Tensor big = at::randn({1, 4, 20, 20}, gen), batch = at::randn({2, 4, 8, 8}, gen);
+  auto plain = load_model("sd1", fixture("tiny-sd1"));
+  auto tiled = load_model("sd1", fixture("tiny-sd1"), {{"vae_tiling", "true"}});
+  auto sliced = load_model("sd1", fixture("tiny-sd1"), {{"vae_slicing", "true"}});
+  at::NoGradGuard no_grad;
+  const at::Tensor whole = plain->vae_decode(big);
+  // the folder's VAE config says sample_size 64: 20 x 20 latents take several tiles
+  CHECK_FALSE(at::equal(tiled->vae_decode(big), whole));
+  CHECK(at::equal(tiled->vae_decode(batch), plain->vae_decode(batch)));  // one tile: not tiled
+  CHECK(rel_err(sliced->vae_decode(batch), plain->vae_decode(batch)) < 1e-5);
+  const at::Tensor images = at::rand({2, 3, 64, 64}, gen) * 2 - 1;
+  CHECK(rel_err(sliced->vae_encode(images), plain->vae_encode(images)) < 1e-5);
+  CHECK_FALSE(load_error("sd1", fixture("tiny-sd1"), {{"vae_tiling", "maybe"}}).empty());
 }
