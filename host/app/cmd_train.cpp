@@ -60,7 +60,7 @@ datasets::CliOptions dataset_options(const recipe::Value& root, std::string& dat
   }
   for (const auto& key : table->keys()) {
     const recipe::Value& v = *table->find(key);
-    for (const char* later : {"cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs", "vae_batch_size"})
+    for (const char* later : {"cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"})
       if (key == later) throw host::UserError("sumi does not support --" + key + " yet (" + v.origin() + ")");
     if (key == "dataset_config") {
       dataset_config = v.as_string();
@@ -142,6 +142,8 @@ int cmd_train(const std::vector<std::string>& args) {
   if (train.has("max_train_epochs")) s.max_train_epochs = train.get_int("max_train_epochs");
   s.seed = train.has("seed") ? static_cast<uint64_t>(train.get_int("seed")) : std::random_device{}();
   s.dataset_args["train_batch_size"] = static_cast<long long>(train.get_int("batch_size"));
+  s.dataset_args["max_data_loader_n_workers"] = static_cast<long long>(train.get_int("max_data_loader_n_workers"));
+  s.dataset_args["persistent_data_loader_workers"] = train.get_bool("persistent_data_loader_workers");
   s.gradient_accumulation_steps = train.get_int("gradient_accumulation_steps");
   s.max_grad_norm = train.get_double("max_grad_norm");
   s.mixed_precision = train.get_string("mixed_precision");

@@ -58,6 +58,10 @@ const HostKeyRow kHostKeys[] = {
     {"train", "max_timestep", SUMI_PARAM_INT, "1000", kRequired, "training timesteps are below this"},
     {"train", "min_snr_gamma", SUMI_PARAM_DOUBLE, nullptr, kOptional, "min-SNR loss weighting gamma (5 is common)"},
     {"train", "prior_loss_weight", SUMI_PARAM_DOUBLE, "1.0", kRequired, "loss weight of regularization images"},
+    {"train", "max_data_loader_n_workers", SUMI_PARAM_INT, "8", kRequired,
+     "threads preparing the next batches (0: on the training thread; capped at the core count)"},
+    {"train", "persistent_data_loader_workers", SUMI_PARAM_BOOL, "false", kRequired,
+     "keep the loader threads between epochs"},
     {"train", "resume", SUMI_PARAM_STRING, nullptr, kOptional, "continue from a folder written by save_state"},
 
     {"output", "output_dir", SUMI_PARAM_STRING, nullptr, kRequired,
