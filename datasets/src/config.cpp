@@ -495,6 +495,9 @@ DatasetGroupConfig parse_dataset_config(std::string_view text, const std::string
     }
     out.datasets.push_back(std::move(d));
   }
+  // kohya checks this while reading the arguments, before any model loads.
+  if (data_loader_options(cli).cache_latents)
+    for (const auto& d : out.datasets) check_latent_caching(d);
   return out;
 }
 
@@ -608,6 +611,7 @@ DatasetGroupConfig config_from_arguments(const CliOptions& cli) {
   d.subsets = std::move(subsets);
   DatasetGroupConfig out;
   out.datasets.push_back(std::move(d));
+  if (data_loader_options(cli).cache_latents) check_latent_caching(out.datasets.front());
   return out;
 }
 

@@ -161,11 +161,15 @@ TEST_CASE("latent caching refuses color_aug and random_crop like kohya; the conf
   for (const char* aug : {"color_aug", "random_crop"}) {
     auto cli = base;
     cli[aug] = true;
+    // Refused while reading the options (before any model loads), as kohya asserts.
+    CHECK_THROWS_WITH_AS(config_from_arguments(cli), doctest::Contains(aug), ConfigError);
+    cli["cache_latents"] = false;
     cfg = config_from_arguments(cli);
     CHECK_THROWS_WITH_AS(check_latent_caching(cfg.datasets[0]), doctest::Contains(aug), ConfigError);
   }
-  const auto toml = parse_dataset_config("[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = \"" +
-                                             (t / "train" / "1_x").string() + "\"\nflip_aug = true\ncolor_aug = true\n",
-                                         "cfg.toml", {{"cache_latents", true}});
-  CHECK_THROWS_WITH_AS(check_latent_caching(toml.datasets[0]), doctest::Contains("cfg.toml"), ConfigError);
+  const std::string toml = "[[datasets]]\nresolution = 64\n[[datasets.subsets]]\nimage_dir = \"" +
+                           (t / "train" / "1_x").string() + "\"\nflip_aug = true\ncolor_aug = true\n";
+  CHECK_THROWS_WITH_AS(parse_dataset_config(toml, "cfg.toml", {{"cache_latents_to_disk", true}}),
+                       doctest::Contains("cfg.toml"), ConfigError);
+  CHECK_NOTHROW(parse_dataset_config(toml, "cfg.toml", {}));
 }
