@@ -496,8 +496,11 @@ DatasetGroupConfig parse_dataset_config(std::string_view text, const std::string
     out.datasets.push_back(std::move(d));
   }
   // kohya checks this while reading the arguments, before any model loads.
-  if (data_loader_options(cli).cache_latents)
-    for (const auto& d : out.datasets) check_latent_caching(d);
+  const DataLoaderOptions lo = data_loader_options(cli);
+  for (const auto& d : out.datasets) {
+    if (lo.cache_latents) check_latent_caching(d);
+    if (lo.cache_text_encoder_outputs) check_text_encoder_caching(d);
+  }
   return out;
 }
 
@@ -611,7 +614,9 @@ DatasetGroupConfig config_from_arguments(const CliOptions& cli) {
   d.subsets = std::move(subsets);
   DatasetGroupConfig out;
   out.datasets.push_back(std::move(d));
-  if (data_loader_options(cli).cache_latents) check_latent_caching(out.datasets.front());
+  const DataLoaderOptions lo = data_loader_options(cli);
+  if (lo.cache_latents) check_latent_caching(out.datasets.front());
+  if (lo.cache_text_encoder_outputs) check_text_encoder_caching(out.datasets.front());
   return out;
 }
 

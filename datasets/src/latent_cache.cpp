@@ -9,7 +9,8 @@ namespace fs = std::filesystem;
 
 namespace {
 const char* const kLoaderKeys[] = {"cache_latents", "cache_latents_to_disk", "vae_batch_size", "max_data_loader_n_workers",
-                                   "persistent_data_loader_workers"};
+                                   "persistent_data_loader_workers", "cache_text_encoder_outputs",
+                                   "cache_text_encoder_outputs_to_disk"};
 
 std::string size_text(std::int64_t h, std::int64_t w) { return std::to_string(w) + "x" + std::to_string(h); }
 }  // namespace
@@ -45,7 +46,10 @@ DataLoaderOptions data_loader_options(const CliOptions& cli) {
   get_int("vae_batch_size", o.vae_batch_size, 1);
   get_int("max_data_loader_n_workers", o.workers, 0);
   get_bool("persistent_data_loader_workers", o.persistent_workers);
+  get_bool("cache_text_encoder_outputs", o.cache_text_encoder_outputs);
+  get_bool("cache_text_encoder_outputs_to_disk", o.cache_text_encoder_outputs_to_disk);
   if (o.cache_latents_to_disk) o.cache_latents = true;  // kohya turns cache_latents on with it
+  if (o.cache_text_encoder_outputs_to_disk) o.cache_text_encoder_outputs = true;  // and this one too
   return o;
 }
 
@@ -56,6 +60,23 @@ void check_latent_caching(const DatasetConfig& config) {
         throw ConfigError(s.origin + ": " + name + " cannot be used when caching latents (cache_latents / "
                           "cache_latents_to_disk): a cached latent is computed once, so per-step image "
                           "augmentation would not happen; turn off " + name + " or latent caching (kohya refuses this too)");
+  }
+}
+
+void check_text_encoder_caching(const DatasetConfig& config) {
+  for (const auto& s : config.subsets) {
+    const CaptionOptions& c = s.caption;
+    const char* bad = c.shuffle                       ? "shuffle_caption"
+                      : c.dropout_rate > 0            ? "caption_dropout_rate"
+                      : c.dropout_every_n_epochs > 0  ? "caption_dropout_every_n_epochs"
+                      : c.tag_dropout_rate > 0        ? "caption_tag_dropout_rate"
+                      : c.token_warmup_step > 0       ? "token_warmup_step"
+                      : c.enable_wildcard             ? "enable_wildcard"
+                                                      : nullptr;
+    if (bad)
+      throw ConfigError(s.origin + ": " + bad + " cannot be used when caching text-encoder outputs "
+                        "(cache_text_encoder_outputs): the cached output is computed once per caption, so a caption that "
+                        "changes per step would not; turn off " + bad + " or the caching (kohya refuses this too)");
   }
 }
 

@@ -99,9 +99,10 @@ TEST_CASE("a recipe's [datasets] table reaches the dataset layer the same way") 
                                                    "t.toml");
   CHECK_THROWS_WITH_AS(ds::config_from_arguments(sumi::app::dataset_options(typo, dataset_config)),
                        doctest::Contains("shuffle_caption"), ds::ConfigError);
-  // Text-encoder output caching is not implemented: refused, not ignored.
-  const Value te = sumi::recipe::parse_toml_text("[datasets]\ncache_text_encoder_outputs = true\n", "te.toml");
-  CHECK_THROWS_WITH_AS(sumi::app::dataset_options(te, dataset_config), doctest::Contains("cache_text_encoder_outputs"),
-                       sumi::host::UserError);
+  // Text-encoder output caching reaches the loader options.
+  const Value te = sumi::recipe::parse_toml_text("[datasets]\ncache_text_encoder_outputs_to_disk = true\n", "te.toml");
+  const auto te_opts = ds::data_loader_options(sumi::app::dataset_options(te, dataset_config));
+  CHECK(te_opts.cache_text_encoder_outputs);
+  CHECK(te_opts.cache_text_encoder_outputs_to_disk);
   fs::remove_all(dir);
 }

@@ -18,8 +18,6 @@ datasets::CliOptions dataset_options(const recipe::Value& root, std::string& dat
   }
   for (const auto& key : table->keys()) {
     const recipe::Value& v = *table->find(key);
-    for (const char* later : {"cache_text_encoder_outputs", "cache_text_encoder_outputs_to_disk"})
-      if (key == later) throw host::UserError("sumi does not support --" + key + " yet (" + v.origin() + ")");
     if (key == "dataset_config") {
       dataset_config = v.as_string();
       continue;

@@ -8,6 +8,8 @@
 
 #include "batch_tensor.h"
 
+#include <sumi/datasets/npz.h>
+
 #include <ATen/autocast_mode.h>
 
 #include <algorithm>
@@ -180,6 +182,173 @@ BatchSource::Batch BatchSource::next() {
   b.latents = b.latents * scale_;  // kohya: latents * vae_scale_factor, cached or not
   b.images = std::move(lb.images);
   return b;
+}
+
+}  // namespace sumi::app
+
+namespace sumi::app {
+
+namespace {
+
+struct AutocastScope {
+  bool on, prev_enabled = false;
+  at::ScalarType prev_dtype = at::kBFloat16;
+  explicit AutocastScope(bool enable) : on(enable) {
+    if (!on) return;
+    prev_enabled = at::autocast::is_cpu_enabled();
+    prev_dtype = at::autocast::get_autocast_cpu_dtype();
+    at::autocast::set_cpu_enabled(true);
+    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
+  }
+  ~AutocastScope() {
+    if (!on) return;
+    at::autocast::set_cpu_enabled(prev_enabled);
+    at::autocast::set_autocast_cpu_dtype(prev_dtype);
+    at::autocast::clear_cache();
+  }
+};
+
+ds::NpyArray tensor_npy(const at::Tensor& t) {
+  const at::Tensor c = t.to(at::kFloat).contiguous();
+  return ds::NpyArray::of_floats(c.sizes().vec(), std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel()));
+}
+
+at::Tensor npy_tensor(const ds::NpyArray& a) {
+  const std::vector<float> v = a.to_floats();
+  return at::from_blob(const_cast<float*>(v.data()), a.shape, at::kFloat).clone();
+}
+
+}  // namespace
+
+std::filesystem::path TextEncoderCache::npz_path(const std::filesystem::path& image) {
+  std::filesystem::path p = image;
+  p.replace_extension();
+  return p.string() + "_te_outputs.npz";
+}
+
+std::pair<at::Tensor, at::Tensor> TextEncoderCache::read(const std::filesystem::path& file, const std::string& caption,
+                                                         std::string* why) const {
+  auto no = [&](const std::string& r) {
+    if (why) *why = r;
+    return std::pair<at::Tensor, at::Tensor>{};
+  };
+  std::error_code ec;
+  if (!std::filesystem::is_regular_file(file, ec)) return no("no file");
+  ds::NpzMembers m;
+  try {
+    m = ds::read_npz(file);
+  } catch (const ds::NpzError& e) {
+    return no(e.what());
+  }
+  const auto *h1 = ds::find_member(m, "hidden_state1"), *h2 = ds::find_member(m, "hidden_state2"),
+             *p2 = ds::find_member(m, "pool2"), *cap = ds::find_member(m, "caption");
+  if (!h1 || !h2 || !p2) return no("it lacks hidden_state1, hidden_state2 or pool2");
+  if (!cap) return no("it does not record its caption (written by another program)");
+  if (cap->dtype != "|u1" || std::string(cap->data.begin(), cap->data.end()) != caption) return no("its caption differs");
+  if (h1->shape.size() != 2 || h2->shape.size() != 2 || h1->shape[0] != h2->shape[0] || p2->shape.size() != 1 ||
+      p2->shape[0] != h2->shape[1])
+    return no("its arrays have inconsistent shapes");
+  try {
+    return {at::cat({npy_tensor(*h1), npy_tensor(*h2)}, -1), npy_tensor(*p2)};
+  } catch (const ds::NpzError& e) {
+    return no(e.what());
+  }
+}
+
+std::unique_ptr<TextEncoderCache> TextEncoderCache::create(const std::vector<ds::Dataset>& data, const ds::CliOptions& args,
+                                                           const std::string& family, bool trains_text_encoder,
+                                                           host::Component& model, bool bf16) {
+  const ds::DataLoaderOptions o = ds::data_loader_options(args);
+  if (!o.cache_text_encoder_outputs) return nullptr;
+  if (family != "sdxl")
+    throw host::UserError("cache_text_encoder_outputs: kohya caches text-encoder outputs for SDXL only; this model is " + family +
+                          " (remove the option)");
+  if (trains_text_encoder)
+    throw host::UserError("cache_text_encoder_outputs: the network trains text-encoder modules, whose outputs then change "
+                          "every step; add network_train_unet_only (kohya refuses this too)");
+  for (const auto& d : data) ds::check_text_encoder_caching(d.config());
+  auto c = std::unique_ptr<TextEncoderCache>(new TextEncoderCache());
+  c->to_disk_ = o.cache_text_encoder_outputs_to_disk;
+  const auto& mvt = model.vtable<sumi_model_vtable>();
+  auto encode = [&](const std::string& caption) {
+    at::NoGradGuard ng;
+    AutocastScope ac(bf16);
+    const char* p = caption.c_str();
+    sumi_tensor cond = nullptr, pooled = nullptr;
+    model.check(mvt.encode_text(model.self(), &p, 1, &cond, &pooled), "encode_text");
+    std::pair<at::Tensor, at::Tensor> out{host::unwrap(cond)[0].to(at::kFloat).detach().clone(),
+                                          host::unwrap(pooled)[0].to(at::kFloat).detach().clone()};
+    host::release_handle(cond);
+    host::release_handle(pooled);
+    return out;
+  };
+  std::size_t encoded = 0, reused = 0;
+  std::mt19937_64 unused;  // static captions draw nothing
+  for (std::size_t di = 0; di < data.size(); ++di) {
+    const ds::Dataset& d = data[di];
+    c->files_.emplace_back(d.items().size());
+    for (std::size_t i = 0; i < d.items().size(); ++i) {
+      const std::string caption = d.caption(i, {1, 0, 0}, unused);
+      if (!c->to_disk_) {
+        if (!c->by_caption_.count(caption)) {
+          auto [cond, pooled] = encode(caption);
+          c->by_caption_[caption] = {cond, pooled};
+          ++encoded;
+        }
+        continue;
+      }
+      const auto file = npz_path(d.items()[i].path);
+      c->files_[di][i] = file;
+      std::string why;
+      if (c->read(file, caption, &why).first.defined()) {
+        ++reused;
+        continue;
+      }
+      if (why != "no file") host::log(SUMI_LOG_WARN, "datasets", file.string() + ": rebuilding the text-encoder cache: " + why);
+      auto [cond, pooled] = encode(caption);
+      const int64_t p = pooled.size(0), w = cond.size(-1);
+      if (p <= 0 || p >= w) throw host::UserError("cache_text_encoder_outputs: unexpected SDXL conditioning widths");
+      ds::NpzMembers m;
+      m.emplace_back("hidden_state1", tensor_npy(cond.narrow(-1, 0, w - p)));
+      m.emplace_back("hidden_state2", tensor_npy(cond.narrow(-1, w - p, p)));
+      m.emplace_back("pool2", tensor_npy(pooled));
+      ds::NpyArray cap;
+      cap.dtype = "|u1";
+      cap.shape = {static_cast<int64_t>(caption.size())};
+      cap.data.assign(caption.begin(), caption.end());
+      m.emplace_back("caption", cap);
+      ds::write_npz(file, m);
+      ++encoded;
+    }
+  }
+  c->summary_ = "cached the text-encoder outputs: " + std::to_string(encoded) + " encoded" +
+                (c->to_disk_ ? ", " + std::to_string(reused) + " reused from _te_outputs.npz files" : "");
+  host::log(SUMI_LOG_INFO, "datasets", c->summary_);
+  return c;
+}
+
+void TextEncoderCache::lookup(std::size_t dataset, const std::vector<std::size_t>& items, const std::vector<std::string>& captions,
+                              sumi_tensor* cond, sumi_tensor* pooled) const {
+  std::vector<at::Tensor> cs, ps;
+  for (std::size_t k = 0; k < captions.size(); ++k) {
+    if (to_disk_) {
+      const auto& file = files_.at(dataset).at(items.at(k));
+      std::string why;
+      auto [c, p] = read(file, captions[k], &why);
+      if (!c.defined())
+        throw host::UserError("text-encoder cache " + file.string() + " became unusable during training (" + why + ")");
+      cs.push_back(c);
+      ps.push_back(p);
+    } else {
+      auto it = by_caption_.find(captions[k]);
+      if (it == by_caption_.end())
+        throw host::UserError("text-encoder cache: no cached output for the caption \"" + captions[k] + "\"");
+      cs.push_back(it->second.cond);
+      ps.push_back(it->second.pooled);
+    }
+  }
+  *cond = host::make_handle(at::stack(cs));
+  *pooled = host::make_handle(at::stack(ps));
 }
 
 }  // namespace sumi::app

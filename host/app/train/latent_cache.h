@@ -9,8 +9,11 @@
 #include <sumi/datasets/loader.h>
 
 #include <ATen/ATen.h>
+#include <sumi/sumi.h>
 
+#include <filesystem>
 #include <functional>
+#include <map>
 #include <memory>
 #include <string>
 #include <vector>
@@ -64,6 +67,38 @@ class BatchSource {
   LatentEncoder encode_;
   std::unique_ptr<datasets::LatentStore> store_;
   std::unique_ptr<datasets::BatchLoader> loader_;
+};
+
+// kohya's --cache_text_encoder_outputs (SDXL only, as in kohya): every caption's conditioning
+// (`cond` [L, C], `pooled` [P]) computed once before training, when the text encoders are not
+// trained and captions do not change per step. In memory by caption, or with
+// --cache_text_encoder_outputs_to_disk in kohya's `<image stem>_te_outputs.npz` beside each
+// image (hidden_state1 = cond's first C - P channels, hidden_state2 = the last P, pool2), plus
+// the caption it was made from, so a changed caption rebuilds the file.
+class TextEncoderCache {
+ public:
+  // nullptr when `args` does not ask for it. Throws UserError for another family than SDXL or
+  // a network that trains text-encoder modules, ConfigError for per-step captions.
+  static std::unique_ptr<TextEncoderCache> create(const std::vector<datasets::Dataset>& data, const datasets::CliOptions& args,
+                                                  const std::string& family, bool trains_text_encoder, host::Component& model,
+                                                  bool bf16);
+  // The conditioning of a batch (new handles the caller owns), for the items' captions.
+  void lookup(std::size_t dataset, const std::vector<std::size_t>& items, const std::vector<std::string>& captions,
+              sumi_tensor* cond, sumi_tensor* pooled) const;
+  const std::string& summary() const { return summary_; }
+
+  // kohya's file for an image: `<stem>_te_outputs.npz`.
+  static std::filesystem::path npz_path(const std::filesystem::path& image);
+
+ private:
+  struct Entry {
+    at::Tensor cond, pooled;  // in memory
+  };
+  std::pair<at::Tensor, at::Tensor> read(const std::filesystem::path& file, const std::string& caption, std::string* why) const;
+  bool to_disk_ = false;
+  std::map<std::string, Entry> by_caption_;
+  std::vector<std::vector<std::filesystem::path>> files_;
+  std::string summary_;
 };
 
 }  // namespace sumi::app

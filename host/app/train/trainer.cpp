@@ -173,6 +173,8 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
                                                                                static_cast<int64_t>(th.size())),
                     "add_param_group");
   }
+  // kohya's text-encoder output cache (SDXL, text encoders not trained, static captions).
+  const auto te_cache = TextEncoderCache::create(data, s.dataset_args, s.family, trains_text_encoder, model, s.mixed_precision == "bf16");
   auto lr_ref = pm.find(SUMI_KIND_LR_SCHEDULER, s.lr_scheduler_type);
   host::Component lr_sched(lr_ref, "lr_scheduler", registry, host::make_config(*lr_ref.component, s.lr_scheduler_params));
 
@@ -358,7 +360,10 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
         sumi_tensor cond = nullptr, pooled = nullptr;
         {
           at::AutoGradMode grad(trains_text_encoder);
-          model.check(mvt.encode_text(model.self(), cps.data(), B, &cond, &pooled), "encode_text");
+          if (te_cache)
+            te_cache->lookup(gb.dataset, gb.batch.items, captions, &cond, &pooled);
+          else
+            model.check(mvt.encode_text(model.self(), cps.data(), B, &cond, &pooled), "encode_text");
         }
         at::Tensor added;
         if (s.family == "sdxl") {

@@ -29,6 +29,9 @@ struct DataLoaderOptions {
   int vae_batch_size = 1;              // --vae_batch_size: images per VAE call while caching
   int workers = 8;                     // --max_data_loader_n_workers (kohya's default 8; capped at the core count)
   bool persistent_workers = false;     // --persistent_data_loader_workers
+  // --cache_text_encoder_outputs (SDXL; implied by --cache_text_encoder_outputs_to_disk, as kohya)
+  bool cache_text_encoder_outputs = false;
+  bool cache_text_encoder_outputs_to_disk = false;  // <image stem>_te_outputs.npz beside each image
 };
 
 // Keys of `CliOptions` read by data_loader_options (and skipped by the dataset config).
@@ -39,6 +42,11 @@ DataLoaderOptions data_loader_options(const CliOptions& cli);
 // kohya refuses latent caching with per-step image augmentations (the latent is fixed):
 // throws ConfigError naming the subset when color_aug or random_crop is on.
 void check_latent_caching(const DatasetConfig& config);
+
+// kohya's refusal of text-encoder output caching when captions change from step to step:
+// throws ConfigError naming the subset and the option (shuffle_caption, caption_dropout_rate,
+// caption_dropout_every_n_epochs, caption_tag_dropout_rate, token_warmup_step, enable_wildcard).
+void check_text_encoder_caching(const DatasetConfig& config);
 
 // kohya's cache file for an image: the image path with its extension replaced by ".npz".
 std::filesystem::path latents_npz_path(const std::filesystem::path& image);
