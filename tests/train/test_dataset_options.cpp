@@ -57,7 +57,7 @@ TEST_CASE("kohya's caption and loader flags reach the dataset layer") {
              "--secondary_separator", ";;;", "--caption_dropout_rate", "0.25", "--caption_dropout_every_n_epochs", "3",
              "--caption_tag_dropout_rate", "0.125", "--token_warmup_min", "2", "--token_warmup_step", "0.5",
              "--enable_wildcard", "--caption_extension", ".txt", "--flip_aug", "--cache_latents_to_disk",
-             "--vae_batch_size", "4"});
+             "--vae_batch_size", "4", "--resize_interpolation", "lanczos"});
   std::string dataset_config;
   const ds::CliOptions cli = sumi::app::dataset_options(root, dataset_config);
   CHECK(dataset_config.empty());
@@ -65,6 +65,7 @@ TEST_CASE("kohya's caption and loader flags reach the dataset layer") {
   REQUIRE(cfg.datasets.size() == 1);
   REQUIRE(cfg.datasets[0].subsets.size() == 1);
   check_captions(cfg.datasets[0].subsets[0]);
+  CHECK(cfg.datasets[0].subsets[0].resize_interpolation == "lanczos");
   const auto lo = ds::data_loader_options(cli);
   CHECK(lo.cache_latents);
   CHECK(lo.cache_latents_to_disk);
