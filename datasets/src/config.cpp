@@ -1,4 +1,5 @@
 #include "sumi/datasets/config.h"
+#include "sumi/datasets/latent_cache.h"
 
 #include <algorithm>
 #include <cctype>
@@ -317,6 +318,8 @@ Table cli_table(const CliOptions& cli) {
     std::string key = name == "train_batch_size" ? "batch_size" : name == "dataset_repeats" ? "num_repeats" : name;
     // The folder/metadata paths are read by config_from_arguments itself.
     if (name == "train_data_dir" || name == "reg_data_dir" || name == "in_json" || name == "conditioning_data_dir") continue;
+    // Latent caching and worker options belong to the loader (data_loader_options).
+    if (is_data_loader_option(name)) continue;
     const KeyDef* def = find_key(key);
     if (!def || def->scope == Scope::Distinct) {
       std::vector<std::string> valid{"train_data_dir", "reg_data_dir", "in_json", "conditioning_data_dir", "train_batch_size",
@@ -492,6 +495,12 @@ DatasetGroupConfig parse_dataset_config(std::string_view text, const std::string
     }
     out.datasets.push_back(std::move(d));
   }
+  // kohya checks this while reading the arguments, before any model loads.
+  const DataLoaderOptions lo = data_loader_options(cli);
+  for (const auto& d : out.datasets) {
+    if (lo.cache_latents) check_latent_caching(d);
+    if (lo.cache_text_encoder_outputs) check_text_encoder_caching(d);
+  }
   return out;
 }
 
@@ -605,6 +614,9 @@ DatasetGroupConfig config_from_arguments(const CliOptions& cli) {
   d.subsets = std::move(subsets);
   DatasetGroupConfig out;
   out.datasets.push_back(std::move(d));
+  const DataLoaderOptions lo = data_loader_options(cli);
+  if (lo.cache_latents) check_latent_caching(out.datasets.front());
+  if (lo.cache_text_encoder_outputs) check_text_encoder_caching(out.datasets.front());
   return out;
 }
 

@@ -8,6 +8,7 @@
 #include "core/error.h"
 #include "core/runtime.h"
 #include "model_file.h"
+#include "train/dataset_options.h"
 #include "train/trainer.h"
 
 #include <sumi/recipe/load.h>
@@ -44,38 +45,6 @@ std::map<std::string, std::string> plugin_params(const recipe::ResolvedSection& 
     out[e.key] = text;
   }
   return out;
-}
-
-// The [datasets] table (one entry) as the dataset layer's kohya-named options.
-datasets::CliOptions dataset_options(const recipe::Value& root, std::string& dataset_config) {
-  datasets::CliOptions cli;
-  const recipe::Value* d = root.find("datasets");
-  if (!d) return cli;
-  const recipe::Value* table = d;
-  if (d->is_array()) {
-    if (d->size() != 1)
-      throw host::UserError("[[datasets]] in a recipe: give one table of kohya dataset options, or point "
-                            "dataset_config at a kohya --dataset_config file for several datasets");
-    table = &d->items().front();
-  }
-  for (const auto& key : table->keys()) {
-    const recipe::Value& v = *table->find(key);
-    for (const char* later : {"cache_latents", "cache_latents_to_disk", "cache_text_encoder_outputs", "vae_batch_size"})
-      if (key == later) throw host::UserError("sumi does not support --" + key + " yet (" + v.origin() + ")");
-    if (key == "dataset_config") {
-      dataset_config = v.as_string();
-      continue;
-    }
-    switch (v.kind()) {
-      case recipe::Value::Kind::Bool: cli[key] = v.as_bool(); break;
-      case recipe::Value::Kind::Int: cli[key] = static_cast<long long>(v.as_int()); break;
-      case recipe::Value::Kind::Double: cli[key] = v.as_double(); break;
-      case recipe::Value::Kind::String: cli[key] = v.as_string(); break;
-      default:
-        throw host::UserError("[datasets] " + key + " (" + v.origin() + "): expected a bool, number or string");
-    }
-  }
-  return cli;
 }
 
 }  // namespace
@@ -142,6 +111,8 @@ int cmd_train(const std::vector<std::string>& args) {
   if (train.has("max_train_epochs")) s.max_train_epochs = train.get_int("max_train_epochs");
   s.seed = train.has("seed") ? static_cast<uint64_t>(train.get_int("seed")) : std::random_device{}();
   s.dataset_args["train_batch_size"] = static_cast<long long>(train.get_int("batch_size"));
+  s.dataset_args["max_data_loader_n_workers"] = static_cast<long long>(train.get_int("max_data_loader_n_workers"));
+  s.dataset_args["persistent_data_loader_workers"] = train.get_bool("persistent_data_loader_workers");
   s.gradient_accumulation_steps = train.get_int("gradient_accumulation_steps");
   s.max_grad_norm = train.get_double("max_grad_norm");
   s.mixed_precision = train.get_string("mixed_precision");

@@ -1,4 +1,4 @@
-// Pins the released ABI 1.0 layouts (LP64). A change here breaks every plugin built before it:
+// Pins the released ABI 1.0 and 1.1 layouts (LP64). A change here breaks every plugin built before it:
 // grow structs only by appending, and add asserts for the new minor instead of editing these.
 #include <sumi/sumi.h>
 
@@ -27,6 +27,14 @@ static_assert(sizeof(sumi_lr_scheduler_vtable) == 16, "sumi_lr_scheduler_vtable 
 static_assert(sizeof(sumi_noise_scheduler_vtable) == 80, "sumi_noise_scheduler_vtable layout changed");
 static_assert(sizeof(sumi_module_info) == 104, "sumi_module_info layout changed");
 static_assert(sizeof(sumi_network_vtable) == 56, "sumi_network_vtable layout changed");
-static_assert(sizeof(sumi_model_vtable) == 64, "sumi_model_vtable layout changed");
+// ABI 1.0's model vtable ended where 1.1's training slots begin.
+static_assert(offsetof(sumi_model_vtable, train_part) == 64, "sumi_model_vtable 1.0 part changed");
 static_assert(sizeof(sumi_tagger_vtable) == 16, "sumi_tagger_vtable layout changed");
+
+// ABI 1.1: the model vtable's training slots, appended.
+static_assert(SUMI_MODEL_VTABLE_SIZE_1_0 == 64, "the 1.0 model vtable size moved");
+static_assert(offsetof(sumi_model_vtable, add_token) == 72, "sumi_model_vtable.add_token moved");
+static_assert(offsetof(sumi_model_vtable, save_token) == 80, "sumi_model_vtable.save_token moved");
+static_assert(offsetof(sumi_model_vtable, save) == 88, "sumi_model_vtable.save moved");
+static_assert(sizeof(sumi_model_vtable) == 96, "sumi_model_vtable 1.1 layout changed");
 #endif

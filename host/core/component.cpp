@@ -149,4 +149,13 @@ void Component::check(sumi_status status, const char* what) const {
                   " failed: " + (last_error().empty() ? "status " + std::to_string(status) : last_error()));
 }
 
+void Component::require_slot(bool present, const char* slot, const char* since) const {
+  if (present) return;
+  const auto* c = ref_.component;
+  throw UserError(std::string(kind_name(c->kind)) + " '" + c->name + "' (" + ref_.library->path + ") has no '" +
+                  slot + "' (added in ABI " + since + "; the plugin was built for ABI " +
+                  std::to_string(ref_.library->descriptor->abi_major) + "." +
+                  std::to_string(ref_.library->descriptor->abi_minor) + "); rebuild it against this sumi's SDK");
+}
+
 }  // namespace sumi::host

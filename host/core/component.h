@@ -41,6 +41,13 @@ class Component {
   }
   // Throws UserError "<kind> '<name>': <what>: <plugin's message>" unless status is OK.
   void check(sumi_status status, const char* what) const;
+  // Size of the vtable the plugin declared (its struct_size): slots appended in a later ABI
+  // minor than the plugin's are absent.
+  size_t vtable_size() const { return *static_cast<const size_t*>(ref_.component->vtable); }
+  // Throws UserError naming the component, the slot and the minor that added it unless the
+  // plugin's vtable has it. Use with SUMI_HAS_FIELD, e.g.
+  //   c.require_slot(SUMI_HAS_FIELD(&vt, sumi_model_vtable, save), "save", "1.1");
+  void require_slot(bool present, const char* slot, const char* since) const;
 
  private:
   ComponentRef ref_;

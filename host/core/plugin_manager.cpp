@@ -53,7 +53,7 @@ uint32_t host_component_api(int32_t kind) {
 // Size of each kind's vtable as of ABI 1.0: a plugin must provide at least that much.
 size_t min_vtable_size(int32_t kind) {
   switch (kind) {
-    case SUMI_KIND_MODEL: return sizeof(sumi_model_vtable);
+    case SUMI_KIND_MODEL: return SUMI_MODEL_VTABLE_SIZE_1_0;  // 1.1 appended training slots
     case SUMI_KIND_NETWORK: return sizeof(sumi_network_vtable);
     case SUMI_KIND_OPTIMIZER: return sizeof(sumi_optimizer_vtable);
     case SUMI_KIND_LR_SCHEDULER: return sizeof(sumi_lr_scheduler_vtable);

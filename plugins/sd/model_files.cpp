@@ -543,15 +543,18 @@ void convert_model(const std::string& src, const std::string& dst, const Convert
   ReadOptions ro;
   ro.expect = options.family;
   ro.dtype = options.dtype;
-  ModelFiles m = read_model(src, ro);
+  write_model(read_model(src, ro), dst, options.overwrite);
+}
+
+void write_model(const ModelFiles& m, const std::string& dst, bool overwrite) {
   const bool single = ends_with(lower(dst), ".safetensors");
   // Write beside the destination first, so an existing one is replaced only by a complete result.
-  const std::string staged = options.overwrite ? dst + ".new" + (single ? ".safetensors" : "") : dst;
+  const std::string staged = overwrite ? dst + ".new" + (single ? ".safetensors" : "") : dst;
   std::error_code ec;
-  if (options.overwrite) fs::remove_all(staged, ec);
+  if (overwrite) fs::remove_all(staged, ec);
   if (single) write_single_file(m, staged);
   else write_diffusers_folder(m, staged);
-  if (options.overwrite) {
+  if (overwrite) {
     const std::string old = dst + ".old";
     fs::remove_all(old, ec);
     if (fs::exists(dst)) fs::rename(dst, old);

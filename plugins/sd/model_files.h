@@ -57,6 +57,12 @@ nn::TensorMap read_vae(const std::string& path, std::optional<at::ScalarType> dt
 void write_diffusers_folder(const ModelFiles& model, const std::string& dst);
 void write_single_file(const ModelFiles& model, const std::string& dst);
 
+// Either writer by the destination's form: `dst` ending in .safetensors is a single file,
+// anything else a diffusers folder. With `overwrite` an existing `dst` is replaced only by a
+// complete result (written beside it, then swapped in); without, an existing `dst` is refused.
+// Shared by `sumi convert` and the model plugin's save.
+void write_model(const ModelFiles& model, const std::string& dst, bool overwrite);
+
 struct ConvertOptions {
   std::optional<at::ScalarType> dtype;      // floating-point tensors only
   std::optional<nn::ModelFamily> family;    // refuse a source of another family

@@ -2,7 +2,10 @@
 // accepts only checkpoints of its own family.
 #include <sumi/native.hpp>
 
+#include <optional>
 #include <stdexcept>
+#include <string>
+#include <vector>
 
 #include "sd_model.h"
 
@@ -20,13 +23,39 @@ at::ScalarType dtype_from(const std::string& s) {
   throw sumi::Error(SUMI_ERR_INVALID_ARGUMENT, "dtype '" + s + "' is not one of fp32, fp16, bf16");
 }
 
+// A save dtype (DLPack code + bits) as the float type it names.
+std::optional<at::ScalarType> float_type(const std::optional<sumi_dtype>& d) {
+  if (!d) return std::nullopt;
+  if (d->code == SUMI_DTYPE_CODE_FLOAT && d->bits == 32) return at::kFloat;
+  if (d->code == SUMI_DTYPE_CODE_FLOAT && d->bits == 16) return at::kHalf;
+  if (d->code == SUMI_DTYPE_CODE_BFLOAT && d->bits == 16) return at::kBFloat16;
+  throw sumi::Error(SUMI_ERR_INVALID_ARGUMENT, "save dtype (code " + std::to_string(d->code) + ", " +
+                                                   std::to_string(d->bits) + " bits) is not fp32, fp16 or bf16");
+}
+
+// "a.safetensors, b.pt" -> the files; empty entries are skipped.
+std::vector<std::string> file_list(const std::string& s) {
+  std::vector<std::string> out;
+  size_t start = 0;
+  while (start <= s.size()) {
+    size_t end = s.find(',', start);
+    if (end == std::string::npos) end = s.size();
+    std::string item = s.substr(start, end - start);
+    const auto b = item.find_first_not_of(" \t");
+    const auto e = item.find_last_not_of(" \t");
+    if (b != std::string::npos) out.push_back(item.substr(b, e - b + 1));
+    start = end + 1;
+  }
+  return out;
+}
+
 at::Tensor optional(const Tensor& t) { return t.get() ? unwrap(t) : at::Tensor(); }
 Tensor wrap_optional(const at::Tensor& t) { return t.defined() ? wrap(t) : Tensor(); }
 
 template <ModelFamily F>
 class SdComponent : public sumi::Model {
  public:
-  explicit SdComponent(sumi::Context& ctx) : model_(options(ctx)) {}
+  explicit SdComponent(sumi::Context& ctx) : ctx_(ctx.get()), model_(options(ctx)) {}
 
   void load(const std::string& path) override { model_.load(path); }
   const std::vector<sumi_module_info>& modules() override {
@@ -46,8 +75,26 @@ class SdComponent : public sumi::Model {
   void set_network(void* network_self, const sumi_network_vtable* network, const int32_t* selected) override {
     model_.set_network(network_self, network, selected);
   }
+  void train_part(const std::string& part) override { model_.train_part(part, registrar()); }
+  void add_token(const std::string& token, const std::string& init_word, int64_t num_vectors) override {
+    model_.add_token(token, init_word, num_vectors, registrar());
+  }
+  void save_token(const std::string& token, const std::string& path, std::optional<sumi_dtype> dtype,
+                  bool overwrite) override {
+    model_.save_token(token, path, float_type(dtype), overwrite);
+  }
+  void save(const std::string& path, std::optional<sumi_dtype> dtype, bool overwrite) override {
+    model_.save(path, float_type(dtype), overwrite);
+  }
 
  private:
+  // Parameters live in the host registry (this component's namespace); the model computes with
+  // the registered tensors.
+  sumi::sd::SdModel::ParamFactory registrar() {
+    return [this](const std::string& name, const at::Tensor& init, const std::string& group) {
+      return unwrap(ctx_.param(name, wrap(init), group.c_str()));
+    };
+  }
   static sumi::sd::ModelOptions options(sumi::Context& ctx) {
     sumi::sd::ModelOptions o;
     o.family = F;
@@ -58,12 +105,14 @@ class SdComponent : public sumi::Model {
     o.prompt_weighting = ctx.get_bool("prompt_weighting");
     o.max_embeddings_multiples = ctx.get_int("max_embeddings_multiples");
     o.no_boseos_middle = ctx.get_bool("no_boseos_middle");
+    o.textual_inversion_embeddings = file_list(ctx.get_string("textual_inversion_embeddings"));
     o.gradient_checkpointing = ctx.get_bool("gradient_checkpointing");
     o.vae_tiling = ctx.get_bool("vae_tiling");
     o.vae_slicing = ctx.get_bool("vae_slicing");
     o.warn = [](const std::string& message) { sumi::api().log(SUMI_LOG_WARN, "sumi_sd", message.c_str()); };
     return o;
   }
+  sumi::Context ctx_;
   sumi::sd::SdModel model_;
 };
 
@@ -83,12 +132,15 @@ const sumi_param_spec kParams[] = {
                 "With prompt_weighting: at most this many 75-token chunks (3 = 225 tokens); longer prompts are cut."),
     sumi::param("no_boseos_middle", SUMI_PARAM_BOOL, "false",
                 "With prompt_weighting: drop the BOS/EOS embeddings between chunks (L = 75 * chunks + 2)."),
+    sumi::param("textual_inversion_embeddings", SUMI_PARAM_STRING, "",
+                "Textual Inversion embedding files, comma-separated (.safetensors emb_params / clip_l+clip_g, "
+                "A1111 .pt); each file's stem becomes a token of its vectors."),
     sumi::param("gradient_checkpointing", SUMI_PARAM_BOOL, "false",
                 "Recompute the UNet's and text encoders' block activations during backward: less memory, "
                 "more compute; gradients (network ones included) are unchanged."),
     sumi::param("vae_tiling", SUMI_PARAM_BOOL, "false",
                 "VAE encode/decode of large images in overlapping tiles blended at the seams (diffusers' "
-                "enable_tiling: 512-pixel tiles, 1/4 overlap); only images larger than a tile are tiled."),
+                "enable_tiling: tiles of the VAE config's sample_size, 1/4 overlap); only larger images are tiled."),
     sumi::param("vae_slicing", SUMI_PARAM_BOOL, "false",
                 "VAE encode/decode one image of a batch at a time (diffusers' enable_slicing); same result."),
 };

@@ -5,8 +5,10 @@
 #include <torch/nn/module.h>
 
 #include <algorithm>
+#include <filesystem>
 #include <stdexcept>
 
+#include "embedding_file.h"
 #include "model_files.h"
 #include "nn/autoencoder_kl.h"
 #include "nn/clip_text.h"
@@ -92,6 +94,23 @@ at::Tensor apply_weights(const at::Tensor& embeddings, const at::Tensor& weights
   return out * (before / after).unsqueeze(-1).unsqueeze(-1);
 }
 
+// SD1 and SDXL's first encoder pad with <|endoftext|>, SD2 and SDXL's second with "!".
+std::unique_ptr<ClipTokenizer> new_tokenizer(ModelFamily family, int encoder) {
+  const bool bang = family == ModelFamily::sd2 || encoder == 1;
+  return std::make_unique<ClipTokenizer>(bang ? ClipTokenizer::kBangPad : ClipTokenizer::kEndOfText);
+}
+
+// The token strings add_embedding_token would create, each refused if taken.
+void check_token_free(const ClipTokenizer& tok, const std::string& token, int64_t n, const std::string& what) {
+  if (token.empty()) throw std::invalid_argument(what + ": the token string is empty");
+  for (int64_t i = 0; i < n; ++i) {
+    const std::string t = i == 0 ? token : token + std::to_string(i);
+    if (tok.token_to_id(t) >= 0)
+      throw std::invalid_argument(what + ": '" + t + "' is already a token (of the CLIP vocabulary or added before); " +
+                                  "use another token string");
+  }
+}
+
 std::string network_error(const char* what, const std::string& module) {
   return std::string("network ") + what + " failed for module '" + module + "': " + api().last_error();
 }
@@ -109,6 +128,8 @@ SdModel::SdModel(ModelOptions options) : options_(std::move(options)) {
   if (options_.family == ModelFamily::sdxl && options_.clip_skip != 1)
     throw std::invalid_argument("clip_skip does not apply to SDXL (its conditioning is fixed to the penultimate "
                                 "layers of both encoders); leave it at 1");
+  tok1_ = new_tokenizer(options_.family, 0);
+  if (options_.family == ModelFamily::sdxl) tok2_ = new_tokenizer(options_.family, 1);
 }
 
 SdModel::~SdModel() { release_module_list(); }
@@ -160,6 +181,29 @@ void SdModel::load(const std::string& path) {
     throw std::invalid_argument("clip_skip " + std::to_string(options_.clip_skip) + " exceeds the text encoder's " +
                                 std::to_string(layers) + " layers");
 
+  // Textual Inversion embeddings: each file's vectors become new tokens of fresh tokenizers.
+  auto tok1 = new_tokenizer(f.family, 0);
+  auto tok2 = f.family == ModelFamily::sdxl ? new_tokenizer(f.family, 1) : nullptr;
+  std::vector<AddedToken> tokens;
+  for (const auto& file : options_.textual_inversion_embeddings) {
+    EmbeddingFile e = read_embedding_file(file, f.family, te->config().hidden_size, te2 ? te2->config().hidden_size : 0);
+    const int64_t n = e.rows.size(0);
+    const std::string what = "textual inversion embedding " + file;
+    check_token_free(*tok1, e.token, n, what);
+    if (tok2) check_token_free(*tok2, e.token, n, what);
+    AddedToken t;
+    t.token = e.token;
+    t.ids = tok1->add_embedding_token(e.token, static_cast<int>(n));
+    t.rows = e.rows.to(dt);
+    if (te->add_token_rows(t.rows) != t.ids.front()) throw std::logic_error("added token ids out of step (encoder 1)");
+    if (tok2) {
+      t.ids2 = tok2->add_embedding_token(e.token, static_cast<int>(n));
+      t.rows2 = e.rows2.to(dt);
+      if (te2->add_token_rows(t.rows2) != t.ids2.front()) throw std::logic_error("added token ids out of step (encoder 2)");
+    }
+    tokens.push_back(std::move(t));
+  }
+
   if (options_.gradient_checkpointing) {
     unet->set_gradient_checkpointing(true);
     te->set_gradient_checkpointing(true);
@@ -171,6 +215,10 @@ void SdModel::load(const std::string& path) {
   te2_ = te2;
   unet_ = unet;
   vae_ = vae;
+  tok1_ = std::move(tok1);
+  tok2_ = std::move(tok2);
+  tokens_ = std::move(tokens);
+  trained_parts_.clear();
   prediction_type_ = f.prediction_type;
   build_module_list();
 }
@@ -185,10 +233,8 @@ double SdModel::vae_scaling_factor() const { return vae_->config().scaling_facto
 std::pair<at::Tensor, at::Tensor> SdModel::encode_text(const std::vector<std::string>& prompts) const {
   if (!loaded()) throw std::logic_error("encode_text before load");
   if (options_.prompt_weighting) return encode_weighted(prompts);
-  if (options_.family == ModelFamily::sdxl)
-    return encode_ids(ids_tensor(ClipTokenizer::instance(), prompts), ids_tensor(ClipTokenizer::instance_pad_bang(), prompts));
-  const auto& tok = options_.family == ModelFamily::sd2 ? ClipTokenizer::instance_pad_bang() : ClipTokenizer::instance();
-  return encode_ids(ids_tensor(tok, prompts));
+  if (options_.family == ModelFamily::sdxl) return encode_ids(ids_tensor(tokenizer(), prompts), ids_tensor(tokenizer2(), prompts));
+  return encode_ids(ids_tensor(tokenizer(), prompts));
 }
 
 std::pair<at::Tensor, at::Tensor> SdModel::encode_weighted(const std::vector<std::string>& prompts) const {
@@ -197,10 +243,9 @@ std::pair<at::Tensor, at::Tensor> SdModel::encode_weighted(const std::vector<std
   co.max_embeddings_multiples = static_cast<int>(options_.max_embeddings_multiples);
   co.no_boseos_middle = options_.no_boseos_middle;
   const bool xl = options_.family == ModelFamily::sdxl;
-  const auto& tok1 = options_.family == ModelFamily::sd2 ? ClipTokenizer::instance_pad_bang() : ClipTokenizer::instance();
-  FramedBatch f1 = frame_batch(tok1, prompts, co, options_.warn);
+  FramedBatch f1 = frame_batch(tokenizer(), prompts, co, options_.warn);
   // SDXL's second tokenizer pads with "!"; its ids differ only in padding, so warn once.
-  FramedBatch f2 = xl ? frame_batch(ClipTokenizer::instance_pad_bang(), prompts, co, {}) : FramedBatch{};
+  FramedBatch f2 = xl ? frame_batch(tokenizer2(), prompts, co, {}) : FramedBatch{};
   if (xl && f2.chunks != f1.chunks) throw std::logic_error("SDXL tokenizers framed different chunk counts");
 
   // Each 77-token chunk through the encoder(s) as a plain prompt (clip_skip applies), then the
@@ -321,6 +366,13 @@ void SdModel::build_module_list() {
   add(*unet_, SUMI_ROLE_UNET, "lora_unet.");
 }
 
+void SdModel::refresh_module_weights() {
+  for (size_t i = 0; i < layers_.size(); ++i) {
+    api().tensor_release(infos_[i].weight);
+    infos_[i].weight = api().native_wrap(&layers_[i].weight());
+  }
+}
+
 void SdModel::release_module_list() {
   for (auto& l : layers_) {
     if (l.linear) l.linear->adapter = nullptr;
@@ -372,6 +424,120 @@ void SdModel::merge_network(void* self, const sumi_network_vtable* vt, const int
       throw std::runtime_error(std::string("network weight_delta for '") + infos_[i].name + "' has the wrong shape");
     w.add_(delta.to(w.device(), w.scalar_type()));
   }
+}
+
+// ----------------------------------------------------------------------------- training ----
+
+void SdModel::train_part(const std::string& part, const ParamFactory& make) {
+  if (!loaded()) throw std::logic_error("train_part before load");
+  torch::nn::Module* m = nullptr;
+  if (part == "unet") m = unet_.get();
+  else if (part == "text_encoder") m = te_.get();
+  else if (part == "text_encoder_2") m = te2_.get();
+  if (!m) {
+    throw std::invalid_argument("train_part: unknown part '" + part + "'; this " + family_title(options_.family) +
+                                " model has " +
+                                (options_.family == ModelFamily::sdxl ? "unet, text_encoder, text_encoder_2"
+                                                                       : "unet, text_encoder (no text_encoder_2)") +
+                                " (the VAE is not trained)");
+  }
+  if (std::find(trained_parts_.begin(), trained_parts_.end(), part) != trained_parts_.end())
+    throw std::invalid_argument("train_part: '" + part + "' is trainable already");
+  nn::replace_parameters(*m, [&](const std::string& name, const at::Tensor& current) {
+    at::Tensor t = make(part + "." + name, current.detach(), part);
+    if (!t.requires_grad())
+      throw std::runtime_error("train_part: the registered '" + part + "." + name + "' does not require grad");
+    return t;
+  });
+  trained_parts_.push_back(part);
+  refresh_module_weights();
+}
+
+void SdModel::add_token(const std::string& token, const std::string& init_word, int64_t num_vectors,
+                        const ParamFactory& make) {
+  if (!loaded()) throw std::logic_error("add_token before load");
+  if (num_vectors < 1 || num_vectors > 75)
+    throw std::invalid_argument("add_token '" + token + "': num_vectors_per_token must be 1..75, got " +
+                                std::to_string(num_vectors));
+  const bool xl = options_.family == ModelFamily::sdxl;
+  const std::string what = "add_token";
+  check_token_free(*tok1_, token, num_vectors, what);
+  if (xl) check_token_free(*tok2_, token, num_vectors, what);
+  // kohya: the init word's token embeddings, repeated (or cut) to num_vectors; per encoder, as
+  // each tokenizer encodes the word.
+  auto initial = [&](const nn::ClipTextModel& te, const ClipTokenizer& tok) {
+    at::NoGradGuard no_grad;
+    const at::Tensor& w = te.token_embedding();
+    if (init_word.empty()) return at::randn({num_vectors, w.size(1)}, at::kFloat) * 0.02;
+    const std::vector<int> ids = tok.encode(init_word);
+    if (ids.empty()) throw std::invalid_argument("add_token '" + token + "': init_word '" + init_word + "' has no tokens");
+    if (ids.size() > 1 && static_cast<int64_t>(ids.size()) != num_vectors && options_.warn)
+      options_.warn("init_word '" + init_word + "' is " + std::to_string(ids.size()) + " tokens but num_vectors_per_token is " +
+                    std::to_string(num_vectors) + "; its embeddings are repeated or cut");
+    std::vector<int64_t> pick;
+    for (int64_t i = 0; i < num_vectors; ++i) pick.push_back(ids[static_cast<size_t>(i) % ids.size()]);
+    const at::Tensor index = at::tensor(pick, at::kLong);
+    const int64_t vocab = w.size(0);
+    if (index.max().item<int64_t>() >= vocab)
+      throw std::invalid_argument("add_token '" + token + "': init_word '" + init_word + "' uses an added token");
+    return w.index_select(0, index.to(w.device())).to(at::kFloat).clone();
+  };
+  const std::string prefix = "ti." + token + ".";
+  AddedToken t;
+  t.token = token;
+  t.rows = make(prefix + (xl ? "clip_l" : "emb_params"), initial(*te_, *tok1_), "textual_inversion");
+  if (xl) t.rows2 = make(prefix + "clip_g", initial(*te2_, *tok2_), "textual_inversion");
+  t.ids = tok1_->add_embedding_token(token, static_cast<int>(num_vectors));
+  if (te_->add_token_rows(t.rows) != t.ids.front()) throw std::logic_error("added token ids out of step (encoder 1)");
+  if (xl) {
+    t.ids2 = tok2_->add_embedding_token(token, static_cast<int>(num_vectors));
+    if (te2_->add_token_rows(t.rows2) != t.ids2.front()) throw std::logic_error("added token ids out of step (encoder 2)");
+  }
+  tokens_.push_back(std::move(t));
+}
+
+std::vector<int> SdModel::token_ids(const std::string& token, int encoder) const {
+  for (const auto& t : tokens_)
+    if (t.token == token) return encoder == 0 ? t.ids : t.ids2;
+  return {};
+}
+
+void SdModel::save_token(const std::string& token, const std::string& path, std::optional<at::ScalarType> dtype,
+                         bool overwrite) const {
+  for (const auto& t : tokens_)
+    if (t.token == token) return write_embedding_file(path, options_.family, t.rows, t.rows2, dtype, overwrite);
+  std::string known;
+  for (const auto& t : tokens_) known += (known.empty() ? "" : ", ") + t.token;
+  throw std::invalid_argument("save_token: the model has no added token '" + token + "' (added: " +
+                              (known.empty() ? "none" : known) + ")");
+}
+
+void SdModel::save(const std::string& path, std::optional<at::ScalarType> dtype, bool overwrite) const {
+  if (!loaded()) throw std::logic_error("save before load");
+  ModelFiles m;
+  m.family = options_.family;
+  m.path = path;
+  m.unet_config = unet_->config();
+  m.vae_config = vae_->config();
+  m.te_config = te_->config();
+  if (te2_) m.te2_config = te2_->config();
+  m.prediction_type = prediction_type();
+  auto weights = [&](const torch::nn::Module& module) {
+    nn::TensorMap out;
+    at::NoGradGuard no_grad;
+    for (const auto& [k, t] : nn::named_tensors(module)) {
+      at::Tensor v = t.detach().to(at::kCPU);
+      if (dtype && at::isFloatingType(v.scalar_type())) v = v.to(*dtype);
+      out.emplace(k, v.contiguous());
+    }
+    return out;
+  };
+  m.parts.family = m.family;
+  m.parts.unet = weights(*unet_);
+  m.parts.vae = weights(*vae_);
+  m.parts.text_encoder = weights(*te_);
+  if (te2_) m.parts.text_encoder_2 = weights(*te2_);
+  write_model(m, path, overwrite);
 }
 
 }  // namespace sumi::sd

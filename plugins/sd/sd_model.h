@@ -12,6 +12,7 @@
 #include <deque>
 #include <functional>
 #include <memory>
+#include <optional>
 #include <string>
 #include <utility>
 #include <vector>
@@ -28,6 +29,8 @@ struct Conv2d;
 
 namespace sumi::sd {
 
+class ClipTokenizer;
+
 struct ModelOptions {
   nn::ModelFamily family = nn::ModelFamily::sd1;
   at::ScalarType dtype = at::kFloat;  // of the text encoders and UNet (the VAE stays fp32 for fp16)
@@ -39,6 +42,9 @@ struct ModelOptions {
   bool prompt_weighting = false;
   int64_t max_embeddings_multiples = 3;
   bool no_boseos_middle = false;      // drop the inner chunks' BOS/EOS embeddings
+  // Textual Inversion embedding files loaded with the model (gen_img's
+  // --textual_inversion_embeddings): each file's stem becomes a token of its vectors.
+  std::vector<std::string> textual_inversion_embeddings;
   // Recompute the UNet's and text encoders' block activations in backward (training memory).
   bool gradient_checkpointing = false;
   // VAE on large images: tiles with blended overlaps (diffusers' enable_tiling), and one image
@@ -89,6 +95,29 @@ class SdModel {
   // Adds each selected module's network->weight_delta into its weight (in place, permanent).
   void merge_network(void* network_self, const sumi_network_vtable* network, const int32_t* selected);
 
+  // ---- training the model itself (the ABI 1.1 model slots)
+  // Registers a tensor as a trainable parameter and returns the tensor to compute with (the
+  // plugin: host->param_create in the component's context).
+  using ParamFactory =
+      std::function<at::Tensor(const std::string& name, const at::Tensor& init, const std::string& group)>;
+  // Every weight of "unet", "text_encoder" or "text_encoder_2" through `make` (name
+  // "<part>.<diffusers name>", group = part); the model then computes with what it returned.
+  void train_part(const std::string& part, const ParamFactory& make);
+  // Textual Inversion: `token` (+ token1 ...) as num_vectors new tokens whose rows are new fp32
+  // parameters "ti.<token>.emb_params" (SD1/SD2) or "ti.<token>.clip_l" / ".clip_g" (SDXL),
+  // group "textual_inversion", initialised from init_word's token embeddings (repeated or cut
+  // to num_vectors, as kohya does) or N(0, 0.02) when init_word is empty.
+  void add_token(const std::string& token, const std::string& init_word, int64_t num_vectors, const ParamFactory& make);
+  // A token's vectors (added by add_token or loaded from an embedding file) as a kohya/A1111
+  // .safetensors embedding file.
+  void save_token(const std::string& token, const std::string& path, std::optional<at::ScalarType> dtype,
+                  bool overwrite) const;
+  // The model's weights (current values, added tokens left out) as a single original-layout
+  // file (.safetensors) or a diffusers folder; `dtype` converts floating-point weights.
+  void save(const std::string& path, std::optional<at::ScalarType> dtype, bool overwrite) const;
+  // The token's ids in the first / second tokenizer (empty when unknown), for tests and logs.
+  std::vector<int> token_ids(const std::string& token, int encoder = 0) const;
+
   nn::ClipTextModel& text_encoder() const { return *te_; }
   nn::ClipTextModel* text_encoder_2() const { return te2_.get(); }
   nn::UNet2DConditionModel& unet() const { return *unet_; }
@@ -100,7 +129,16 @@ class SdModel {
     nn::Conv2d* conv = nullptr;
     at::Tensor& weight() const;
   };
+  // One token of added vectors: ids and rows per text encoder.
+  struct AddedToken {
+    std::string token;
+    std::vector<int> ids, ids2;
+    at::Tensor rows, rows2;
+  };
   std::pair<at::Tensor, at::Tensor> encode_weighted(const std::vector<std::string>& prompts) const;
+  const ClipTokenizer& tokenizer() const { return *tok1_; }
+  const ClipTokenizer& tokenizer2() const { return *tok2_; }
+  void refresh_module_weights();
   void build_module_list();
   void release_module_list();
 
@@ -112,6 +150,10 @@ class SdModel {
   std::deque<std::string> names_;
   std::vector<Layer> layers_;
   std::vector<sumi_module_info> infos_;
+  // Per-model tokenizers (pad per family): they carry the model's added tokens.
+  std::unique_ptr<ClipTokenizer> tok1_, tok2_;
+  std::vector<AddedToken> tokens_;
+  std::vector<std::string> trained_parts_;
 };
 
 }  // namespace sumi::sd

@@ -54,9 +54,9 @@ TEST_CASE("unknown plugin name lists what is available") {
 TEST_CASE("refusals: versions, native build, missing entry, failing entry") {
   sumi::host::PluginManager pm;
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_newer_minor")),
-                       doctest::Contains("needs sumi ABI 1.1, newer than this host's 1.0"), UserError);
+                       doctest::Contains("needs sumi ABI 1.2, newer than this host's 1.1"), UserError);
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_other_major")),
-                       doctest::Contains("was built for sumi ABI 2.0, but this host speaks ABI 1.0"), UserError);
+                       doctest::Contains("was built for sumi ABI 2.1, but this host speaks ABI 1.1"), UserError);
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_native_mismatch")),
                        doctest::Contains("native plugin built for libtorch 0.0.1-not-this-torch"), UserError);
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_no_entry")),
@@ -65,7 +65,7 @@ TEST_CASE("refusals: versions, native build, missing entry, failing entry") {
                        doctest::Contains("refusing to initialise on purpose"), UserError);
   CHECK_THROWS_WITH_AS(pm.load("/nonexistent/plugin.so"), doctest::Contains("does not exist"), UserError);
   // The host is still usable afterwards.
-  CHECK(pm.load(sumi::test::test_plugin("test_oldest_header")).components.size() == 1);
+  CHECK(pm.load(sumi::test::test_plugin("test_oldest_header")).components.size() == 2);
 }
 
 TEST_CASE("a plugin built against the frozen ABI 1.0 header still works") {
@@ -76,6 +76,38 @@ TEST_CASE("a plugin built against the frozen ABI 1.0 header still works") {
   double f = 0;
   CHECK(c.vtable<sumi_lr_scheduler_vtable>().factor(c.self(), &q, &f) == SUMI_OK);
   CHECK(f == 0.5);
+}
+
+TEST_CASE("a model built against ABI 1.0 loads; the 1.1 training slots are absent and reported by name") {
+  sumi::host::Registry reg;
+  auto ref = plugins().find(SUMI_KIND_MODEL, sumi::test::test_plugin("test_oldest_header"));
+  CHECK(ref.library->descriptor->abi_minor == 0);
+  sumi::host::Component c(ref, "model", reg, {});
+  const auto& vt = c.vtable<sumi_model_vtable>();
+  CHECK(c.vtable_size() == SUMI_MODEL_VTABLE_SIZE_1_0);
+  CHECK(SUMI_HAS_FIELD(&vt, sumi_model_vtable, set_network));
+  CHECK_FALSE(SUMI_HAS_FIELD(&vt, sumi_model_vtable, train_part));
+  CHECK_FALSE(SUMI_HAS_FIELD(&vt, sumi_model_vtable, save));
+  CHECK_THROWS_WITH_AS(c.require_slot(SUMI_HAS_FIELD(&vt, sumi_model_vtable, save), "save", "1.1"),
+                       doctest::Contains("has no 'save' (added in ABI 1.1; the plugin was built for ABI 1.0)"),
+                       UserError);
+  // Its 1.0 slots still run (and report through the host's last error).
+  CHECK(vt.load(c.self(), "x") == SUMI_ERR_UNSUPPORTED);
+  CHECK(sumi::host::last_error() == "oldest_model computes nothing");
+}
+
+TEST_CASE("this host speaks ABI 1.1 and a current model exposes the training slots") {
+  CHECK(sumi::host::host_api()->abi_minor == 1);
+  sumi::host::Registry reg;
+  auto ref = plugins().find(SUMI_KIND_MODEL, "null");
+  sumi::host::Component c(ref, "model", reg, {});
+  const auto& vt = c.vtable<sumi_model_vtable>();
+  REQUIRE(SUMI_HAS_FIELD(&vt, sumi_model_vtable, save));
+  c.require_slot(SUMI_HAS_FIELD(&vt, sumi_model_vtable, save), "save", "1.1");
+  // A model that does not train refuses through the skin's defaults.
+  CHECK(vt.train_part(c.self(), "unet") == SUMI_ERR_UNSUPPORTED);
+  CHECK(sumi::host::last_error().find("cannot train its weights") != std::string::npos);
+  CHECK(vt.save(c.self(), "x.safetensors", nullptr, 0) == SUMI_ERR_UNSUPPORTED);
 }
 
 TEST_CASE("a plugin that returns an error or throws is reported, and the host goes on") {

@@ -12,7 +12,12 @@ using sumi::test::write_text;
 
 TEST_CASE("png, jpg, webp and bmp read as RGB8 with the right size and pixels") {
   TempDir t;
+  // Debian's OpenImageIO has the webp plugin; a build without it skips webp, saying so.
+  const std::string formats = OIIO::get_string_attribute("format_list");
+  const bool webp = formats.find("webp") != std::string::npos;
+  if (!webp) MESSAGE("OpenImageIO has no webp plugin (formats: " << formats << "); webp not tested");
   for (const char* ext : {".png", ".jpg", ".webp", ".bmp"}) {
+    if (!webp && std::string(ext) == ".webp") continue;
     const auto p = t / (std::string("img") + ext);
     write_image(p, 40, 24);
     INFO(p.string());

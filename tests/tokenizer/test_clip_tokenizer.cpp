@@ -186,3 +186,30 @@ TEST_CASE("bad input is rejected with a message") {
   CHECK_THROWS_WITH_AS(ClipTokenizer("<pad>"), doctest::Contains("not in the vocabulary"),
                        std::invalid_argument);
 }
+
+TEST_CASE("added embedding tokens: ids after the vocabulary, split out of the text, the first expands") {
+  ClipTokenizer tok;
+  const std::vector<int> ids = tok.add_embedding_token("myTok", 3);
+  CHECK(ids == std::vector<int>{49408, 49409, 49410});
+  CHECK(tok.size() == 49411);
+  CHECK(tok.token_to_id("myTok2") == 49410);
+  CHECK(tok.id_to_token(49409) == "myTok1");
+  const int a = tok.encode("a").at(0);
+  // gen_img's replacement: the token stands for all its vectors; "myTok1" alone is one id.
+  CHECK(tok.encode("a myTok") == std::vector<int>{a, 49408, 49409, 49410});
+  CHECK(tok.encode("myTok1") == std::vector<int>{49409});
+  // Split out like the special tokens: inside a word too, case-sensitively.
+  CHECK(tok.encode("amyTok") == std::vector<int>{a, 49408, 49409, 49410});
+  CHECK(tok.encode("mytok") == ClipTokenizer::instance().encode("mytok"));
+  CHECK(tok.decode(tok.encode("a myTok")) == "a myTok myTok1 myTok2");
+  CHECK(tok.encode_padded("myTok").at(4) == tok.eos());
+  // Taken strings are refused: vocabulary entries, earlier added tokens, and their numbered twins.
+  CHECK_THROWS_WITH_AS(tok.add_embedding_token("cat</w>", 1), doctest::Contains("'cat</w>' is already a token"),
+                       std::invalid_argument);
+  CHECK_THROWS_WITH_AS(tok.add_embedding_token("myTok", 1), doctest::Contains("'myTok' is already a token"),
+                       std::invalid_argument);
+  CHECK_THROWS_AS(tok.add_embedding_token("", 1), std::invalid_argument);
+  CHECK_THROWS_AS(tok.add_embedding_token("other", 0), std::invalid_argument);
+  // The shared instances are not affected.
+  CHECK(ClipTokenizer::instance().size() == 49408);
+}

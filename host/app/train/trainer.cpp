@@ -13,6 +13,7 @@
 #include "core/tensor_handle.h"
 #include "io/safetensors_torch.h"
 #include "app/train/network_file.h"
+#include "app/train/latent_cache.h"
 
 #include <sumi/datasets/dataset.h>
 #include <sumi/datasets/random.h>
@@ -61,8 +62,8 @@ struct Handles {
 // bf16 autocast on the device the model runs on (CPU here), restored on exit.
 struct Autocast {
   bool on;
-  bool prev_enabled;
-  at::ScalarType prev_dtype;
+  bool prev_enabled = false;
+  at::ScalarType prev_dtype = at::kBFloat16;
   explicit Autocast(bool enable) : on(enable) {
     if (!on) return;
     prev_enabled = at::autocast::is_cpu_enabled();
@@ -77,12 +78,6 @@ struct Autocast {
     at::autocast::clear_cache();
   }
 };
-
-at::Tensor batch_images(const std::vector<datasets::TrainingImage>& imgs) {
-  std::vector<const datasets::Image*> ptrs;
-  for (const auto& t : imgs) ptrs.push_back(&t.image);
-  return datasets::images_to_tensor(ptrs);
-}
 
 std::string network_args_json(const std::map<std::string, std::string>& params) {
   nlohmann::json j = nlohmann::json::object();
@@ -137,6 +132,8 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   host::Component model(model_ref, "model", registry, host::make_config(*model_ref.component, mcfg));
   const auto& mvt = model.vtable<sumi_model_vtable>();
   model.check(mvt.load(model.self(), s.model_path.c_str()), ("load " + s.model_path).c_str());
+  // Latent caching (before the network exists, as kohya) and the prefetching loader.
+  BatchSource batches(data, s.dataset_args, s.seed, s.family, model_latent_encoder(model, s.family, s.mixed_precision == "bf16"));
 
   auto nsched_ref = pm.find(SUMI_KIND_NOISE_SCHEDULER, s.noise_scheduler_type);
   auto ncfg = s.noise_scheduler_params;
@@ -176,6 +173,8 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
                                                                                static_cast<int64_t>(th.size())),
                     "add_param_group");
   }
+  // kohya's text-encoder output cache (SDXL, text encoders not trained, static captions).
+  const auto te_cache = TextEncoderCache::create(data, s.dataset_args, s.family, trains_text_encoder, model, s.mixed_precision == "bf16");
   auto lr_ref = pm.find(SUMI_KIND_LR_SCHEDULER, s.lr_scheduler_type);
   host::Component lr_sched(lr_ref, "lr_scheduler", registry, host::make_config(*lr_ref.component, s.lr_scheduler_params));
 
@@ -321,29 +320,23 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     ++epoch;
     const auto plan = datasets::group_epoch_plan(data, s.seed, epoch);
     batch_in_epoch = epoch == resume_epoch ? resume_batch : 0;
+    batches.start_epoch(epoch, plan, batch_in_epoch);
     for (size_t bi = batch_in_epoch; bi < plan.size(); ++bi) {
       const auto& gb = plan[bi];
       if (step >= total_steps) break;
       batch_in_epoch = bi + 1;
       const auto& ds = data[gb.dataset];
-      std::vector<datasets::TrainingImage> imgs;
+      BatchSource::Batch loaded = batches.next();  // prepared ahead on worker threads, or cached latents
+      const std::vector<datasets::TrainingImage>& imgs = loaded.images;
       std::vector<std::string> captions;
       std::vector<double> weights;
       for (auto item : gb.batch.items) {
-        imgs.push_back(ds.image(item, data_rng));
         captions.push_back(ds.caption(item, datasets::CaptionStep{epoch, step, total_steps}, data_rng));
         weights.push_back(ds.loss_weight(item, s.prior_loss_weight));
       }
       const int64_t B = static_cast<int64_t>(imgs.size());
       Handles hs;
-      at::Tensor latents;
-      {
-        at::NoGradGuard ng;
-        Autocast ac(bf16);
-        sumi_tensor out = nullptr;
-        model.check(mvt.vae_encode(model.self(), hs(batch_images(imgs)), 1, &out), "vae_encode");
-        latents = hs.take(out).to(at::kFloat).detach();
-      }
+      const at::Tensor latents = loaded.latents;
       at::Tensor noise = at::randn_like(latents);
       if (s.noise_offset > 0) noise = noise + s.noise_offset * at::randn({B, latents.size(1), 1, 1});
       const at::Tensor timesteps = at::randint(s.min_timestep, s.max_timestep, {B}, at::kLong);
@@ -367,7 +360,10 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
         sumi_tensor cond = nullptr, pooled = nullptr;
         {
           at::AutoGradMode grad(trains_text_encoder);
-          model.check(mvt.encode_text(model.self(), cps.data(), B, &cond, &pooled), "encode_text");
+          if (te_cache)
+            te_cache->lookup(gb.dataset, gb.batch.items, captions, &cond, &pooled);
+          else
+            model.check(mvt.encode_text(model.self(), cps.data(), B, &cond, &pooled), "encode_text");
         }
         at::Tensor added;
         if (s.family == "sdxl") {

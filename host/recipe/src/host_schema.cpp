@@ -48,6 +48,10 @@ const HostKeyRow kHostKeys[] = {
 
     {"train", "max_train_steps", SUMI_PARAM_INT, "1600", kRequired, "optimizer steps to train"},
     {"train", "seed", SUMI_PARAM_INT, nullptr, kOptional, "random seed (random when unset)"},
+    {"train", "max_data_loader_n_workers", SUMI_PARAM_INT, "8", kRequired,
+     "threads preparing the next batches (0: on the training thread; capped at the core count)"},
+    {"train", "persistent_data_loader_workers", SUMI_PARAM_BOOL, "false", kRequired,
+     "keep the loader threads between epochs"},
     {"train", "max_train_epochs", SUMI_PARAM_INT, nullptr, kOptional, "train this many epochs (overrides max_train_steps)"},
     {"train", "batch_size", SUMI_PARAM_INT, "1", kRequired, "images per batch (kohya --train_batch_size)"},
     {"train", "gradient_accumulation_steps", SUMI_PARAM_INT, "1", kRequired, "micro-batches per optimizer step"},

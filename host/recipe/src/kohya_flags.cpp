@@ -186,6 +186,7 @@ const std::vector<KohyaFlag>& kohya_flags() {
       {"flip_aug", "datasets.flip_aug", B, false},
       {"face_crop_aug_range", "datasets.face_crop_aug_range", S, false},
       {"random_crop", "datasets.random_crop", B, false},
+      {"resize_interpolation", "datasets.resize_interpolation", S, false},
       {"debug_dataset", "datasets.debug_dataset", B, false},
       {"cache_latents", "datasets.cache_latents", B, false},
       {"vae_batch_size", "datasets.vae_batch_size", I, false},

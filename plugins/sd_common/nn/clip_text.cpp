@@ -117,7 +117,7 @@ ClipTextOutput ClipTextModel::forward(const at::Tensor& ids) const {
   auto ids_long = ids.to(at::kLong);
   const auto& emb = *text_model_->embeddings;
   auto positions = at::arange(ids.size(1), ids_long.options());
-  auto x = emb.token_embedding->forward(ids_long) + emb.position_embedding->forward(positions);
+  auto x = embed_tokens(ids_long) + emb.position_embedding->forward(positions);
   ClipTextOutput out;
   out.hidden_states.reserve(config_.num_hidden_layers + 1);
   out.hidden_states.push_back(x);
@@ -126,13 +126,63 @@ ClipTextOutput ClipTextModel::forward(const at::Tensor& ids) const {
     out.hidden_states.push_back(x);
   }
   out.last_hidden_state = text_model_->final_layer_norm->forward(x);
-  auto eos = ids_long.argmax(-1);
+  // transformers pools at argmax(ids), the first EOS of a CLIP vocabulary. Added tokens
+  // (ids above EOS) are left out, as sd-scripts' pool_workaround does for Textual Inversion.
+  auto eos = (added_rows_.empty() ? ids_long : ids_long.masked_fill(ids_long >= config_.vocab_size, -1)).argmax(-1);
   const int64_t b = ids.size(0), l = ids.size(1);
   auto flat_index = at::arange(b, eos.options()) * l + eos;
   out.pooled = out.last_hidden_state.reshape({b * l, -1}).index_select(0, flat_index);
   if (text_projection_) out.text_embeds = text_projection_->forward(out.pooled);
   return out;
 }
+
+at::Tensor ClipTextModel::embed_tokens(const at::Tensor& ids) const {
+  const at::Tensor& w = text_model_->embeddings->token_embedding->weight;
+  const int64_t vocab = w.size(0);
+  if (added_rows_.empty()) return text_model_->embeddings->token_embedding->forward(ids);
+  std::vector<at::Tensor> blocks;
+  for (const auto& b : added_rows_) blocks.push_back(b.to(w.device(), w.scalar_type()));
+  const at::Tensor added = blocks.size() == 1 ? blocks.front() : at::cat(blocks, 0);
+  const int64_t n = added.size(0);
+  const int64_t top = ids.numel() ? ids.max().item<int64_t>() : 0;
+  if (top >= vocab + n)
+    throw std::invalid_argument("ClipTextModel: token id " + std::to_string(top) + " is beyond the vocabulary (" +
+                                std::to_string(vocab) + ") and the " + std::to_string(n) + " added tokens");
+  const at::Tensor is_added = ids >= vocab;
+  const at::Tensor base = at::embedding(w, ids.clamp_max(vocab - 1));
+  const at::Tensor extra = at::embedding(added, (ids - vocab).clamp(0, n - 1));
+  return at::where(is_added.unsqueeze(-1), extra, base);
+}
+
+int64_t ClipTextModel::add_token_rows(const at::Tensor& rows) {
+  if (rows.dim() != 2 || rows.size(1) != config_.hidden_size)
+    throw std::invalid_argument("ClipTextModel: added token rows must be [n, " + std::to_string(config_.hidden_size) +
+                                "] (the text encoder's width), got " + std::to_string(rows.dim()) + " dims" +
+                                (rows.dim() == 2 ? " of width " + std::to_string(rows.size(1)) : ""));
+  if (!at::isFloatingType(rows.scalar_type()))
+    throw std::invalid_argument("ClipTextModel: added token rows must be floating point");
+  const int64_t first = config_.vocab_size + num_added_tokens();
+  added_rows_.push_back(rows);
+  return first;
+}
+
+int64_t ClipTextModel::num_added_tokens() const {
+  int64_t n = 0;
+  for (const auto& b : added_rows_) n += b.size(0);
+  return n;
+}
+
+at::Tensor ClipTextModel::added_token_rows(int64_t first_id, int64_t n) const {
+  int64_t at = config_.vocab_size;
+  for (const auto& b : added_rows_) {
+    if (first_id >= at && first_id + n <= at + b.size(0)) return b.narrow(0, first_id - at, n);
+    at += b.size(0);
+  }
+  throw std::out_of_range("ClipTextModel: no added tokens " + std::to_string(first_id) + ".." +
+                          std::to_string(first_id + n - 1) + " in one block");
+}
+
+const at::Tensor& ClipTextModel::token_embedding() const { return text_model_->embeddings->token_embedding->weight; }
 
 void ClipTextModel::set_gradient_checkpointing(bool enabled) {
   for (const auto& layer : text_model_->encoder->layers->items) layer->gradient_checkpointing = enabled;

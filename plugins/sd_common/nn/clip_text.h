@@ -35,6 +35,17 @@ class ClipTextModel : public torch::nn::Module {
   // The tower's final layer norm, for "clip skip" style outputs of earlier layers.
   at::Tensor final_layer_norm(const at::Tensor& hidden) const;
 
+  // Textual Inversion: token rows after the vocabulary. Ids >= vocab_size look up, in order,
+  // the rows of the blocks added here ([n, hidden_size] each, any float dtype; cast to the
+  // model's in forward). A block is kept by reference, so a trainable one (a registered
+  // parameter) gets its gradient through forward. Returns the first id of the block.
+  int64_t add_token_rows(const at::Tensor& rows);
+  int64_t num_added_tokens() const;
+  // The rows of added token `id` (>= vocab_size): a view into its block.
+  at::Tensor added_token_rows(int64_t first_id, int64_t n) const;
+  // The vocabulary's token embedding matrix [vocab_size, hidden_size].
+  const at::Tensor& token_embedding() const;
+
   // Recompute each encoder layer during backward (training the text encoder).
   void set_gradient_checkpointing(bool enabled);
 
@@ -44,6 +55,8 @@ class ClipTextModel : public torch::nn::Module {
   ClipTextConfig config_;
   std::shared_ptr<ClipTextTransformer> text_model_;
   std::shared_ptr<Linear> text_projection_;
+  std::vector<at::Tensor> added_rows_;
+  at::Tensor embed_tokens(const at::Tensor& ids) const;
 };
 
 }  // namespace sumi::nn

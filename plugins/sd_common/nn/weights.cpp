@@ -5,6 +5,8 @@
 #include <sstream>
 #include <stdexcept>
 
+#include "layers.h"
+
 namespace sumi::nn {
 
 namespace {
@@ -75,6 +77,52 @@ LoadReport load_weights(torch::nn::Module& module, const TensorMap& weights,
     throw std::runtime_error(msg);
   }
   return report;
+}
+
+namespace {
+
+// torch::nn::Module keeps its parameter table protected and refuses to register a name twice;
+// a pointer to the inherited member reaches the table of any module.
+struct ParameterTable : torch::nn::Module {
+  static torch::OrderedDict<std::string, at::Tensor>& of(torch::nn::Module& m) { return m.*(&ParameterTable::parameters_); }
+};
+
+// The member of a sumi layer that holds parameter `name` (the layer computes with it).
+at::Tensor* layer_member(torch::nn::Module& m, const std::string& name) {
+  auto pick = [&](at::Tensor& weight, at::Tensor* bias) -> at::Tensor* {
+    if (name == "weight") return &weight;
+    if (name == "bias" && bias) return bias;
+    return nullptr;
+  };
+  if (auto* l = dynamic_cast<Linear*>(&m)) return pick(l->weight, &l->bias);
+  if (auto* c = dynamic_cast<Conv2d*>(&m)) return pick(c->weight, &c->bias);
+  if (auto* g = dynamic_cast<GroupNorm*>(&m)) return pick(g->weight, &g->bias);
+  if (auto* n = dynamic_cast<LayerNorm*>(&m)) return pick(n->weight, &n->bias);
+  if (auto* e = dynamic_cast<Embedding*>(&m)) return pick(e->weight, nullptr);
+  return nullptr;
+}
+
+}  // namespace
+
+void replace_parameters(torch::nn::Module& module, const ParameterReplacer& replace) {
+  for (const auto& item : module.named_modules("", /*include_self=*/true)) {
+    torch::nn::Module& m = *item.value();
+    auto& table = ParameterTable::of(m);
+    for (auto& entry : table) {
+      const std::string full = item.key().empty() ? entry.key() : item.key() + "." + entry.key();
+      at::Tensor* member = layer_member(m, entry.key());
+      if (!member)
+        throw std::logic_error("replace_parameters: '" + full + "' belongs to a layer type (" + m.name() +
+                               ") whose forward this function cannot redirect");
+      at::Tensor next = replace(full, entry.value());
+      if (!next.defined() || !next.sizes().equals(entry.value().sizes()))
+        throw std::runtime_error("replace_parameters: the replacement of '" + full + "' has shape " +
+                                 (next.defined() ? shape_str(next.sizes()) : std::string("(undefined)")) +
+                                 ", expected " + shape_str(entry.value().sizes()));
+      entry.value() = next;
+      *member = next;
+    }
+  }
 }
 
 TensorMap named_tensors(const torch::nn::Module& module) {

@@ -5,6 +5,7 @@
 
 #include <ATen/ATen.h>
 
+#include <functional>
 #include <map>
 #include <string>
 #include <vector>
@@ -37,5 +38,12 @@ LoadReport load_weights(torch::nn::Module& module, const TensorMap& weights,
 
 // The module's parameters by name, for saving or comparing.
 TensorMap named_tensors(const torch::nn::Module& module);
+
+// Replaces every parameter of `module` by `replace(name, current)` (same shape; e.g. the copy
+// a host registry made of it), both in the module's parameter table and in the layer that
+// computes with it, so forward uses the new tensors (and autograd accumulates into them).
+// Throws std::logic_error for a parameter held by a layer type it does not know.
+using ParameterReplacer = std::function<at::Tensor(const std::string& name, const at::Tensor& current)>;
+void replace_parameters(torch::nn::Module& module, const ParameterReplacer& replace);
 
 }  // namespace sumi::nn

@@ -313,16 +313,46 @@ ClipTokenizer::~ClipTokenizer() = default;
 
 std::size_t ClipTokenizer::vocab_size() const { return vocab_->tokens.size(); }
 
+std::size_t ClipTokenizer::size() const { return vocab_->tokens.size() + user_tokens_.size(); }
+
 int ClipTokenizer::token_to_id(std::string_view token) const {
   const auto it = vocab_->ids.find(std::string(token));
-  return it == vocab_->ids.end() ? -1 : it->second;
+  if (it != vocab_->ids.end()) return it->second;
+  for (std::size_t i = 0; i < user_tokens_.size(); ++i)
+    if (user_tokens_[i] == token) return static_cast<int>(vocab_->tokens.size() + i);
+  return -1;
 }
 
 const std::string& ClipTokenizer::id_to_token(int id) const {
-  if (id < 0 || static_cast<std::size_t>(id) >= vocab_->tokens.size())
+  if (id < 0 || static_cast<std::size_t>(id) >= size())
     throw std::out_of_range("CLIP tokenizer: token id " + std::to_string(id) + " is outside [0, " +
-                            std::to_string(vocab_->tokens.size()) + ")");
-  return vocab_->tokens[static_cast<std::size_t>(id)];
+                            std::to_string(size()) + ")");
+  const auto i = static_cast<std::size_t>(id);
+  return i < vocab_->tokens.size() ? vocab_->tokens[i] : user_tokens_[i - vocab_->tokens.size()];
+}
+
+std::vector<int> ClipTokenizer::add_embedding_token(std::string_view token, int n_vectors) {
+  if (token.empty()) throw std::invalid_argument("CLIP tokenizer: an added token cannot be empty");
+  if (n_vectors < 1)
+    throw std::invalid_argument("CLIP tokenizer: token '" + std::string(token) + "' needs at least one vector, got " +
+                                std::to_string(n_vectors));
+  std::vector<std::string> strings{std::string(token)};
+  for (int i = 1; i < n_vectors; ++i) strings.push_back(std::string(token) + std::to_string(i));
+  for (const auto& t : strings)
+    if (token_to_id(t) >= 0)
+      throw std::invalid_argument("CLIP tokenizer: '" + t +
+                                  "' is already a token (of the vocabulary or added before); choose another "
+                                  "token string (for an embedding file: rename the file)");
+  std::vector<int> ids;
+  for (auto& t : strings) {
+    ids.push_back(static_cast<int>(size()));
+    added_.push_back({unicode::decode_utf8(t), ids.back()});
+    user_tokens_.push_back(std::move(t));
+  }
+  std::stable_sort(added_.begin(), added_.end(),
+                   [](const AddedToken& a, const AddedToken& b) { return a.text.size() > b.text.size(); });
+  if (n_vectors > 1) expansions_.push_back({ids.front(), ids});
+  return ids;
 }
 
 std::vector<int> ClipTokenizer::encode(std::string_view text) const {
@@ -352,7 +382,16 @@ std::vector<int> ClipTokenizer::encode(std::string_view text) const {
     piece_start = i;
   }
   encode_piece(all.substr(piece_start), ids);
-  return ids;
+  if (expansions_.empty()) return ids;
+  // gen_img's token replacement: a multi-vector token stands for all of its vectors.
+  std::vector<int> out;
+  out.reserve(ids.size());
+  for (int id : ids) {
+    const auto e = std::find_if(expansions_.begin(), expansions_.end(), [id](const Expansion& x) { return x.first == id; });
+    if (e == expansions_.end()) out.push_back(id);
+    else out.insert(out.end(), e->ids.begin(), e->ids.end());
+  }
+  return out;
 }
 
 void ClipTokenizer::encode_piece(std::u32string_view piece, std::vector<int>& out) const {
@@ -448,6 +487,10 @@ std::string ClipTokenizer::decode(const std::vector<int>& ids, bool skip_special
   for (int id : ids) {
     if (skip_special && (id == bos_ || id == eos_ || (pad_is_added_token_ && id == pad_id_))) continue;
     const std::string& token = id_to_token(id);
+    if (static_cast<std::size_t>(id) >= vocab_->tokens.size()) {  // an added token: its own text
+      text += token + " ";
+      continue;
+    }
     std::string_view body = token;
     const bool end_of_word = body.size() >= 4 && body.substr(body.size() - 4) == "</w>";
     if (end_of_word) body.remove_suffix(4);

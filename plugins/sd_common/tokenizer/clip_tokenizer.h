@@ -53,6 +53,16 @@ class ClipTokenizer {
   std::vector<int> frame(const std::vector<int>& ids, int max_length = kModelMaxLength,
                          int pad_id = -1) const;
 
+  // Textual Inversion, as sd-scripts' gen_img and train_textual_inversion add a token: `token`
+  // and, for n_vectors > 1, "token1" ... "token<n-1>" become new ids after the vocabulary (and
+  // any tokens added before), split out of the raw text first like the special tokens
+  // (case-sensitive). In encode() `token` itself expands to all n ids, gen_img's replacement.
+  // Returns the n ids. Throws std::invalid_argument when a string is empty or already a token
+  // (a vocabulary entry such as "cat" or "cat</w>", or added before).
+  std::vector<int> add_embedding_token(std::string_view token, int n_vectors);
+  // Vocabulary plus added tokens: the number of rows a text encoder's embedding needs.
+  std::size_t size() const;
+
   int bos() const { return bos_; }
   int eos() const { return eos_; }
   int pad_id() const { return pad_id_; }
@@ -80,6 +90,12 @@ class ClipTokenizer {
     int id;
   };
   std::vector<AddedToken> added_;  // split out of the raw text first, longest first
+  std::vector<std::string> user_tokens_;  // add_embedding_token's strings, id = vocab size + index
+  struct Expansion {
+    int first;
+    std::vector<int> ids;
+  };
+  std::vector<Expansion> expansions_;  // a multi-vector token's first id -> all its ids
   int bos_ = 0;
   int eos_ = 0;
   int pad_id_ = 0;

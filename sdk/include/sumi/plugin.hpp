@@ -20,6 +20,7 @@
 
 #include <cstring>
 #include <memory>
+#include <optional>
 #include <string>
 #include <type_traits>
 #include <utility>
@@ -157,6 +158,28 @@ class Model {
   virtual Tensor vae_decode(const Tensor& latents) = 0;
   virtual void set_network(void* network_self, const sumi_network_vtable* network,
                            const int32_t* selected) = 0;
+  // Training the model itself (ABI 1.1). A model that does not train leaves these: they
+  // refuse with SUMI_ERR_UNSUPPORTED. `dtype` empty = the default the slot documents.
+  virtual void train_part(const std::string& part) {
+    throw Error(SUMI_ERR_UNSUPPORTED, "this model cannot train its weights (train_part '" + part + "')");
+  }
+  virtual void add_token(const std::string& token, const std::string& init_word, int64_t num_vectors) {
+    (void)init_word;
+    (void)num_vectors;
+    throw Error(SUMI_ERR_UNSUPPORTED, "this model has no Textual Inversion tokens (add_token '" + token + "')");
+  }
+  virtual void save_token(const std::string& token, const std::string& path, std::optional<sumi_dtype> dtype,
+                          bool overwrite) {
+    (void)path;
+    (void)dtype;
+    (void)overwrite;
+    throw Error(SUMI_ERR_UNSUPPORTED, "this model has no Textual Inversion tokens (save_token '" + token + "')");
+  }
+  virtual void save(const std::string& path, std::optional<sumi_dtype> dtype, bool overwrite) {
+    (void)dtype;
+    (void)overwrite;
+    throw Error(SUMI_ERR_UNSUPPORTED, "this model cannot be saved (save '" + path + "')");
+  }
 };
 
 class Tagger {
@@ -279,6 +302,10 @@ struct NetworkVtable {
 
 template <class Impl>
 struct ModelVtable {
+  static std::string str(const char* s) { return s ? s : ""; }
+  static std::optional<sumi_dtype> opt(const sumi_dtype* d) {
+    return d ? std::optional<sumi_dtype>(*d) : std::nullopt;
+  }
   static const sumi_model_vtable* get() {
     static const sumi_model_vtable vt = {
         sizeof(sumi_model_vtable),
@@ -315,6 +342,16 @@ struct ModelVtable {
         },
         [](void* s, void* net, const sumi_network_vtable* vt2, const int32_t* selected) {
           return guarded([&] { self_of<Impl>(s).set_network(net, vt2, selected); });
+        },
+        [](void* s, const char* part) { return guarded([&] { self_of<Impl>(s).train_part(str(part)); }); },
+        [](void* s, const char* token, const char* init_word, int64_t n) {
+          return guarded([&] { self_of<Impl>(s).add_token(str(token), str(init_word), n); });
+        },
+        [](void* s, const char* token, const char* path, const sumi_dtype* dtype, int32_t overwrite) {
+          return guarded([&] { self_of<Impl>(s).save_token(str(token), str(path), opt(dtype), overwrite != 0); });
+        },
+        [](void* s, const char* path, const sumi_dtype* dtype, int32_t overwrite) {
+          return guarded([&] { self_of<Impl>(s).save(str(path), opt(dtype), overwrite != 0); });
         }};
     return &vt;
   }

@@ -16,7 +16,8 @@
  *  - Ownership is written on every signature: "borrowed" handles stay owned by the caller,
  *    "new reference" handles must be released with host->tensor_release.
  *  - dtypes and devices use DLPack's codes.
- *  - "since 1.0" marks the ABI minor that introduced a field.
+ *  - "since 1.0" marks the ABI minor that introduced a field. ABI 1.1 appended the model
+ *    vtable's training slots (train_part, add_token, save_token, save).
  */
 #ifndef SUMI_SUMI_H
 #define SUMI_SUMI_H
@@ -29,7 +30,7 @@ extern "C" {
 #endif
 
 #define SUMI_ABI_MAJOR 1
-#define SUMI_ABI_MINOR 0
+#define SUMI_ABI_MINOR 1
 
 #if defined(_WIN32)
 #define SUMI_EXPORT __declspec(dllexport)
@@ -396,7 +397,38 @@ typedef struct sumi_model_vtable {
   /* Route a module's forward through a network (runtime application); NULL network detaches. */
   sumi_status (*set_network)(void* self, void* network_self, const sumi_network_vtable* network,
                              const int32_t* selected);
+
+  /* --- training the model itself (since 1.1): DreamBooth / fine-tuning / Textual Inversion.
+   * A host reads these only when struct_size covers them (a 1.0 model has none). All strings
+   * are borrowed for the call. */
+  /* Make one part trainable: every weight of `part` ("unet", "text_encoder",
+   * "text_encoder_2") is registered with host->param_create under the component's context,
+   * group = `part`, name "<part>.<diffusers/transformers name>"; from then on the model
+   * computes with the registered tensors, so optimizers, save_state and resume see them.
+   * Needs a loaded model; a part is made trainable once. */
+  sumi_status (*train_part)(void* self, const char* part);
+  /* Textual Inversion: add `token` as `num_vectors` new tokens (token, token1, token2, ...;
+   * in prompts `token` alone expands to all of them). Their embedding rows, one block per text
+   * encoder, are the only new parameters: "ti.<token>.emb_params" (SD1/SD2) or
+   * "ti.<token>.clip_l" + "ti.<token>.clip_g" (SDXL), group "textual_inversion", fp32.
+   * Initialised from the token embeddings of `init_word` (repeated or cut to num_vectors);
+   * NULL or "" draws N(0, 0.02). Refused when the token string is already a token. */
+  sumi_status (*add_token)(void* self, const char* token, const char* init_word,
+                           int64_t num_vectors);
+  /* Write a token added by add_token as an embedding file (.safetensors only): "emb_params"
+   * [n, dim] (SD1/SD2) or "clip_l" + "clip_g" (SDXL), as kohya and A1111 read them. `dtype`
+   * (nullable: fp32) converts the vectors. An existing file is replaced only if `overwrite`. */
+  sumi_status (*save_token)(void* self, const char* token, const char* path,
+                            const sumi_dtype* dtype, int32_t overwrite);
+  /* Write the whole model (UNet, text encoder(s), VAE; trained weights included, added tokens
+   * not): `path` ending in .safetensors is one original-layout file (LDM / SGM names), anything
+   * else a diffusers folder. `dtype` (nullable: the model's own) converts floating-point
+   * weights. An existing path is replaced (atomically) only if `overwrite`. */
+  sumi_status (*save)(void* self, const char* path, const sumi_dtype* dtype, int32_t overwrite);
 } sumi_model_vtable;
+
+/* Size of the model vtable of ABI 1.0 (before train_part): the least a model must provide. */
+#define SUMI_MODEL_VTABLE_SIZE_1_0 offsetof(sumi_model_vtable, train_part)
 
 /* --- tagger: image -> tags. */
 typedef void (*sumi_tag_sink)(void* user, const char* tag, double score);

@@ -1,5 +1,7 @@
 /* A plain-C plugin built against the frozen ABI 1.0 header (tests/abi/abi_1_0): the host must keep
- * loading and running it. It provides an lr_scheduler "oldest_half" returning 0.5. */
+ * loading and running it. It provides an lr_scheduler "oldest_half" returning 0.5, and a model
+ * "oldest_model" whose vtable has only ABI 1.0's slots (every call refuses), so the host's checks
+ * for slots appended later (ABI 1.1's training slots) can be exercised. */
 #include <sumi/sumi.h>
 
 static sumi_status half(void* self, const sumi_lr_query* q, double* out) {
@@ -17,14 +19,36 @@ static sumi_status create(const sumi_host_api* host, sumi_context* ctx, void** s
 }
 static void destroy(void* self) { (void)self; }
 static const sumi_lr_scheduler_vtable vt = {sizeof(sumi_lr_scheduler_vtable), &half};
-static const sumi_component components[] = {{sizeof(sumi_component), SUMI_KIND_LR_SCHEDULER, SUMI_LR_SCHEDULER_API,
-                                             "oldest_half", "Constant 0.5 (C, ABI 1.0).", NULL, 0, &create, &destroy,
-                                             &vt}};
+
+static const sumi_host_api* g_host;
+static sumi_status refuse(void) { return g_host->set_error(SUMI_ERR_UNSUPPORTED, "oldest_model computes nothing"); }
+static sumi_status m_load(void* s, const char* p) { (void)s; (void)p; return refuse(); }
+static sumi_status m_modules(void* s, const sumi_module_info** o, int64_t* n) { (void)s; (void)o; (void)n; return refuse(); }
+static sumi_status m_encode(void* s, const char* const* p, int64_t n, sumi_tensor* c, sumi_tensor* pl) {
+  (void)s; (void)p; (void)n; (void)c; (void)pl; return refuse();
+}
+static sumi_status m_denoise(void* s, sumi_tensor l, sumi_tensor t, sumi_tensor c, sumi_tensor p, sumi_tensor a,
+                             sumi_tensor* o) {
+  (void)s; (void)l; (void)t; (void)c; (void)p; (void)a; (void)o; return refuse();
+}
+static sumi_status m_vae_encode(void* s, sumi_tensor i, int32_t smp, sumi_tensor* o) { (void)s; (void)i; (void)smp; (void)o; return refuse(); }
+static sumi_status m_vae_decode(void* s, sumi_tensor l, sumi_tensor* o) { (void)s; (void)l; (void)o; return refuse(); }
+static sumi_status m_set_network(void* s, void* n, const sumi_network_vtable* v, const int32_t* sel) {
+  (void)s; (void)n; (void)v; (void)sel; return refuse();
+}
+static const sumi_model_vtable model_vt = {sizeof(sumi_model_vtable), &m_load, &m_modules, &m_encode, &m_denoise,
+                                           &m_vae_encode, &m_vae_decode, &m_set_network};
+
+static const sumi_component components[] = {
+    {sizeof(sumi_component), SUMI_KIND_LR_SCHEDULER, SUMI_LR_SCHEDULER_API, "oldest_half", "Constant 0.5 (C, ABI 1.0).",
+     NULL, 0, &create, &destroy, &vt},
+    {sizeof(sumi_component), SUMI_KIND_MODEL, SUMI_MODEL_API, "oldest_model", "A model vtable of ABI 1.0 (C).", NULL, 0,
+     &create, &destroy, &model_vt}};
 static const sumi_plugin_descriptor desc = {sizeof(sumi_plugin_descriptor), SUMI_ABI_MAJOR, SUMI_ABI_MINOR, "oldest",
-                                            "1.0", components, 1, NULL};
+                                            "1.0", components, 2, NULL};
 
 SUMI_EXPORT sumi_status sumi_plugin_entry(const sumi_host_api* host, const sumi_plugin_descriptor** out) {
-  (void)host;
+  g_host = host;
   *out = &desc;
   return SUMI_OK;
 }
