@@ -13,6 +13,7 @@
 #include "image_io.h"
 #include "io/safetensors_torch.h"
 #include "model_file.h"
+#include "network_settings.h"
 #include "network_stack.h"
 #include "py_random.h"
 
@@ -229,6 +230,8 @@ int cmd_generate(const std::vector<std::string>& args) {
   if (network_args.size() > network_modules.size())
     throw host::UserError("sumi generate: " + std::to_string(network_args.size()) + " --network_args entries for " +
                           std::to_string(network_modules.size()) + " networks");
+  for (const auto& w : network_weights)
+    if (!fs::exists(w)) throw host::UserError("sumi generate: --network_weights '" + w + "' does not exist");
   const bool merge = vm.count("network_merge") > 0;
   if (merge && network_modules.empty()) throw host::UserError("sumi generate: --network_merge needs --network_module/--network_weights");
   if (!ti_files.empty())
@@ -274,7 +277,10 @@ int cmd_generate(const std::vector<std::string>& args) {
   NetworkStack networks(model);
   for (size_t i = 0; i < network_modules.size(); ++i) {
     auto ref = pm.find(SUMI_KIND_NETWORK, network_modules[i]);
-    const auto given = i < network_args.size() ? network_args_of(network_args[i], i) : std::map<std::string, std::string>{};
+    auto given = i < network_args.size() ? network_args_of(network_args[i], i) : std::map<std::string, std::string>{};
+    // gen_img takes a LoRA's ranks and coverage from its file; --network_args entries win.
+    if (std::string(ref.component->name) == "lora" && fs::path(network_weights[i]).extension() == ".safetensors")
+      for (const auto& [k, v] : lora_settings_from_file(network_weights[i])) given.emplace(k, v);
     auto net = std::make_unique<host::Component>(ref, "network" + std::to_string(i), registry,
                                                  host::make_config(*ref.component, given));
     auto selected = prepare_network(model, *net, network_weights[i], i < network_mul.size() ? network_mul[i] : 1.0, false);

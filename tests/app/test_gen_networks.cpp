@@ -1,18 +1,24 @@
 // Several networks on one model (gen_img's --network_module lists) on tiny-sd1 with the kohya
 // LoRA fixture: merging into the weights gives sd-scripts' merged UNet outputs (the `lora.*`
 // goldens) and the image of runtime application; two networks at once are the sum of their
-// deltas (the fixture twice at 0.5 + 0.5 equals it once at 1, merged or not).
+// deltas (the fixture twice at 0.5 + 0.5 equals it once at 1, merged or not), also from the CLI;
+// a LoRA file's rank and coverage become the plugin's settings.
 #include <doctest/doctest.h>
 
 #include "../common/plugin_test.h"
 #include "app/app.h"
+#include "app/commands.h"
+#include "app/image_io.h"
 #include "app/generation.h"
+#include "app/network_settings.h"
 #include "app/network_stack.h"
 #include "core/op_bridge.h"
 #include "core/tensor_handle.h"
 #include "io/safetensors_torch.h"
 
 #include <ATen/Parallel.h>
+
+#include <filesystem>
 
 namespace {
 
@@ -113,4 +119,49 @@ TEST_CASE("set_multipliers changes runtime networks between batches") {
   CHECK(rel(half_half.latents, Rig({1.0}, false).image().latents) < 1e-4);
   Rig merged({1.0}, true);
   CHECK_THROWS_AS(merged.stack->set_multipliers({0.5}), sumi::host::UserError);
+}
+
+TEST_CASE("a LoRA file's rank and coverage set the lora plugin as gen_img reads them") {
+  CHECK(sumi::app::lora_settings_from_file(fixture("tiny-sd1.lora.safetensors")) ==
+        std::map<std::string, std::string>{{"dim", "4"}});
+  // The fixture cut to rank 2 and to its U-Net part: dim 2, U-Net only, and it loads.
+  sumi::io::NamedTensors cut;
+  for (auto& [k, t] : sumi::io::load_all(fixture("tiny-sd1.lora.safetensors"))) {
+    if (k.rfind("lora_unet_", 0) != 0) continue;
+    const bool down = k.find(".lora_down.") != std::string::npos, up = k.find(".lora_up.") != std::string::npos;
+    cut.emplace_back(k, down ? t.narrow(0, 0, 2).contiguous() : up ? t.narrow(1, 0, 2).contiguous() : t);
+  }
+  const std::string path = std::string(SUMI_BUILD_DIR) + "/test_gen_networks_rank2.safetensors";
+  sumi::io::save_tensors(path, cut);
+  const auto settings = sumi::app::lora_settings_from_file(path);
+  CHECK(settings == std::map<std::string, std::string>{{"dim", "2"}, {"train_unet_only", "true"}});
+  sumi::host::Registry reg;
+  auto model = sumi::test::make(SUMI_KIND_MODEL, "sd1", reg, {{"dtype", "fp32"}}, "model");
+  model->check(model->vtable<sumi_model_vtable>().load(model->self(), fixture("tiny-sd1.safetensors").c_str()), "load");
+  auto net = sumi::test::make(SUMI_KIND_NETWORK, "lora", reg, settings, "network");
+  const auto selected = sumi::app::prepare_network(*model, *net, path, 1.0, false);
+  int64_t n = 0;
+  for (auto s : selected) n += s;
+  CHECK(n == 192);  // the fixture's U-Net modules
+}
+
+TEST_CASE("sumi generate: two LoRAs at 0.5 merged from the command line == one at 1 at runtime") {
+  namespace fs = std::filesystem;
+  const fs::path out = fs::path(SUMI_BUILD_DIR) / "test_gen_networks_cli";
+  fs::remove_all(out);
+  const std::string lora = fixture("tiny-sd1.lora.safetensors");
+  // The ranks come from the file (no --network_args), as gen_img reads them.
+  // The diffusers folder: its scheduler config is the one Rig::image samples with.
+  CHECK(sumi::app::cmd_generate({"--ckpt", fixture("tiny-sd1"), "--plugin-dir", SUMI_PLUGIN_DIR, "--outdir",
+                                 out.string(), "--W", "64", "--H", "64", "--steps", "6", "--sampler", "euler", "--seed", "3",
+                                 "--threads", "2", "--prompt", "a photo of a cat", "--network_module", "lora", "lora",
+                                 "--network_weights", lora, lora, "--network_mul", "0.5", "0.5", "--network_merge"}) == 0);
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(out)) files.push_back(e.path());
+  REQUIRE(files.size() == 1);
+  std::map<std::string, std::string> text;
+  const at::Tensor got = sumi::app::read_image(files[0].string(), &text).to(at::kInt);
+  CHECK(text["parameters"].find("Lora: tiny-sd1.lora, tiny-sd1.lora") != std::string::npos);
+  const at::Tensor want = sumi::app::to_uint8_hwc(Rig({1.0}, false).image().image).to(at::kInt);
+  CHECK((got - want).abs().max().item<int64_t>() <= 1);
 }
