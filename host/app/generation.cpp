@@ -306,6 +306,8 @@ std::vector<ImageResult> Generator::run_highres_batch(const std::vector<ImageReq
   for (size_t k = 0; k < rs.size(); ++k) {
     const ImageRequest& r = rs[k];
     ImageRequest b = r;
+    // gen_img seeds the second pass with seed + 1 (and records the original seed).
+    b.seed = r.seed + 1;
     // The mask holds in the second pass too, so the unmasked region stays the original's.
     if (h.latents_upscaling) {
       b.init_latents = at::upsample_bilinear2d(ones[k].latents, {r.height / 8, r.width / 8}, false);

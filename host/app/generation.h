@@ -38,7 +38,8 @@ struct ImageRequest {
 };
 
 // gen_img's highres fix: a first pass at scale x the size (rounded down to a multiple of 32) with
-// `steps` steps, upscaled to the full size, then img2img at the request's strength.
+// `steps` steps, upscaled to the full size, then img2img at the request's strength with the
+// seed + 1 (as gen_img seeds its second stage).
 struct HighresFix {
   double scale = 0.5;
   int64_t steps = 28;
