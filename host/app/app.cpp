@@ -120,6 +120,15 @@ std::unique_ptr<host::Component> instantiate(int32_t kind, const recipe::Resolve
 
 std::vector<int32_t> attach_network(host::Component& model, host::Component& network, const std::string& weights_file,
                                     double multiplier, bool training) {
+  std::vector<int32_t> selected = prepare_network(model, network, weights_file, multiplier, training);
+  const auto& mvt = model.vtable<sumi_model_vtable>();
+  const auto& nvt = network.vtable<sumi_network_vtable>();
+  model.check(mvt.set_network(model.self(), network.self(), &nvt, selected.data()), "set_network");
+  return selected;
+}
+
+std::vector<int32_t> prepare_network(host::Component& model, host::Component& network, const std::string& weights_file,
+                                     double multiplier, bool training) {
   const auto& mvt = model.vtable<sumi_model_vtable>();
   const auto& nvt = network.vtable<sumi_network_vtable>();
   const sumi_module_info* mods = nullptr;
@@ -141,7 +150,6 @@ std::vector<int32_t> attach_network(host::Component& model, host::Component& net
   }
   network.check(nvt.set_multiplier(network.self(), multiplier), "set_multiplier");
   network.check(nvt.set_training(network.self(), training ? 1 : 0), "set_training");
-  model.check(mvt.set_network(model.self(), network.self(), &nvt, selected.data()), "set_network");
   return selected;
 }
 

@@ -52,5 +52,9 @@ std::unique_ptr<host::Component> instantiate(int32_t kind, const recipe::Resolve
 // training mode, and routes the model's forward through it. Returns the selection per module.
 std::vector<int32_t> attach_network(host::Component& model, host::Component& network, const std::string& weights_file,
                                     double multiplier, bool training);
+// The same without routing the model's forward through it (for several networks at once or a
+// merge): attach, fill, multiplier, training mode; returns the selection.
+std::vector<int32_t> prepare_network(host::Component& model, host::Component& network, const std::string& weights_file,
+                                     double multiplier, bool training);
 
 }  // namespace sumi::app

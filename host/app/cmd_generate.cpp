@@ -13,6 +13,9 @@
 #include "image_io.h"
 #include "io/safetensors_torch.h"
 #include "model_file.h"
+#include "network_settings.h"
+#include "network_stack.h"
+#include "py_random.h"
 
 #include <sumi/prompt/prompt_file.h>
 
@@ -36,9 +39,8 @@ namespace sumi::app {
 namespace {
 
 // gen_img flags sumi does not implement yet: refused by name rather than ignored.
-const char* kNotYet[] = {"highres_fix_save_1st", "highres_fix_upscaler", "highres_fix_upscaler_args", "network_merge",
-                         "textual_inversion_embeddings", "vae_batch_size",
-                         "control_net_models", "xformers", "sdpa", "interactive", "clip_guidance_scale"};
+const char* kNotYet[] = {"highres_fix_save_1st", "highres_fix_upscaler", "highres_fix_upscaler_args", "control_net_models",
+                         "xformers", "sdpa", "interactive", "clip_guidance_scale"};
 
 // A1111's sampler labels for the `parameters` text.
 std::string a1111_sampler(const std::string& s, bool karras) {
@@ -83,14 +85,64 @@ std::string timestamp() {
 
 }  // namespace
 
+namespace {
+
+// One image to make, in gen_img's order (iteration, prompt, image of the prompt).
+struct Job {
+  ImageRequest request;
+  const prompt::PromptSpec* spec = nullptr;
+  std::string sampler;
+  std::vector<double> network_muls;
+  std::string init_name, mask_name;
+  int64_t index = 0;  // running image number (file names, image/mask cycling)
+};
+
+// gen_img splits a batch where these differ (its BatchDataExt), plus the sampler (--ss).
+bool same_batch(const Job& a, const Job& b) {
+  const ImageRequest &x = a.request, &y = b.request;
+  return x.width == y.width && x.height == y.height && x.steps == y.steps && x.scale == y.scale &&
+         x.strength == y.strength && a.sampler == b.sampler && a.network_muls == b.network_muls;
+}
+
+// "key=value;key=value" (gen_img's --network_args entry for one network).
+std::map<std::string, std::string> network_args_of(const std::string& text, size_t which) {
+  std::map<std::string, std::string> out;
+  size_t from = 0;
+  while (from <= text.size()) {
+    size_t to = text.find(';', from);
+    if (to == std::string::npos) to = text.size();
+    const std::string item = text.substr(from, to - from);
+    from = to + 1;
+    if (item.empty()) continue;
+    const size_t eq = item.find('=');
+    if (eq == std::string::npos || eq == 0)
+      throw host::UserError("sumi generate: --network_args entry " + std::to_string(which + 1) + " ('" + text +
+                            "'): '" + item + "' is not key=value; separate several with ';' (\"dim=8;alpha=4\")");
+    out[item.substr(0, eq)] = item.substr(eq + 1);
+  }
+  return out;
+}
+
+// A prompt option gen_img or train_util knows but sumi generate does not apply: refused by name.
+void refuse_unapplied(const prompt::PromptSpec& s) {
+  const char* flag = s.negative_scale ? "--nl (negative scale)"
+                     : s.controlnet_image ? "--cn (ControlNet image)"
+                     : (s.original_width || s.original_height) ? "--ow/--oh (SDXL original size)"
+                     : (s.original_width_negative || s.original_height_negative) ? "--nw/--nh (SDXL negative original size)"
+                     : (s.crop_top || s.crop_left) ? "--ct/--cl (SDXL crop)"
+                                                   : nullptr;
+  if (flag) throw host::UserError(s.origin + ": the prompt option " + std::string(flag) + " is not supported by sumi generate yet; remove it");
+}
+
+}  // namespace
+
 int cmd_generate(const std::vector<std::string>& args) {
-  std::string ckpt, vae, prompt, from_file, outdir = "outputs", sampler = "ddim", dtype_flag;
-  std::vector<std::string> network_modules, network_weights;
+  std::string ckpt, vae, prompt, from_file, outdir = "outputs", sampler = "ddim";
+  std::vector<std::string> network_modules, network_weights, network_args, ti_files;
   std::vector<double> network_mul;
   std::vector<std::string> plugin_dirs;
-  int64_t W = 512, H = 512, steps = 50, n_iter = 1, images_per_prompt = 1, batch_size = 1, clip_skip = 1,
-          max_emb = 3;
-  double scale = 7.5, strength = 0.8, hr_scale = 0, hr_strength = -1;
+  int64_t W = 512, H = 512, steps = 50, n_iter = 1, images_per_prompt = 1, batch_size = 1, clip_skip = 1, max_emb = 1;
+  double scale = 7.5, strength = 0.8, hr_scale = 0, hr_strength = -1, vae_batch = 0;
   int64_t hr_steps = 28;
   std::string image_path, mask_path;
   int64_t seed = -1;
@@ -103,18 +155,22 @@ int cmd_generate(const std::vector<std::string>& args) {
       "outdir", po::value(&outdir), "output folder")("W", po::value(&W), "width")("H", po::value(&H), "height")(
       "steps", po::value(&steps), "sampling steps")("sampler", po::value(&sampler), "ddim, euler, euler_a, dpmsolver++, ...")(
       "use_karras_sigmas", "Karras sigma spacing (sigma-based samplers; 'DPM++ 2M Karras')")(
-      "scale", po::value(&scale), "classifier-free guidance scale")("seed", po::value(&seed),
-                                                                    "seed of the first image (next images: +1)")(
+      "scale", po::value(&scale), "classifier-free guidance scale")(
+      "seed", po::value(&seed), "seed of a single image, or the seed of the seeds (Python's random, as gen_img)")(
       "n_iter", po::value(&n_iter), "repeat every prompt this many times")(
       "images_per_prompt", po::value(&images_per_prompt), "images per prompt per iteration")(
-      "batch_size", po::value(&batch_size), "batch size (images are sampled one by one)")(
+      "batch_size", po::value(&batch_size), "images denoised together in one batch")(
+      "vae_batch_size", po::value(&vae_batch), "images decoded at once (< 1: that fraction of the batch)")(
       "clip_skip", po::value(&clip_skip), "use the output of the n-th last text-encoder layer")(
-      "max_embeddings_multiples", po::value(&max_emb), "prompt length in 75-token chunks")(
+      "max_embeddings_multiples", po::value(&max_emb), "prompt length in 75-token chunks (default 1 = 75 tokens)")(
       "v2", "SD 2.x model")("v_parameterization", "v-prediction model")("sdxl", "SDXL model")(
       "bf16", "bfloat16 weights and autocast")("fp16", "float16 weights")(
-      "network_module", po::value(&network_modules)->multitoken(), "network plugin (lora, networks.lora, path)")(
-      "network_weights", po::value(&network_weights)->multitoken(), "network weights file")(
-      "network_mul", po::value(&network_mul)->multitoken(), "network multiplier")(
+      "network_module", po::value(&network_modules)->multitoken(), "network plugins, one per network (lora, networks.lora, path)")(
+      "network_weights", po::value(&network_weights)->multitoken(), "network weights files, one per network")(
+      "network_mul", po::value(&network_mul)->multitoken(), "network multipliers, one per network (default 1)")(
+      "network_args", po::value(&network_args)->multitoken(), "per network: \"key=value;key=value\" settings of its plugin")(
+      "network_merge", "merge the networks into the model's weights once instead of applying them at each step")(
+      "textual_inversion_embeddings", po::value(&ti_files)->multitoken(), "Textual Inversion embedding files")(
       "plugin-dir", po::value(&plugin_dirs)->composing(), "extra plugin folder")(
       "threads", po::value(&threads), "CPU threads (0 = all cores)")(
       "image_path", po::value(&image_path), "img2img start image: a file, or a folder (cycled image by image)")(
@@ -156,12 +212,31 @@ int cmd_generate(const std::vector<std::string>& args) {
   if (ckpt.empty()) throw host::UserError("sumi generate: --ckpt is required (a .safetensors/.ckpt file or a diffusers folder)");
   if (!fs::exists(ckpt)) throw host::UserError("sumi generate: --ckpt '" + ckpt + "' does not exist");
   if (prompt.empty() == from_file.empty()) throw host::UserError("sumi generate: give exactly one of --prompt and --from_file");
-  if (max_emb != 3) throw host::UserError("sumi generate: --max_embeddings_multiples other than 3 is not supported yet");
-  if (network_modules.size() > 1 || network_weights.size() > 1)
-    throw host::UserError("sumi generate: one network at a time is supported so far (got " +
-                          std::to_string(std::max(network_modules.size(), network_weights.size())) + ")");
+  if (max_emb < 1)
+    throw host::UserError("sumi generate: --max_embeddings_multiples must be at least 1 (75 tokens a chunk), got " +
+                          std::to_string(max_emb));
+  if (batch_size < 1) throw host::UserError("sumi generate: --batch_size must be at least 1, got " + std::to_string(batch_size));
+  if (n_iter < 1 || images_per_prompt < 1)
+    throw host::UserError("sumi generate: --n_iter and --images_per_prompt must be at least 1");
+  if (vm.count("vae_batch_size") && !(vae_batch > 0))
+    throw host::UserError("sumi generate: --vae_batch_size must be positive (a count, or below 1 a fraction of the batch), got " +
+                          std::to_string(vae_batch));
   if (network_modules.size() != network_weights.size())
-    throw host::UserError("sumi generate: --network_module and --network_weights must be given together");
+    throw host::UserError("sumi generate: --network_module and --network_weights must name the same number of networks (got " +
+                          std::to_string(network_modules.size()) + " and " + std::to_string(network_weights.size()) + ")");
+  if (network_mul.size() > network_modules.size())
+    throw host::UserError("sumi generate: " + std::to_string(network_mul.size()) + " --network_mul values for " +
+                          std::to_string(network_modules.size()) + " networks");
+  if (network_args.size() > network_modules.size())
+    throw host::UserError("sumi generate: " + std::to_string(network_args.size()) + " --network_args entries for " +
+                          std::to_string(network_modules.size()) + " networks");
+  for (const auto& w : network_weights)
+    if (!fs::exists(w)) throw host::UserError("sumi generate: --network_weights '" + w + "' does not exist");
+  const bool merge = vm.count("network_merge") > 0;
+  if (merge && network_modules.empty()) throw host::UserError("sumi generate: --network_merge needs --network_module/--network_weights");
+  if (!ti_files.empty())
+    throw host::UserError("sumi generate: --textual_inversion_embeddings is not supported yet (the model plugin has no "
+                          "embedding loader)");
 
   host::init_runtime(threads);
   CommonOptions common;
@@ -173,100 +248,197 @@ int cmd_generate(const std::vector<std::string>& args) {
   if (family.empty()) family = "sd1";
   const std::string dtype = vm.count("bf16") ? "bf16" : vm.count("fp16") ? "fp16" : "fp32";
   auto model_ref = pm.find(SUMI_KIND_MODEL, family);
-  std::map<std::string, std::string> model_cfg{{"dtype", dtype}, {"clip_skip", std::to_string(clip_skip)}};
+  // gen_img always reads prompts with weights ((word:1.3), BREAK) and in 75-token chunks.
+  std::map<std::string, std::string> model_cfg{{"dtype", dtype},
+                                               {"clip_skip", std::to_string(clip_skip)},
+                                               {"prompt_weighting", "true"},
+                                               {"max_embeddings_multiples", std::to_string(max_emb)}};
   if (!vae.empty()) model_cfg["vae"] = vae;
   if (vm.count("v_parameterization")) model_cfg["v_parameterization"] = "true";
   host::Component model(model_ref, "model", registry, host::make_config(*model_ref.component, model_cfg));
   model.check(model.vtable<sumi_model_vtable>().load(model.self(), ckpt.c_str()), "load");
 
-  auto sched_ref = pm.find(SUMI_KIND_NOISE_SCHEDULER, sampler);
-  // A diffusers folder says how its sampler is set up; flags override.
-  std::map<std::string, std::string> sched_cfg = scheduler_config_of(ckpt, *sched_ref.component);
-  if (vm.count("v_parameterization")) sched_cfg["prediction_type"] = "v_prediction";
-  if (vm.count("use_karras_sigmas")) sched_cfg["use_karras_sigmas"] = "true";
-  host::Component scheduler(sched_ref, "noise_scheduler", registry, host::make_config(*sched_ref.component, sched_cfg));
+  // Samplers by name: --sampler, and any a prompt names with --ss.
+  std::map<std::string, std::unique_ptr<host::Component>> schedulers;
+  auto scheduler_for = [&](const std::string& name) -> host::Component& {
+    auto& slot = schedulers[name];
+    if (!slot) {
+      auto ref = pm.find(SUMI_KIND_NOISE_SCHEDULER, name);
+      // A diffusers folder says how its sampler is set up; flags override.
+      std::map<std::string, std::string> cfg = scheduler_config_of(ckpt, *ref.component);
+      if (vm.count("v_parameterization")) cfg["prediction_type"] = "v_prediction";
+      if (vm.count("use_karras_sigmas")) cfg["use_karras_sigmas"] = "true";
+      slot = std::make_unique<host::Component>(ref, "noise_scheduler." + name, registry, host::make_config(*ref.component, cfg));
+    }
+    return *slot;
+  };
+  scheduler_for(sampler);
 
-  std::unique_ptr<host::Component> network;
-  if (!network_modules.empty()) {
-    auto ref = pm.find(SUMI_KIND_NETWORK, network_modules[0]);
-    network = std::make_unique<host::Component>(ref, "network", registry, host::make_config(*ref.component, {}));
-    attach_network(model, *network, network_weights[0], network_mul.empty() ? 1.0 : network_mul[0], false);
+  NetworkStack networks(model);
+  for (size_t i = 0; i < network_modules.size(); ++i) {
+    auto ref = pm.find(SUMI_KIND_NETWORK, network_modules[i]);
+    auto given = i < network_args.size() ? network_args_of(network_args[i], i) : std::map<std::string, std::string>{};
+    // gen_img takes a LoRA's ranks and coverage from its file; --network_args entries win.
+    if (std::string(ref.component->name) == "lora" && fs::path(network_weights[i]).extension() == ".safetensors")
+      for (const auto& [k, v] : lora_settings_from_file(network_weights[i])) given.emplace(k, v);
+    auto net = std::make_unique<host::Component>(ref, "network" + std::to_string(i), registry,
+                                                 host::make_config(*ref.component, given));
+    auto selected = prepare_network(model, *net, network_weights[i], i < network_mul.size() ? network_mul[i] : 1.0, false);
+    networks.add(std::move(net), std::move(selected));
   }
+  if (merge) networks.merge();
+  else networks.apply();
 
   std::vector<prompt::PromptSpec> specs =
       from_file.empty() ? std::vector<prompt::PromptSpec>{prompt::parse_prompt_line(prompt, "--prompt")}
                         : prompt::load_prompt_file(from_file);
+  for (const auto& spec : specs) {
+    refuse_unapplied(spec);
+    if (spec.sampler) scheduler_for(*spec.sampler);
+    if (spec.network_multipliers) {
+      if (networks.size() == 0) throw host::UserError(spec.origin + ": --am sets network multipliers but no network is loaded");
+      if (spec.network_multipliers->empty()) throw host::UserError(spec.origin + ": --am needs at least one multiplier");
+      if (merge)
+        throw host::UserError(spec.origin + ": --am cannot change multipliers of merged networks; drop --network_merge");
+    }
+    if (spec.strength) {
+      if (!(*spec.strength > 0 && *spec.strength <= 1))
+        throw host::UserError(spec.origin + ": --t (strength) must be in (0, 1], got " + std::to_string(*spec.strength));
+      if (images.empty() && !highres)
+        throw host::UserError(spec.origin + ": --t (strength) applies to img2img (--image_path) or the highres fix");
+    }
+  }
+
+  // Seeds as gen_img: with --seed, Python's random seeded with it draws one seed per image up
+  // front (a single image gets --seed itself); a prompt's --d list wins and its last entry
+  // repeats; otherwise a random seed per image.
+  const int64_t total = n_iter * static_cast<int64_t>(specs.size()) * images_per_prompt;
+  std::vector<uint64_t> predefined;
+  if (seed >= 0) {
+    PyRandom rng(static_cast<uint64_t>(seed));
+    for (int64_t i = 0; i < total; ++i) predefined.push_back(static_cast<uint64_t>(rng.randint31()));
+    if (total == 1) predefined[0] = static_cast<uint64_t>(seed);
+  }
+  std::mt19937_64 seed_rng(std::random_device{}());
+  size_t next_predefined = 0;
+
   fs::create_directories(outdir);
   const std::string hash = a1111_hash(ckpt);
   const std::string model_name = fs::path(ckpt).stem().string();
-  Generator gen(model, scheduler);
-  std::mt19937_64 seed_rng(std::random_device{}());
-  uint64_t next_seed = seed >= 0 ? static_cast<uint64_t>(seed) : seed_rng() % 4294967296ull;
-  int64_t index = 0;
   const std::string stamp = timestamp();
-  for (const auto& spec : specs) {
-    if (spec.sampler && *spec.sampler != sampler)
-      throw host::UserError(spec.origin + ": --ss (per-prompt sampler) is not supported by sumi generate yet; use --sampler");
-    for (int64_t it = 0; it < n_iter * images_per_prompt; ++it) {
-      ImageRequest r;
-      r.prompt = spec.prompt;
-      r.negative_prompt = spec.negative_prompt.value_or("");
-      r.width = spec.width.value_or(W);
-      r.height = spec.height.value_or(H);
-      r.steps = spec.steps.value_or(steps);
-      r.scale = spec.scale.value_or(scale);
-      r.seed = static_cast<size_t>(it) < spec.seeds.size() ? spec.seeds[static_cast<size_t>(it)] : next_seed++;
-      r.zero_empty_negative = family == "sdxl";
-      std::string init_name;
-      if (!images.empty()) {
-        const std::string& file = images[static_cast<size_t>(index) % images.size()];
-        init_name = fs::path(file).filename().string();
-        const at::Tensor img = read_image(file);
-        // No size given: the image's own, rounded down to a multiple of 32 as gen_img does.
-        if (!spec.width && !vm.count("W")) r.width = img.size(1) - img.size(1) % 32;
-        if (!spec.height && !vm.count("H")) r.height = img.size(0) - img.size(0) % 32;
-        if (r.width <= 0 || r.height <= 0)
-          throw host::UserError("sumi generate: " + file + " is smaller than 32 pixels; give --W and --H");
-        r.init_image = to_model_image(img, r.width, r.height);
-        r.strength = strength;
-        if (!masks.empty())
-          r.mask = to_mask(read_image(masks[static_cast<size_t>(index) % masks.size()]), r.width, r.height);
-      } else if (highres) {
-        r.strength = strength;
-      }
-      ImageResult result;
-      if (highres) {
-        HighresFix h;
-        h.scale = hr_scale;
-        h.steps = hr_steps;
-        h.first_strength = hr_strength;
-        h.latents_upscaling = vm.count("highres_fix_latents_upscaling") > 0;
-        result = gen.run_highres(r, h);
-      } else {
-        result = gen.run(r);
-      }
+  const int64_t vae_batch_size =
+      vae_batch <= 0 ? 0 : vae_batch < 1 ? -1 : static_cast<int64_t>(vae_batch);  // -1: fraction, per batch
+  std::string lora_names;
+  for (const auto& w : network_weights) lora_names += (lora_names.empty() ? "" : ", ") + fs::path(w).stem().string();
+
+  auto write_batch = [&](std::vector<Job>& batch) {
+    if (batch.empty()) return;
+    const Job& head = batch.front();
+    if (networks.size() && !merge) networks.set_multipliers(head.network_muls);
+    const int64_t n = static_cast<int64_t>(batch.size());
+    const int64_t vb = vae_batch_size >= 0 ? vae_batch_size : std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(n) * vae_batch));
+    Generator gen(model, scheduler_for(head.sampler), vb);
+    std::vector<ImageRequest> rs;
+    for (const auto& j : batch) rs.push_back(j.request);
+    std::vector<ImageResult> results;
+    if (highres) {
+      HighresFix h;
+      h.scale = hr_scale;
+      h.steps = hr_steps;
+      h.first_strength = hr_strength;
+      h.latents_upscaling = vm.count("highres_fix_latents_upscaling") > 0;
+      results = gen.run_highres_batch(rs, h);
+    } else {
+      results = gen.run_batch(rs);
+    }
+    for (size_t k = 0; k < batch.size(); ++k) {
+      const Job& j = batch[k];
+      const ImageRequest& r = j.request;
       std::ostringstream params;
       params << r.prompt << "\n";
       if (!r.negative_prompt.empty()) params << "Negative prompt: " << r.negative_prompt << "\n";
-      params << "Steps: " << (highres ? hr_steps : r.steps) << ", Sampler: " << a1111_sampler(sampler, vm.count("use_karras_sigmas") > 0)
+      params << "Steps: " << (highres ? hr_steps : r.steps) << ", Sampler: " << a1111_sampler(j.sampler, vm.count("use_karras_sigmas") > 0)
              << ", CFG scale: " << r.scale << ", Seed: " << r.seed << ", Size: " << r.width << "x" << r.height;
-      if (!init_name.empty()) params << ", Denoising strength: " << (highres ? hr_strength : strength) << ", Init image: " << init_name;
-      if (!masks.empty()) params << ", Mask: " << fs::path(masks[static_cast<size_t>(index) % masks.size()]).filename().string();
+      if (!j.init_name.empty()) params << ", Denoising strength: " << (highres ? hr_strength : r.strength) << ", Init image: " << j.init_name;
+      if (!j.mask_name.empty()) params << ", Mask: " << j.mask_name;
       if (highres)
         params << ", Hires upscale: " << 1 / hr_scale << ", Hires steps: " << r.steps
                << ", Hires upscaler: " << (vm.count("highres_fix_latents_upscaling") ? "Latent" : "bicubic")
-               << (init_name.empty() ? ", Denoising strength: " : ", Hires denoising strength: ") << strength;
+               << (j.init_name.empty() ? ", Denoising strength: " : ", Hires denoising strength: ") << r.strength;
       if (!hash.empty()) params << ", Model hash: " << hash;
       params << ", Model: " << model_name;
-      if (network) params << ", Lora: " << fs::path(network_weights[0]).stem().string();
+      if (networks.size()) params << ", Lora: " << lora_names;
       char name[64];
-      std::snprintf(name, sizeof name, "%s_%03lld_%llu.png", stamp.c_str(), static_cast<long long>(index++),
+      std::snprintf(name, sizeof name, "%s_%03lld_%llu.png", stamp.c_str(), static_cast<long long>(j.index),
                     static_cast<unsigned long long>(r.seed));
-      const std::string path = (fs::path(outdir) / (spec.output_name ? *spec.output_name + ".png" : name)).string();
-      write_png(path, to_uint8_hwc(result.image), {{"parameters", params.str()}});
+      const std::string path = (fs::path(outdir) / (j.spec->output_name ? *j.spec->output_name + ".png" : name)).string();
+      write_png(path, to_uint8_hwc(results[k].image), {{"parameters", params.str()}});
       std::printf("generate: wrote %s (seed %llu)\n", path.c_str(), static_cast<unsigned long long>(r.seed));
     }
+    batch.clear();
+  };
+
+  std::vector<Job> batch;
+  int64_t index = 0;
+  for (int64_t it = 0; it < n_iter; ++it) {
+    for (const auto& spec : specs) {
+      uint64_t prompt_seed = 0;
+      for (int64_t pi = 0; pi < images_per_prompt; ++pi) {
+        Job j;
+        j.spec = &spec;
+        j.index = index;
+        j.sampler = spec.sampler.value_or(sampler);
+        // --am pads with its last value (gen_img); --network_mul's missing entries are 1.
+        for (size_t k = 0; k < networks.size(); ++k)
+          j.network_muls.push_back(spec.network_multipliers
+                                       ? (k < spec.network_multipliers->size() ? (*spec.network_multipliers)[k]
+                                                                               : spec.network_multipliers->back())
+                                   : k < network_mul.size() ? network_mul[k]
+                                                            : 1.0);
+        ImageRequest& r = j.request;
+        r.prompt = spec.prompt;
+        r.negative_prompt = spec.negative_prompt.value_or("");
+        r.width = spec.width.value_or(W);
+        r.height = spec.height.value_or(H);
+        r.steps = spec.steps.value_or(steps);
+        r.scale = spec.scale.value_or(scale);
+        if (!spec.seeds.empty()) {
+          if (static_cast<size_t>(pi) < spec.seeds.size()) prompt_seed = spec.seeds[static_cast<size_t>(pi)];
+          r.seed = prompt_seed;
+        } else if (seed >= 0) {
+          r.seed = predefined.at(next_predefined++);
+        } else {
+          r.seed = seed_rng() % 2147483648ull;
+        }
+        r.zero_empty_negative = family == "sdxl";
+        const double s = spec.strength.value_or(strength);
+        if (!images.empty()) {
+          const std::string& file = images[static_cast<size_t>(index) % images.size()];
+          j.init_name = fs::path(file).filename().string();
+          const at::Tensor img = read_image(file);
+          // No size given: the image's own, rounded down to a multiple of 32 as gen_img does.
+          if (!spec.width && !vm.count("W")) r.width = img.size(1) - img.size(1) % 32;
+          if (!spec.height && !vm.count("H")) r.height = img.size(0) - img.size(0) % 32;
+          if (r.width <= 0 || r.height <= 0)
+            throw host::UserError("sumi generate: " + file + " is smaller than 32 pixels; give --W and --H");
+          r.init_image = to_model_image(img, r.width, r.height);
+          r.strength = s;
+          if (!masks.empty()) {
+            const std::string& mfile = masks[static_cast<size_t>(index) % masks.size()];
+            j.mask_name = fs::path(mfile).filename().string();
+            r.mask = to_mask(read_image(mfile), r.width, r.height);
+          }
+        } else if (highres) {
+          r.strength = s;
+        }
+        ++index;
+        if (!batch.empty() && !same_batch(batch.back(), j)) write_batch(batch);
+        batch.push_back(std::move(j));
+        if (static_cast<int64_t>(batch.size()) == batch_size) write_batch(batch);
+      }
+    }
   }
+  write_batch(batch);
   return 0;
 }
 

@@ -32,10 +32,45 @@ sumi_tensor borrow(const at::Tensor& t, std::vector<sumi_tensor>& keep) {
 
 }  // namespace
 
-ImageResult Generator::run(const ImageRequest& r, bool progress) {
+ImageResult Generator::run(const ImageRequest& r, bool progress) { return run_batch({r}, progress).front(); }
+
+namespace {
+
+std::string size_text(int64_t w, int64_t h) { return std::to_string(w) + "x" + std::to_string(h); }
+
+// What a batch must share: everything that shapes the latents or the timestep schedule.
+void check_batch(const std::vector<ImageRequest>& rs) {
+  if (rs.empty()) throw std::logic_error("run_batch: no requests");
+  const ImageRequest& a = rs.front();
+  for (size_t i = 1; i < rs.size(); ++i) {
+    const ImageRequest& b = rs[i];
+    std::string what;
+    if (b.width != a.width || b.height != a.height)
+      what = "size " + size_text(b.width, b.height) + " vs " + size_text(a.width, a.height);
+    else if (b.steps != a.steps)
+      what = "steps " + std::to_string(b.steps) + " vs " + std::to_string(a.steps);
+    else if ((b.init_image.defined() || b.init_latents.defined()) != (a.init_image.defined() || a.init_latents.defined()))
+      what = "img2img and text-to-image mixed";
+    else if ((a.init_image.defined() || a.init_latents.defined()) && b.strength != a.strength)
+      what = "strength " + std::to_string(b.strength) + " vs " + std::to_string(a.strength);
+    else if (b.mask.defined() != a.mask.defined())
+      what = "inpainting and plain requests mixed";
+    else if (b.zero_empty_negative != a.zero_empty_negative)
+      what = "zero_empty_negative differs";
+    if (!what.empty())
+      throw host::UserError("image " + std::to_string(i) + " of a batch differs from image 0 (" + what +
+                            "); requests batched together must share size, steps, strength and kind");
+  }
+}
+
+}  // namespace
+
+std::vector<ImageResult> Generator::run_batch(const std::vector<ImageRequest>& rs, bool progress) {
+  check_batch(rs);
+  const ImageRequest& r = rs.front();
+  const int64_t B = static_cast<int64_t>(rs.size());
   if (r.width % 8 || r.height % 8 || r.width <= 0 || r.height <= 0)
-    throw host::UserError("image size must be a positive multiple of 8, got " + std::to_string(r.width) + "x" +
-                          std::to_string(r.height));
+    throw host::UserError("image size must be a positive multiple of 8, got " + size_text(r.width, r.height));
   if (r.steps <= 0) throw host::UserError("steps must be positive, got " + std::to_string(r.steps));
   const auto& mvt = model_.vtable<sumi_model_vtable>();
   const auto& svt = scheduler_.vtable<sumi_noise_scheduler_vtable>();
@@ -48,29 +83,35 @@ ImageResult Generator::run(const ImageRequest& r, bool progress) {
   } release{keep};
 
   at::NoGradGuard no_grad;
-  // Conditioning: [uncond, cond] as diffusers batches it.
-  Handle cond, pooled, ncond, npooled;
-  const char* p = r.prompt.c_str();
-  model_.check(mvt.encode_text(model_.self(), &p, 1, &cond.h, &pooled.h), "encode_text");
-  at::Tensor uncond_t, unpooled_t;
-  if (r.zero_empty_negative && r.negative_prompt.empty()) {
-    uncond_t = at::zeros_like(cond.get());
-    if (pooled.get().defined()) unpooled_t = at::zeros_like(pooled.get());
-  } else {
-    const char* n = r.negative_prompt.c_str();
-    model_.check(mvt.encode_text(model_.self(), &n, 1, &ncond.h, &npooled.h), "encode_text");
-    uncond_t = ncond.get();
-    unpooled_t = npooled.get();
+  // Conditioning: [uncond..., cond...] as diffusers batches it, from ONE encode_text call so
+  // that a weighted encoder gives every prompt of the batch, and each negative, one chunk count.
+  Handle text, pooled;
+  std::vector<const char*> texts;
+  for (const auto& q : rs) texts.push_back(q.negative_prompt.c_str());
+  for (const auto& q : rs) texts.push_back(q.prompt.c_str());
+  model_.check(mvt.encode_text(model_.self(), texts.data(), 2 * B, &text.h, &pooled.h), "encode_text");
+  at::Tensor context = text.get();
+  at::Tensor pooled_all = pooled.get();
+  if (context.size(0) != 2 * B)
+    throw std::runtime_error("encode_text returned " + std::to_string(context.size(0)) + " rows for " +
+                             std::to_string(2 * B) + " prompts");
+  if (r.zero_empty_negative) {
+    // SDXL: an empty negative prompt is zero conditioning, as diffusers does it.
+    context = context.clone();
+    if (pooled_all.defined()) pooled_all = pooled_all.clone();
+    for (int64_t i = 0; i < B; ++i) {
+      if (!rs[static_cast<size_t>(i)].negative_prompt.empty()) continue;
+      context[i].zero_();
+      if (pooled_all.defined()) pooled_all[i].zero_();
+    }
   }
-  const at::Tensor context = at::cat({uncond_t, cond.get()});
-  const at::Tensor pooled_all = pooled.get().defined() ? at::cat({unpooled_t, pooled.get()}) : at::Tensor();
   at::Tensor added;
   if (pooled_all.defined()) {
     // SDXL size/crop conditioning: original size, crop top-left, target size.
     added = at::tensor({static_cast<double>(r.height), static_cast<double>(r.width), 0.0, 0.0,
                         static_cast<double>(r.height), static_cast<double>(r.width)},
                        at::kFloat)
-                .repeat({2, 1});
+                .repeat({2 * B, 1});
   }
 
   scheduler_.check(svt.set_timesteps(scheduler_.self(), r.steps), "set_timesteps");
@@ -86,8 +127,16 @@ ImageResult Generator::run(const ImageRequest& r, bool progress) {
   // diffusers uses for ddim/ddpm/pndm and the DPM-Solvers. Same choice as diffusers' add_noise.
   const bool sigma_space = sigmas.defined() && sigmas.numel() > 0 && sigma0 > 1.0;
 
-  auto gen = at::make_generator<at::CPUGeneratorImpl>(r.seed);
-  const at::Tensor noise0 = at::randn({1, 4, r.height / 8, r.width / 8}, gen, at::TensorOptions().dtype(at::kFloat));
+  // One CPU stream per image, seeded with its seed: the start noise, then each step's noise.
+  const std::vector<int64_t> shape{1, 4, r.height / 8, r.width / 8};
+  std::vector<at::Generator> gens;
+  for (const auto& q : rs) gens.push_back(at::make_generator<at::CPUGeneratorImpl>(q.seed));
+  auto draw = [&] {
+    std::vector<at::Tensor> parts;
+    for (auto& g : gens) parts.push_back(at::randn(shape, g, at::TensorOptions().dtype(at::kFloat)));
+    return parts.size() == 1 ? parts.front() : at::cat(parts);
+  };
+  const at::Tensor noise0 = draw();
   const bool img2img = r.init_image.defined() || r.init_latents.defined();
   if (r.mask.defined() && !img2img) throw host::UserError("inpainting needs an init image (a mask alone was given)");
 
@@ -96,7 +145,7 @@ ImageResult Generator::run(const ImageRequest& r, bool progress) {
   auto noised = [&](int64_t index) {
     if (sigma_space) return init_latents + noise0 * sigmas[index].item<double>();
     Handle out;
-    const at::Tensor t = at::full({1}, static_cast<int64_t>(std::llround(timesteps[index].item<double>())), at::kLong);
+    const at::Tensor t = at::full({B}, static_cast<int64_t>(std::llround(timesteps[index].item<double>())), at::kLong);
     scheduler_.check(svt.add_noise(scheduler_.self(), borrow(init_latents, keep), borrow(noise0, keep), borrow(t, keep),
                                    &out.h),
                      "add_noise");
@@ -106,26 +155,40 @@ ImageResult Generator::run(const ImageRequest& r, bool progress) {
   if (img2img) {
     if (!(r.strength > 0 && r.strength <= 1))
       throw host::UserError("strength must be in (0, 1], got " + std::to_string(r.strength));
-    if (r.init_latents.defined()) {
-      init_latents = r.init_latents.to(at::kFloat);
-      if (init_latents.dim() != 4 || init_latents.size(2) != r.height / 8 || init_latents.size(3) != r.width / 8)
-        throw host::UserError("init latents must be [1, C, " + std::to_string(r.height / 8) + ", " +
-                              std::to_string(r.width / 8) + "] for a " + std::to_string(r.width) + "x" +
-                              std::to_string(r.height) + " request");
-    } else {
-      if (r.init_image.dim() != 4 || r.init_image.size(1) != 3 || r.init_image.size(2) != r.height ||
-          r.init_image.size(3) != r.width) {
+    std::vector<at::Tensor> per_image(rs.size());
+    std::vector<at::Tensor> to_encode;
+    for (size_t k = 0; k < rs.size(); ++k) {
+      const ImageRequest& q = rs[k];
+      if (q.init_latents.defined()) {
+        per_image[k] = q.init_latents.to(at::kFloat);
+        if (per_image[k].dim() != 4 || per_image[k].size(0) != 1 || per_image[k].size(2) != r.height / 8 ||
+            per_image[k].size(3) != r.width / 8)
+          throw host::UserError("init latents must be [1, C, " + std::to_string(r.height / 8) + ", " +
+                                std::to_string(r.width / 8) + "] for a " + size_text(r.width, r.height) + " request");
+        continue;
+      }
+      if (!q.init_image.defined() || q.init_image.dim() != 4 || q.init_image.size(0) != 1 || q.init_image.size(1) != 3 ||
+          q.init_image.size(2) != r.height || q.init_image.size(3) != r.width) {
         std::string got;
-        for (auto v : r.init_image.sizes()) got += (got.empty() ? "" : ", ") + std::to_string(v);
+        if (q.init_image.defined())
+          for (auto v : q.init_image.sizes()) got += (got.empty() ? "" : ", ") + std::to_string(v);
         throw host::UserError("init image must be [1, 3, " + std::to_string(r.height) + ", " + std::to_string(r.width) +
                               "], got [" + got + "]; resize it to the request size (to_model_image)");
       }
+      to_encode.push_back(q.init_image.to(at::kFloat));
+    }
+    if (!to_encode.empty()) {
       Handle enc;
       // The posterior mean, not a sample: deterministic, and the seed's stream stays the
       // txt2img one (diffusers samples here from the pipeline generator).
-      model_.check(mvt.vae_encode(model_.self(), borrow(r.init_image.to(at::kFloat), keep), 0, &enc.h), "vae_encode");
-      init_latents = enc.get().to(at::kFloat);
+      const at::Tensor images = to_encode.size() == 1 ? to_encode.front() : at::cat(to_encode);
+      model_.check(mvt.vae_encode(model_.self(), borrow(images, keep), 0, &enc.h), "vae_encode");
+      const at::Tensor encoded = enc.get().to(at::kFloat);
+      int64_t next = 0;
+      for (auto& t : per_image)
+        if (!t.defined()) t = encoded.narrow(0, next++, 1);
     }
+    init_latents = per_image.size() == 1 ? per_image.front() : at::cat(per_image);
     // diffusers' get_timesteps: skip the first steps - min(int(steps * strength), steps) steps;
     // two-call samplers (2n - 1 timesteps) skip twice as many entries.
     const int64_t init_steps = std::min(static_cast<int64_t>(static_cast<double>(r.steps) * r.strength), r.steps);
@@ -139,8 +202,21 @@ ImageResult Generator::run(const ImageRequest& r, bool progress) {
     latents = noise0 * sigma0;
   }
   at::Tensor mask;
-  if (r.mask.defined())
-    mask = at::upsample_nearest2d(r.mask.to(at::kFloat), {r.height / 8, r.width / 8});
+  if (r.mask.defined()) {
+    std::vector<at::Tensor> ms;
+    for (const auto& q : rs) ms.push_back(at::upsample_nearest2d(q.mask.to(at::kFloat), {r.height / 8, r.width / 8}));
+    mask = ms.size() == 1 ? ms.front() : at::cat(ms);
+  }
+  // One guidance scale for the batch is a scalar multiply (as a single run does); mixed scales
+  // broadcast per image.
+  bool one_scale = true;
+  for (const auto& q : rs) one_scale = one_scale && q.scale == r.scale;
+  at::Tensor scales;
+  if (!one_scale) {
+    std::vector<float> v;
+    for (const auto& q : rs) v.push_back(static_cast<float>(q.scale));
+    scales = at::tensor(v, at::kFloat).view({B, 1, 1, 1});
+  }
 
   sumi_progress* bar = progress ? host::progress_begin("sampling", timesteps.numel() - start) : nullptr;
   for (int64_t i = start; i < timesteps.numel(); ++i) {
@@ -148,15 +224,16 @@ ImageResult Generator::run(const ImageRequest& r, bool progress) {
     const at::Tensor x2 = at::cat({latents, latents});
     Handle scaled, out, next;
     scheduler_.check(svt.scale_model_input(scheduler_.self(), borrow(x2, keep), i, &scaled.h), "scale_model_input");
-    const at::Tensor tt = at::full({2}, t, at::kFloat);
+    const at::Tensor tt = at::full({2 * B}, t, at::kFloat);
     model_.check(mvt.denoise(model_.self(), borrow(scaled.get(), keep), borrow(tt, keep), borrow(context, keep),
                              borrow(pooled_all, keep), borrow(added, keep), &out.h),
                  "denoise");
     const auto parts = out.get().chunk(2);
-    const at::Tensor guided = parts[0] + r.scale * (parts[1] - parts[0]);
+    const at::Tensor guided =
+        one_scale ? parts[0] + r.scale * (parts[1] - parts[0]) : parts[0] + scales * (parts[1] - parts[0]);
     // Ancestral samplers take this noise; deterministic ones ignore it. Drawing it every step
     // keeps the stream identical to sd-scripts' for the ancestral case.
-    const at::Tensor noise = at::randn(latents.sizes(), gen, at::TensorOptions().dtype(at::kFloat));
+    const at::Tensor noise = draw();
     scheduler_.check(svt.step(scheduler_.self(), borrow(guided, keep), i, borrow(latents, keep), borrow(noise, keep),
                               &next.h),
                      "step");
@@ -168,43 +245,80 @@ ImageResult Generator::run(const ImageRequest& r, bool progress) {
   }
   if (bar) host::progress_end(bar);
 
-  Handle image;
-  model_.check(mvt.vae_decode(model_.self(), borrow(latents, keep), &image.h), "vae_decode");
-  return {latents, image.get().to(at::kFloat)};
+  const at::Tensor images = decode(latents);
+  std::vector<ImageResult> out;
+  for (int64_t k = 0; k < B; ++k) out.push_back({latents.narrow(0, k, 1), images.narrow(0, k, 1)});
+  return out;
+}
+
+at::Tensor Generator::decode(const at::Tensor& latents) {
+  const auto& mvt = model_.vtable<sumi_model_vtable>();
+  const int64_t n = latents.size(0);
+  const int64_t slice = vae_batch_size_ > 0 ? std::min(vae_batch_size_, n) : n;
+  std::vector<at::Tensor> parts;
+  for (int64_t from = 0; from < n; from += slice) {
+    const at::Tensor in = latents.narrow(0, from, std::min(slice, n - from)).contiguous();
+    std::vector<sumi_tensor> keep;
+    Handle image;
+    const sumi_status st = mvt.vae_decode(model_.self(), borrow(in, keep), &image.h);
+    for (auto h : keep) host::release_handle(h);
+    model_.check(st, "vae_decode");
+    parts.push_back(image.get().to(at::kFloat));
+  }
+  return parts.size() == 1 ? parts.front() : at::cat(parts);
 }
 
 ImageResult Generator::run_highres(const ImageRequest& r, const HighresFix& h, bool progress, ImageResult* first) {
+  std::vector<ImageResult> firsts;
+  ImageResult out = run_highres_batch({r}, h, progress, first ? &firsts : nullptr).front();
+  if (first) *first = firsts.front();
+  return out;
+}
+
+std::vector<ImageResult> Generator::run_highres_batch(const std::vector<ImageRequest>& rs, const HighresFix& h,
+                                                      bool progress, std::vector<ImageResult>* first) {
   if (!(h.scale > 0 && h.scale < 1))
     throw host::UserError("highres fix scale must be in (0, 1) (gen_img's meaning: 0.5 = first pass at half size), got " +
                           std::to_string(h.scale));
+  check_batch(rs);
   auto small = [&](int64_t x) {
     const int64_t v = static_cast<int64_t>(static_cast<double>(x) * h.scale + 0.5);
     return v - v % 32;
   };
-  ImageRequest a = r;
-  a.width = small(r.width);
-  a.height = small(r.height);
-  if (a.width <= 0 || a.height <= 0)
-    throw host::UserError("highres fix scale " + std::to_string(h.scale) + " makes the first pass of " +
-                          std::to_string(r.width) + "x" + std::to_string(r.height) +
-                          " smaller than 32 pixels; raise the scale or the size");
-  a.steps = h.steps;
-  a.strength = h.first_strength;
-  if (r.init_image.defined())
-    a.init_image = at::_upsample_bicubic2d_aa(r.init_image.to(at::kFloat), {a.height, a.width}, false).clamp(-1, 1);
-  a.init_latents = at::Tensor();
-  if (r.mask.defined()) a.mask = at::upsample_nearest2d(r.mask.to(at::kFloat), {a.height, a.width});
-  ImageResult one = run(a, progress);
-  ImageRequest b = r;
-  // The mask holds in the second pass too, so the unmasked region stays the original's.
-  if (h.latents_upscaling) {
-    b.init_latents = at::upsample_bilinear2d(one.latents, {r.height / 8, r.width / 8}, false);
-  } else {
-    b.init_image = at::_upsample_bicubic2d_aa(one.image, {r.height, r.width}, false).clamp(-1, 1);
-    b.init_latents = at::Tensor();
+  std::vector<ImageRequest> a_all;
+  for (const ImageRequest& r : rs) {
+    ImageRequest a = r;
+    a.width = small(r.width);
+    a.height = small(r.height);
+    if (a.width <= 0 || a.height <= 0)
+      throw host::UserError("highres fix scale " + std::to_string(h.scale) + " makes the first pass of " +
+                            size_text(r.width, r.height) + " smaller than 32 pixels; raise the scale or the size");
+    a.steps = h.steps;
+    a.strength = h.first_strength;
+    if (r.init_image.defined())
+      a.init_image = at::_upsample_bicubic2d_aa(r.init_image.to(at::kFloat), {a.height, a.width}, false).clamp(-1, 1);
+    a.init_latents = at::Tensor();
+    if (r.mask.defined()) a.mask = at::upsample_nearest2d(r.mask.to(at::kFloat), {a.height, a.width});
+    a_all.push_back(std::move(a));
   }
-  if (first) *first = one;
-  return run(b, progress);
+  std::vector<ImageResult> ones = run_batch(a_all, progress);
+  std::vector<ImageRequest> b_all;
+  for (size_t k = 0; k < rs.size(); ++k) {
+    const ImageRequest& r = rs[k];
+    ImageRequest b = r;
+    // gen_img seeds the second pass with seed + 1 (and records the original seed).
+    b.seed = r.seed + 1;
+    // The mask holds in the second pass too, so the unmasked region stays the original's.
+    if (h.latents_upscaling) {
+      b.init_latents = at::upsample_bilinear2d(ones[k].latents, {r.height / 8, r.width / 8}, false);
+    } else {
+      b.init_image = at::_upsample_bicubic2d_aa(ones[k].image, {r.height, r.width}, false).clamp(-1, 1);
+      b.init_latents = at::Tensor();
+    }
+    b_all.push_back(std::move(b));
+  }
+  if (first) *first = ones;
+  return run_batch(b_all, progress);
 }
 
 at::Tensor to_model_image(const at::Tensor& hwc, int64_t width, int64_t height) {

@@ -3,6 +3,9 @@
 // (torch.manual_seed(seed); torch.randn(latent shape); ancestral noise drawn from the same
 // generator right after, step by step, as sd-scripts' gen_img does). Text-to-image, img2img,
 // inpainting for ordinary (non-inpainting) models by latent blending, and gen_img's highres fix.
+// Several requests of one size denoise together as one batch (gen_img's --batch_size): their
+// prompts and negative prompts are encoded in one call (so they share one chunk count) and each
+// image keeps its own seed's stream, so a batch gives the images its requests give one by one.
 // Used by `sumi generate` and by sample images during training.
 #pragma once
 
@@ -35,7 +38,8 @@ struct ImageRequest {
 };
 
 // gen_img's highres fix: a first pass at scale x the size (rounded down to a multiple of 32) with
-// `steps` steps, upscaled to the full size, then img2img at the request's strength.
+// `steps` steps, upscaled to the full size, then img2img at the request's strength with the
+// seed + 1 (as gen_img seeds its second stage).
 struct HighresFix {
   double scale = 0.5;
   int64_t steps = 28;
@@ -50,15 +54,26 @@ struct ImageResult {
 
 class Generator {
  public:
-  Generator(host::Component& model, host::Component& scheduler) : model_(model), scheduler_(scheduler) {}
+  // `vae_batch_size`: decode at most this many images at once (0 = the whole batch).
+  Generator(host::Component& model, host::Component& scheduler, int64_t vae_batch_size = 0)
+      : model_(model), scheduler_(scheduler), vae_batch_size_(vae_batch_size) {}
   ImageResult run(const ImageRequest& r, bool progress = true);
+  // One denoising batch: cond and uncond of every request in one denoise call [2B, ...]. The
+  // requests must share size, steps, strength, and whether they are img2img / inpainting;
+  // prompts, negative prompts, seeds, scales, start images and masks may differ.
+  std::vector<ImageResult> run_batch(const std::vector<ImageRequest>& rs, bool progress = true);
   // Both passes; returns the second's result. `first` (if given) receives the first pass's.
   ImageResult run_highres(const ImageRequest& r, const HighresFix& h, bool progress = true,
                           ImageResult* first = nullptr);
+  std::vector<ImageResult> run_highres_batch(const std::vector<ImageRequest>& rs, const HighresFix& h,
+                                             bool progress = true, std::vector<ImageResult>* first = nullptr);
 
  private:
+  at::Tensor decode(const at::Tensor& latents);
+
   host::Component& model_;
   host::Component& scheduler_;
+  int64_t vae_batch_size_ = 0;
 };
 
 // The noise-scheduler settings a diffusers folder carries (<model>/scheduler/scheduler_config.json),

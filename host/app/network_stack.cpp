@@ -1,0 +1,112 @@
+#include "network_stack.h"
+
+#include "core/error.h"
+#include "core/op_bridge.h"
+#include "core/tensor_handle.h"
+
+#include <ATen/ATen.h>
+
+#include <stdexcept>
+
+namespace sumi::app {
+
+NetworkStack::~NetworkStack() {
+  // The model must not call into networks that are about to be destroyed.
+  if (applied_) {
+    const auto& mvt = model_.vtable<sumi_model_vtable>();
+    (void)mvt.set_network(model_.self(), nullptr, nullptr, nullptr);
+  }
+}
+
+void NetworkStack::add(std::unique_ptr<host::Component> network, std::vector<int32_t> selected) {
+  if (applied_ || merged_) throw std::logic_error("NetworkStack::add after apply/merge");
+  nets_.push_back({std::move(network), std::move(selected)});
+}
+
+void NetworkStack::set_multipliers(const std::vector<double>& multipliers) {
+  if (merged_) throw host::UserError("network multipliers cannot change after --network_merge (the deltas are in the weights)");
+  if (multipliers.size() != nets_.size())
+    throw std::logic_error("NetworkStack::set_multipliers: " + std::to_string(multipliers.size()) + " values for " +
+                           std::to_string(nets_.size()) + " networks");
+  for (size_t i = 0; i < nets_.size(); ++i) {
+    const double m = multipliers[i];
+    const auto& nvt = nets_[i].component->vtable<sumi_network_vtable>();
+    nets_[i].component->check(nvt.set_multiplier(nets_[i].component->self(), m), "set_multiplier");
+  }
+}
+
+sumi_status NetworkStack::forward(void* self, int64_t module_index, sumi_tensor input, sumi_tensor base_output,
+                                  sumi_tensor* out) {
+  auto* stack = static_cast<NetworkStack*>(self);
+  sumi_tensor current = nullptr;  // owned once a network has run
+  for (const Net& n : stack->nets_) {
+    if (!n.selected.at(static_cast<size_t>(module_index))) continue;
+    const auto& nvt = n.component->vtable<sumi_network_vtable>();
+    sumi_tensor next = nullptr;
+    const sumi_status st = host::call_plugin(
+        [&] { return nvt.forward(n.component->self(), module_index, input, current ? current : base_output, &next); });
+    if (current) host::release_handle(current);
+    if (st != SUMI_OK) return st;
+    current = next;
+  }
+  if (!current) {
+    const sumi_status st = host::guarded([&] { current = host::make_handle(host::unwrap(base_output)); });
+    if (st != SUMI_OK) return st;
+  }
+  *out = current;
+  return SUMI_OK;
+}
+
+void NetworkStack::apply() {
+  if (merged_) throw std::logic_error("NetworkStack::apply after merge");
+  if (nets_.empty()) return;
+  static const sumi_network_vtable chain = [] {
+    sumi_network_vtable v{};
+    v.struct_size = sizeof(sumi_network_vtable);
+    v.forward = &NetworkStack::forward;
+    return v;
+  }();
+  std::vector<int32_t> any(nets_.front().selected.size(), 0);
+  for (const Net& n : nets_)
+    for (size_t i = 0; i < any.size(); ++i) any[i] = any[i] || n.selected.at(i);
+  const auto& mvt = model_.vtable<sumi_model_vtable>();
+  model_.check(mvt.set_network(model_.self(), this, &chain, any.data()), "set_network");
+  applied_ = true;
+}
+
+void NetworkStack::merge() {
+  if (merged_) throw std::logic_error("NetworkStack::merge twice");
+  const auto& mvt = model_.vtable<sumi_model_vtable>();
+  if (applied_) {
+    model_.check(mvt.set_network(model_.self(), nullptr, nullptr, nullptr), "set_network");
+    applied_ = false;
+  }
+  const sumi_module_info* mods = nullptr;
+  int64_t n = 0;
+  model_.check(mvt.modules(model_.self(), &mods, &n), "modules");
+  at::NoGradGuard no_grad;
+  for (const Net& net : nets_) {
+    const auto& nvt = net.component->vtable<sumi_network_vtable>();
+    for (int64_t i = 0; i < n; ++i) {
+      if (!net.selected.at(static_cast<size_t>(i))) continue;
+      if (!mods[i].weight)
+        throw host::UserError(std::string("--network_merge: the model gives no base weight for module '") + mods[i].name +
+                              "'; apply the network at runtime instead (drop --network_merge)");
+      sumi_tensor d = nullptr;
+      net.component->check(nvt.weight_delta(net.component->self(), i, &d), "weight_delta");
+      const at::Tensor delta = host::unwrap(d);
+      at::Tensor w = host::unwrap(mods[i].weight);  // shares the model's storage
+      if (!delta.sizes().equals(w.sizes())) {
+        host::release_handle(d);
+        throw host::UserError(std::string("--network_merge: the network's delta for module '") + mods[i].name +
+                              "' does not have the shape of its weight");
+      }
+      // Added in float32, then rounded once to the weight's dtype.
+      w.copy_(w.to(at::kFloat).add_(delta.to(w.device(), at::kFloat)));
+      host::release_handle(d);
+    }
+  }
+  merged_ = true;
+}
+
+}  // namespace sumi::app

@@ -1,0 +1,150 @@
+// Batched generation (gen_img's --batch_size) on tiny-sd1 at 64x64: a batch gives the images its
+// requests give one by one (text-to-image with a deterministic and an ancestral sampler, and
+// img2img); VAE decoding in slices changes nothing; gen_img's seed picking (Python's random).
+#include <doctest/doctest.h>
+
+#include "../common/plugin_test.h"
+#include "app/generation.h"
+#include "app/py_random.h"
+#include "io/safetensors_torch.h"
+
+#include <ATen/Parallel.h>
+
+namespace {
+
+std::string fixture(const std::string& f) { return std::string(SUMI_TEST_DATA) + "/fixtures/" + f; }
+
+struct Rig {
+  sumi::host::Registry reg;
+  std::unique_ptr<sumi::host::Component> model;
+  explicit Rig(const std::map<std::string, std::string>& cfg = {{"dtype", "fp32"}}) {
+    at::set_num_threads(2);
+    model = sumi::test::make(SUMI_KIND_MODEL, "sd1", reg, cfg, "model");
+    model->check(model->vtable<sumi_model_vtable>().load(model->self(), fixture("tiny-sd1.safetensors").c_str()), "load");
+  }
+  std::unique_ptr<sumi::host::Component> sampler(const std::string& name) {
+    auto ref = sumi::test::plugins().find(SUMI_KIND_NOISE_SCHEDULER, name);
+    auto cfg = sumi::app::scheduler_config_of(fixture("tiny-sd1"), *ref.component);
+    return std::make_unique<sumi::host::Component>(ref, "sched_" + name, reg, sumi::host::make_config(*ref.component, cfg));
+  }
+};
+
+sumi::app::ImageRequest request(const std::string& prompt, const std::string& negative, uint64_t seed) {
+  sumi::app::ImageRequest r;
+  r.prompt = prompt;
+  r.negative_prompt = negative;
+  r.width = r.height = 64;
+  r.steps = 8;
+  r.seed = seed;
+  return r;
+}
+
+// Same image: the 8-bit pixels within one level; latents agree to float rounding (a batch runs
+// the UNet's convolutions with other blockings, and the random tiny UNet amplifies the last
+// bits over the steps to ~1e-4; the golden tests allow 1e-3 against diffusers).
+void check_same(const sumi::app::ImageResult& got, const sumi::app::ImageResult& want, double latents_rel = 1e-3) {
+  const double rel = ((got.latents - want.latents).norm() / want.latents.norm()).item<double>();
+  CHECK(rel < latents_rel);
+  const auto a = sumi::app::to_uint8_hwc(got.image).to(at::kInt), b = sumi::app::to_uint8_hwc(want.image).to(at::kInt);
+  CHECK((a - b).abs().max().item<int64_t>() <= 1);
+}
+
+}  // namespace
+
+TEST_CASE("a batch of N gives the images of N single runs") {
+  Rig rig;
+  const std::vector<sumi::app::ImageRequest> rs = {request("a photo of a cat", "", 31),
+                                                   request("a red house by the sea", "blurry", 7),
+                                                   request("an owl", "low quality, jpeg", 123456789)};
+  for (const char* s : {"ddim", "euler_a"}) {
+    CAPTURE(s);
+    auto sched = rig.sampler(s);
+    sumi::app::Generator gen(*rig.model, *sched);
+    const auto batch = gen.run_batch(rs, false);
+    REQUIRE(batch.size() == rs.size());
+    for (size_t i = 0; i < rs.size(); ++i) {
+      CAPTURE(i);
+      CHECK(batch[i].latents.sizes() == at::IntArrayRef({1, 4, 8, 8}));
+      check_same(batch[i], gen.run(rs[i], false));
+    }
+    // The images differ from one another (each its own seed and prompt).
+    CHECK((batch[0].latents - batch[1].latents).abs().max().item<double>() > 0.1);
+    // Decoding one image at a time gives the same pixels.
+    sumi::app::Generator sliced(*rig.model, *sched, 1);
+    const auto b1 = sliced.run_batch(rs, false);
+    for (size_t i = 0; i < rs.size(); ++i) CHECK((b1[i].image - batch[i].image).abs().max().item<double>() < 1e-5);
+  }
+}
+
+TEST_CASE("img2img and inpainting batch as their single runs") {
+  Rig rig;
+  at::Tensor start;
+  for (auto& [k, t] : sumi::io::load_all(fixture("tiny-sd1.golden.safetensors")))
+    if (k == "gen.ddim.image") start = t.to(at::kFloat) * 2 - 1;
+  REQUIRE(start.defined());
+  auto sched = rig.sampler("euler");
+  sumi::app::Generator gen(*rig.model, *sched);
+  std::vector<sumi::app::ImageRequest> rs = {request("a dog", "", 1), request("a cat", "", 2)};
+  rs[0].init_image = start;
+  rs[1].init_image = start.flip(3);
+  for (auto& r : rs) r.strength = 0.6;
+  auto batch = gen.run_batch(rs, false);
+  for (size_t i = 0; i < rs.size(); ++i) check_same(batch[i], gen.run(rs[i], false));
+  at::Tensor mask = at::zeros({1, 1, 64, 64});
+  mask.slice(3, 32, 64).fill_(1);
+  rs[0].mask = mask;
+  rs[1].mask = 1 - mask;
+  batch = gen.run_batch(rs, false);
+  for (size_t i = 0; i < rs.size(); ++i) check_same(batch[i], gen.run(rs[i], false));
+}
+
+TEST_CASE("a batch refuses requests that cannot share a denoising loop") {
+  Rig rig;
+  auto sched = rig.sampler("ddim");
+  sumi::app::Generator gen(*rig.model, *sched);
+  auto a = request("x", "", 1), b = request("y", "", 2);
+  b.width = 128;
+  CHECK_THROWS_WITH_AS(gen.run_batch({a, b}, false), doctest::Contains("size 128x64 vs 64x64"), sumi::host::UserError);
+  b = request("y", "", 2);
+  b.steps = 3;
+  CHECK_THROWS_WITH_AS(gen.run_batch({a, b}, false), doctest::Contains("steps 3 vs 8"), sumi::host::UserError);
+}
+
+TEST_CASE("seeds as gen_img picks them: Python's random.seed(n); randint(0, 0x7FFFFFFF)") {
+  // Values printed by CPython 3: random.seed(n); [random.randint(0, 0x7FFFFFFF) for _ in range(k)].
+  sumi::app::PyRandom a(42);
+  for (int64_t want : {478163327, 107420369, 1181241943, 1051802512, 958682846}) CHECK(a.randint31() == want);
+  sumi::app::PyRandom b(1234567890123ull);  // two 32-bit words of key
+  for (int64_t want : {867419813, 1864296861, 727480867}) CHECK(b.randint31() == want);
+  sumi::app::PyRandom c(0);
+  for (int64_t want : {1654615998, 1806341205, 173879092}) CHECK(c.randint31() == want);
+}
+
+TEST_CASE("highres fix in a batch: each image as alone; the second pass takes seed + 1 as gen_img") {
+  Rig rig;
+  auto sched = rig.sampler("euler");
+  sumi::app::Generator gen(*rig.model, *sched);
+  std::vector<sumi::app::ImageRequest> rs = {request("a dog", "", 11), request("a cat", "ugly", 12)};
+  for (auto& r : rs) r.strength = 0.5;
+  sumi::app::HighresFix h;
+  h.scale = 0.5;
+  h.steps = 3;
+  // Latent upscaling: the decoded-image path runs the random fixture VAE both ways, which turns
+  // float-rounding differences of the first pass into percent-level ones.
+  h.latents_upscaling = true;
+  std::vector<sumi::app::ImageResult> firsts;
+  const auto out = gen.run_highres_batch(rs, h, false, &firsts);
+  REQUIRE(out.size() == 2);
+  for (size_t i = 0; i < rs.size(); ++i) {
+    CAPTURE(i);
+    sumi::app::ImageResult first;
+    // Two chained samplings amplify the batch's rounding once more: 5e-3 for the latents.
+    check_same(out[i], gen.run_highres(rs[i], h, false, &first), 5e-3);
+    check_same(firsts[i], first);
+    // The second pass by hand: img2img of the upscaled first image with seed + 1.
+    sumi::app::ImageRequest b = rs[i];
+    b.seed = rs[i].seed + 1;
+    b.init_latents = at::upsample_bilinear2d(firsts[i].latents, {8, 8}, false);
+    check_same(out[i], gen.run(b, false), 5e-3);
+  }
+}
