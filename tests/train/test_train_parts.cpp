@@ -298,3 +298,18 @@ TEST_CASE("log and sample options are checked") {
   CHECK(should_sample(s, 7, 2));
   CHECK_FALSE(should_sample(s, 7, 3));
 }
+
+TEST_CASE("the fp16 autocast probe leaves autocast off (regression: a refused dtype left it on)") {
+  const bool fp16 = cpu_fp16_autocast_available();
+  CAPTURE(fp16);
+  const at::Tensor x = at::ones({2, 4});
+  const at::Tensor w = at::ones({3, 4}).set_requires_grad(true);
+  const at::Tensor y = at::linear(x, w);
+  CHECK((y.scalar_type() == at::kFloat));  // no autocast leaked
+  CHECK(y.requires_grad());
+  {
+    Autocast ac(at::kBFloat16);
+    CHECK((at::linear(x, w).scalar_type() == at::kBFloat16));
+  }
+  CHECK((at::linear(x, w).scalar_type() == at::kFloat));
+}

@@ -24,8 +24,9 @@ class Autocast {
   at::ScalarType prev_dtype_ = at::kBFloat16;
 };
 
-// Whether linear and conv2d run under fp16 CPU autocast in this libtorch (1.13 has no fp16
-// CPU matmul kernels; 2.x has).
+// Whether linear and conv2d run under fp16 CPU autocast in this libtorch (1.13 refuses fp16 as
+// the CPU autocast dtype; 2.x accepts it and has fp16 CPU kernels). Leaves the autocast state
+// as it found it either way.
 bool cpu_fp16_autocast_available();
 
 struct GradScalerOptions {
