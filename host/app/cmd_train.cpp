@@ -75,6 +75,10 @@ int cmd_train(const std::vector<std::string>& args) {
     if (family.empty()) family = "sd1";
     recipe::set_override(root, "model.type", "\"" + family + "\"", "detected from the model file");
   }
+  // Training noises with DDPM (kohya's schedule); naming it lets its own keys (rescale_betas_zero_snr,
+  // which --zero_terminal_snr sets) be validated against its schema.
+  const recipe::Value* nsec = root.find("noise_scheduler");
+  if (!nsec || !nsec->find("type")) recipe::set_override(root, "noise_scheduler.type", "\"ddpm\"", "training default");
   std::string dataset_config;
   TrainSettings s;
   s.dataset_args = dataset_options(root, dataset_config);
@@ -88,6 +92,7 @@ int cmd_train(const std::vector<std::string>& args) {
   const auto ns = resolve(root, "noise_scheduler", schemas);
   const auto train = resolve(root, "train", schemas);
   const auto out = resolve(root, "output", schemas);
+  const auto sample = resolve(root, "sample", schemas);
 
   s.model_path = m.get_string("path");
   s.family = m.get_string("type");
@@ -116,10 +121,25 @@ int cmd_train(const std::vector<std::string>& args) {
   s.gradient_accumulation_steps = train.get_int("gradient_accumulation_steps");
   s.max_grad_norm = train.get_double("max_grad_norm");
   s.mixed_precision = train.get_string("mixed_precision");
-  s.noise_offset = train.get_double("noise_offset");
-  s.min_timestep = train.get_int("min_timestep");
-  s.max_timestep = train.get_int("max_timestep");
-  if (train.has("min_snr_gamma")) s.min_snr_gamma = train.get_double("min_snr_gamma");
+  s.full_bf16 = train.get_bool("full_bf16");
+  s.gradient_checkpointing = train.get_bool("gradient_checkpointing");
+  s.noise.noise_offset = train.get_double("noise_offset");
+  s.noise.noise_offset_random_strength = train.get_bool("noise_offset_random_strength");
+  if (train.has("adaptive_noise_scale")) s.noise.adaptive_noise_scale = train.get_double("adaptive_noise_scale");
+  s.noise.multires_noise_iterations = train.get_int("multires_noise_iterations");
+  s.noise.multires_noise_discount = train.get_double("multires_noise_discount");
+  s.noise.ip_noise_gamma = train.get_double("ip_noise_gamma");
+  s.noise.ip_noise_gamma_random_strength = train.get_bool("ip_noise_gamma_random_strength");
+  s.noise.min_timestep = train.get_int("min_timestep");
+  s.noise.max_timestep = train.get_int("max_timestep");
+  s.loss.loss_type = train.get_string("loss_type");
+  s.loss.huber_schedule = train.get_string("huber_schedule");
+  s.loss.huber_c = train.get_double("huber_c");
+  s.loss.huber_scale = train.get_double("huber_scale");
+  if (train.has("min_snr_gamma")) s.loss.min_snr_gamma = train.get_double("min_snr_gamma");
+  s.loss.scale_v_pred_loss_like_noise_pred = train.get_bool("scale_v_pred_loss_like_noise_pred");
+  if (train.has("v_pred_like_loss")) s.loss.v_pred_like_loss = train.get_double("v_pred_like_loss");
+  s.loss.debiased_estimation_loss = train.get_bool("debiased_estimation_loss");
   s.prior_loss_weight = train.get_double("prior_loss_weight");
   s.output_dir = out.get_string("output_dir");
   s.output_name = out.get_string("output_name");
@@ -130,12 +150,26 @@ int cmd_train(const std::vector<std::string>& args) {
   s.save_every_n_steps = out.get_int("save_every_n_steps");
   s.save_every_n_epochs = out.get_int("save_every_n_epochs");
   s.save_state = out.get_bool("save_state");
+  if (out.has("logging_dir")) s.log.logging_dir = out.get_string("logging_dir");
+  s.log.log_prefix = out.get_string("log_prefix");
+  s.log.log_with = out.get_string("log_with");
+  s.log.log_tracker_name = out.get_string("log_tracker_name");
+  if (sample.has("prompts")) s.sample.prompts = sample.get_string("prompts");
+  s.sample.every_n_steps = sample.get_int("every_n_steps");
+  s.sample.every_n_epochs = sample.get_int("every_n_epochs");
+  s.sample.at_first = sample.get_bool("at_first");
+  s.sample.sampler = sample.get_string("sampler");
   if (train.has("resume")) s.resume = train.get_string("resume");
 
   const auto result = train_network(s, o.plugin_dirs);
   std::printf("train: %lld steps, loss %.5f (first) -> %.5f (last)\n", static_cast<long long>(result.steps),
               result.losses.empty() ? 0.0 : result.losses.front(), result.losses.empty() ? 0.0 : result.losses.back());
   std::printf("train: wrote %s\n", result.output_file.c_str());
+  if (!result.event_file.empty()) std::printf("train: TensorBoard log %s\n", result.event_file.c_str());
+  if (!result.loss_curve.empty()) std::printf("train: loss curve %s\n", result.loss_curve.c_str());
+  if (!result.samples.empty()) std::printf("train: %zu sample images in %s/sample\n", result.samples.size(), s.output_dir.c_str());
+  if (result.skipped_steps > 0)
+    std::printf("train: %lld optimizer steps skipped for inf/NaN fp16 gradients\n", static_cast<long long>(result.skipped_steps));
   return 0;
 }
 

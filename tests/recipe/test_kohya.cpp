@@ -158,10 +158,10 @@ TEST_CASE("an unknown flag names the nearest known flag") {
 
 TEST_CASE("a flag sumi cannot act on yet is an error at validation, never silent") {
   Value root = load_recipe(data_file("kohya_equivalent.toml"));
-  apply_kohya_args(root, {"--full_bf16"});
+  apply_kohya_args(root, {"--fp8_base"});
   CHECK_THROWS_WITH_AS(resolve_recipe(root, test_schemas()),
-                       has("sumi does not support --full_bf16 yet (it maps to "
-                           "train.full_bf16, which the host does not declare)"),
+                       has("sumi does not support --fp8_base yet (it maps to "
+                           "train.fp8_base, which the host does not declare)"),
                        RecipeError);
   Value d = load_recipe(data_file("kohya_equivalent.toml"));
   apply_kohya_args(d, {"--train_data_dir", "img", "--resolution", "512,512"});
@@ -236,11 +236,11 @@ TEST_CASE("config file errors") {
   TempFile sw("cfg.toml", "gradient_checkpointing = 3\n");
   CHECK_THROWS_WITH_AS(apply_kohya_config_file(r, sw.path()),
                        has("gradient_checkpointing is a switch"), RecipeError);
-  TempFile unsupported("cfg.toml", "full_bf16 = true\n");
+  TempFile unsupported("cfg.toml", "fp8_base = true\n");
   Value root = load_recipe(data_file("kohya_equivalent.toml"));
   apply_kohya_config_file(root, unsupported.path());
   CHECK_THROWS_WITH_AS(resolve_recipe(root, test_schemas()),
-                       has("sumi does not support --full_bf16 yet (" +
+                       has("sumi does not support --fp8_base yet (" +
                                          unsupported.path().string() + ":1"),
                        RecipeError);
 }

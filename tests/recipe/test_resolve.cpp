@@ -33,7 +33,7 @@ TEST_CASE("host schema table") {
   REQUIRE(net.size() == 3);
   CHECK(net[2].key == "weights");
   CHECK(net[2].optional);
-  CHECK(host_schema("sample").empty());
+  CHECK(host_schema("sample")[0].key == "prompts");  // a prompt file, as kohya's --sample_prompts
   CHECK(host_schema("lr_scheduler")[0].default_value == std::optional<std::string>("\"constant\""));
   CHECK(host_schema("train")[1].key == "seed");
 }
@@ -157,7 +157,7 @@ TEST_CASE("a plugin may not redeclare a host key") {
 
 TEST_CASE("a whole recipe resolves into a plan with defaults") {
   Value root = load_recipe(data_file("lora.toml"));
-  root.find("sample")->erase("prompts");  // no sample keys are declared yet
+  root.find("sample")->erase("prompts");  // a list here; sample.prompts is a prompt file
   ResolvedRecipe r = resolve_recipe(root, test_schemas());
   CHECK(r.section("optimizer").get_double("learning_rate") == 1e-4);
   CHECK(r.section("network").get_int("dim") == 8);
@@ -175,7 +175,7 @@ TEST_CASE("a whole recipe resolves into a plan with defaults") {
   CHECK(dump_plan(resolve_recipe(y, test_schemas())) == plan);
 }
 
-TEST_CASE("resolve_recipe reports missing sections' required keys and unknown sample keys") {
+TEST_CASE("resolve_recipe reports missing sections' required keys and mistyped sample keys") {
   Value root = load_recipe(data_file("lora.toml"));
   root.erase("model");
   try {
@@ -185,6 +185,6 @@ TEST_CASE("resolve_recipe reports missing sections' required keys and unknown sa
     std::string msg = e.what();
     CHECK(msg.find("missing required key 'type' in [model]") != std::string::npos);
     CHECK(msg.find("missing required key 'path' in [model]") != std::string::npos);
-    CHECK(msg.find("unknown key 'prompts' in [sample]") != std::string::npos);
+    CHECK(msg.find("[sample] prompts: expected a string") != std::string::npos);
   }
 }

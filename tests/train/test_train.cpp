@@ -1,10 +1,16 @@
 // Network training on tiny-sd1: the LoRA lowers the loss on a fixed batch, the saved file has
 // exactly kohya's keys and shapes and the kohya/A1111 metadata, and a corrupt image is refused
-// up front with its path.
+// up front with its path. TensorBoard logs read back equal to the run, the loss-curve image,
+// full_bf16, fp16 and gradient checkpointing, and sample images during training.
 #include <doctest/doctest.h>
 
 #include "../common/plugin_test.h"
+#include "app/app.h"
+#include "app/generation.h"
+#include "app/image_io.h"
 #include "app/train/network_file.h"
+#include "app/train/precision.h"
+#include "logging/event_file.h"
 #include "app/train/trainer.h"
 #include "core/op_bridge.h"
 #include "core/tensor_handle.h"
@@ -15,6 +21,7 @@
 
 #include <algorithm>
 #include <filesystem>
+#include <regex>
 #include <fstream>
 #include <sstream>
 
@@ -228,6 +235,210 @@ TEST_CASE("resume after a stop continues the identical loss sequence") {
   other.optimizer_params.clear();
   other.resume = state.string();
   CHECK_THROWS_WITH(sumi::app::train_network(other, {SUMI_PLUGIN_DIR}, false), doctest::Contains("optimizer 'adamw'"));
+  fs::remove_all(out);
+  fs::remove_all(dataset);
+}
+
+
+TEST_CASE("TensorBoard log: kohya's tags per step, equal to the run's losses and LR schedule; loss-curve PNG") {
+  at::set_num_threads(2);
+  const auto dataset = make_dataset("tb", 2);
+  const fs::path out = fs::temp_directory_path() / "sumi_train_tb_out";
+  fs::remove_all(out);
+  auto s = settings(dataset, out);
+  s.max_train_steps = 12;  // 2 images x 5 repeats: one full epoch and a part
+  s.lr_scheduler_type = "linear";
+  s.lr_warmup_steps = 2;
+  s.log.logging_dir = (out / "logs").string();
+  s.log.log_prefix = "run-";
+  const auto r = sumi::app::train_network(s, {SUMI_PLUGIN_DIR}, false);
+  REQUIRE(r.losses.size() == 12);
+  REQUIRE_FALSE(r.event_file.empty());
+  // <logging_dir>/<log_prefix><YYYYmmddHHMMSS>/network_train/events.out.tfevents.*
+  const fs::path ev(r.event_file);
+  CHECK(ev.parent_path().filename() == "network_train");
+  CHECK(std::regex_match(ev.parent_path().parent_path().filename().string(), std::regex("run-[0-9]{14}")));
+  CHECK(ev.parent_path().parent_path().parent_path() == out / "logs");
+
+  const auto file = sumi::logging::read_events(r.event_file);
+  CHECK(file.file_version == "brain.Event:2");
+  std::map<std::string, std::vector<sumi::logging::ScalarEvent>> by_tag;
+  for (const auto& e : file.scalars) by_tag[e.tag].push_back(e);
+  for (const char* tag : {"loss/current", "loss/average", "lr/unet", "lr/textencoder"}) {
+    CAPTURE(tag);
+    REQUIRE(by_tag[tag].size() == 12);
+    for (size_t i = 0; i < 12; ++i) CHECK(by_tag[tag][i].step == static_cast<int64_t>(i + 1));
+  }
+  for (size_t i = 0; i < 12; ++i) {
+    CAPTURE(i);
+    CHECK(by_tag["loss/current"][i].value == static_cast<float>(r.losses[i]));
+    CHECK(by_tag["loss/average"][i].value == static_cast<float>(r.average_losses[i]));
+    CHECK(by_tag["lr/unet"][i].value == static_cast<float>(r.lrs[i]));
+    CHECK(by_tag["lr/textencoder"][i].value == static_cast<float>(r.lrs[i]));
+  }
+  // The LR follows the linear schedule: warm-up over 2 steps, then decay to 0 at step 12.
+  CHECK(r.lrs[0] == doctest::Approx(0.0));
+  CHECK(r.lrs[1] == doctest::Approx(5e-3 * 0.5));
+  CHECK(r.lrs[2] == doctest::Approx(5e-3));
+  CHECK(r.lrs[11] == doctest::Approx(5e-3 * 1.0 / 10));
+  // loss/average: the mean over the first epoch's 10 batches, then a window sliding by one.
+  double first10 = 0;
+  for (size_t i = 0; i < 10; ++i) first10 += r.losses[i];
+  CHECK(r.average_losses[9] == doctest::Approx(first10 / 10));
+  CHECK(r.average_losses[11] == doctest::Approx((first10 - r.losses[0] - r.losses[1] + r.losses[10] + r.losses[11]) / 10));
+  // loss/epoch once per epoch at step = epoch
+  REQUIRE(by_tag["loss/epoch"].size() == 2);
+  CHECK(by_tag["loss/epoch"][0].step == 1);
+  CHECK(by_tag["loss/epoch"][0].value == static_cast<float>(first10 / 10));
+
+  REQUIRE(r.loss_curve == (out / "lora.loss.png").string());
+  const at::Tensor png = sumi::app::read_image(r.loss_curve);
+  CHECK(png.size(0) == 400);
+  CHECK(png.size(1) == 800);
+
+  auto wandb = s;
+  wandb.log.log_with = "wandb";
+  CHECK_THROWS_WITH(sumi::app::train_network(wandb, {SUMI_PLUGIN_DIR}, false), doctest::Contains("wandb is not supported"));
+  fs::remove_all(out);
+  fs::remove_all(dataset);
+}
+
+TEST_CASE("full_bf16: bf16 network and model weights train and lower the loss; needs mixed_precision bf16") {
+  at::set_num_threads(2);
+  const auto dataset = make_dataset("bf16", 1);
+  const fs::path out = fs::temp_directory_path() / "sumi_train_bf16_out";
+  fs::remove_all(out);
+  auto s = settings(dataset, out);
+  s.full_bf16 = true;
+  CHECK_THROWS_WITH(sumi::app::train_network(s, {SUMI_PLUGIN_DIR}, false), doctest::Contains("full_bf16 needs mixed_precision"));
+  s.mixed_precision = "bf16";
+  s.save_precision = "bf16";
+  const auto r = sumi::app::train_network(s, {SUMI_PLUGIN_DIR}, false);
+  REQUIRE(r.losses.size() == 30);
+  for (double l : r.losses) CHECK(std::isfinite(l));
+  auto file = sumi::io::SafetensorsFile::open(r.output_file);
+  for (const auto& t : file->tensors()) CHECK(t.dtype == "BF16");
+  CHECK(file->metadata().at("ss_full_bf16") == "True");
+  const double before = fixed_batch_loss("");
+  const double after = fixed_batch_loss(r.output_file);
+  CAPTURE(before);
+  CAPTURE(after);
+  CHECK(after < before);
+  fs::remove_all(out);
+  fs::remove_all(dataset);
+}
+
+TEST_CASE("fp16 mixed precision: refused where CPU fp16 autocast cannot run, else trains with loss scaling") {
+  at::set_num_threads(2);
+  const auto dataset = make_dataset("fp16", 1);
+  const fs::path out = fs::temp_directory_path() / "sumi_train_fp16_out";
+  fs::remove_all(out);
+  auto s = settings(dataset, out);
+  s.mixed_precision = "fp16";
+  s.max_train_steps = 3;
+  if (!sumi::app::cpu_fp16_autocast_available()) {
+    CHECK_THROWS_WITH(sumi::app::train_network(s, {SUMI_PLUGIN_DIR}, false),
+                      doctest::Contains("cannot compute in fp16 on the CPU"));
+  } else {
+    const auto r = sumi::app::train_network(s, {SUMI_PLUGIN_DIR}, false);
+    CHECK(r.steps == 3);
+    for (double l : r.losses) CHECK(std::isfinite(l));
+  }
+  fs::remove_all(out);
+  fs::remove_all(dataset);
+}
+
+TEST_CASE("gradient_checkpointing: the model plugin's option, same losses; refused when the plugin lacks it") {
+  at::set_num_threads(2);
+  const auto dataset = make_dataset("gc", 1);
+  const fs::path out = fs::temp_directory_path() / "sumi_train_gc_out";
+  fs::remove_all(out);
+  auto s = settings(dataset, out);
+  s.max_train_steps = 3;
+  const auto& c = *sumi::test::plugins().find(SUMI_KIND_MODEL, "sd1").component;
+  bool has = false;
+  for (int64_t i = 0; i < c.n_params; ++i) has |= std::string(c.params[i].key) == "gradient_checkpointing";
+  auto gc = s;
+  gc.gradient_checkpointing = true;
+  if (!has) {
+    CHECK_THROWS_WITH(sumi::app::train_network(gc, {SUMI_PLUGIN_DIR}, false),
+                      doctest::Contains("has no 'gradient_checkpointing' option"));
+  } else {
+    const auto a = sumi::app::train_network(s, {SUMI_PLUGIN_DIR}, false);
+    const auto b = sumi::app::train_network(gc, {SUMI_PLUGIN_DIR}, false);
+    REQUIRE(a.losses.size() == b.losses.size());
+    for (size_t i = 0; i < a.losses.size(); ++i) CHECK(b.losses[i] == doctest::Approx(a.losses[i]).epsilon(1e-5));
+  }
+  fs::remove_all(out);
+  fs::remove_all(dataset);
+}
+
+TEST_CASE("sample images during training: kohya's names and steps, requested sizes, equal to generating with the saved network") {
+  at::set_num_threads(2);
+  const auto dataset = make_dataset("sample", 1);
+  const fs::path out = fs::temp_directory_path() / "sumi_train_sample_out";
+  fs::remove_all(out);
+  fs::create_directories(out);
+  const fs::path prompts = out / "prompts.txt";
+  {
+    std::ofstream f(prompts);
+    f << "# samples\n"
+      << "a sks circle --w 64 --h 64 --d 7 --s 3 --l 5\n"
+      << "a sks circle on a dark background --n blurry --w 78 --h 64 --s 2\n";
+  }
+  auto s = settings(dataset, out);
+  s.max_train_steps = 4;
+  s.save_every_n_steps = 2;
+  s.sample.prompts = prompts.string();
+  s.sample.every_n_steps = 2;
+  s.sample.at_first = true;
+  s.sample.sampler = "euler";
+  const auto r = sumi::app::train_network(s, {SUMI_PLUGIN_DIR}, false);
+  REQUIRE(r.samples.size() == 6);  // before training, at step 2 and at step 4; two prompts each
+  const std::regex seeded("lora_(e000000|000002|000004)_00_[0-9]{14}_7\\.png");
+  const std::regex unseeded("lora_(e000000|000002|000004)_01_[0-9]{14}\\.png");
+  for (size_t i = 0; i < r.samples.size(); ++i) {
+    const fs::path p(r.samples[i]);
+    CAPTURE(p);
+    CHECK(p.parent_path() == out / "sample");
+    CHECK(std::regex_match(p.filename().string(), i % 2 == 0 ? seeded : unseeded));
+    const at::Tensor img = sumi::app::read_image(p.string());
+    CHECK(img.size(0) == 64);
+    CHECK(img.size(1) == (i % 2 == 0 ? 64 : 72));  // 78 rounds down to a multiple of 8
+  }
+  CHECK(fs::path(r.samples[2]).filename().string().rfind("lora_000002_00_", 0) == 0);
+
+  // Sampling does not disturb training: the same run without samples has the same losses.
+  auto plain = s;
+  plain.sample = {};
+  plain.output_dir = (out / "plain").string();
+  const auto p = sumi::app::train_network(plain, {SUMI_PLUGIN_DIR}, false);
+  REQUIRE(p.losses.size() == r.losses.size());
+  for (size_t i = 0; i < p.losses.size(); ++i) CHECK(p.losses[i] == r.losses[i]);
+
+  // The step-2 sample equals generating with the network saved at step 2 (multiplier 1, eval).
+  sumi::host::Registry reg;
+  auto model = sumi::test::make(SUMI_KIND_MODEL, "sd1", reg, {}, "model");
+  const std::string path = data("fixtures/tiny-sd1.safetensors");
+  model->check(model->vtable<sumi_model_vtable>().load(model->self(), path.c_str()), "load");
+  auto net = sumi::test::make(SUMI_KIND_NETWORK, "lora", reg, {{"dim", "4"}, {"alpha", "2"}}, "network");
+  sumi::app::attach_network(*model, *net, (out / "lora-step00000002.safetensors").string(), 1.0, false);
+  auto sched = sumi::test::make(SUMI_KIND_NOISE_SCHEDULER, "euler", reg, {}, "noise_scheduler");
+  sumi::app::ImageRequest req;
+  req.prompt = "a sks circle";
+  req.width = req.height = 64;
+  req.steps = 3;
+  req.scale = 5;
+  req.seed = 7;
+  const auto g = sumi::app::Generator(*model, *sched).run(req, false);
+  CHECK(at::equal(sumi::app::to_uint8_hwc(g.image), sumi::app::read_image(r.samples[2])));
+
+  // Options kohya's samples do not read are refused before training starts.
+  {
+    std::ofstream f(prompts);
+    f << "a circle --am 0.5\n";
+  }
+  CHECK_THROWS_WITH(sumi::app::train_network(s, {SUMI_PLUGIN_DIR}, false), doctest::Contains("--am"));
   fs::remove_all(out);
   fs::remove_all(dataset);
 }

@@ -1,8 +1,9 @@
 // The network-training loop. Order of operations follows kohya's train_network.py so that a
-// user's settings mean the same thing: encode latents (no grad), draw noise (+ offset), draw
-// timesteps in [min_timestep, max_timestep), noise the latents, predict, MSE per sample against
-// the noise (or the v target), weight (prior loss, min-SNR), average, backward; every
-// gradient_accumulation_steps: clip, step the optimizer at the scheduled learning rates.
+// user's settings mean the same thing: encode latents (no grad), draw noise and timesteps
+// (noise.h), noise the latents, predict, per-sample loss against the noise (or the v target),
+// weight (prior loss, SNR options; loss.h), average, backward; every
+// gradient_accumulation_steps: (unscale,) clip, step the optimizer at the scheduled learning
+// rates; log (train_log.h) and sample (sample_images.h) as kohya does.
 #include "trainer.h"
 
 #include "app/app.h"
@@ -14,6 +15,8 @@
 #include "io/safetensors_torch.h"
 #include "app/train/network_file.h"
 #include "app/train/latent_cache.h"
+#include "app/train/precision.h"
+#include "logging/loss_curve.h"
 
 #include <sumi/datasets/dataset.h>
 #include <sumi/datasets/random.h>
@@ -21,7 +24,6 @@
 #include "batch_tensor.h"
 
 #include <ATen/ATen.h>
-#include <ATen/autocast_mode.h>
 
 #include <chrono>
 #include <cmath>
@@ -59,25 +61,6 @@ struct Handles {
   }
 };
 
-// bf16 autocast on the device the model runs on (CPU here), restored on exit.
-struct Autocast {
-  bool on;
-  bool prev_enabled = false;
-  at::ScalarType prev_dtype = at::kBFloat16;
-  explicit Autocast(bool enable) : on(enable) {
-    if (!on) return;
-    prev_enabled = at::autocast::is_cpu_enabled();
-    prev_dtype = at::autocast::get_autocast_cpu_dtype();
-    at::autocast::set_cpu_enabled(true);
-    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-  }
-  ~Autocast() {
-    if (!on) return;
-    at::autocast::set_cpu_enabled(prev_enabled);
-    at::autocast::set_autocast_cpu_dtype(prev_dtype);
-    at::autocast::clear_cache();
-  }
-};
 
 std::string network_args_json(const std::map<std::string, std::string>& params) {
   nlohmann::json j = nlohmann::json::object();
@@ -97,12 +80,22 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   host::Registry registry;
   at::manual_seed(s.seed);
 
-  if (s.mixed_precision != "no" && s.mixed_precision != "bf16")
-    throw host::UserError("[train] mixed_precision: sumi supports \"no\" and \"bf16\" so far, got \"" + s.mixed_precision +
-                          "\" (fp16 needs loss scaling, which sumi does not support yet)");
+  if (s.mixed_precision != "no" && s.mixed_precision != "bf16" && s.mixed_precision != "fp16")
+    throw host::UserError("[train] mixed_precision: expected \"no\", \"bf16\" or \"fp16\", got \"" + s.mixed_precision + "\"");
+  if (s.mixed_precision == "fp16" && !cpu_fp16_autocast_available())
+    throw host::UserError("[train] mixed_precision = \"fp16\": this libtorch build cannot compute in fp16 on the CPU "
+                          "(no fp16 matmul/conv kernels); use \"bf16\" (the fast CPU path) or \"no\"");
+  if (s.full_bf16 && s.mixed_precision != "bf16")
+    throw host::UserError("[train] full_bf16 needs mixed_precision = \"bf16\" (kohya: full_bf16 requires mixed precision bf16)");
   if (s.gradient_accumulation_steps < 1) throw host::UserError("[train] gradient_accumulation_steps must be >= 1");
-  if (s.min_timestep < 0 || s.max_timestep > 1000 || s.min_timestep >= s.max_timestep)
-    throw host::UserError("[train] need 0 <= min_timestep < max_timestep <= 1000");
+  check_noise_options(s.noise);
+  LossOptions loss_opts = s.loss;
+  loss_opts.v_parameterization = s.v_parameterization;
+  check_loss_options(loss_opts);
+  check_log_options(s.log);
+  const at::ScalarType autocast_dtype = s.mixed_precision == "bf16"   ? at::kBFloat16
+                                        : s.mixed_precision == "fp16" ? at::kHalf
+                                                                      : at::ScalarType::Undefined;
 
   // --- the dataset, checked up front (every image decoded, every caption read)
   datasets::DatasetGroupConfig group = s.dataset_config.empty()
@@ -128,7 +121,17 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   // --- plugins: model, noise schedule, network, optimizer, LR schedule
   auto model_ref = pm.find(SUMI_KIND_MODEL, s.family);
   auto mcfg = s.model_params;
-  mcfg["dtype"] = "fp32";  // trained networks hold fp32 masters; bf16 comes from autocast
+  // Trained networks hold fp32 masters and compute under autocast; full_bf16 keeps everything in bf16.
+  mcfg["dtype"] = s.full_bf16 ? "bf16" : "fp32";
+  if (s.gradient_checkpointing) {
+    const auto& c = *model_ref.component;
+    bool has = false;
+    for (int64_t i = 0; i < c.n_params; ++i) has |= std::string(c.params[i].key) == "gradient_checkpointing";
+    if (!has)
+      throw host::UserError("[train] gradient_checkpointing: the model plugin '" + s.family + "' (" + model_ref.library->path +
+                            ") has no 'gradient_checkpointing' option; this build cannot checkpoint; remove the flag");
+    mcfg["gradient_checkpointing"] = "true";
+  }
   host::Component model(model_ref, "model", registry, host::make_config(*model_ref.component, mcfg));
   const auto& mvt = model.vtable<sumi_model_vtable>();
   model.check(mvt.load(model.self(), s.model_path.c_str()), ("load " + s.model_path).c_str());
@@ -140,12 +143,25 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   if (s.v_parameterization) ncfg["prediction_type"] = "v_prediction";
   host::Component nsched(nsched_ref, "noise_scheduler", registry, host::make_config(*nsched_ref.component, ncfg));
   const auto& nvt_s = nsched.vtable<sumi_noise_scheduler_vtable>();
-  at::Tensor alphas_cumprod;
-  {
+  auto acp_of = [](host::Component& c) {
     sumi_tensor h = nullptr;
-    nsched.check(nvt_s.alphas_cumprod(nsched.self(), &h), "alphas_cumprod");
-    alphas_cumprod = host::unwrap(h).to(at::kDouble);
+    c.check(c.vtable<sumi_noise_scheduler_vtable>().alphas_cumprod(c.self(), &h), "alphas_cumprod");
+    at::Tensor t = host::unwrap(h).to(at::kDouble);
     host::release_handle(h);
+    return t;
+  };
+  const at::Tensor alphas_cumprod = acp_of(nsched);
+  // kohya computes the SNR table before zero_terminal_snr rescales the betas.
+  at::Tensor all_snr;
+  if (ncfg.count("rescale_betas_zero_snr") && ncfg.at("rescale_betas_zero_snr") == "true") {
+    if (!s.v_parameterization)
+      host::log(SUMI_LOG_WARN, "train", "zero_terminal_snr without v_parameterization: training will be unexpected (as kohya warns)");
+    auto plain = ncfg;
+    plain["rescale_betas_zero_snr"] = "false";
+    host::Component unscaled(nsched_ref, "noise_scheduler_snr", registry, host::make_config(*nsched_ref.component, plain));
+    all_snr = snr_table(acp_of(unscaled));
+  } else {
+    all_snr = snr_table(alphas_cumprod);
   }
 
   auto net_ref = pm.find(SUMI_KIND_NETWORK, s.network_type);
@@ -154,7 +170,13 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
 
   const auto groups = registry.param_groups("network");
   if (groups.empty()) throw host::UserError("the network adapts no module of this model: nothing to train");
+  if (s.full_bf16) {
+    at::NoGradGuard ng;
+    for (const auto& [gname, params] : groups)
+      for (auto p : params) p.set_data(p.to(at::kBFloat16));
+  }
   bool trains_text_encoder = false;
+  std::optional<size_t> te_group, unet_group;
   std::vector<double> base_lrs;
   auto opt_ref = pm.find(SUMI_KIND_OPTIMIZER, s.optimizer_type);
   host::Component optimizer(opt_ref, "optimizer", registry, host::make_config(*opt_ref.component, s.optimizer_params));
@@ -162,6 +184,8 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   for (const auto& [gname, params] : groups) {
     const bool te = gname.rfind("text_encoder", 0) == 0;
     trains_text_encoder |= te;
+    if (te && !te_group) te_group = base_lrs.size();
+    if (!te && !unet_group) unet_group = base_lrs.size();
     base_lrs.push_back(te ? s.text_encoder_lr.value_or(s.learning_rate) : s.unet_lr.value_or(s.learning_rate));
     Handles hs;
     std::vector<sumi_tensor> th;
@@ -186,15 +210,22 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
                 std::to_string(n_params) + " parameters in " + std::to_string(groups.size()) + " groups");
 
   // --- the loop
-  const bool bf16 = s.mixed_precision == "bf16";
   TrainResult result;
-  sumi_progress* bar = progress ? host::progress_begin("steps", total_steps) : nullptr;
   std::mt19937_64 data_rng = datasets::derived_rng(s.seed, 7);
+  // The stream Python's `random` plays in kohya (multires noise ratios).
+  std::mt19937_64 noise_ratio_rng = datasets::derived_rng(s.seed, 11);
+  const bool use_scaler = s.mixed_precision == "fp16";
+  GradScaler scaler;
   int64_t step = 0, micro = 0;
   double accum_loss = 0;
   int epoch = 0;
   const fs::path outdir = s.output_dir;
   fs::create_directories(outdir);
+  TrainingSampler sampler(s.sample, pm, registry, model, network, s.network_multiplier, s.v_parameterization, autocast_dtype,
+                          s.output_dir, s.output_name, s.seed);
+  TrainLog tlog(s.log);
+  result.event_file = tlog.event_file();
+  LossRecorder recorder;
   auto metadata = [&](int64_t at_step, int at_epoch) {
     std::map<std::string, std::string> m{
         {"ss_session_id", std::to_string(s.seed)},
@@ -221,15 +252,30 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
         {"ss_network_args", network_args_json(s.network_params)},
         {"ss_mixed_precision", s.mixed_precision},
         {"ss_full_fp16", "False"},
+        {"ss_full_bf16", s.full_bf16 ? "True" : "False"},
+        {"ss_gradient_checkpointing", s.gradient_checkpointing ? "True" : "False"},
         {"ss_v2", s.family == "sd2" ? "True" : "False"},
         {"ss_base_model_version", s.family == "sdxl" ? "sdxl_base_v1-0" : s.family == "sd2" ? (s.v_parameterization ? "sd_v2_768_v" : "sd_v2_512") : "sd_v1"},
         {"ss_clip_skip", s.model_params.count("clip_skip") ? s.model_params.at("clip_skip") : "None"},
         {"ss_seed", std::to_string(s.seed)},
-        {"ss_noise_offset", std::to_string(s.noise_offset)},
+        {"ss_noise_offset", s.noise.noise_offset > 0 ? std::to_string(s.noise.noise_offset) : "None"},
+        {"ss_noise_offset_random_strength", s.noise.noise_offset_random_strength ? "True" : "False"},
+        {"ss_adaptive_noise_scale", s.noise.adaptive_noise_scale ? std::to_string(*s.noise.adaptive_noise_scale) : "None"},
+        {"ss_multires_noise_iterations", s.noise.multires_noise_iterations > 0 ? std::to_string(s.noise.multires_noise_iterations) : "None"},
+        {"ss_multires_noise_discount", std::to_string(s.noise.multires_noise_discount)},
+        {"ss_ip_noise_gamma", s.noise.ip_noise_gamma > 0 ? std::to_string(s.noise.ip_noise_gamma) : "None"},
+        {"ss_ip_noise_gamma_random_strength", s.noise.ip_noise_gamma_random_strength ? "True" : "False"},
+        {"ss_zero_terminal_snr", ncfg.count("rescale_betas_zero_snr") && ncfg.at("rescale_betas_zero_snr") == "true" ? "True" : "False"},
+        {"ss_loss_type", loss_opts.loss_type},
+        {"ss_huber_schedule", loss_opts.huber_schedule},
+        {"ss_huber_c", std::to_string(loss_opts.huber_c)},
+        {"ss_debiased_estimation", loss_opts.debiased_estimation_loss ? "True" : "False"},
+        {"ss_scale_v_pred_loss_like_noise_pred", loss_opts.scale_v_pred_loss_like_noise_pred ? "True" : "False"},
+        {"ss_v_pred_like_loss", loss_opts.v_pred_like_loss ? std::to_string(*loss_opts.v_pred_like_loss) : "None"},
         {"ss_optimizer", s.optimizer_type},
         {"ss_max_grad_norm", std::to_string(s.max_grad_norm)},
         {"ss_prior_loss_weight", std::to_string(s.prior_loss_weight)},
-        {"ss_min_snr_gamma", s.min_snr_gamma ? std::to_string(*s.min_snr_gamma) : "None"},
+        {"ss_min_snr_gamma", loss_opts.min_snr_gamma ? std::to_string(*loss_opts.min_snr_gamma) : "None"},
         {"ss_sd_model_name", fs::path(s.model_path).filename().string()},
         {"ss_vae_name", s.model_params.count("vae") && !s.model_params.at("vae").empty() ? fs::path(s.model_params.at("vae")).filename().string() : "None"},
         {"ss_training_comment", "None"},
@@ -268,6 +314,10 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     nlohmann::json j{{"format", "sumi-train-state-1"}, {"step", step},         {"epoch", epoch},
                      {"batch_in_epoch", batch_in_epoch}, {"seed", s.seed}, {"data_rng", rng.str()},
                      {"network", s.network_type},        {"optimizer", s.optimizer_type}};
+    if (use_scaler) {
+      j["grad_scale"] = scaler.scale_value();
+      j["grad_growth_tracker"] = scaler.growth_tracker();
+    }
     io::save_tensors((tmp / "train_state.safetensors").string(), tensors, {});
     std::ofstream((tmp / "train_state.json").string()) << j.dump(1);
     fs::remove_all(dir);
@@ -312,8 +362,15 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     resume_epoch = j.at("epoch").get<int>();
     resume_batch = j.at("batch_in_epoch").get<size_t>();
     epoch = resume_epoch - 1;
+    if (use_scaler && j.contains("grad_scale"))
+      scaler.restore(j.at("grad_scale").get<double>(), j.at("grad_growth_tracker").get<int64_t>());
     host::log(SUMI_LOG_INFO, "train", "resuming at step " + std::to_string(step) + ", epoch " + std::to_string(resume_epoch));
-    if (bar) host::progress_update(bar, step, nullptr);
+  }
+  // The bar counts this run's steps, so it/s and the ETA stay right after a resume.
+  sumi_progress* bar = progress ? host::progress_begin("steps", total_steps - step) : nullptr;
+  if (step == 0) {
+    auto files = sampler.maybe_sample(0, 0);
+    result.samples.insert(result.samples.end(), files.begin(), files.end());
   }
 
   while (step < total_steps) {
@@ -337,13 +394,13 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
       const int64_t B = static_cast<int64_t>(imgs.size());
       Handles hs;
       const at::Tensor latents = loaded.latents;
-      at::Tensor noise = at::randn_like(latents);
-      if (s.noise_offset > 0) noise = noise + s.noise_offset * at::randn({B, latents.size(1), 1, 1});
-      const at::Tensor timesteps = at::randint(s.min_timestep, s.max_timestep, {B}, at::kLong);
+      const TrainingNoise tn = draw_training_noise(s.noise, latents, noise_ratio_rng);
+      const at::Tensor& noise = tn.noise;
+      const at::Tensor& timesteps = tn.timesteps;
       at::Tensor noisy, target;
       {
         sumi_tensor out = nullptr;
-        nsched.check(nvt_s.add_noise(nsched.self(), hs(latents), hs(noise), hs(timesteps), &out), "add_noise");
+        nsched.check(nvt_s.add_noise(nsched.self(), hs(latents), hs(tn.input_noise), hs(timesteps), &out), "add_noise");
         noisy = hs.take(out);
         if (s.v_parameterization) {
           nsched.check(nvt_s.velocity(nsched.self(), hs(latents), hs(noise), hs(timesteps), &out), "velocity");
@@ -354,7 +411,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
       }
       at::Tensor pred;
       {
-        Autocast ac(bf16);
+        Autocast ac(autocast_dtype);
         std::vector<const char*> cps;
         for (const auto& c : captions) cps.push_back(c.c_str());
         sumi_tensor cond = nullptr, pooled = nullptr;
@@ -382,21 +439,25 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
         model.check(st, "denoise");
         pred = hs.take(out);
       }
-      at::Tensor loss = (pred.to(at::kFloat) - target.to(at::kFloat)).pow(2).mean({1, 2, 3});
+      const at::Tensor huber_c = huber_threshold(loss_opts, timesteps, alphas_cumprod);
+      at::Tensor loss = conditional_loss(pred.to(at::kFloat), target.to(at::kFloat), loss_opts.loss_type, huber_c).mean({1, 2, 3});
       loss = loss * at::tensor(weights, at::kDouble).to(at::kFloat);
-      if (s.min_snr_gamma) {
-        // Min-SNR weighting (Hang et al.): min(SNR, gamma) / SNR for eps; / (SNR + 1) for v.
-        const at::Tensor ac_t = alphas_cumprod.index_select(0, timesteps);
-        const at::Tensor snr = ac_t / (1 - ac_t);
-        at::Tensor w = at::clamp_max(snr, *s.min_snr_gamma) / (s.v_parameterization ? snr + 1 : snr);
-        loss = loss * w.to(at::kFloat);
-      }
-      loss = loss.mean() / static_cast<double>(s.gradient_accumulation_steps);
-      loss.backward();
-      accum_loss += loss.item<double>();
+      loss = post_process_loss(loss, timesteps, all_snr, loss_opts);
+      loss = loss.mean();
+      const double micro_loss = loss.item<double>();
+      loss = loss / static_cast<double>(s.gradient_accumulation_steps);
+      (use_scaler ? scaler.scale(loss) : loss).backward();
+      accum_loss += micro_loss / static_cast<double>(s.gradient_accumulation_steps);
+      recorder.add(epoch == (resume_epoch > 0 ? resume_epoch : 1), bi, micro_loss);
       if (++micro % s.gradient_accumulation_steps != 0) continue;
 
-      if (s.max_grad_norm > 0) {
+      // fp16: unscale, and skip the optimizer step when a gradient overflowed (GradScaler).
+      const bool finite = use_scaler ? scaler.unscale(all_params) : true;
+      if (use_scaler) {
+        scaler.update(!finite);
+        if (!finite) ++result.skipped_steps;
+      }
+      if (finite && s.max_grad_norm > 0) {
         double total = 0;
         for (const auto& p : all_params)
           if (p.grad().defined()) total += p.grad().to(at::kDouble).pow(2).sum().item<double>();
@@ -411,17 +472,28 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
       lr_sched.check(lr_sched.vtable<sumi_lr_scheduler_vtable>().factor(lr_sched.self(), &q, &factor), "factor");
       std::vector<double> lrs;
       for (double b : base_lrs) lrs.push_back(b * factor);
-      optimizer.check(optimizer.vtable<sumi_optimizer_vtable>().step(optimizer.self(), lrs.data(),
-                                                                     static_cast<int64_t>(lrs.size())),
-                      "step");
+      if (finite)
+        optimizer.check(optimizer.vtable<sumi_optimizer_vtable>().step(optimizer.self(), lrs.data(),
+                                                                       static_cast<int64_t>(lrs.size())),
+                        "step");
       for (const auto& p : all_params)
         if (p.grad().defined()) p.grad().zero_();
       ++step;
+      const double avr_loss = recorder.moving_average();
       result.losses.push_back(accum_loss);
-      char postfix[64];
-      std::snprintf(postfix, sizeof postfix, "loss=%.4f, lr=%.2e, epoch=%d", accum_loss, lrs.front(), epoch);
+      result.lrs.push_back(lrs.front());
+      result.average_losses.push_back(avr_loss);
+      tlog.step(step, accum_loss, avr_loss, te_group ? std::optional<double>(lrs[*te_group]) : std::nullopt,
+                unet_group ? std::optional<double>(lrs[*unet_group]) : std::nullopt);
+      char postfix[96];
+      std::snprintf(postfix, sizeof postfix, "avr_loss=%.4f, loss=%.4f, lr=%.2e, epoch=%d", avr_loss, accum_loss, lrs.front(),
+                    epoch);
       accum_loss = 0;
       if (bar) host::progress_update(bar, 1, postfix);
+      {
+        auto files = sampler.maybe_sample(step, std::nullopt);
+        result.samples.insert(result.samples.end(), files.begin(), files.end());
+      }
       if (s.save_every_n_steps > 0 && step % s.save_every_n_steps == 0 && step < total_steps) {
         char n[32];
         std::snprintf(n, sizeof n, "-step%08lld", static_cast<long long>(step));
@@ -429,6 +501,8 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
         save_state(s.output_name + n);
       }
     }
+    tlog.epoch(epoch, recorder.moving_average());
+    tlog.flush();
     if (s.save_every_n_epochs > 0 && epoch % s.save_every_n_epochs == 0 && step < total_steps) {
       char n[32];
       std::snprintf(n, sizeof n, "-%06d", epoch);
@@ -436,8 +510,11 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
       save(s.output_name + n, step, epoch);
       save_state(s.output_name + n);
     }
+    auto files = sampler.maybe_sample(step, epoch);
+    result.samples.insert(result.samples.end(), files.begin(), files.end());
   }
   if (bar) host::progress_end(bar);
+  tlog.flush();
   result.steps = step;
   result.output_file = save(s.output_name, step, epoch);
   save_state(s.output_name);
@@ -448,6 +525,18 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     for (size_t i = 0; i < result.losses.size(); ++i) f << i + 1 << "," << result.losses[i] << "\n";
     f.close();
     fs::rename(csv + ".tmp", csv);
+  }
+  if (!result.losses.empty()) {
+    std::vector<int64_t> steps_axis;
+    const int64_t first = step - static_cast<int64_t>(result.losses.size()) + 1;
+    for (size_t i = 0; i < result.losses.size(); ++i) steps_axis.push_back(first + static_cast<int64_t>(i));
+    const std::string png = (outdir / (s.output_name + ".loss.png")).string();
+    try {
+      logging::write_loss_curve_png(png, steps_axis, result.losses, s.output_name + " loss");
+      result.loss_curve = png;
+    } catch (const std::exception& e) {
+      host::log(SUMI_LOG_WARN, "train", std::string("no loss-curve image: ") + e.what());
+    }
   }
   return result;
 }

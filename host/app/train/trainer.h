@@ -3,6 +3,11 @@
 // batches from the dataset layer. `sumi train` builds a TrainSettings from a recipe + kohya flags.
 #pragma once
 
+#include "loss.h"
+#include "noise.h"
+#include "sample_images.h"
+#include "train_log.h"
+
 #include <sumi/datasets/config.h>
 
 #include <cstdint>
@@ -36,16 +41,22 @@ struct TrainSettings {
   std::string noise_scheduler_type = "ddpm";
   std::map<std::string, std::string> noise_scheduler_params;
   // [train]
+  // zero_terminal_snr is the noise scheduler's rescale_betas_zero_snr; SNR loss weights still use
+  // the schedule before the rescale, as kohya.
   int64_t max_train_steps = 1600;
   std::optional<int64_t> max_train_epochs;
   uint64_t seed = 0;
   int64_t gradient_accumulation_steps = 1;
   double max_grad_norm = 1.0;
-  std::string mixed_precision = "no";  // "no" or "bf16"
-  double noise_offset = 0.0;
-  int64_t min_timestep = 0, max_timestep = 1000;
-  std::optional<double> min_snr_gamma;
+  std::string mixed_precision = "no";  // "no", "bf16" or "fp16" (fp16 only where CPU fp16 autocast works)
+  bool full_bf16 = false;              // network parameters and frozen model weights in bf16 (needs bf16)
+  bool gradient_checkpointing = false; // the model plugin's gradient_checkpointing option
+  NoiseOptions noise;                  // noise offset, multires, ip_noise_gamma, timestep range
+  LossOptions loss;                    // loss_type, huber_*, min-SNR and the other SNR weightings
   double prior_loss_weight = 1.0;
+  // [sample], and TensorBoard logging from [output]
+  SampleOptions sample;
+  LogOptions log;
   // [datasets]: kohya argparse names -> values, for the dataset layer
   datasets::CliOptions dataset_args;
   std::string dataset_config;
@@ -61,8 +72,14 @@ struct TrainSettings {
 
 struct TrainResult {
   std::vector<double> losses;  // one per optimizer step (mean over accumulated micro-batches)
+  std::vector<double> lrs;     // the first group's learning rate at each step
+  std::vector<double> average_losses;  // loss/average (kohya's avr_loss) after each step
   std::string output_file;
+  std::string event_file;      // TensorBoard event file ("" without logging_dir)
+  std::string loss_curve;      // <output_dir>/<output_name>.loss.png
+  std::vector<std::string> samples;  // sample images written, in order
   int64_t steps = 0;
+  int64_t skipped_steps = 0;   // fp16: optimizer steps skipped for inf/NaN gradients
 };
 
 // Runs the whole training. Plugins come from `plugin_dirs` (plus the default search path).

@@ -67,7 +67,7 @@ const std::vector<KohyaFlag>& kohya_flags() {
       {"lr_scheduler_min_lr_ratio", "lr_scheduler.min_lr_ratio", F, false},
 
       // --- noise schedule
-      {"zero_terminal_snr", "noise_scheduler.zero_terminal_snr", B, false},
+      {"zero_terminal_snr", "noise_scheduler.rescale_betas_zero_snr", B, false},
 
       // --- training loop
       {"max_train_steps", "train.max_train_steps", I, false},
@@ -101,6 +101,7 @@ const std::vector<KohyaFlag>& kohya_flags() {
       {"loss_type", "train.loss_type", S, false},
       {"huber_schedule", "train.huber_schedule", S, false},
       {"huber_c", "train.huber_c", F, false},
+      {"huber_scale", "train.huber_scale", F, false},
       {"min_snr_gamma", "train.min_snr_gamma", F, false},
       {"scale_v_pred_loss_like_noise_pred", "train.scale_v_pred_loss_like_noise_pred", B, false},
       {"v_pred_like_loss", "train.v_pred_like_loss", F, false},
