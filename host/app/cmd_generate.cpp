@@ -164,6 +164,8 @@ int cmd_generate(const std::vector<std::string>& args) {
       "clip_skip", po::value(&clip_skip), "use the output of the n-th last text-encoder layer")(
       "max_embeddings_multiples", po::value(&max_emb), "prompt length in 75-token chunks (default 1 = 75 tokens)")(
       "v2", "SD 2.x model")("v_parameterization", "v-prediction model")("sdxl", "SDXL model")(
+      "vae_tiling", "VAE decode/encode of large images in overlapping tiles (the model's vae_tiling option)")(
+      "vae_slicing", "VAE decode/encode one image of a batch at a time (the model's vae_slicing option)")(
       "bf16", "bfloat16 weights and autocast")("fp16", "float16 weights")(
       "network_module", po::value(&network_modules)->multitoken(), "network plugins, one per network (lora, networks.lora, path)")(
       "network_weights", po::value(&network_weights)->multitoken(), "network weights files, one per network")(
@@ -234,9 +236,15 @@ int cmd_generate(const std::vector<std::string>& args) {
     if (!fs::exists(w)) throw host::UserError("sumi generate: --network_weights '" + w + "' does not exist");
   const bool merge = vm.count("network_merge") > 0;
   if (merge && network_modules.empty()) throw host::UserError("sumi generate: --network_merge needs --network_module/--network_weights");
-  if (!ti_files.empty())
-    throw host::UserError("sumi generate: --textual_inversion_embeddings is not supported yet (the model plugin has no "
-                          "embedding loader)");
+  // The model plugin's textual_inversion_embeddings key is one comma-separated string.
+  std::string ti_list;
+  for (const auto& f : ti_files) {
+    if (!fs::exists(f)) throw host::UserError("sumi generate: --textual_inversion_embeddings '" + f + "' does not exist");
+    if (f.find(',') != std::string::npos)
+      throw host::UserError("sumi generate: --textual_inversion_embeddings '" + f +
+                            "': a path containing a comma cannot be passed to the model plugin; rename or link the file");
+    ti_list += (ti_list.empty() ? "" : ",") + f;
+  }
 
   host::init_runtime(threads);
   CommonOptions common;
@@ -254,6 +262,9 @@ int cmd_generate(const std::vector<std::string>& args) {
                                                {"prompt_weighting", "true"},
                                                {"max_embeddings_multiples", std::to_string(max_emb)}};
   if (!vae.empty()) model_cfg["vae"] = vae;
+  if (!ti_list.empty()) model_cfg["textual_inversion_embeddings"] = ti_list;
+  if (vm.count("vae_tiling")) model_cfg["vae_tiling"] = "true";
+  if (vm.count("vae_slicing")) model_cfg["vae_slicing"] = "true";
   if (vm.count("v_parameterization")) model_cfg["v_parameterization"] = "true";
   host::Component model(model_ref, "model", registry, host::make_config(*model_ref.component, model_cfg));
   model.check(model.vtable<sumi_model_vtable>().load(model.self(), ckpt.c_str()), "load");

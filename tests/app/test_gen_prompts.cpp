@@ -9,6 +9,7 @@
 #include "app/generation.h"
 #include "app/image_io.h"
 #include "core/error.h"
+#include "io/safetensors_torch.h"
 
 #include <ATen/Parallel.h>
 
@@ -185,3 +186,65 @@ TEST_CASE("sumi generate refuses bad batch, prompt and network flags by name") {
             .find("'dim' is not key=value") != std::string::npos);
 }
 
+
+TEST_CASE("sumi generate --textual_inversion_embeddings: the file's token reaches the model's prompts") {
+  const std::string dir = temp_dir("ti");
+  int64_t width = 0;
+  for (const auto& [k, t] : sumi::io::load_all(fixture("tiny-sd1.safetensors")))
+    if (k.find("token_embedding.weight") != std::string::npos) width = t.size(1);
+  REQUIRE(width > 0);
+  at::manual_seed(3);
+  const std::string emb = dir + "/skstok.safetensors";
+  sumi::io::save_tensors(emb, {{"emb_params", at::randn({2, width}) * 0.5}}, {});
+
+  auto args = base_args(dir + "/out");
+  for (const char* a : {"--prompt", "a photo of skstok", "--seed", "9", "--textual_inversion_embeddings", emb.c_str()})
+    args.push_back(a);
+  CHECK(sumi::app::cmd_generate(args) == 0);
+  const auto files = pngs(dir + "/out");
+  REQUIRE(files.size() == 1);
+  const at::Tensor got = sumi::app::read_image(files[0]).to(at::kInt);
+
+  auto image = [&](const std::map<std::string, std::string>& extra) {
+    sumi::host::Registry reg;
+    std::map<std::string, std::string> cfg{{"dtype", "fp32"}, {"prompt_weighting", "true"}, {"max_embeddings_multiples", "1"}};
+    cfg.insert(extra.begin(), extra.end());
+    auto model = sumi::test::make(SUMI_KIND_MODEL, "sd1", reg, cfg, "model");
+    model->check(model->vtable<sumi_model_vtable>().load(model->self(), fixture("tiny-sd1.safetensors").c_str()), "load");
+    auto ref = sumi::test::plugins().find(SUMI_KIND_NOISE_SCHEDULER, "ddim");
+    sumi::host::Component sched(ref, "sched", reg,
+                                sumi::host::make_config(*ref.component, sumi::app::scheduler_config_of(fixture("tiny-sd1.safetensors"), *ref.component)));
+    sumi::app::Generator gen(*model, sched);
+    sumi::app::ImageRequest r;
+    r.prompt = "a photo of skstok";
+    r.width = r.height = 64;
+    r.steps = 6;
+    r.seed = 9;
+    return sumi::app::to_uint8_hwc(gen.run(r, false).image).to(at::kInt);
+  };
+  CHECK((got - image({{"textual_inversion_embeddings", emb}})).abs().max().item<int64_t>() <= 1);
+  // Without the embedding the same words are plain text: another image.
+  CHECK((got - image({})).abs().max().item<int64_t>() > 2);
+
+  CHECK(refusal([&] {
+          auto a = base_args(dir + "/out2");
+          for (const char* x : {"--prompt", "x", "--textual_inversion_embeddings", "/nonexistent/emb.safetensors"}) a.push_back(x);
+          return a;
+        }()).find("--textual_inversion_embeddings '/nonexistent/emb.safetensors' does not exist") != std::string::npos);
+}
+
+TEST_CASE("sumi generate --vae_slicing gives the images of the plain decode") {
+  const std::string dir = temp_dir("slicing");
+  auto run = [&](const std::string& out, bool slicing) {
+    auto a = base_args(dir + "/" + out);
+    for (const char* x : {"--prompt", "a red house", "--images_per_prompt", "2", "--batch_size", "2", "--seed", "4"}) a.push_back(x);
+    if (slicing) a.push_back("--vae_slicing");
+    CHECK(sumi::app::cmd_generate(a) == 0);
+    return pngs(dir + "/" + out);
+  };
+  const auto plain = run("plain", false), sliced = run("sliced", true);
+  REQUIRE(plain.size() == 2);
+  REQUIRE(sliced.size() == 2);
+  for (size_t i = 0; i < 2; ++i)
+    CHECK((sumi::app::read_image(plain[i]).to(at::kInt) - sumi::app::read_image(sliced[i]).to(at::kInt)).abs().max().item<int64_t>() <= 1);
+}
