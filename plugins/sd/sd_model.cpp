@@ -82,17 +82,27 @@ FramedBatch frame_batch(const ClipTokenizer& tok, const std::vector<std::string>
   return out;
 }
 
-// sd-scripts' emphasis: scale each position's embedding by its weight, then rescale the whole
-// prompt so its mean (over positions and channels, computed in fp32) is what it was.
-at::Tensor apply_weights(const at::Tensor& embeddings, const at::Tensor& weights) {
+std::string network_error(const char* what, const std::string& module) {
+  return std::string("network ") + what + " failed for module '" + module + "': " + api().last_error();
+}
+
+}  // namespace
+
+at::Tensor apply_prompt_weights(const at::Tensor& embeddings, const at::Tensor& weights) {
   // Contiguous, so both means reduce in the same order: all weights 1 then give exactly 1.
   const at::Tensor emb = embeddings.contiguous();
   const auto dt = emb.scalar_type();
   const at::Tensor before = emb.to(at::kFloat).mean({-2, -1}).to(dt);
   at::Tensor out = emb * weights.to(emb.device(), dt).unsqueeze(-1);
   const at::Tensor after = out.to(at::kFloat).mean({-2, -1}).to(dt);
-  return out * (before / after).unsqueeze(-1).unsqueeze(-1);
+  // sd-scripts divides unguarded. A weighted mean of exactly 0 (a layer norm's output centres
+  // on 0; it happens, and then before is 0 too when every weight is 1) would make the whole
+  // prompt NaN or inf: no scale can restore the mean there, so that prompt is left as weighted.
+  const at::Tensor ratio = at::where(after != 0, before / after, at::ones_like(after));
+  return out * ratio.unsqueeze(-1).unsqueeze(-1);
 }
+
+namespace {
 
 // SD1 and SDXL's first encoder pad with <|endoftext|>, SD2 and SDXL's second with "!".
 std::unique_ptr<ClipTokenizer> new_tokenizer(ModelFamily family, int encoder) {
@@ -109,10 +119,6 @@ void check_token_free(const ClipTokenizer& tok, const std::string& token, int64_
       throw std::invalid_argument(what + ": '" + t + "' is already a token (of the CLIP vocabulary or added before); " +
                                   "use another token string");
   }
-}
-
-std::string network_error(const char* what, const std::string& module) {
-  return std::string("network ") + what + " failed for module '" + module + "': " + api().last_error();
 }
 
 }  // namespace
@@ -264,11 +270,11 @@ std::pair<at::Tensor, at::Tensor> SdModel::encode_weighted(const std::vector<std
     parts.push_back(h);
   }
   at::Tensor cond = parts.size() == 1 ? parts.front() : at::cat(parts, 1);
-  if (!xl) return {apply_weights(cond, f1.weights), pooled};
+  if (!xl) return {apply_prompt_weights(cond, f1.weights), pooled};
   // gen_img weights each encoder's output on its own before concatenating them.
   const int64_t c1 = te_->config().hidden_size;
-  at::Tensor a = apply_weights(cond.narrow(-1, 0, c1), f1.weights);
-  at::Tensor b = apply_weights(cond.narrow(-1, c1, cond.size(-1) - c1), f2.weights);
+  at::Tensor a = apply_prompt_weights(cond.narrow(-1, 0, c1), f1.weights);
+  at::Tensor b = apply_prompt_weights(cond.narrow(-1, c1, cond.size(-1) - c1), f2.weights);
   return {at::cat({a, b}, -1), pooled};
 }
 

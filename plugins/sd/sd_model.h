@@ -156,4 +156,10 @@ class SdModel {
   std::vector<std::string> trained_parts_;
 };
 
+// sd-scripts' emphasis on embeddings [B, L, C] with weights [B, L]: each position scaled by its
+// weight, then each prompt rescaled so its mean over positions and channels (computed in fp32)
+// is what it was; a prompt whose weighted mean is exactly 0 is not rescaled (no NaN/inf).
+// Used by encode_text with prompt_weighting.
+at::Tensor apply_prompt_weights(const at::Tensor& embeddings, const at::Tensor& weights);
+
 }  // namespace sumi::sd

@@ -9,6 +9,7 @@
 #include <vector>
 
 #include "models_test_util.h"
+#include "sd_model.h"
 
 using namespace sumi::test;
 
@@ -65,6 +66,8 @@ TEST_CASE("prompt weighting: sd1 long prompts are two chunks and the tokens past
   CHECK(same(wc.narrow(1, 0, 77), pc));
   // The second chunk carries the tail: a different tail changes it, not the first chunk.
   auto [other, unused] = weighted->encode_text({long_prompt("a blue bird")});
+  // This prompt's conditioning has a mean of exactly 0 on this fixture (the rescale once made it NaN).
+  CHECK_FALSE(other.isnan().any().item<bool>());
   CHECK(same(other.narrow(1, 0, 77), wc.narrow(1, 0, 77)));
   CHECK(max_abs_diff(other.narrow(1, 77, 77), wc.narrow(1, 77, 77)).item<double>() > 1e-4);
 
@@ -79,6 +82,32 @@ TEST_CASE("prompt weighting: sd1 long prompts are two chunks and the tokens past
   CHECK(nc.sizes() == at::IntArrayRef({1, 152, channels}));
   CHECK(same(nc.narrow(1, 0, 76), wc.narrow(1, 0, 76)));
   CHECK(same(nc.narrow(1, 76, 76), wc.narrow(1, 78, 76)));
+}
+
+TEST_CASE("prompt weighting: the emphasis rescale keeps the mean, and a zero mean gives no NaN") {
+  using sumi::sd::apply_prompt_weights;
+  // Row 0: any embeddings and weights; the mean over positions and channels is restored.
+  at::Tensor emb0 = at::tensor({0.5, -0.25, 1.0, 2.0, -1.5, 0.75}, at::kFloat).view({1, 3, 2});
+  at::Tensor w0 = at::tensor({1.0, 1.5, 0.5}, at::kDouble).view({1, 3});
+  at::Tensor scaled = emb0 * w0.to(at::kFloat).unsqueeze(-1);
+  at::Tensor want0 = scaled * (emb0.mean() / scaled.mean());
+  at::Tensor got0 = apply_prompt_weights(emb0, w0);
+  CHECK(same(got0, want0));
+  CHECK(std::abs(got0.mean().item<double>() - emb0.mean().item<double>()) < 1e-6);
+  // Row 1: a mean of exactly 0 with every weight 1 was 0 / 0: the embeddings come back as they are.
+  at::Tensor emb1 = at::tensor({1.0, -1.0, 2.0, -2.0, 0.5, -0.5}, at::kFloat).view({1, 3, 2});
+  at::Tensor ones = at::ones({1, 3}, at::kDouble);
+  at::Tensor got1 = apply_prompt_weights(emb1, ones);
+  CHECK(at::equal(got1, emb1));
+  // A weighted mean of exactly 0 from a non-zero mean was x / 0 (inf): left as weighted.
+  at::Tensor emb2 = at::tensor({3.0, 3.0, -1.0, -1.0, 0.0, 0.0}, at::kFloat).view({1, 3, 2});
+  at::Tensor w2 = at::tensor({1.0, 3.0, 1.0}, at::kDouble).view({1, 3});
+  CHECK(at::equal(apply_prompt_weights(emb2, w2), emb2 * w2.to(at::kFloat).unsqueeze(-1)));
+  // Each prompt of a batch on its own: a zero-mean row does not touch the others.
+  at::Tensor batch = apply_prompt_weights(at::cat({emb0, emb1}), at::cat({w0, ones}));
+  CHECK_FALSE(batch.isnan().any().item<bool>());
+  CHECK(same(batch.narrow(0, 0, 1), want0));
+  CHECK(at::equal(batch.narrow(0, 1, 1), emb1));
 }
 
 TEST_CASE("prompt weighting: emphasis changes the conditioning, a weight of 1 does not") {
