@@ -18,6 +18,8 @@
 #include "py_random.h"
 
 #include <sumi/prompt/prompt_file.h>
+#include <sumi/recipe/load.h>
+#include <sumi/recipe/suggest.h>
 
 #include <boost/program_options.hpp>
 
@@ -134,6 +136,74 @@ void refuse_unapplied(const prompt::PromptSpec& s) {
   if (flag) throw host::UserError(s.origin + ": the prompt option " + std::string(flag) + " is not supported by sumi generate yet; remove it");
 }
 
+
+// The recipe form of the flags: `--recipe F` (or kohya's `--config_file F`), a TOML or YAML file
+// whose [generate] table (or top level) holds gen_img flag names as keys. Its settings come
+// first; a flag also given on the command line wins.
+std::vector<std::string> with_recipe_settings(const std::vector<std::string>& args, const po::options_description& d) {
+  std::string file, flag;
+  for (size_t i = 0; i < args.size(); ++i)
+    for (const char* f : {"--recipe", "--config_file"}) {
+      const std::string name = f;
+      if (args[i] == name && i + 1 < args.size()) file = args[i + 1], flag = name;
+      else if (args[i].rfind(name + "=", 0) == 0) file = args[i].substr(name.size() + 1), flag = name;
+    }
+  if (file.empty()) return args;
+  if (!fs::is_regular_file(file)) throw host::UserError("sumi generate: " + flag + " '" + file + "' does not exist");
+  const std::string ext = fs::path(file).extension().string();
+  recipe::Value root;
+  if (ext == ".toml") root = recipe::load_toml_file(file);
+  else if (ext == ".yaml" || ext == ".yml") root = recipe::load_yaml_file(file);
+  else throw host::UserError("sumi generate: " + flag + " '" + file + "': expected a .toml, .yaml or .yml file");
+  const recipe::Value* table = root.find("generate");
+  if (!table) table = &root;
+  if (!table->is_table()) throw host::UserError(file + ": [generate] must be a table of gen_img flag names and values");
+  std::vector<std::string> names;
+  for (const auto& o : d.options()) names.push_back(o->long_name());
+  auto given = [&](const std::string& key) {
+    return std::any_of(args.begin(), args.end(), [&](const std::string& a) { return a == "--" + key || a.rfind("--" + key + "=", 0) == 0; });
+  };
+  auto text = [](const recipe::Value& v) {
+    return v.kind() == recipe::Value::Kind::String ? v.as_string()
+           : v.kind() == recipe::Value::Kind::Double ? recipe::format_double(v.as_double())
+                                                    : v.text();
+  };
+  std::vector<std::string> out;
+  for (const auto& key : table->keys()) {
+    const recipe::Value& v = *table->find(key);
+    const po::option_description* o = d.find_nothrow(key, false);
+    if (!o || key == "recipe" || key == "config_file" || key == "help")
+      throw host::UserError(v.origin() + ": '" + key + "' is not a sumi generate setting (keys are gen_img flag names, see " +
+                            "sumi generate --help)" + recipe::did_you_mean(key, names));
+    if (given(key)) continue;
+    if (v.kind() == recipe::Value::Kind::Bool) {
+      if (o->semantic()->max_tokens() == 0) {
+        if (v.as_bool()) out.push_back("--" + key);
+        continue;
+      }
+      out.push_back("--" + key);
+      out.push_back(v.as_bool() ? "true" : "false");
+      continue;
+    }
+    if (o->semantic()->max_tokens() == 0)
+      throw host::UserError(v.origin() + ": '" + key + "' is a switch: give true or false, got " + v.text());
+    out.push_back("--" + key);
+    if (v.is_array())
+      for (const auto& item : v.items()) out.push_back(text(item));
+    else
+      out.push_back(text(v));
+  }
+  // The file's own flag goes too: it has been read.
+  for (size_t i = 0; i < args.size(); ++i) {
+    if (args[i] == flag) {
+      ++i;
+      continue;
+    }
+    if (args[i].rfind(flag + "=", 0) == 0) continue;
+    out.push_back(args[i]);
+  }
+  return out;
+}
 }  // namespace
 
 int cmd_generate(const std::vector<std::string>& args) {
@@ -183,9 +253,11 @@ int cmd_generate(const std::vector<std::string>& args) {
       "highres_fix_strength", po::value(&hr_strength), "highres fix: first pass strength with --image_path (default --strength)")(
       "highres_fix_latents_upscaling", "highres fix: upscale latents (bilinear) instead of the decoded image");
   for (const char* f : kNotYet) d.add_options()(f, po::value<std::vector<std::string>>()->multitoken()->zero_tokens(), "");
+  d.add_options()("recipe", po::value<std::string>(), "TOML/YAML file: a [generate] table of these flags (the command line wins)")(
+      "config_file", po::value<std::string>(), "the same as --recipe (kohya's name)");
   po::variables_map vm;
   try {
-    po::store(po::command_line_parser(args).options(d).run(), vm);
+    po::store(po::command_line_parser(with_recipe_settings(args, d)).options(d).run(), vm);
     po::notify(vm);
   } catch (const po::error& e) {
     throw host::UserError(std::string("sumi generate: ") + e.what() + " (see sumi generate --help)");

@@ -248,3 +248,44 @@ TEST_CASE("sumi generate --vae_slicing gives the images of the plain decode") {
   for (size_t i = 0; i < 2; ++i)
     CHECK((sumi::app::read_image(plain[i]).to(at::kInt) - sumi::app::read_image(sliced[i]).to(at::kInt)).abs().max().item<int64_t>() <= 1);
 }
+
+TEST_CASE("sumi generate --recipe: a [generate] table of gen_img flags, the command line winning") {
+  const std::string dir = temp_dir("recipe");
+  const std::string toml = dir + "/gen.toml";
+  {
+    std::ofstream f(toml);
+    f << "[generate]\nckpt = \"" << fixture("tiny-sd1.safetensors") << "\"\nprompt = \"a red house --n blurry\"\n"
+      << "W = 64\nH = 64\nsteps = 6\nsampler = \"euler\"\nscale = 6.5\nseed = 11\nthreads = 2\n"
+      << "plugin-dir = [\"" << SUMI_PLUGIN_DIR << "\"]\noutdir = \"" << dir << "/unused\"\nbf16 = false\n";
+  }
+  // The command line overrides the recipe's seed and outdir.
+  CHECK(sumi::app::cmd_generate({"--recipe", toml, "--seed", "12", "--outdir", dir + "/from_recipe"}) == 0);
+  auto flags = base_args(dir + "/from_flags");
+  for (const char* a : {"--prompt", "a red house --n blurry", "--sampler", "euler", "--scale", "6.5", "--seed", "12"})
+    flags.push_back(a);
+  CHECK(sumi::app::cmd_generate(flags) == 0);
+  const auto a = pngs(dir + "/from_recipe"), b = pngs(dir + "/from_flags");
+  REQUIRE(a.size() == 1);
+  REQUIRE(b.size() == 1);
+  CHECK(!fs::exists(dir + "/unused"));
+  std::map<std::string, std::string> ta, tb;
+  CHECK((sumi::app::read_image(a[0], &ta).to(at::kInt) - sumi::app::read_image(b[0], &tb).to(at::kInt)).abs().max().item<int64_t>() == 0);
+  CHECK(ta["parameters"] == tb["parameters"]);
+  CHECK(ta["parameters"].find("Seed: 12") != std::string::npos);
+
+  // Unknown keys and a wrong kind are refused, naming the file and key.
+  {
+    std::ofstream f(dir + "/bad.toml");
+    f << "[generate]\nprompt = \"x\"\nstesp = 5\n";
+  }
+  const std::string e = refusal({"--recipe", dir + "/bad.toml"});
+  CHECK(e.find("bad.toml") != std::string::npos);
+  CHECK(e.find("'stesp' is not a sumi generate setting") != std::string::npos);
+  CHECK(e.find("did you mean 'steps'") != std::string::npos);
+  {
+    std::ofstream f(dir + "/bad2.toml");
+    f << "[generate]\nbf16 = 3\n";
+  }
+  CHECK(refusal({"--config_file", dir + "/bad2.toml"}).find("'bf16' is a switch") != std::string::npos);
+  CHECK(refusal({"--recipe", dir + "/missing.toml"}).find("does not exist") != std::string::npos);
+}
