@@ -1,6 +1,7 @@
 #include "generation.h"
 
 #include "core/error.h"
+#include "core/handle_scope.h"
 #include "core/op_bridge.h"
 #include "core/progress.h"
 #include "core/tensor_handle.h"
@@ -17,18 +18,7 @@ namespace sumi::app {
 
 namespace {
 
-// Owns a handle returned by a vtable call.
-struct Handle {
-  sumi_tensor h = nullptr;
-  ~Handle() { host::release_handle(h); }
-  at::Tensor get() const { return h ? host::unwrap(h) : at::Tensor(); }
-};
-
-sumi_tensor borrow(const at::Tensor& t, std::vector<sumi_tensor>& keep) {
-  if (!t.defined()) return nullptr;
-  keep.push_back(host::make_handle(t));
-  return keep.back();
-}
+using Handle = host::OwnedHandle;
 
 }  // namespace
 
@@ -74,13 +64,7 @@ std::vector<ImageResult> Generator::run_batch(const std::vector<ImageRequest>& r
   if (r.steps <= 0) throw host::UserError("steps must be positive, got " + std::to_string(r.steps));
   const auto& mvt = model_.vtable<sumi_model_vtable>();
   const auto& svt = scheduler_.vtable<sumi_noise_scheduler_vtable>();
-  std::vector<sumi_tensor> keep;
-  struct Release {
-    std::vector<sumi_tensor>& k;
-    ~Release() {
-      for (auto h : k) host::release_handle(h);
-    }
-  } release{keep};
+  host::HandleScope keep;
 
   at::NoGradGuard no_grad;
   // Conditioning: [uncond..., cond...] as diffusers batches it, from ONE encode_text call so
@@ -146,7 +130,7 @@ std::vector<ImageResult> Generator::run_batch(const std::vector<ImageRequest>& r
     if (sigma_space) return init_latents + noise0 * sigmas[index].item<double>();
     Handle out;
     const at::Tensor t = at::full({B}, static_cast<int64_t>(std::llround(timesteps[index].item<double>())), at::kLong);
-    scheduler_.check(svt.add_noise(scheduler_.self(), borrow(init_latents, keep), borrow(noise0, keep), borrow(t, keep),
+    scheduler_.check(svt.add_noise(scheduler_.self(), keep(init_latents), keep(noise0), keep(t),
                                    &out.h),
                      "add_noise");
     return out.get().to(at::kFloat);
@@ -182,7 +166,7 @@ std::vector<ImageResult> Generator::run_batch(const std::vector<ImageRequest>& r
       // The posterior mean, not a sample: deterministic, and the seed's stream stays the
       // txt2img one (diffusers samples here from the pipeline generator).
       const at::Tensor images = to_encode.size() == 1 ? to_encode.front() : at::cat(to_encode);
-      model_.check(mvt.vae_encode(model_.self(), borrow(images, keep), 0, &enc.h), "vae_encode");
+      model_.check(mvt.vae_encode(model_.self(), keep(images), 0, &enc.h), "vae_encode");
       const at::Tensor encoded = enc.get().to(at::kFloat);
       int64_t next = 0;
       for (auto& t : per_image)
@@ -223,10 +207,11 @@ std::vector<ImageResult> Generator::run_batch(const std::vector<ImageRequest>& r
     const double t = timesteps[i].item<double>();
     const at::Tensor x2 = at::cat({latents, latents});
     Handle scaled, out, next;
-    scheduler_.check(svt.scale_model_input(scheduler_.self(), borrow(x2, keep), i, &scaled.h), "scale_model_input");
+    host::HandleScope step_keep;  // this step's borrowed handles
+    scheduler_.check(svt.scale_model_input(scheduler_.self(), step_keep(x2), i, &scaled.h), "scale_model_input");
     const at::Tensor tt = at::full({2 * B}, t, at::kFloat);
-    model_.check(mvt.denoise(model_.self(), borrow(scaled.get(), keep), borrow(tt, keep), borrow(context, keep),
-                             borrow(pooled_all, keep), borrow(added, keep), &out.h),
+    model_.check(mvt.denoise(model_.self(), step_keep(scaled.get()), step_keep(tt), step_keep(context),
+                             step_keep(pooled_all), step_keep(added), &out.h),
                  "denoise");
     const auto parts = out.get().chunk(2);
     const at::Tensor guided =
@@ -234,7 +219,7 @@ std::vector<ImageResult> Generator::run_batch(const std::vector<ImageRequest>& r
     // Ancestral samplers take this noise; deterministic ones ignore it. Drawing it every step
     // keeps the stream identical to sd-scripts' for the ancestral case.
     const at::Tensor noise = draw();
-    scheduler_.check(svt.step(scheduler_.self(), borrow(guided, keep), i, borrow(latents, keep), borrow(noise, keep),
+    scheduler_.check(svt.step(scheduler_.self(), step_keep(guided), i, step_keep(latents), step_keep(noise),
                               &next.h),
                      "step");
     latents = next.get();
@@ -258,11 +243,11 @@ at::Tensor Generator::decode(const at::Tensor& latents) {
   std::vector<at::Tensor> parts;
   for (int64_t from = 0; from < n; from += slice) {
     const at::Tensor in = latents.narrow(0, from, std::min(slice, n - from)).contiguous();
-    std::vector<sumi_tensor> keep;
     Handle image;
-    const sumi_status st = mvt.vae_decode(model_.self(), borrow(in, keep), &image.h);
-    for (auto h : keep) host::release_handle(h);
-    model_.check(st, "vae_decode");
+    {
+      host::HandleScope keep;
+      model_.check(mvt.vae_decode(model_.self(), keep(in), &image.h), "vae_decode");
+    }
     parts.push_back(image.get().to(at::kFloat));
   }
   return parts.size() == 1 ? parts.front() : at::cat(parts);
