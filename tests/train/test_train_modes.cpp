@@ -6,6 +6,7 @@
 #include <doctest/doctest.h>
 
 #include "../common/plugin_test.h"
+#include "app/commands.h"
 #include "app/train/trainer.h"
 #include "core/op_bridge.h"
 #include "core/tensor_handle.h"
@@ -230,6 +231,42 @@ TEST_CASE("DreamBooth: trains the UNet, saves one file the model loader reloads;
   CHECK(fs::is_directory(rt.output_file));
   CHECK(fs::is_directory(fs::path(rt.output_file) / "unet"));
   CHECK(fs::is_directory(fs::path(rt.output_file) / "text_encoder"));
+  fs::remove_all(out);
+  fs::remove_all(dataset);
+}
+
+TEST_CASE("sumi train: the mode follows kohya's flags; --token_string trains an embedding; bad combinations are refused") {
+  at::set_num_threads(2);
+  const auto dataset = make_dataset("cli", 1);
+  const fs::path out = fs::temp_directory_path() / "sumi_modes_cli_out";
+  fs::remove_all(out);
+  const std::vector<std::string> base{"--plugin-dir", SUMI_PLUGIN_DIR, "--pretrained_model_name_or_path",
+                                      data("fixtures/tiny-sd1.safetensors"), "--train_data_dir", dataset.string(),
+                                      "--caption_extension", ".txt", "--resolution", "64", "--output_dir", out.string(),
+                                      "--seed", "5", "--max_train_steps", "1", "--optimizer_type", "AdamW"};
+  auto with = [&](std::vector<std::string> extra) {
+    auto a = base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  CHECK(sumi::app::cmd_train(with({"--token_string", "sksemb", "--init_word", "circle", "--num_vectors_per_token", "3",
+                                   "--use_style_template", "--output_name", "emb", "--learning_rate", "1e-3"})) == 0);
+  const auto w = load_map((out / "emb.safetensors").string());
+  REQUIRE(w.count("emb_params"));
+  CHECK(w.at("emb_params").sizes().vec() == std::vector<int64_t>{3, 32});
+
+  CHECK_THROWS_WITH(sumi::app::cmd_train(with({"--network_module", "networks.lora", "--token_string", "sksemb"})),
+                    doctest::Contains("token_string"));
+  CHECK_THROWS_WITH(sumi::app::cmd_train(with({"--set", "train.mode=\"network\""})), doctest::Contains("needs a [network]"));
+  CHECK_THROWS_WITH(sumi::app::cmd_train(with({"--set", "train.mode=\"dreambooth\"", "--network_module", "networks.lora"})),
+                    doctest::Contains("makes no sense in dreambooth"));
+  CHECK_THROWS_WITH(sumi::app::cmd_train(with({"--save_model_as", "ckpt"})), doctest::Contains("no pickled .ckpt"));
+  CHECK_THROWS_WITH(sumi::app::cmd_train(with({"--token_string", "sksemb", "--save_model_as", "diffusers"})),
+                    doctest::Contains("embeddings are saved as safetensors"));
+  CHECK_THROWS_WITH(sumi::app::cmd_train(with({"--token_string", "sksemb", "--use_object_template", "--use_style_template"})),
+                    doctest::Contains("choose one"));
+  CHECK_THROWS_WITH(sumi::app::cmd_train(with({"--set", "train.mode=\"fine_tune\"", "--stop_text_encoder_training", "3"})),
+                    doctest::Contains("DreamBooth's"));
   fs::remove_all(out);
   fs::remove_all(dataset);
 }
