@@ -221,16 +221,38 @@ TEST_CASE("DreamBooth: trains the UNet, saves one file the model loader reloads;
     model->check(mvt.load(model->self(), r.output_file.c_str()), "load the trained file");
   }
 
-  // The text encoder too, stopped after step 1; a diffusers folder.
-  auto te = settings(TrainMode::dreambooth, dataset, out / "te");
+  // The text encoder too, stopped after step 1 (train_db's --stop_text_encoder_training): after
+  // 2 steps its weights equal those after 1 step, while the UNet moved on.
+  auto te = settings(TrainMode::dreambooth, dataset, out / "te2");
   te.max_train_steps = 2;
+  te.learning_rate = 1e-3;
   te.train_text_encoder = true;
   te.stop_text_encoder_training = 1;
-  te.save_model_as = "diffusers";
-  const auto rt = sumi::app::train_network(te, {SUMI_PLUGIN_DIR}, false);
-  CHECK(fs::is_directory(rt.output_file));
-  CHECK(fs::is_directory(fs::path(rt.output_file) / "unet"));
-  CHECK(fs::is_directory(fs::path(rt.output_file) / "text_encoder"));
+  auto te1 = te;
+  te1.output_dir = (out / "te1").string();
+  te1.max_train_steps = 1;
+  const auto two = load_map(sumi::app::train_network(te, {SUMI_PLUGIN_DIR}, false).output_file);
+  const auto one = load_map(sumi::app::train_network(te1, {SUMI_PLUGIN_DIR}, false).output_file);
+  int te_moved = 0, te_after_stop = 0, unet_after_stop = 0;
+  for (const auto& [k, t] : two) {
+    if (!t.is_floating_point()) continue;
+    const bool is_te = k.rfind("cond_stage_model.", 0) == 0, is_unet = k.rfind("model.diffusion_model.", 0) == 0;
+    if (is_te) te_moved += !at::equal(t.to(at::kFloat), base.at(k).to(at::kFloat));
+    if (is_te) te_after_stop += !at::equal(t, one.at(k));
+    if (is_unet) unet_after_stop += !at::equal(t, one.at(k));
+  }
+  CHECK(te_moved > 0);
+  CHECK(te_after_stop == 0);
+  CHECK(unet_after_stop > 0);
+
+  // save_model_as = "diffusers": a folder.
+  auto df = settings(TrainMode::dreambooth, dataset, out / "diffusers");
+  df.max_train_steps = 1;
+  df.save_model_as = "diffusers";
+  const auto rd = sumi::app::train_network(df, {SUMI_PLUGIN_DIR}, false);
+  CHECK(rd.output_file == (out / "diffusers" / "out").string());
+  CHECK(fs::is_directory(fs::path(rd.output_file) / "unet"));
+  CHECK(fs::is_directory(fs::path(rd.output_file) / "text_encoder"));
   fs::remove_all(out);
   fs::remove_all(dataset);
 }
