@@ -64,23 +64,6 @@ int cmd_train(const std::vector<std::string>& args) {
   host::init_runtime(o.threads);
   auto pm = make_plugin_manager(o);
   recipe::Value root = load_recipe_tree(o);
-  std::string mode_name;
-  {
-    const recipe::Value* tr = root.find("train");
-    const recipe::Value* m = tr ? tr->find("mode") : nullptr;
-    const recipe::Value* ds = root.find("datasets");
-    if (m) mode_name = m->as_string();
-    else if (root.find("network")) mode_name = "network";
-    else if (tr && tr->find("token_string")) mode_name = "textual_inversion";
-    else if (ds && ds->find("in_json")) mode_name = "fine_tune";
-    else mode_name = "dreambooth";
-    const TrainMode mode = parse_train_mode(mode_name);
-    if (mode == TrainMode::network && !root.find("network"))
-      throw host::UserError("[train] mode = \"network\" needs a [network] section (--network_module networks.lora, ...)");
-    if (mode != TrainMode::network && root.find("network"))
-      throw host::UserError("[network] (--network_module / --network_*) makes no sense in " + mode_name +
-                            " mode: drop it, or train a network (mode = \"network\")");
-  }
   // The model section: the family comes from the file when the recipe does not name it.
   const recipe::Value* model = root.find("model");
   if (!model || !model->find("path"))
@@ -99,6 +82,22 @@ int cmd_train(const std::vector<std::string>& args) {
   TrainSettings s;
   s.dataset_args = dataset_options(root, dataset_config);
   s.dataset_config = dataset_config;
+  std::string mode_name;
+  {
+    const recipe::Value* tr = root.find("train");
+    const recipe::Value* m = tr ? tr->find("mode") : nullptr;
+    if (m) mode_name = m->as_string();
+    else if (root.find("network")) mode_name = "network";
+    else if (tr && tr->find("token_string")) mode_name = "textual_inversion";
+    else if (s.dataset_args.count("in_json")) mode_name = "fine_tune";
+    else mode_name = "dreambooth";
+    const TrainMode mode = parse_train_mode(mode_name);
+    if (mode == TrainMode::network && !root.find("network"))
+      throw host::UserError("[train] mode = \"network\" needs a [network] section (--network_module networks.lora, ...)");
+    if (mode != TrainMode::network && root.find("network"))
+      throw host::UserError("[network] (--network_module / --network_*) makes no sense in " + mode_name +
+                            " mode: drop it, or train a network (mode = \"network\")");
+  }
   // Validate everything else against the host's keys and the plugins' schemas.
   const auto schemas = plugin_schemas(root, pm);
   const auto m = resolve(root, "model", schemas);

@@ -15,6 +15,7 @@
 #include <ATen/Parallel.h>
 
 #include <filesystem>
+#include <fstream>
 #include <map>
 
 namespace fs = std::filesystem;
@@ -289,6 +290,35 @@ TEST_CASE("sumi train: the mode follows kohya's flags; --token_string trains an 
                     doctest::Contains("choose one"));
   CHECK_THROWS_WITH(sumi::app::cmd_train(with({"--set", "train.mode=\"fine_tune\"", "--stop_text_encoder_training", "3"})),
                     doctest::Contains("DreamBooth's"));
+
+  // --in_json: fine_tune.py, whose text encoder trains only with --train_text_encoder.
+  const fs::path meta = out / "meta.json";
+  {
+    std::ofstream f(meta);
+    f << "{\"circle_00\": {\"caption\": \"a sks circle\"}}";
+  }
+  const std::string img_dir = (dataset / "5_sks circle").string();
+  auto te_changed = [&](const std::string& file) {
+    const auto base = load_map(data("fixtures/tiny-sd1.safetensors"));
+    int n = 0;
+    for (const auto& [k, t] : load_map(file))
+      if (k.rfind("cond_stage_model.", 0) == 0 && t.is_floating_point())
+        n += !at::equal(t.to(at::kFloat), base.at(k).to(at::kFloat));
+    return n;
+  };
+  std::vector<std::string> ft = base;
+  ft[5] = img_dir;  // --train_data_dir
+  ft.insert(ft.end(), {"--in_json", meta.string(), "--output_name", "ft", "--learning_rate", "1e-3"});
+  CHECK(sumi::app::cmd_train(ft) == 0);
+  CHECK(te_changed((out / "ft.safetensors").string()) == 0);
+  ft.push_back("--train_text_encoder");
+  CHECK(sumi::app::cmd_train(ft) == 0);
+  CHECK(te_changed((out / "ft.safetensors").string()) > 0);
+  // Without --in_json: train_db.py, text encoder trained unless stop_text_encoder_training < 0.
+  CHECK(sumi::app::cmd_train(with({"--output_name", "db", "--learning_rate", "1e-3"})) == 0);
+  CHECK(te_changed((out / "db.safetensors").string()) > 0);
+  CHECK(sumi::app::cmd_train(with({"--output_name", "db", "--learning_rate", "1e-3", "--stop_text_encoder_training", "-1"})) == 0);
+  CHECK(te_changed((out / "db.safetensors").string()) == 0);
   fs::remove_all(out);
   fs::remove_all(dataset);
 }
