@@ -1,7 +1,7 @@
-// `sumi train`: kohya-style training from a recipe and/or kohya's flags. The mode comes from the
-// recipe's sections as kohya's scripts imply it: a [network] section (--network_module) means
-// network training. Other modes (DreamBooth, fine-tuning, Textual Inversion) are refused with a
-// clear message until they land.
+// `sumi train`: kohya-style training from a recipe and/or kohya's flags. The mode is [train] mode,
+// or what kohya's scripts imply: a [network] section (--network_module) means train_network.py,
+// token_string (--token_string) train_textual_inversion.py, in_json (--in_json) fine_tune.py,
+// anything else train_db.py (DreamBooth).
 #include "commands.h"
 
 #include "app.h"
@@ -53,18 +53,17 @@ int cmd_train(const std::vector<std::string>& args) {
   CommonOptions o;
   std::string help;
   if (!parse_common(args, o, help)) {
-    std::cout << "usage: sumi train [--recipe RECIPE] [kohya train_network.py flags] [--set section.key=value]...\n"
+    std::cout << "usage: sumi train [--recipe RECIPE] [kohya train_network.py / train_db.py / fine_tune.py / train_textual_inversion.py flags] [--set section.key=value]...\n"
                  "e.g.  sumi train --pretrained_model_name_or_path model.safetensors --train_data_dir data \\\n"
-                 "        --network_module networks.lora --network_dim 4 --output_dir out --max_train_steps 100\n\n"
+                 "        --network_module networks.lora --network_dim 4 --output_dir out --max_train_steps 100\n"
+                 "modes: --network_module (network), --token_string (Textual Inversion), --in_json (fine-tuning), "
+                 "else DreamBooth; or [train] mode\n\n"
               << help;
     return 0;
   }
   host::init_runtime(o.threads);
   auto pm = make_plugin_manager(o);
   recipe::Value root = load_recipe_tree(o);
-  if (!root.find("network"))
-    throw host::UserError("sumi train: only network training (--network_module / [network]) is implemented so far; "
-                          "DreamBooth, fine-tuning and Textual Inversion are not yet");
   // The model section: the family comes from the file when the recipe does not name it.
   const recipe::Value* model = root.find("model");
   if (!model || !model->find("path"))
@@ -83,10 +82,26 @@ int cmd_train(const std::vector<std::string>& args) {
   TrainSettings s;
   s.dataset_args = dataset_options(root, dataset_config);
   s.dataset_config = dataset_config;
+  std::string mode_name;
+  {
+    const recipe::Value* tr = root.find("train");
+    const recipe::Value* m = tr ? tr->find("mode") : nullptr;
+    if (m) mode_name = m->as_string();
+    else if (root.find("network")) mode_name = "network";
+    else if (tr && tr->find("token_string")) mode_name = "textual_inversion";
+    else if (s.dataset_args.count("in_json")) mode_name = "fine_tune";
+    else mode_name = "dreambooth";
+    const TrainMode mode = parse_train_mode(mode_name);
+    if (mode == TrainMode::network && !root.find("network"))
+      throw host::UserError("[train] mode = \"network\" needs a [network] section (--network_module networks.lora, ...)");
+    if (mode != TrainMode::network && root.find("network"))
+      throw host::UserError("[network] (--network_module / --network_*) makes no sense in " + mode_name +
+                            " mode: drop it, or train a network (mode = \"network\")");
+  }
   // Validate everything else against the host's keys and the plugins' schemas.
   const auto schemas = plugin_schemas(root, pm);
   const auto m = resolve(root, "model", schemas);
-  const auto net = resolve(root, "network", schemas);
+  const bool network_mode = mode_name == "network";
   const auto opt = resolve(root, "optimizer", schemas);
   const auto lr = resolve(root, "lr_scheduler", schemas);
   const auto ns = resolve(root, "noise_scheduler", schemas);
@@ -98,10 +113,36 @@ int cmd_train(const std::vector<std::string>& args) {
   s.family = m.get_string("type");
   s.model_params = plugin_params(m);
   s.v_parameterization = m.has("v_parameterization") && m.get_bool("v_parameterization");
-  s.network_type = net.get_string("type");
-  s.network_params = plugin_params(net);
-  if (net.has("weights")) s.network_weights = net.get_string("weights");
-  s.network_multiplier = net.get_double("multiplier");
+  s.mode = parse_train_mode(mode_name);
+  if (network_mode) {
+    const auto net = resolve(root, "network", schemas);
+    s.network_type = net.get_string("type");
+    s.network_params = plugin_params(net);
+    if (net.has("weights")) s.network_weights = net.get_string("weights");
+    s.network_multiplier = net.get_double("multiplier");
+  }
+  if (train.has("token_string")) s.token_string = train.get_string("token_string");
+  if (train.has("init_word")) s.init_word = train.get_string("init_word");
+  s.num_vectors_per_token = train.get_int("num_vectors_per_token");
+  if (train.get_bool("use_object_template") && train.get_bool("use_style_template"))
+    throw host::UserError("[train] use_object_template and use_style_template: choose one");
+  s.ti_template = train.get_bool("use_object_template") ? "object" : train.get_bool("use_style_template") ? "style" : "";
+  // train_db.py trains the text encoder unless --stop_text_encoder_training is negative; fine_tune.py
+  // only with --train_text_encoder.
+  const bool te_flag = train.get_bool("train_text_encoder");
+  if (train.has("stop_text_encoder_training")) {
+    if (mode_name != "dreambooth")
+      throw host::UserError("[train] stop_text_encoder_training is DreamBooth's (train_db.py); this run is " + mode_name);
+    s.stop_text_encoder_training = train.get_int("stop_text_encoder_training");
+  }
+  if (mode_name == "dreambooth") {
+    if (te_flag && s.stop_text_encoder_training < 0 && train.has("stop_text_encoder_training"))
+      throw host::UserError("[train] train_text_encoder with a negative stop_text_encoder_training: choose one");
+    s.train_text_encoder = !(train.has("stop_text_encoder_training") && s.stop_text_encoder_training < 0);
+    if (s.stop_text_encoder_training < 0) s.stop_text_encoder_training = -1;
+  } else {
+    s.train_text_encoder = te_flag;
+  }
   s.optimizer_type = opt.get_string("type");
   s.optimizer_params = plugin_params(opt);
   s.learning_rate = opt.get_double("learning_rate");
@@ -143,9 +184,10 @@ int cmd_train(const std::vector<std::string>& args) {
   s.prior_loss_weight = train.get_double("prior_loss_weight");
   s.output_dir = out.get_string("output_dir");
   s.output_name = out.get_string("output_name");
-  if (out.get_string("save_model_as") != "safetensors")
-    throw host::UserError("[output] save_model_as: networks are saved as safetensors; got '" +
-                          out.get_string("save_model_as") + "'");
+  s.save_model_as = out.get_string("save_model_as");
+  if (s.mode != TrainMode::dreambooth && s.save_model_as != "safetensors")
+    throw host::UserError("[output] save_model_as: " + std::string(network_mode ? "networks" : "embeddings") +
+                          " are saved as safetensors; got '" + s.save_model_as + "'");
   s.save_precision = out.get_string("save_precision");
   s.save_every_n_steps = out.get_int("save_every_n_steps");
   s.save_every_n_epochs = out.get_int("save_every_n_epochs");

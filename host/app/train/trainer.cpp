@@ -69,7 +69,58 @@ std::string network_args_json(const std::map<std::string, std::string>& params) 
   return j.dump();
 }
 
+// kohya's precision names -> the dtype the model's save slots take.
+sumi_dtype save_dtype(const std::string& precision) {
+  if (precision == "float") return sumi_dtype{SUMI_DTYPE_CODE_FLOAT, 32, 1};
+  if (precision == "fp16") return sumi_dtype{SUMI_DTYPE_CODE_FLOAT, 16, 1};
+  if (precision == "bf16") return sumi_dtype{SUMI_DTYPE_CODE_BFLOAT, 16, 1};
+  throw host::UserError("save_precision: expected float, fp16 or bf16, got '" + precision + "'");
+}
+
+const char* mode_name(TrainMode m) {
+  switch (m) {
+    case TrainMode::network: return "network";
+    case TrainMode::dreambooth: return "dreambooth";
+    case TrainMode::textual_inversion: return "textual_inversion";
+  }
+  return "?";
+}
+
 }  // namespace
+
+TrainMode parse_train_mode(const std::string& name) {
+  if (name == "network") return TrainMode::network;
+  if (name == "dreambooth" || name == "fine_tune") return TrainMode::dreambooth;
+  if (name == "textual_inversion") return TrainMode::textual_inversion;
+  throw host::UserError("[train] mode: expected \"network\", \"dreambooth\", \"fine_tune\" or \"textual_inversion\", got \"" +
+                        name + "\"");
+}
+
+const std::vector<std::string>& ti_object_templates() {
+  static const std::vector<std::string> t = {
+      "a photo of a {}",         "a rendering of a {}",     "a cropped photo of the {}", "the photo of a {}",
+      "a photo of a clean {}",   "a photo of a dirty {}",   "a dark photo of the {}",    "a photo of my {}",
+      "a photo of the cool {}",  "a close-up photo of a {}", "a bright photo of the {}",  "a cropped photo of a {}",
+      "a photo of the {}",       "a good photo of the {}",  "a photo of one {}",        "a close-up photo of the {}",
+      "a rendition of the {}",   "a photo of the clean {}", "a rendition of a {}",       "a photo of a nice {}",
+      "a good photo of a {}",    "a photo of the nice {}",  "a photo of the small {}",   "a photo of the weird {}",
+      "a photo of the large {}", "a photo of a cool {}",    "a photo of a small {}",
+  };
+  return t;
+}
+
+const std::vector<std::string>& ti_style_templates() {
+  static const std::vector<std::string> t = {
+      "a painting in the style of {}",         "a rendering in the style of {}",      "a cropped painting in the style of {}",
+      "the painting in the style of {}",       "a clean painting in the style of {}", "a dirty painting in the style of {}",
+      "a dark painting in the style of {}",    "a picture in the style of {}",        "a cool painting in the style of {}",
+      "a close-up painting in the style of {}", "a bright painting in the style of {}", "a cropped painting in the style of {}",
+      "a good painting in the style of {}",    "a close-up painting in the style of {}", "a rendition in the style of {}",
+      "a nice painting in the style of {}",    "a small painting in the style of {}", "a weird painting in the style of {}",
+      "a large painting in the style of {}",
+  };
+  return t;
+}
 
 TrainResult train_network(const TrainSettings& s, const std::vector<std::string>& plugin_dirs, bool progress) {
   using clock = std::chrono::system_clock;
@@ -93,6 +144,33 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   loss_opts.v_parameterization = s.v_parameterization;
   check_loss_options(loss_opts);
   check_log_options(s.log);
+  const TrainMode mode = s.mode;
+  const bool network_mode = mode == TrainMode::network;
+  if (network_mode && !s.token_string.empty())
+    throw host::UserError("[train] token_string is Textual Inversion's; this run trains a network (--network_module): drop one");
+  if (mode == TrainMode::textual_inversion) {
+    if (s.token_string.empty())
+      throw host::UserError("[train] mode textual_inversion needs token_string (--token_string): the new token to train");
+    if (s.num_vectors_per_token < 1) throw host::UserError("[train] num_vectors_per_token must be >= 1");
+    if (s.ti_template != "" && s.ti_template != "object" && s.ti_template != "style")
+      throw host::UserError("[train] ti_template: expected \"object\" or \"style\" (--use_object_template / "
+                            "--use_style_template), got \"" + s.ti_template + "\"");
+    if (s.train_text_encoder)
+      throw host::UserError("[train] train_text_encoder: Textual Inversion trains only the new token's vectors; drop the flag");
+  }
+  if (mode != TrainMode::textual_inversion && (!s.init_word.empty() || !s.ti_template.empty() || s.num_vectors_per_token != 1))
+    throw host::UserError(std::string("[train] init_word / num_vectors_per_token / use_*_template are Textual Inversion's "
+                                      "(--token_string); this run is ") + mode_name(mode));
+  if (mode != TrainMode::dreambooth && (s.train_text_encoder || s.stop_text_encoder_training >= 0))
+    throw host::UserError(std::string("[train] train_text_encoder / stop_text_encoder_training belong to DreamBooth / "
+                                      "fine-tuning; this run is ") + mode_name(mode) +
+                          (network_mode ? " (the network trains its text-encoder modules unless network_train_unet_only)" : ""));
+  if (!network_mode && !s.sample.prompts.empty())
+    throw host::UserError(std::string("[sample] prompts: sample images during training are implemented for network "
+                                      "training only; this run is ") + mode_name(mode) + "; drop --sample_prompts");
+  if (mode == TrainMode::dreambooth && s.save_model_as != "safetensors" && s.save_model_as != "diffusers")
+    throw host::UserError("[output] save_model_as: expected \"safetensors\" (one file) or \"diffusers\" (a folder), got \"" +
+                          s.save_model_as + "\"" + (s.save_model_as == "ckpt" ? "; sumi writes no pickled .ckpt files" : ""));
   const at::ScalarType autocast_dtype = s.mixed_precision == "bf16"   ? at::kBFloat16
                                         : s.mixed_precision == "fp16" ? at::kHalf
                                                                       : at::ScalarType::Undefined;
@@ -164,28 +242,56 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     all_snr = snr_table(alphas_cumprod);
   }
 
-  auto net_ref = pm.find(SUMI_KIND_NETWORK, s.network_type);
-  host::Component network(net_ref, "network", registry, host::make_config(*net_ref.component, s.network_params));
-  attach_network(model, network, s.network_weights, s.network_multiplier, true);
+  // The trained target: the network plugin's parameters, or the model's own (parts / new tokens).
+  std::optional<host::Component> network;
+  std::string trained;  // the registry component that holds the trained parameters
+  if (network_mode) {
+    auto net_ref = pm.find(SUMI_KIND_NETWORK, s.network_type);
+    network.emplace(net_ref, "network", registry, host::make_config(*net_ref.component, s.network_params));
+    attach_network(model, *network, s.network_weights, s.network_multiplier, true);
+    trained = "network";
+  } else if (mode == TrainMode::textual_inversion) {
+    model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, add_token), "add_token", "1.1");
+    model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, save_token), "save_token", "1.1");
+    model.check(mvt.add_token(model.self(), s.token_string.c_str(), s.init_word.empty() ? nullptr : s.init_word.c_str(),
+                              s.num_vectors_per_token),
+                ("add_token " + s.token_string).c_str());
+    trained = "model";
+  } else {
+    model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, train_part), "train_part", "1.1");
+    model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, save), "save", "1.1");
+    std::vector<std::string> parts{"unet"};
+    if (s.train_text_encoder) {
+      parts.push_back("text_encoder");
+      if (s.family == "sdxl") parts.push_back("text_encoder_2");
+    }
+    for (const auto& part : parts) model.check(mvt.train_part(model.self(), part.c_str()), ("train_part " + part).c_str());
+    trained = "model";
+  }
 
-  const auto groups = registry.param_groups("network");
-  if (groups.empty()) throw host::UserError("the network adapts no module of this model: nothing to train");
+  const auto groups = registry.param_groups(trained);
+  if (groups.empty())
+    throw host::UserError(network_mode ? "the network adapts no module of this model: nothing to train"
+                                       : "the model registered no trainable parameters: nothing to train");
   if (s.full_bf16) {
     at::NoGradGuard ng;
     for (const auto& [gname, params] : groups)
       for (auto p : params) p.set_data(p.to(at::kBFloat16));
   }
-  bool trains_text_encoder = false;
+  // Textual Inversion's gradients flow through the (frozen) text encoder to the new rows.
+  bool trains_text_encoder = mode == TrainMode::textual_inversion;
   std::optional<size_t> te_group, unet_group;
   std::vector<double> base_lrs;
+  std::vector<bool> te_groups;  // per optimizer group: a text-encoder group
   auto opt_ref = pm.find(SUMI_KIND_OPTIMIZER, s.optimizer_type);
   host::Component optimizer(opt_ref, "optimizer", registry, host::make_config(*opt_ref.component, s.optimizer_params));
   std::vector<at::Tensor> all_params;
   for (const auto& [gname, params] : groups) {
-    const bool te = gname.rfind("text_encoder", 0) == 0;
+    const bool te = gname.rfind("text_encoder", 0) == 0 || gname == "textual_inversion";
     trains_text_encoder |= te;
     if (te && !te_group) te_group = base_lrs.size();
     if (!te && !unet_group) unet_group = base_lrs.size();
+    te_groups.push_back(te);
     base_lrs.push_back(te ? s.text_encoder_lr.value_or(s.learning_rate) : s.unet_lr.value_or(s.learning_rate));
     Handles hs;
     std::vector<sumi_tensor> th;
@@ -206,7 +312,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   for (const auto& p : all_params) n_params += p.numel();
   host::log(SUMI_LOG_INFO, "train",
             "images " + std::to_string(num_train_images) + " (+" + std::to_string(num_reg_images) + " reg), batches/epoch " +
-                std::to_string(batches_per_epoch) + ", steps " + std::to_string(total_steps) + ", network " +
+                std::to_string(batches_per_epoch) + ", steps " + std::to_string(total_steps) + ", " + std::string(mode_name(mode)) + " " +
                 std::to_string(n_params) + " parameters in " + std::to_string(groups.size()) + " groups");
 
   // --- the loop
@@ -221,8 +327,13 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   int epoch = 0;
   const fs::path outdir = s.output_dir;
   fs::create_directories(outdir);
-  TrainingSampler sampler(s.sample, pm, registry, model, network, s.network_multiplier, s.v_parameterization, autocast_dtype,
-                          s.output_dir, s.output_name, s.seed);
+  std::optional<TrainingSampler> sampler;
+  if (network)
+    sampler.emplace(s.sample, pm, registry, model, *network, s.network_multiplier, s.v_parameterization, autocast_dtype,
+                    s.output_dir, s.output_name, s.seed);
+  auto maybe_sample = [&](int64_t at_step, std::optional<int> at_epoch) {
+    return sampler ? sampler->maybe_sample(at_step, at_epoch) : std::vector<std::string>{};
+  };
   TrainLog tlog(s.log);
   result.event_file = tlog.event_file();
   LossRecorder recorder;
@@ -288,9 +399,24 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     return m;
   };
   auto save = [&](const std::string& name, int64_t at_step, int at_epoch) {
-    const std::string path = (outdir / (name + ".safetensors")).string();
-    save_network(path, registry, "network", s.save_precision, metadata(at_step, at_epoch));
-    return path;
+    if (network_mode) {
+      const std::string path = (outdir / (name + ".safetensors")).string();
+      save_network(path, registry, "network", s.save_precision, metadata(at_step, at_epoch));
+      return path;
+    }
+    const sumi_dtype dt = save_dtype(s.save_precision);
+    const bool folder = mode == TrainMode::dreambooth && s.save_model_as == "diffusers";
+    const fs::path path = outdir / (folder ? name : name + ".safetensors");
+    // Written under a temporary name, then renamed over the previous file.
+    const fs::path tmp = outdir / (folder ? name + ".tmp" : name + ".tmp.safetensors");
+    fs::remove_all(tmp);
+    if (mode == TrainMode::textual_inversion)
+      model.check(mvt.save_token(model.self(), s.token_string.c_str(), tmp.string().c_str(), &dt, 1), ("save_token " + path.string()).c_str());
+    else
+      model.check(mvt.save(model.self(), tmp.string().c_str(), &dt, 1), ("save " + path.string()).c_str());
+    fs::remove_all(path);
+    fs::rename(tmp, path);
+    return path.string();
   };
 
   // Position in the epoch plan: batches of the current epoch already consumed.
@@ -303,7 +429,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     fs::create_directories(tmp);
     io::NamedTensors tensors;
     for (const auto& e : registry.entries())
-      if (e.component == "network" || e.component == "optimizer") tensors.emplace_back(e.key(), e.tensor.detach().contiguous());
+      if (e.component == "optimizer" || (e.component == trained && (network_mode || e.trainable))) tensors.emplace_back(e.key(), e.tensor.detach().contiguous());
     {
       auto gen = at::detail::getDefaultCPUGenerator();
       std::lock_guard<std::mutex> lock(gen.mutex());
@@ -313,7 +439,8 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     rng << data_rng;
     nlohmann::json j{{"format", "sumi-train-state-1"}, {"step", step},         {"epoch", epoch},
                      {"batch_in_epoch", batch_in_epoch}, {"seed", s.seed}, {"data_rng", rng.str()},
-                     {"network", s.network_type},        {"optimizer", s.optimizer_type}};
+                     {"network", network_mode ? s.network_type : std::string(mode_name(mode))},
+                     {"optimizer", s.optimizer_type}};
     if (use_scaler) {
       j["grad_scale"] = scaler.scale_value();
       j["grad_growth_tracker"] = scaler.growth_tracker();
@@ -337,14 +464,15 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     }
     if (j.value("format", "") != "sumi-train-state-1")
       throw host::UserError("--resume " + s.resume + ": not a sumi training state (format '" + j.value("format", "") + "')");
-    if (j.value("network", "") != s.network_type || j.value("optimizer", "") != s.optimizer_type)
+    const std::string target = network_mode ? s.network_type : std::string(mode_name(mode));
+    if (j.value("network", "") != target || j.value("optimizer", "") != s.optimizer_type)
       throw host::UserError("--resume " + s.resume + ": saved with network '" + j.value("network", "") + "' and optimizer '" +
-                            j.value("optimizer", "") + "', this run uses '" + s.network_type + "' and '" + s.optimizer_type + "'");
+                            j.value("optimizer", "") + "', this run uses '" + target + "' and '" + s.optimizer_type + "'");
     std::map<std::string, at::Tensor> saved;
     for (auto& [k, t] : io::load_all((dir / "train_state.safetensors").string())) saved[k] = t;
     at::NoGradGuard ng;
     for (const auto& e : registry.entries()) {
-      if (e.component != "network" && e.component != "optimizer") continue;
+      if (e.component != "optimizer" && !(e.component == trained && (network_mode || e.trainable))) continue;
       auto it = saved.find(e.key());
       if (it == saved.end()) throw host::UserError("--resume " + s.resume + ": the state has no '" + e.key() + "'");
       if (!it->second.sizes().equals(e.tensor.sizes()))
@@ -369,10 +497,14 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   // The bar counts this run's steps, so it/s and the ETA stay right after a resume.
   sumi_progress* bar = progress ? host::progress_begin("steps", total_steps - step) : nullptr;
   if (step == 0) {
-    auto files = sampler.maybe_sample(0, 0);
+    auto files = maybe_sample(0, 0);
     result.samples.insert(result.samples.end(), files.begin(), files.end());
   }
 
+  auto te_stopped = [&] { return s.stop_text_encoder_training >= 0 && step >= s.stop_text_encoder_training; };
+  const std::vector<std::string>* templates = s.ti_template == "object"  ? &ti_object_templates()
+                                              : s.ti_template == "style" ? &ti_style_templates()
+                                                                         : nullptr;
   while (step < total_steps) {
     ++epoch;
     const auto plan = datasets::group_epoch_plan(data, s.seed, epoch);
@@ -389,6 +521,11 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
       std::vector<double> weights;
       for (auto item : gb.batch.items) {
         captions.push_back(ds.caption(item, datasets::CaptionStep{epoch, step, total_steps}, data_rng));
+        if (templates) {  // kohya's add_replacement("", templates): a random template replaces the caption
+          const std::string& tpl = (*templates)[std::uniform_int_distribution<size_t>(0, templates->size() - 1)(data_rng)];
+          const auto at = tpl.find("{}");
+          captions.back() = tpl.substr(0, at) + s.token_string + tpl.substr(at + 2);
+        }
         weights.push_back(ds.loss_weight(item, s.prior_loss_weight));
       }
       const int64_t B = static_cast<int64_t>(imgs.size());
@@ -416,7 +553,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
         for (const auto& c : captions) cps.push_back(c.c_str());
         sumi_tensor cond = nullptr, pooled = nullptr;
         {
-          at::AutoGradMode grad(trains_text_encoder);
+          at::AutoGradMode grad(trains_text_encoder && !te_stopped());
           if (te_cache)
             te_cache->lookup(gb.dataset, gb.batch.items, captions, &cond, &pooled);
           else
@@ -471,7 +608,9 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
       double factor = 1.0;
       lr_sched.check(lr_sched.vtable<sumi_lr_scheduler_vtable>().factor(lr_sched.self(), &q, &factor), "factor");
       std::vector<double> lrs;
-      for (double b : base_lrs) lrs.push_back(b * factor);
+      for (size_t g = 0; g < base_lrs.size(); ++g)
+        // train_db's --stop_text_encoder_training: the text encoders stay as they are from then on.
+        lrs.push_back(te_groups[g] && mode == TrainMode::dreambooth && te_stopped() ? 0.0 : base_lrs[g] * factor);
       if (finite)
         optimizer.check(optimizer.vtable<sumi_optimizer_vtable>().step(optimizer.self(), lrs.data(),
                                                                        static_cast<int64_t>(lrs.size())),
@@ -491,7 +630,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
       accum_loss = 0;
       if (bar) host::progress_update(bar, 1, postfix);
       {
-        auto files = sampler.maybe_sample(step, std::nullopt);
+        auto files = maybe_sample(step, std::nullopt);
         result.samples.insert(result.samples.end(), files.begin(), files.end());
       }
       if (s.save_every_n_steps > 0 && step % s.save_every_n_steps == 0 && step < total_steps) {
@@ -510,7 +649,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
       save(s.output_name + n, step, epoch);
       save_state(s.output_name + n);
     }
-    auto files = sampler.maybe_sample(step, epoch);
+    auto files = maybe_sample(step, epoch);
     result.samples.insert(result.samples.end(), files.begin(), files.end());
   }
   if (bar) host::progress_end(bar);

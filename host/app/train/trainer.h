@@ -18,7 +18,31 @@
 
 namespace sumi::app {
 
+// What a run trains, as kohya's scripts imply it: train_network.py (a network plugin),
+// train_db.py / fine_tune.py (the model's own UNet, optionally its text encoders; fine-tuning is
+// DreamBooth over --in_json metadata datasets) and train_textual_inversion.py (new tokens).
+enum class TrainMode { network, dreambooth, textual_inversion };
+
+// "network", "dreambooth", "fine_tune" (= dreambooth) or "textual_inversion"; throws a UserError otherwise.
+TrainMode parse_train_mode(const std::string& name);
+
+// kohya's caption templates for Textual Inversion (imagenet_templates_small and
+// imagenet_style_templates_small); "{}" marks the token.
+const std::vector<std::string>& ti_object_templates();
+const std::vector<std::string>& ti_style_templates();
+
 struct TrainSettings {
+  TrainMode mode = TrainMode::network;
+  // Textual Inversion: the new token, the word its vectors start from ("" = random), how many
+  // vectors, and "object"/"style" to replace every caption by a random kohya template ("" = keep).
+  std::string token_string, init_word, ti_template;
+  int64_t num_vectors_per_token = 1;
+  // DreamBooth / fine-tuning: train the text encoder(s) too; stop training them after this many
+  // steps (train_db's --stop_text_encoder_training; < 0 = never). The model is saved as a single
+  // .safetensors file ("safetensors") or a diffusers folder ("diffusers").
+  bool train_text_encoder = false;
+  int64_t stop_text_encoder_training = -1;
+  std::string save_model_as = "safetensors";
   // [model]
   std::string model_path, family;
   std::map<std::string, std::string> model_params;  // the model plugin's own keys (vae, clip_skip, ...)
@@ -82,7 +106,7 @@ struct TrainResult {
   int64_t skipped_steps = 0;   // fp16: optimizer steps skipped for inf/NaN gradients
 };
 
-// Runs the whole training. Plugins come from `plugin_dirs` (plus the default search path).
+// Runs the whole training (every mode; the name stays for the network mode it started with). Plugins come from `plugin_dirs` (plus the default search path).
 TrainResult train_network(const TrainSettings& s, const std::vector<std::string>& plugin_dirs, bool progress = true);
 
 }  // namespace sumi::app

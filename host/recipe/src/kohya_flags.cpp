@@ -110,6 +110,15 @@ const std::vector<KohyaFlag>& kohya_flags() {
       {"prior_loss_weight", "train.prior_loss_weight", F, false},
       {"masked_loss", "train.masked_loss", B, false},
       {"resume", "train.resume", S, false},
+
+      // --- train_textual_inversion.py, train_db.py, fine_tune.py
+      {"token_string", "train.token_string", S, false},
+      {"init_word", "train.init_word", S, false},
+      {"num_vectors_per_token", "train.num_vectors_per_token", I, false},
+      {"use_object_template", "train.use_object_template", B, false},
+      {"use_style_template", "train.use_style_template", B, false},
+      {"train_text_encoder", "train.train_text_encoder", B, false},
+      {"stop_text_encoder_training", "train.stop_text_encoder_training", I, false},
       {"skip_until_initial_step", "train.skip_until_initial_step", B, false},
       {"initial_epoch", "train.initial_epoch", I, false},
       {"initial_step", "train.initial_step", I, false},
