@@ -8,6 +8,7 @@
 
 #include "app/app.h"
 #include "core/error.h"
+#include "core/handle_scope.h"
 #include "core/op_bridge.h"
 #include "core/progress.h"
 #include "core/runtime.h"
@@ -43,24 +44,7 @@ namespace sumi::app {
 
 namespace {
 
-// Owns handles handed to vtable calls for one scope.
-struct Handles {
-  std::vector<sumi_tensor> hs;
-  ~Handles() {
-    for (auto h : hs) host::release_handle(h);
-  }
-  sumi_tensor operator()(const at::Tensor& t) {
-    if (!t.defined()) return nullptr;
-    hs.push_back(host::make_handle(t));
-    return hs.back();
-  }
-  at::Tensor take(sumi_tensor h) {
-    if (!h) return at::Tensor();
-    hs.push_back(h);
-    return host::unwrap(h);
-  }
-};
-
+using Handles = host::HandleScope;
 
 std::string network_args_json(const std::map<std::string, std::string>& params) {
   nlohmann::json j = nlohmann::json::object();
