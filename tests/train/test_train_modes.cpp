@@ -5,6 +5,8 @@
 // make no sense for a mode.
 #include <doctest/doctest.h>
 
+#include "train_test_util.h"
+
 #include "../common/plugin_test.h"
 #include "app/commands.h"
 #include "app/train/trainer.h"
@@ -25,17 +27,7 @@ namespace {
 std::string data(const std::string& f) { return std::string(SUMI_TEST_DATA) + "/" + f; }
 
 fs::path make_dataset(const std::string& name, int images) {
-  const fs::path root = fs::temp_directory_path() / ("sumi_modes_" + name);
-  fs::remove_all(root);
-  fs::create_directories(root / "5_sks circle");
-  const fs::path src = fs::path(SUMI_SOURCE_DIR) / "examples" / "dataset" / "10_sks circle";
-  for (int i = 0; i < images; ++i) {
-    char n[32];
-    std::snprintf(n, sizeof n, "circle_%02d", i);
-    fs::copy_file(src / (std::string(n) + ".png"), root / "5_sks circle" / (std::string(n) + ".png"));
-    fs::copy_file(src / (std::string(n) + ".txt"), root / "5_sks circle" / (std::string(n) + ".txt"));
-  }
-  return root;
+  return sumi::test::example_dataset("sumi_modes_" + name, images);
 }
 
 sumi::app::TrainSettings settings(sumi::app::TrainMode mode, const fs::path& dataset, const fs::path& out) {
