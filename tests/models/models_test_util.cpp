@@ -127,4 +127,28 @@ std::string load_error(const std::string& family, const std::string& path, std::
   return "";
 }
 
+std::unique_ptr<TestNetwork> attach_lora(const std::vector<sumi_module_info>& modules,
+                                         const std::map<std::string, std::string>& config) {
+  auto n = std::make_unique<TestNetwork>();
+  n->net = make(SUMI_KIND_NETWORK, "lora", n->registry, config, "network");
+  n->selected.assign(modules.size(), 0);
+  n->net->check(n->vt().attach(n->net->self(), modules.data(), static_cast<int64_t>(modules.size()), n->selected.data()),
+                "attach");
+  return n;
+}
+
+void load_network_file(TestNetwork& n, const std::string& path) {
+  std::vector<std::string> names;
+  std::vector<const char*> cnames;
+  std::vector<sumi_tensor> hs;
+  for (auto& [k, t] : sumi::io::load_all(path)) {
+    names.push_back(k);
+    hs.push_back(sumi::host::make_handle(t));
+  }
+  for (auto& s : names) cnames.push_back(s.c_str());
+  const sumi_status st = n.vt().load(n.net->self(), cnames.data(), hs.data(), static_cast<int64_t>(hs.size()));
+  for (auto h : hs) sumi::host::host_api()->tensor_release(h);
+  n.net->check(st, "load");
+}
+
 }  // namespace sumi::test

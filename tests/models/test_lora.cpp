@@ -19,21 +19,7 @@ using namespace sumi::test;
 
 namespace {
 
-struct Network {
-  sumi::host::Registry registry;
-  std::unique_ptr<sumi::host::Component> net;
-  std::vector<int32_t> selected;
-  const sumi_network_vtable& vt() const { return net->vtable<sumi_network_vtable>(); }
-};
-
-std::unique_ptr<Network> attach(const std::vector<sumi_module_info>& modules, const std::map<std::string, std::string>& config) {
-  auto n = std::make_unique<Network>();
-  n->net = make(SUMI_KIND_NETWORK, "lora", n->registry, config, "network");
-  n->selected.assign(modules.size(), 0);
-  n->net->check(n->vt().attach(n->net->self(), modules.data(), static_cast<int64_t>(modules.size()), n->selected.data()),
-                "attach");
-  return n;
-}
+using Network = TestNetwork;
 
 std::string shape_text(const at::Tensor& t) {
   std::string s = "[";
@@ -61,19 +47,6 @@ std::vector<std::string> key_list(const std::string& path) {
   return out;
 }
 
-void load_lora_file(Network& n, const std::string& path) {
-  std::vector<std::string> names;
-  std::vector<const char*> cnames;
-  std::vector<sumi_tensor> hs;
-  for (auto& [k, t] : sumi::io::load_all(path)) {
-    names.push_back(k);
-    hs.push_back(sumi::host::make_handle(t));
-  }
-  for (auto& s : names) cnames.push_back(s.c_str());
-  const sumi_status st = n.vt().load(n.net->self(), cnames.data(), hs.data(), static_cast<int64_t>(hs.size()));
-  for (auto h : hs) sumi::host::host_api()->tensor_release(h);
-  n.net->check(st, "load");
-}
 
 }  // namespace
 
@@ -89,9 +62,9 @@ TEST_CASE("models: module lists give kohya's LoRA networks for every fixture and
         CHECK(w.size(0) == info.out_features);
         if (info.kind == SUMI_MODULE_CONV2D) CHECK(w.size(2) == info.kernel[0]);
       }
-      auto lierla = attach(modules, {{"dim", "4"}, {"alpha", "2"}});
+      auto lierla = attach_lora(modules, {{"dim", "4"}, {"alpha", "2"}});
       CHECK(registry_keys(*lierla) == key_list(fixture(model + ".lora_keys.lierla.txt")));
-      auto c3lier = attach(modules, {{"dim", "4"}, {"alpha", "2"}, {"conv_dim", "4"}, {"conv_alpha", "1"}});
+      auto c3lier = attach_lora(modules, {{"dim", "4"}, {"alpha", "2"}, {"conv_dim", "4"}, {"conv_alpha", "1"}});
       CHECK(registry_keys(*c3lier) == key_list(fixture(model + ".lora_keys.c3lier.txt")));
     }
   }
@@ -131,8 +104,8 @@ TEST_CASE("models: the kohya LoRA at run time and merged equals sd-scripts' gold
 
   auto m = load_model("sd1", fixture("tiny-sd1.safetensors"));
   const auto modules = m->modules();
-  auto n = attach(modules, {{"dim", "4"}, {"alpha", "2"}});
-  load_lora_file(*n, fixture("tiny-sd1.lora.safetensors"));
+  auto n = attach_lora(modules, {{"dim", "4"}, {"alpha", "2"}});
+  load_network_file(*n, fixture("tiny-sd1.lora.safetensors"));
 
   SUBCASE("runtime") {
     m->c->check(m->vt().set_network(m->self(), n->net->self(), &n->vt(), n->selected.data()), "set_network");
@@ -168,8 +141,8 @@ TEST_CASE("models: gradients reach the network's parameters through set_network,
   auto grads = [&]() {
     auto m = load_model("sd1", fixture("tiny-sd1.safetensors"));
     const auto modules = m->modules();
-    auto n = attach(modules, {{"dim", "4"}, {"alpha", "2"}});
-    load_lora_file(*n, fixture("tiny-sd1.lora.safetensors"));
+    auto n = attach_lora(modules, {{"dim", "4"}, {"alpha", "2"}});
+    load_network_file(*n, fixture("tiny-sd1.lora.safetensors"));
     m->c->check(m->vt().set_network(m->self(), n->net->self(), &n->vt(), n->selected.data()), "set_network");
     at::Tensor out = m->denoise(g("unet.in.sample"), at::full({2}, 500, at::kLong), g("unet.in.encoder_hidden_states"));
     REQUIRE(out.requires_grad());

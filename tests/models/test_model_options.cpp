@@ -14,32 +14,10 @@ using namespace sumi::test;
 
 namespace {
 
-struct Network {
-  sumi::host::Registry registry;
-  std::unique_ptr<sumi::host::Component> net;
-  std::vector<int32_t> selected;
-  const sumi_network_vtable& vt() const { return net->vtable<sumi_network_vtable>(); }
-};
-
 // The kohya-made tiny-sd1 LoRA (UNet and text encoder) attached to `m` at run time.
-std::unique_ptr<Network> attach_lora(ModelUnderTest& m) {
-  const auto modules = m.modules();
-  auto n = std::make_unique<Network>();
-  n->net = make(SUMI_KIND_NETWORK, "lora", n->registry, {{"dim", "4"}, {"alpha", "2"}}, "network");
-  n->selected.assign(modules.size(), 0);
-  n->net->check(n->vt().attach(n->net->self(), modules.data(), static_cast<int64_t>(modules.size()), n->selected.data()),
-                "attach");
-  std::vector<std::string> names;
-  std::vector<const char*> cnames;
-  std::vector<sumi_tensor> hs;
-  for (auto& [k, t] : sumi::io::load_all(fixture("tiny-sd1.lora.safetensors"))) {
-    names.push_back(k);
-    hs.push_back(sumi::host::make_handle(t));
-  }
-  for (auto& s : names) cnames.push_back(s.c_str());
-  const sumi_status st = n->vt().load(n->net->self(), cnames.data(), hs.data(), static_cast<int64_t>(hs.size()));
-  for (auto h : hs) sumi::host::host_api()->tensor_release(h);
-  n->net->check(st, "load");
+std::unique_ptr<TestNetwork> attach_fixture_lora(ModelUnderTest& m) {
+  auto n = attach_lora(m.modules(), {{"dim", "4"}, {"alpha", "2"}});
+  load_network_file(*n, fixture("tiny-sd1.lora.safetensors"));
   m.c->check(m.vt().set_network(m.self(), n->net->self(), &n->vt(), n->selected.data()), "set_network");
   return n;
 }
@@ -48,7 +26,7 @@ std::unique_ptr<Network> attach_lora(ModelUnderTest& m) {
 std::map<std::string, at::Tensor> lora_grads(bool checkpointing) {
   auto m = load_model("sd1", fixture("tiny-sd1.safetensors"),
                       {{"gradient_checkpointing", checkpointing ? "true" : "false"}});
-  auto n = attach_lora(*m);
+  auto n = attach_fixture_lora(*m);
   const auto& g = golden("tiny-sd1");
   const at::Tensor cond = m->encode_text({"a photo of a cat", "an old man"}).first;
   REQUIRE(cond.requires_grad());
