@@ -123,6 +123,7 @@ int cmd_train(const std::vector<std::string>& args) {
   }
   if (train.has("token_string")) s.token_string = train.get_string("token_string");
   if (train.has("init_word")) s.init_word = train.get_string("init_word");
+  if (train.has("weights")) s.ti_weights = train.get_string("weights");
   s.num_vectors_per_token = train.get_int("num_vectors_per_token");
   if (train.get_bool("use_object_template") && train.get_bool("use_style_template"))
     throw host::UserError("[train] use_object_template and use_style_template: choose one");
@@ -148,6 +149,9 @@ int cmd_train(const std::vector<std::string>& args) {
   s.learning_rate = opt.get_double("learning_rate");
   if (opt.has("unet_lr")) s.unet_lr = opt.get_double("unet_lr");
   if (opt.has("text_encoder_lr")) s.text_encoder_lr = opt.get_double("text_encoder_lr");
+  if (opt.has("text_encoder_lr1")) s.text_encoder_lr1 = opt.get_double("text_encoder_lr1");
+  if (opt.has("text_encoder_lr2")) s.text_encoder_lr2 = opt.get_double("text_encoder_lr2");
+  if (opt.has("block_lr")) s.block_lr = opt.get_double_list("block_lr");
   s.lr_scheduler_type = lr.get_string("type");
   s.lr_scheduler_params = plugin_params(lr);
   s.lr_warmup_steps = lr.get_int("warmup_steps");
@@ -182,6 +186,7 @@ int cmd_train(const std::vector<std::string>& args) {
   if (train.has("v_pred_like_loss")) s.loss.v_pred_like_loss = train.get_double("v_pred_like_loss");
   s.loss.debiased_estimation_loss = train.get_bool("debiased_estimation_loss");
   s.prior_loss_weight = train.get_double("prior_loss_weight");
+  s.skip_bad_files = train.get_bool("skip_bad_files");
   s.output_dir = out.get_string("output_dir");
   s.output_name = out.get_string("output_name");
   s.save_model_as = out.get_string("save_model_as");
@@ -192,6 +197,11 @@ int cmd_train(const std::vector<std::string>& args) {
   s.save_every_n_steps = out.get_int("save_every_n_steps");
   s.save_every_n_epochs = out.get_int("save_every_n_epochs");
   s.save_state = out.get_bool("save_state");
+  for (auto [key, field] : {std::pair{"save_last_n_epochs", &s.save_last_n_epochs},
+                            std::pair{"save_last_n_epochs_state", &s.save_last_n_epochs_state},
+                            std::pair{"save_last_n_steps", &s.save_last_n_steps},
+                            std::pair{"save_last_n_steps_state", &s.save_last_n_steps_state}})
+    if (out.has(key)) *field = out.get_int(key);
   if (out.has("logging_dir")) s.log.logging_dir = out.get_string("logging_dir");
   s.log.log_prefix = out.get_string("log_prefix");
   s.log.log_with = out.get_string("log_with");

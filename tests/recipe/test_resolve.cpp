@@ -23,9 +23,9 @@ ResolvedSection resolve_optimizer(const std::string& toml_body) {
 
 TEST_CASE("host schema table") {
   auto opt = host_schema("optimizer");
-  REQUIRE(opt.size() == 4);
+  REQUIRE(opt.size() == 7);
   CHECK(opt[0].key == "type");
-  CHECK(!opt[0].default_value);
+  CHECK(*opt[0].default_value == "\"adamw\"");  // kohya's default optimizer
   CHECK(opt[1].key == "learning_rate");
   CHECK(opt[1].type == SUMI_PARAM_DOUBLE);
   CHECK(*opt[1].default_value == "2e-6");
@@ -111,7 +111,7 @@ TEST_CASE("an unknown key names the nearest valid key, its origin and the valid 
   } catch (const RecipeError& e) {
     std::string msg = e.what();
     CHECK(msg.find("recipe.toml:3); did you mean 'weight_decay'? valid keys: type, learning_rate, "
-                   "unet_lr, text_encoder_lr, weight_decay, betas, eps, amsgrad") != std::string::npos);
+                   "unet_lr, text_encoder_lr, text_encoder_lr1, text_encoder_lr2, block_lr, weight_decay, betas, eps, amsgrad") != std::string::npos);
   }
   CHECK_THROWS_WITH_AS(resolve_optimizer("type = \"adamw\"\nzzzzzzzzzzzz = 1\n"),
                        has("; valid keys: type"), RecipeError);
@@ -136,13 +136,17 @@ TEST_CASE("a wrong type names key, expected type, found value and origin") {
 }
 
 TEST_CASE("missing required keys are reported, all problems together") {
+  // [optimizer] type defaults to kohya's AdamW; [network] type has no default.
+  CHECK(resolve_optimizer("learning_rate = 1e-3\n").get_string("type") == "adamw");
+  Value net = Value::table("recipe.toml");
+  net.set("dimm", Value::integer(4, "recipe.toml:3"));
   try {
-    resolve_optimizer("learning_rate = 1e-3\nweight_decy = 1\n");
+    resolve_section(net, "network", host_schema("network"), {});
     FAIL("expected an error");
   } catch (const RecipeError& e) {
     std::string msg = e.what();
-    CHECK(msg.find("unknown key 'weight_decy'") != std::string::npos);
-    CHECK(msg.find("missing required key 'type' in [optimizer] (section at ") != std::string::npos);
+    CHECK(msg.find("unknown key 'dimm'") != std::string::npos);
+    CHECK(msg.find("missing required key 'type' in [network] (section at ") != std::string::npos);
   }
 }
 

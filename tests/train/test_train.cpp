@@ -167,7 +167,7 @@ TEST_CASE("LoRA training on tiny-sd1: kohya keys, metadata, and a lower loss") {
   fs::remove_all(dataset);
 }
 
-TEST_CASE("a corrupt image is refused before training, naming the file") {
+TEST_CASE("a corrupt image is refused before training, naming the file; --skip_bad_files leaves it out") {
   const auto dataset = make_dataset("corrupt", 2);
   const fs::path bad = dataset / "5_sks circle" / "broken.png";
   {
@@ -178,6 +178,13 @@ TEST_CASE("a corrupt image is refused before training, naming the file") {
   auto s = settings(dataset, out);
   CHECK_THROWS_WITH(sumi::app::train_network(s, {SUMI_PLUGIN_DIR}, false), doctest::Contains("broken.png"));
   CHECK_FALSE(fs::exists(out / "lora.safetensors"));
+  CHECK_THROWS_WITH(sumi::app::train_network(s, {SUMI_PLUGIN_DIR}, false), doctest::Contains("--skip_bad_files"));
+  // Told to skip, the run trains on the good images only.
+  s.skip_bad_files = true;
+  s.max_train_steps = 1;
+  const auto r = sumi::app::train_network(s, {SUMI_PLUGIN_DIR}, false);
+  CHECK(r.steps == 1);
+  CHECK(fs::exists(out / "lora.safetensors"));
   fs::remove_all(dataset);
   fs::remove_all(out);
 }

@@ -95,9 +95,6 @@ TEST_CASE("train modes: kohya's mode names, and combinations that make no sense 
   ti.token_string.clear();
   CHECK_THROWS_WITH(sumi::app::train_network(ti, {SUMI_PLUGIN_DIR}, false), doctest::Contains("needs token_string"));
   ti = settings(TrainMode::textual_inversion, dataset, out);
-  ti.sample.prompts = "prompts.txt";
-  CHECK_THROWS_WITH(sumi::app::train_network(ti, {SUMI_PLUGIN_DIR}, false), doctest::Contains("network training only"));
-  ti = settings(TrainMode::textual_inversion, dataset, out);
   ti.train_text_encoder = true;
   CHECK_THROWS_WITH(sumi::app::train_network(ti, {SUMI_PLUGIN_DIR}, false), doctest::Contains("train_text_encoder"));
   auto db = settings(TrainMode::dreambooth, dataset, out);

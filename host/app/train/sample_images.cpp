@@ -53,7 +53,7 @@ std::string local_timestamp() {
 }  // namespace
 
 TrainingSampler::TrainingSampler(const SampleOptions& o, host::PluginManager& pm, host::Registry& registry,
-                                 host::Component& model, host::Component& network, double train_multiplier,
+                                 host::Component& model, host::Component* network, double train_multiplier,
                                  bool v_parameterization, at::ScalarType autocast, std::string output_dir,
                                  std::string output_name, uint64_t seed)
     : o_(o),
@@ -89,17 +89,23 @@ TrainingSampler::TrainingSampler(const SampleOptions& o, host::PluginManager& pm
 std::vector<std::string> TrainingSampler::maybe_sample(int64_t step, std::optional<int> epoch) {
   std::vector<std::string> written;
   if (!should_sample(o_, step, epoch)) return written;
-  const auto& nvt = network_.vtable<sumi_network_vtable>();
-  network_.check(nvt.set_training(network_.self(), 0), "set_training");
-  network_.check(nvt.set_multiplier(network_.self(), 1.0), "set_multiplier");
+  // The network samples in eval mode (no dropout) at multiplier 1, and trains on afterwards as before.
   struct Restore {
-    TrainingSampler& s;
-    const sumi_network_vtable& nvt;
+    host::Component* net;
+    double multiplier;
     ~Restore() {
-      nvt.set_multiplier(s.network_.self(), s.train_multiplier_);
-      nvt.set_training(s.network_.self(), 1);
+      if (!net) return;
+      const auto& nvt = net->vtable<sumi_network_vtable>();
+      nvt.set_multiplier(net->self(), multiplier);
+      nvt.set_training(net->self(), 1);
     }
-  } restore{*this, nvt};
+  } restore{nullptr, train_multiplier_};
+  if (network_) {
+    const auto& nvt = network_->vtable<sumi_network_vtable>();
+    network_->check(nvt.set_training(network_->self(), 0), "set_training");
+    restore.net = network_;
+    network_->check(nvt.set_multiplier(network_->self(), 1.0), "set_multiplier");
+  }
 
   const fs::path dir = fs::path(output_dir_) / "sample";
   fs::create_directories(dir);

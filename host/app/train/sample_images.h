@@ -1,6 +1,6 @@
 // Sample images while training, as kohya's train_util.sample_images: prompts from
 // --sample_prompts (.txt lines with --n --w --h --d --l --s --ss, or .toml / .json), drawn with
-// the model in no-grad and the network in eval mode at multiplier 1, written as
+// the model in no-grad and the network (network training) in eval mode at multiplier 1, written as
 // <output_dir>/sample/<output_name>_<step:06d or e<epoch:06d>>_<index:02d>_<YYYYmmddHHMMSS>[_<seed>].png.
 // The training RNG streams are not touched, so sampling does not change the training run.
 #pragma once
@@ -35,9 +35,11 @@ bool should_sample(const SampleOptions& o, int64_t step, std::optional<int> epoc
 class TrainingSampler {
  public:
   // Reads and checks the prompt file up front (options sumi cannot honour are refused here, not
-  // after hours of training). `model`, `network` stay owned by the caller.
+  // after hours of training). `model`, `network` stay owned by the caller; `network` is null when
+  // the model itself is trained (DreamBooth, fine-tuning, Textual Inversion: the model as it is now,
+  // with its added tokens, draws the samples).
   TrainingSampler(const SampleOptions& o, host::PluginManager& pm, host::Registry& registry, host::Component& model,
-                  host::Component& network, double train_multiplier, bool v_parameterization,
+                  host::Component* network, double train_multiplier, bool v_parameterization,
                   at::ScalarType autocast, std::string output_dir, std::string output_name, uint64_t seed);
 
   bool enabled() const { return !prompts_.empty(); }
@@ -49,7 +51,7 @@ class TrainingSampler {
   host::PluginManager& pm_;
   host::Registry& registry_;
   host::Component& model_;
-  host::Component& network_;
+  host::Component* network_;
   double train_multiplier_;
   bool v_parameterization_;
   at::ScalarType autocast_;

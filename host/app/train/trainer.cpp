@@ -17,6 +17,7 @@
 #include "app/train/network_file.h"
 #include "app/train/latent_cache.h"
 #include "app/train/precision.h"
+#include "app/train/model_parts.h"
 #include "logging/loss_curve.h"
 
 #include <sumi/datasets/dataset.h>
@@ -149,12 +150,41 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     throw host::UserError(std::string("[train] train_text_encoder / stop_text_encoder_training belong to DreamBooth / "
                                       "fine-tuning; this run is ") + mode_name(mode) +
                           (network_mode ? " (the network trains its text-encoder modules unless network_train_unet_only)" : ""));
-  if (!network_mode && !s.sample.prompts.empty())
-    throw host::UserError(std::string("[sample] prompts: sample images during training are implemented for network "
-                                      "training only; this run is ") + mode_name(mode) + "; drop --sample_prompts");
   if (mode == TrainMode::dreambooth && s.save_model_as != "safetensors" && s.save_model_as != "diffusers")
     throw host::UserError("[output] save_model_as: expected \"safetensors\" (one file) or \"diffusers\" (a folder), got \"" +
                           s.save_model_as + "\"" + (s.save_model_as == "ckpt" ? "; sumi writes no pickled .ckpt files" : ""));
+  if (!s.ti_weights.empty() && mode != TrainMode::textual_inversion)
+    throw host::UserError(std::string("[train] weights (--weights) is Textual Inversion's initial embedding file; this run is ") +
+                          mode_name(mode) + (network_mode ? " (a network continues from [network] weights, --network_weights)" : ""));
+  const bool sdxl_model_training = mode == TrainMode::dreambooth && s.family == "sdxl";
+  if ((s.text_encoder_lr1 || s.text_encoder_lr2) && !sdxl_model_training)
+    throw host::UserError("[optimizer] text_encoder_lr1 / text_encoder_lr2 (--learning_rate_te1/2) are sdxl_train's, for SDXL "
+                          "DreamBooth / fine-tuning; this run is " + std::string(mode_name(mode)) + " on " + s.family +
+                          ": use text_encoder_lr");
+  if (!s.block_lr.empty()) {
+    if (!sdxl_model_training)
+      throw host::UserError("[optimizer] block_lr (--block_lr) is sdxl_train's, for SDXL DreamBooth / fine-tuning; this run is " +
+                            std::string(mode_name(mode)) + " on " + s.family);
+    if (s.block_lr.size() != static_cast<size_t>(kSdxlUnetBlocks))
+      throw host::UserError("[optimizer] block_lr: expected " + std::to_string(kSdxlUnetBlocks) +
+                            " comma-separated learning rates (time/label embedding, input_blocks 0-8, middle_block 0-2, "
+                            "output_blocks 0-8, out), got " + std::to_string(s.block_lr.size()));
+    for (double v : s.block_lr)
+      if (!(v >= 0)) throw host::UserError("[optimizer] block_lr: learning rates must be >= 0, got " + std::to_string(v));
+  }
+  auto check_last_n = [](const std::optional<int64_t>& v, const char* key, int64_t every, const char* every_key) {
+    if (!v) return;
+    if (*v < 1) throw host::UserError(std::string("[output] ") + key + " must be >= 1, got " + std::to_string(*v));
+    if (every <= 0)
+      throw host::UserError(std::string("[output] ") + key + " keeps the last periodic saves, but " + every_key +
+                            " is not set: add it (e.g. --" + every_key + " 1)");
+  };
+  check_last_n(s.save_last_n_epochs, "save_last_n_epochs", s.save_every_n_epochs, "save_every_n_epochs");
+  check_last_n(s.save_last_n_epochs_state, "save_last_n_epochs_state", s.save_every_n_epochs, "save_every_n_epochs");
+  check_last_n(s.save_last_n_steps, "save_last_n_steps", s.save_every_n_steps, "save_every_n_steps");
+  check_last_n(s.save_last_n_steps_state, "save_last_n_steps_state", s.save_every_n_steps, "save_every_n_steps");
+  if ((s.save_last_n_epochs_state || s.save_last_n_steps_state) && !s.save_state)
+    throw host::UserError("[output] save_last_n_*_state prunes state folders, but save_state is off: add --save_state");
   const at::ScalarType autocast_dtype = s.mixed_precision == "bf16"   ? at::kBFloat16
                                         : s.mixed_precision == "fp16" ? at::kHalf
                                                                       : at::ScalarType::Undefined;
@@ -163,12 +193,28 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   datasets::DatasetGroupConfig group = s.dataset_config.empty()
                                            ? datasets::config_from_arguments(s.dataset_args)
                                            : datasets::load_dataset_config(s.dataset_config, s.dataset_args);
+  for (const auto& dc : group.datasets)
+    for (const auto& sub : dc.subsets)
+      if (!sub.conditioning_data_dir.empty())
+        throw host::UserError(sub.origin + ": conditioning_data_dir makes a ControlNet dataset, whose conditioning images "
+                              "only ControlNet training reads; `sumi train` " + std::string(mode_name(mode)) +
+                              " training would ignore them: drop conditioning_data_dir");
   std::vector<datasets::Dataset> data;
   long long num_train_images = 0, num_reg_images = 0;
   for (const auto& dc : group.datasets) {
     datasets::BuildReport report;
-    data.push_back(datasets::Dataset::build(dc, {}, &report));
+    datasets::BuildOptions bo;
+    bo.skip_bad = s.skip_bad_files;
+    try {
+      data.push_back(datasets::Dataset::build(dc, bo, &report));
+    } catch (const datasets::DatasetError& e) {
+      if (s.skip_bad_files) throw;
+      throw datasets::DatasetError(std::string(e.what()) +
+                                   "\nhint: fix or remove these files, or give --skip_bad_files to train without them");
+    }
     for (const auto& w : report.warnings) host::log(SUMI_LOG_WARN, "datasets", w);
+    for (const auto& p : report.skipped)
+      host::log(SUMI_LOG_WARN, "datasets", "skipped " + p.path.string() + ": " + p.message + " (--skip_bad_files)");
     num_train_images += report.num_train_images;
     num_reg_images += report.num_reg_images;
   }
@@ -240,6 +286,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     model.check(mvt.add_token(model.self(), s.token_string.c_str(), s.init_word.empty() ? nullptr : s.init_word.c_str(),
                               s.num_vectors_per_token),
                 ("add_token " + s.token_string).c_str());
+    if (!s.ti_weights.empty()) load_initial_embedding(registry, "model", s.token_string, s.ti_weights, s.family);
     trained = "model";
   } else {
     model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, train_part), "train_part", "1.1");
@@ -253,7 +300,35 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     trained = "model";
   }
 
-  const auto groups = registry.param_groups(trained);
+  auto groups = registry.param_groups(trained);
+  // sdxl_train's --block_lr: the UNet in 23 groups, each at its own learning rate; a block at 0 is not trained.
+  std::map<std::string, double> group_lr;
+  if (!s.block_lr.empty()) {
+    std::vector<std::vector<at::Tensor>> blocks(kSdxlUnetBlocks);
+    for (const auto& e : registry.entries())
+      if (e.component == trained && e.trainable && e.group == "unet")
+        blocks[static_cast<size_t>(sdxl_unet_block(e.name.substr(e.name.find('.') + 1)))].push_back(e.tensor);
+    decltype(groups) regrouped;
+    for (auto& g : groups) {
+      if (g.first != "unet") {
+        regrouped.push_back(std::move(g));
+        continue;
+      }
+      for (int b = 0; b < kSdxlUnetBlocks; ++b) {
+        const double lr = s.block_lr[static_cast<size_t>(b)];
+        if (lr == 0) {
+          for (auto& p : blocks[static_cast<size_t>(b)]) p.requires_grad_(false);
+          continue;
+        }
+        if (blocks[static_cast<size_t>(b)].empty()) continue;
+        char name[32];
+        std::snprintf(name, sizeof name, "unet_block%02d", b);
+        group_lr[name] = lr;
+        regrouped.emplace_back(name, std::move(blocks[static_cast<size_t>(b)]));
+      }
+    }
+    groups = std::move(regrouped);
+  }
   if (groups.empty())
     throw host::UserError(network_mode ? "the network adapts no module of this model: nothing to train"
                                        : "the model registered no trainable parameters: nothing to train");
@@ -276,7 +351,11 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     if (te && !te_group) te_group = base_lrs.size();
     if (!te && !unet_group) unet_group = base_lrs.size();
     te_groups.push_back(te);
-    base_lrs.push_back(te ? s.text_encoder_lr.value_or(s.learning_rate) : s.unet_lr.value_or(s.learning_rate));
+    double lr = te ? s.text_encoder_lr.value_or(s.learning_rate) : s.unet_lr.value_or(s.learning_rate);
+    if (gname == "text_encoder" && s.text_encoder_lr1) lr = *s.text_encoder_lr1;
+    if (gname == "text_encoder_2" && s.text_encoder_lr2) lr = *s.text_encoder_lr2;
+    if (group_lr.count(gname)) lr = group_lr.at(gname);
+    base_lrs.push_back(lr);
     Handles hs;
     std::vector<sumi_tensor> th;
     for (const auto& p : params) {
@@ -311,13 +390,9 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   int epoch = 0;
   const fs::path outdir = s.output_dir;
   fs::create_directories(outdir);
-  std::optional<TrainingSampler> sampler;
-  if (network)
-    sampler.emplace(s.sample, pm, registry, model, *network, s.network_multiplier, s.v_parameterization, autocast_dtype,
-                    s.output_dir, s.output_name, s.seed);
-  auto maybe_sample = [&](int64_t at_step, std::optional<int> at_epoch) {
-    return sampler ? sampler->maybe_sample(at_step, at_epoch) : std::vector<std::string>{};
-  };
+  TrainingSampler sampler(s.sample, pm, registry, model, network ? &*network : nullptr, s.network_multiplier,
+                          s.v_parameterization, autocast_dtype, s.output_dir, s.output_name, s.seed);
+  auto maybe_sample = [&](int64_t at_step, std::optional<int> at_epoch) { return sampler.maybe_sample(at_step, at_epoch); };
   TrainLog tlog(s.log);
   result.event_file = tlog.event_file();
   LossRecorder recorder;
@@ -433,6 +508,45 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     std::ofstream((tmp / "train_state.json").string()) << j.dump(1);
     fs::remove_all(dir);
     fs::rename(tmp, dir);
+  };
+  // kohya's --save_last_n_*: a periodic save that falls out of the window is removed (its file or
+  // diffusers folder; its state folder under the _state window).
+  auto remove_saved = [&](const std::string& name, bool model_file, bool state) {
+    const bool folder = mode == TrainMode::dreambooth && s.save_model_as == "diffusers";
+    if (model_file) fs::remove_all(outdir / (folder ? name : name + ".safetensors"));
+    if (state) fs::remove_all(outdir / (name + "-state"));
+  };
+  auto step_name = [&](int64_t n) {
+    char b[32];
+    std::snprintf(b, sizeof b, "-step%08lld", static_cast<long long>(n));
+    return s.output_name + b;
+  };
+  auto epoch_name = [&](int64_t n) {
+    char b[32];
+    std::snprintf(b, sizeof b, "-%06lld", static_cast<long long>(n));
+    return s.output_name + b;
+  };
+  auto prune_step_saves = [&](int64_t at_step) {
+    auto remove_no = [&](const std::optional<int64_t>& last_n) -> std::optional<int64_t> {
+      if (!last_n) return std::nullopt;
+      int64_t r = at_step - *last_n - 1;  // kohya's get_remove_step_no
+      if (r < 0) return std::nullopt;
+      r -= r % s.save_every_n_steps;
+      return r > 0 ? std::optional<int64_t>(r) : std::nullopt;
+    };
+    if (auto r = remove_no(s.save_last_n_steps)) remove_saved(step_name(*r), true, false);
+    if (auto r = remove_no(s.save_last_n_steps_state ? s.save_last_n_steps_state : s.save_last_n_steps))
+      remove_saved(step_name(*r), false, s.save_state);
+  };
+  auto prune_epoch_saves = [&](int at_epoch) {
+    auto remove_no = [&](const std::optional<int64_t>& last_n) -> std::optional<int64_t> {
+      if (!last_n) return std::nullopt;
+      const int64_t r = at_epoch - s.save_every_n_epochs * *last_n;  // kohya's get_remove_epoch_no
+      return r > 0 ? std::optional<int64_t>(r) : std::nullopt;
+    };
+    if (auto r = remove_no(s.save_last_n_epochs)) remove_saved(epoch_name(*r), true, false);
+    if (auto r = remove_no(s.save_last_n_epochs_state ? s.save_last_n_epochs_state : s.save_last_n_epochs))
+      remove_saved(epoch_name(*r), false, s.save_state);
   };
   int resume_epoch = 0;
   size_t resume_batch = 0;
@@ -618,20 +732,18 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
         result.samples.insert(result.samples.end(), files.begin(), files.end());
       }
       if (s.save_every_n_steps > 0 && step % s.save_every_n_steps == 0 && step < total_steps) {
-        char n[32];
-        std::snprintf(n, sizeof n, "-step%08lld", static_cast<long long>(step));
-        save(s.output_name + n, step, epoch);
-        save_state(s.output_name + n);
+        save(step_name(step), step, epoch);
+        save_state(step_name(step));
+        prune_step_saves(step);
       }
     }
     tlog.epoch(epoch, recorder.moving_average());
     tlog.flush();
     if (s.save_every_n_epochs > 0 && epoch % s.save_every_n_epochs == 0 && step < total_steps) {
-      char n[32];
-      std::snprintf(n, sizeof n, "-%06d", epoch);
       batch_in_epoch = plan.size();
-      save(s.output_name + n, step, epoch);
-      save_state(s.output_name + n);
+      save(epoch_name(epoch), step, epoch);
+      save_state(epoch_name(epoch));
+      prune_epoch_saves(epoch);
     }
     auto files = maybe_sample(step, epoch);
     result.samples.insert(result.samples.end(), files.begin(), files.end());

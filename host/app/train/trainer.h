@@ -37,6 +37,9 @@ struct TrainSettings {
   // vectors, and "object"/"style" to replace every caption by a random kohya template ("" = keep).
   std::string token_string, init_word, ti_template;
   int64_t num_vectors_per_token = 1;
+  // Textual Inversion: an embedding file whose vectors the token starts from (kohya's --weights;
+  // emb_params / A1111 .pt for SD 1.x/2.x, clip_l + clip_g for SDXL); overrides init_word.
+  std::string ti_weights;
   // DreamBooth / fine-tuning: train the text encoder(s) too; stop training them after this many
   // steps (train_db's --stop_text_encoder_training; < 0 = never). The model is saved as a single
   // .safetensors file ("safetensors") or a diffusers folder ("diffusers").
@@ -57,6 +60,10 @@ struct TrainSettings {
   std::map<std::string, std::string> optimizer_params;
   double learning_rate = 1e-4;
   std::optional<double> unet_lr, text_encoder_lr;
+  // SDXL: per text encoder (sdxl_train's --learning_rate_te1 / --learning_rate_te2; model training).
+  std::optional<double> text_encoder_lr1, text_encoder_lr2;
+  // SDXL model training: 23 UNet learning rates (sdxl_train's --block_lr); 0 = that block is not trained.
+  std::vector<double> block_lr;
   // [lr_scheduler]
   std::string lr_scheduler_type = "constant";
   std::map<std::string, std::string> lr_scheduler_params;
@@ -78,6 +85,9 @@ struct TrainSettings {
   NoiseOptions noise;                  // noise offset, multires, ip_noise_gamma, timestep range
   LossOptions loss;                    // loss_type, huber_*, min-SNR and the other SNR weightings
   double prior_loss_weight = 1.0;
+  // sumi's --skip_bad_files: unreadable images / captions are left out (each named in a warning)
+  // instead of refusing the run before it starts.
+  bool skip_bad_files = false;
   // [sample], and TensorBoard logging from [output]
   SampleOptions sample;
   LogOptions log;
@@ -87,6 +97,9 @@ struct TrainSettings {
   // [output]
   std::string output_dir, output_name = "last", save_precision = "float";
   int64_t save_every_n_steps = 0, save_every_n_epochs = 0;
+  // kohya's --save_last_n_epochs / --save_last_n_steps (and their _state variants, which default
+  // to them): older periodic saves (files / state folders) are removed as new ones are written.
+  std::optional<int64_t> save_last_n_epochs, save_last_n_epochs_state, save_last_n_steps, save_last_n_steps_state;
   // --save_state: with every save, also a "<name>-state" folder holding everything a resumed
   // run needs (network, optimizer state, step, epoch, position in the epoch, RNG streams).
   bool save_state = false;

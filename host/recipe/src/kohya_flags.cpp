@@ -52,6 +52,10 @@ const std::vector<KohyaFlag>& kohya_flags() {
       {"learning_rate", "optimizer.learning_rate", F, false},
       {"unet_lr", "optimizer.unet_lr", F, false},
       {"text_encoder_lr", "optimizer.text_encoder_lr", F, false},
+      {"learning_rate_te", "optimizer.text_encoder_lr", F, false},    // train_db.py / fine_tune.py
+      {"learning_rate_te1", "optimizer.text_encoder_lr1", F, false},  // sdxl_train.py
+      {"learning_rate_te2", "optimizer.text_encoder_lr2", F, false},
+      {"block_lr", "optimizer.block_lr", S, false},                   // sdxl_train.py: 23 comma-separated values
       {"optimizer_args", "optimizer.*", KV, false},
       {"max_grad_norm", "train.max_grad_norm", F, false},
       {"fused_backward_pass", "train.fused_backward_pass", B, false},
@@ -110,10 +114,12 @@ const std::vector<KohyaFlag>& kohya_flags() {
       {"prior_loss_weight", "train.prior_loss_weight", F, false},
       {"masked_loss", "train.masked_loss", B, false},
       {"resume", "train.resume", S, false},
+      {"skip_bad_files", "train.skip_bad_files", B, false},  // sumi's own (kohya has no such flag)
 
       // --- train_textual_inversion.py, train_db.py, fine_tune.py
       {"token_string", "train.token_string", S, false},
       {"init_word", "train.init_word", S, false},
+      {"weights", "train.weights", S, false},
       {"num_vectors_per_token", "train.num_vectors_per_token", I, false},
       {"use_object_template", "train.use_object_template", B, false},
       {"use_style_template", "train.use_style_template", B, false},
