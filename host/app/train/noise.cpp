@@ -2,6 +2,8 @@
 
 #include "core/error.h"
 
+#include <sumi/datasets/random.h>
+
 #include <algorithm>
 #include <cmath>
 #include <string>
@@ -33,10 +35,10 @@ at::Tensor apply_noise_offset(const at::Tensor& latents, const at::Tensor& noise
 
 at::Tensor pyramid_noise_like(const at::Tensor& noise, int64_t iterations, double discount, std::mt19937_64& ratio_rng) {
   const int64_t b = noise.size(0), c = noise.size(1), h = noise.size(2), w = noise.size(3);
-  std::uniform_real_distribution<double> unit(0.0, 1.0);
   at::Tensor out = noise.clone();
   for (int64_t i = 0; i < iterations; ++i) {
-    const double r = unit(ratio_rng) * 2 + 2;  // rather than always halving: a ratio in [2, 4)
+    // Portable draw (std:: distributions differ between standard libraries).
+    const double r = datasets::uniform01(ratio_rng) * 2 + 2;  // rather than always halving: a ratio in [2, 4)
     const double div = std::pow(r, static_cast<double>(i));
     const int64_t hn = std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(h) / div));
     const int64_t wn = std::max<int64_t>(1, static_cast<int64_t>(static_cast<double>(w) / div));

@@ -620,7 +620,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
       for (auto item : gb.batch.items) {
         captions.push_back(ds.caption(item, datasets::CaptionStep{epoch, step, total_steps}, data_rng));
         if (templates) {  // kohya's add_replacement("", templates): a random template replaces the caption
-          const std::string& tpl = (*templates)[std::uniform_int_distribution<size_t>(0, templates->size() - 1)(data_rng)];
+          const std::string& tpl = (*templates)[datasets::uniform_below(data_rng, templates->size())];
           const auto at = tpl.find("{}");
           captions.back() = tpl.substr(0, at) + s.token_string + tpl.substr(at + 2);
         }
