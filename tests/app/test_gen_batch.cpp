@@ -3,6 +3,8 @@
 // img2img); VAE decoding in slices changes nothing; gen_img's seed picking (Python's random).
 #include <doctest/doctest.h>
 
+#include "../common/test_data.h"
+
 #include "../common/plugin_test.h"
 #include "app/generation.h"
 #include "app/py_random.h"
@@ -12,7 +14,7 @@
 
 namespace {
 
-std::string fixture(const std::string& f) { return std::string(SUMI_TEST_DATA) + "/fixtures/" + f; }
+using sumi::test::fixture;
 
 struct Rig {
   sumi::host::Registry reg;

@@ -5,6 +5,8 @@
 // a LoRA file's rank and coverage become the plugin's settings.
 #include <doctest/doctest.h>
 
+#include "../common/test_data.h"
+
 #include "../common/plugin_test.h"
 #include "app/app.h"
 #include "app/commands.h"
@@ -22,7 +24,7 @@
 
 namespace {
 
-std::string fixture(const std::string& f) { return std::string(SUMI_TEST_DATA) + "/fixtures/" + f; }
+using sumi::test::fixture;
 
 // A model with `muls.size()` copies of the fixture LoRA, merged or applied at runtime.
 struct Rig {

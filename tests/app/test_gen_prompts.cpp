@@ -4,6 +4,8 @@
 // runs are checked pixel for pixel against the Generator driven directly.
 #include <doctest/doctest.h>
 
+#include "../common/test_data.h"
+
 #include "../common/plugin_test.h"
 #include "app/commands.h"
 #include "app/generation.h"
@@ -20,7 +22,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string fixture(const std::string& f) { return std::string(SUMI_TEST_DATA) + "/fixtures/" + f; }
+using sumi::test::fixture;
 
 struct Rig {
   sumi::host::Registry reg;

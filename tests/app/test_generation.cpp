@@ -3,6 +3,8 @@
 // every pixel, from both the single-file and the diffusers form of the model.
 #include <doctest/doctest.h>
 
+#include "../common/test_data.h"
+
 #include "../common/plugin_test.h"
 #include "app/generation.h"
 #include "io/safetensors_torch.h"
@@ -13,7 +15,7 @@
 
 namespace {
 
-std::string fixture(const std::string& f) { return std::string(SUMI_TEST_DATA) + "/fixtures/" + f; }
+using sumi::test::fixture;
 
 at::Tensor golden(const std::string& model, const std::string& key) {
   static std::map<std::string, std::map<std::string, at::Tensor>> cache;

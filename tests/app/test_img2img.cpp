@@ -5,6 +5,8 @@
 // CLI's refusals.
 #include <doctest/doctest.h>
 
+#include "../common/test_data.h"
+
 #include "../common/plugin_test.h"
 #include "app/commands.h"
 #include "app/generation.h"
@@ -18,7 +20,7 @@
 
 namespace {
 
-std::string fixture(const std::string& f) { return std::string(SUMI_TEST_DATA) + "/fixtures/" + f; }
+using sumi::test::fixture;
 
 struct Rig {
   sumi::host::Registry reg;

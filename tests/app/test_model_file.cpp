@@ -1,6 +1,8 @@
 // Family detection from names/layout only, and A1111's model hash.
 #include <doctest/doctest.h>
 
+#include "../common/test_data.h"
+
 #include "app/model_file.h"
 #include "core/error.h"
 
@@ -9,7 +11,7 @@
 #include <fstream>
 
 namespace {
-std::string fixture(const std::string& f) { return std::string(SUMI_TEST_DATA) + "/fixtures/" + f; }
+using sumi::test::fixture;
 }  // namespace
 
 TEST_CASE("family detection from single files and diffusers folders") {

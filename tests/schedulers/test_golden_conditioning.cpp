@@ -10,6 +10,7 @@
 // one-ulp change of the initial noise then moves the 8-bit image by far more than 2/255, so no
 // float32 implementation that is not bit-identical to the reference's PyTorch run can meet the
 // 2/255 bound there. The same ulp leaves the well-conditioned runs (sd1 DPM++) within 1/255.
+#include "../common/test_data.h"
 #include "sched_test.h"
 
 #include "app/generation.h"
@@ -24,7 +25,7 @@ using sumi::test::rel_norm;
 
 namespace {
 
-std::string fixture(const std::string& f) { return std::string(SUMI_TEST_DATA) + "/fixtures/" + f; }
+using sumi::test::fixture;
 
 struct Handle {
   sumi_tensor h = nullptr;
