@@ -206,6 +206,13 @@ int cmd_train(const std::vector<std::string>& args) {
   s.log.log_prefix = out.get_string("log_prefix");
   s.log.log_with = out.get_string("log_with");
   s.log.log_tracker_name = out.get_string("log_tracker_name");
+  if (out.has("training_comment")) s.training_comment = out.get_string("training_comment");
+  s.no_metadata = out.get_bool("no_metadata");
+  if (out.has("metadata_title")) s.metadata_title = out.get_string("metadata_title");
+  if (out.has("metadata_author")) s.metadata_author = out.get_string("metadata_author");
+  if (out.has("metadata_description")) s.metadata_description = out.get_string("metadata_description");
+  if (out.has("metadata_license")) s.metadata_license = out.get_string("metadata_license");
+  if (out.has("metadata_tags")) s.metadata_tags = out.get_string("metadata_tags");
   if (sample.has("prompts")) s.sample.prompts = sample.get_string("prompts");
   s.sample.every_n_steps = sample.get_int("every_n_steps");
   s.sample.every_n_epochs = sample.get_int("every_n_epochs");

@@ -311,6 +311,80 @@ int create_temp(const std::string& path, std::string& tmp) {
   throw std::runtime_error("cannot create a unique temporary file next to '" + path + "'");
 }
 
+// Writes a new file for `path` through `fill(fd, tmp_name)` into a temporary file beside it,
+// flushes it and renames it over `path`; on any failure the temporary file is removed and
+// `path` is untouched.
+template <class Fill>
+void write_replacing(const std::string& path, Fill&& fill) {
+  std::string tmp;
+  int fd = create_temp(path, tmp);
+  try {
+    fill(fd, tmp);
+    if (::fsync(fd) != 0) {
+      int err = errno;
+      throw std::runtime_error("flushing '" + tmp + "' to disk failed: " + errno_text(err));
+    }
+    int rc = ::close(fd);
+    fd = -1;
+    if (rc != 0) {
+      int err = errno;
+      throw std::runtime_error("closing '" + tmp + "' failed: " + errno_text(err));
+    }
+    if (::rename(tmp.c_str(), path.c_str()) != 0) {
+      int err = errno;
+      throw std::runtime_error("cannot rename '" + tmp + "' to '" + path + "': " + errno_text(err));
+    }
+  } catch (...) {
+    if (fd >= 0) ::close(fd);
+    ::unlink(tmp.c_str());
+    throw;
+  }
+  // Make the rename itself durable; failure here does not undo a completed write.
+  int dfd = ::open(parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (dfd >= 0) {
+    ::fsync(dfd);
+    ::close(dfd);
+  }
+}
+
+// Copies `len` bytes at `offset` of `src` to the end of `dst`: copy_file_range keeps the bytes
+// in the kernel (and may share extents); where the filesystem cannot, a fixed 8 MiB buffer.
+void copy_range(int src, std::uint64_t offset, std::uint64_t len, int dst, const std::string& src_name,
+                const std::string& dst_name) {
+  auto off = static_cast<loff_t>(offset);
+  bool kernel_copy = true;
+  while (len > 0 && kernel_copy) {
+    const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(len, 1ull << 30));
+    ssize_t n = ::copy_file_range(src, &off, dst, nullptr, chunk, 0);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      if (errno == ENOSYS || errno == EXDEV || errno == EINVAL || errno == EOPNOTSUPP || errno == EBADF) {
+        kernel_copy = false;  // not supported here: copy through user space from `off` on
+        break;
+      }
+      int err = errno;
+      throw std::runtime_error("copying the data of '" + src_name + "' to '" + dst_name + "' failed: " + errno_text(err));
+    }
+    if (n == 0) throw std::runtime_error("'" + src_name + "' ended early while its data was being copied (truncated?)");
+    len -= static_cast<std::uint64_t>(n);
+  }
+  std::vector<char> buf;
+  while (len > 0) {
+    if (buf.empty()) buf.resize(8u << 20);
+    const std::size_t chunk = static_cast<std::size_t>(std::min<std::uint64_t>(len, buf.size()));
+    ssize_t n = ::pread(src, buf.data(), chunk, off);
+    if (n < 0) {
+      if (errno == EINTR) continue;
+      int err = errno;
+      throw std::runtime_error("reading '" + src_name + "' failed: " + errno_text(err));
+    }
+    if (n == 0) throw std::runtime_error("'" + src_name + "' ended early while its data was being copied (truncated?)");
+    write_all(dst, buf.data(), static_cast<std::size_t>(n), dst_name);
+    off += n;
+    len -= static_cast<std::uint64_t>(n);
+  }
+}
+
 }  // namespace
 
 void write_safetensors(const std::string& path, const std::vector<TensorView>& tensors,
@@ -378,37 +452,51 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
   text.append((8 - text.size() % 8) % 8, ' ');
   const std::uint64_t header_len = text.size();
 
-  std::string tmp;
-  int fd = create_temp(path, tmp);
-  try {
+  write_replacing(path, [&](int fd, const std::string& tmp) {
     write_all(fd, &header_len, 8, tmp);
     write_all(fd, text.data(), text.size(), tmp);
     for (std::size_t i : order) write_all(fd, tensors[i].data, tensors[i].nbytes, tmp);
-    if (::fsync(fd) != 0) {
-      int err = errno;
-      throw std::runtime_error("flushing '" + tmp + "' to disk failed: " + errno_text(err));
-    }
-    int rc = ::close(fd);
-    fd = -1;
-    if (rc != 0) {
-      int err = errno;
-      throw std::runtime_error("closing '" + tmp + "' failed: " + errno_text(err));
-    }
-    if (::rename(tmp.c_str(), path.c_str()) != 0) {
-      int err = errno;
-      throw std::runtime_error("cannot rename '" + tmp + "' to '" + path + "': " + errno_text(err));
-    }
-  } catch (...) {
-    if (fd >= 0) ::close(fd);
-    ::unlink(tmp.c_str());
-    throw;
+  });
+}
+
+void set_safetensors_metadata(const std::string& path, const std::map<std::string, std::string>& metadata) {
+  // The reader validates the whole header; its mapping pages in nothing but the header.
+  const auto file = SafetensorsFile::open(path);
+  Json header = Json::object();
+  if (!metadata.empty()) {
+    Json meta = Json::object();
+    for (const auto& [k, v] : metadata) meta[k] = v;
+    header["__metadata__"] = std::move(meta);
   }
-  // Make the rename itself durable; failure here does not undo a completed write.
-  int dfd = ::open(parent_dir(path).c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dfd >= 0) {
-    ::fsync(dfd);
-    ::close(dfd);
+  for (const auto& t : file->tensors()) {
+    header[t.name] = Json{{"dtype", t.dtype}, {"shape", t.shape}, {"data_offsets", {t.offset, t.offset + t.nbytes}}};
   }
+  std::string text = header.dump();
+  // Padding to 8 keeps every tensor at least as aligned as before (offsets are unchanged).
+  text.append((8 - text.size() % 8) % 8, ' ');
+  if (text.size() > kMaxHeaderBytes) {
+    throw std::invalid_argument("set_safetensors_metadata('" + path + "'): the new header is " +
+                                std::to_string(text.size()) + " bytes, more than the 100 MiB limit");
+  }
+  const std::uint64_t header_len = text.size();
+  const std::uint64_t data_start = file->data_start();
+  const std::uint64_t data_len = file->file_size() - data_start;
+
+  Fd src(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (src.fd < 0) {
+    int err = errno;
+    throw std::runtime_error("cannot open safetensors file '" + path + "': " + errno_text(err));
+  }
+  struct stat st {};
+  if (::fstat(src.fd, &st) != 0 || static_cast<std::uint64_t>(st.st_size) != file->file_size()) {
+    throw std::runtime_error("'" + path + "' changed while its metadata was being rewritten");
+  }
+  write_replacing(path, [&](int fd, const std::string& tmp) {
+    ::fchmod(fd, st.st_mode & 07777);  // the rewritten file keeps the original's permissions
+    write_all(fd, &header_len, 8, tmp);
+    write_all(fd, text.data(), text.size(), tmp);
+    copy_range(src.fd, data_start, data_len, fd, path, tmp);
+  });
 }
 
 }  // namespace sumi::io

@@ -57,6 +57,8 @@ class SafetensorsFile {
   const std::uint8_t* data(const TensorInfo& info) const;
   const std::map<std::string, std::string>& metadata() const { return metadata_; }
   std::uint64_t file_size() const { return size_; }
+  // Where the data region starts: 8 + the header length. Tensor offsets count from here.
+  std::uint64_t data_start() const { return data_start_; }
 
  private:
   SafetensorsFile() = default;
@@ -85,5 +87,13 @@ struct TensorView {
 // file at `path` is left untouched and no temporary file remains.
 void write_safetensors(const std::string& path, const std::vector<TensorView>& tensors,
                        const std::map<std::string, std::string>& metadata = {});
+
+// Replaces the __metadata__ of the safetensors file at `path` (empty = none) and keeps every
+// tensor: the header is validated as by SafetensorsFile::open (a FormatError names the file),
+// rewritten with the tensors in their order and at their offsets, and the data region is copied
+// byte for byte into a temporary file beside `path` (streamed in the kernel where it can, never
+// read into memory as a whole: checkpoints are gigabytes), which is then renamed over `path`.
+// On failure the file is left as it was and no temporary file remains.
+void set_safetensors_metadata(const std::string& path, const std::map<std::string, std::string>& metadata);
 
 }  // namespace sumi::io

@@ -5,9 +5,7 @@
 
 #include <openssl/evp.h>
 
-#include <chrono>
 #include <cstdio>
-#include <ctime>
 #include <filesystem>
 #include <fstream>
 #include <memory>
@@ -81,25 +79,6 @@ void save_network(const std::string& path, const host::Registry& registry, const
   metadata["sshs_model_hash"] = hashes.model_hash;
   metadata["sshs_legacy_hash"] = hashes.legacy_hash;
   io::save_tensors(path, tensors, metadata);
-}
-
-std::map<std::string, std::string> modelspec_lora(const std::string& family, bool v_parameterization,
-                                                  const std::string& title, int64_t width, int64_t height) {
-  std::string arch = family == "sdxl" ? "stable-diffusion-xl-v1-base" : family == "sd2" ? "stable-diffusion-v2" : "stable-diffusion-v1";
-  if (family == "sd2") arch += v_parameterization ? "-768-v" : "-512";
-  char date[32];
-  const std::time_t t = std::time(nullptr);
-  std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", std::localtime(&t));
-  std::map<std::string, std::string> m{
-      {"modelspec.sai_model_spec", "1.0.0"},
-      {"modelspec.architecture", arch + "/lora"},
-      {"modelspec.implementation", family == "sdxl" ? "https://github.com/Stability-AI/generative-models" : "diffusers"},
-      {"modelspec.title", title},
-      {"modelspec.resolution", std::to_string(width) + "x" + std::to_string(height)},
-      {"modelspec.date", date},
-  };
-  if (v_parameterization) m["modelspec.prediction_type"] = "v";
-  return m;
 }
 
 }  // namespace sumi::app

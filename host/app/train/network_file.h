@@ -1,7 +1,7 @@
 // Writing a trained network the way kohya's train_network.py does: the registry entries of the
-// network namespace under their own names (kohya keys), in the save precision, with `ss_*`
-// training metadata, `modelspec.*` (SAI model spec) keys and the `sshs_*` hashes that A1111's
-// additional-networks extension and kohya read.
+// network namespace under their own names (kohya keys), in the save precision, with the
+// metadata the trainer built (`ss_*`, `modelspec.*`: train_metadata.h) and the `sshs_*` hashes
+// that A1111's additional-networks extension and kohya read.
 #pragma once
 
 #include "core/registry.h"
@@ -24,9 +24,5 @@ SafetensorsHashes safetensors_hashes(const std::string& path);
 // computed as kohya does over the file with only the ss_* keys.
 void save_network(const std::string& path, const host::Registry& registry, const std::string& component,
                   const std::string& dtype, std::map<std::string, std::string> metadata);
-
-// modelspec.* keys for a LoRA of `family` ("sd1", "sd2", "sdxl").
-std::map<std::string, std::string> modelspec_lora(const std::string& family, bool v_parameterization,
-                                                  const std::string& title, int64_t width, int64_t height);
 
 }  // namespace sumi::app

@@ -15,6 +15,7 @@
 #include "core/tensor_handle.h"
 #include "io/safetensors_torch.h"
 #include "app/train/network_file.h"
+#include "app/train/train_metadata.h"
 #include "app/train/latent_cache.h"
 #include "app/train/precision.h"
 #include "app/train/model_parts.h"
@@ -46,13 +47,6 @@ namespace sumi::app {
 namespace {
 
 using Handles = host::HandleScope;
-
-std::string network_args_json(const std::map<std::string, std::string>& params) {
-  nlohmann::json j = nlohmann::json::object();
-  for (const auto& [k, v] : params)
-    if (k != "dim" && k != "alpha" && k != "dropout") j[k] = v;
-  return j.dump();
-}
 
 // kohya's precision names -> the dtype the model's save slots take.
 sumi_dtype save_dtype(const std::string& precision) {
@@ -129,6 +123,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   loss_opts.v_parameterization = s.v_parameterization;
   check_loss_options(loss_opts);
   check_log_options(s.log);
+  check_metadata_options(s);
   const TrainMode mode = s.mode;
   const bool network_mode = mode == TrainMode::network;
   if (network_mode && !s.token_string.empty())
@@ -396,71 +391,27 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   TrainLog tlog(s.log);
   result.event_file = tlog.event_file();
   LossRecorder recorder;
-  auto metadata = [&](int64_t at_step, int at_epoch) {
-    std::map<std::string, std::string> m{
-        {"ss_session_id", std::to_string(s.seed)},
-        {"ss_training_started_at", std::to_string(std::chrono::duration_cast<std::chrono::seconds>(started.time_since_epoch()).count())},
-        {"ss_training_finished_at", std::to_string(std::chrono::duration_cast<std::chrono::seconds>(clock::now().time_since_epoch()).count())},
-        {"ss_output_name", s.output_name},
-        {"ss_learning_rate", std::to_string(s.learning_rate)},
-        {"ss_unet_lr", s.unet_lr ? std::to_string(*s.unet_lr) : "None"},
-        {"ss_text_encoder_lr", s.text_encoder_lr ? std::to_string(*s.text_encoder_lr) : "None"},
-        {"ss_num_train_images", std::to_string(num_train_images)},
-        {"ss_num_reg_images", std::to_string(num_reg_images)},
-        {"ss_num_batches_per_epoch", std::to_string(batches_per_epoch)},
-        {"ss_num_epochs", std::to_string(at_epoch)},
-        {"ss_epoch", std::to_string(at_epoch)},
-        {"ss_steps", std::to_string(at_step)},
-        {"ss_max_train_steps", std::to_string(total_steps)},
-        {"ss_gradient_accumulation_steps", std::to_string(s.gradient_accumulation_steps)},
-        {"ss_lr_warmup_steps", std::to_string(s.lr_warmup_steps)},
-        {"ss_lr_scheduler", s.lr_scheduler_type},
-        {"ss_network_module", "networks." + s.network_type},
-        {"ss_network_dim", s.network_params.count("dim") ? s.network_params.at("dim") : "4"},
-        {"ss_network_alpha", s.network_params.count("alpha") ? s.network_params.at("alpha") : "1"},
-        {"ss_network_dropout", s.network_params.count("dropout") ? s.network_params.at("dropout") : "None"},
-        {"ss_network_args", network_args_json(s.network_params)},
-        {"ss_mixed_precision", s.mixed_precision},
-        {"ss_full_fp16", "False"},
-        {"ss_full_bf16", s.full_bf16 ? "True" : "False"},
-        {"ss_gradient_checkpointing", s.gradient_checkpointing ? "True" : "False"},
-        {"ss_v2", s.family == "sd2" ? "True" : "False"},
-        {"ss_base_model_version", s.family == "sdxl" ? "sdxl_base_v1-0" : s.family == "sd2" ? (s.v_parameterization ? "sd_v2_768_v" : "sd_v2_512") : "sd_v1"},
-        {"ss_clip_skip", s.model_params.count("clip_skip") ? s.model_params.at("clip_skip") : "None"},
-        {"ss_seed", std::to_string(s.seed)},
-        {"ss_noise_offset", s.noise.noise_offset > 0 ? std::to_string(s.noise.noise_offset) : "None"},
-        {"ss_noise_offset_random_strength", s.noise.noise_offset_random_strength ? "True" : "False"},
-        {"ss_adaptive_noise_scale", s.noise.adaptive_noise_scale ? std::to_string(*s.noise.adaptive_noise_scale) : "None"},
-        {"ss_multires_noise_iterations", s.noise.multires_noise_iterations > 0 ? std::to_string(s.noise.multires_noise_iterations) : "None"},
-        {"ss_multires_noise_discount", std::to_string(s.noise.multires_noise_discount)},
-        {"ss_ip_noise_gamma", s.noise.ip_noise_gamma > 0 ? std::to_string(s.noise.ip_noise_gamma) : "None"},
-        {"ss_ip_noise_gamma_random_strength", s.noise.ip_noise_gamma_random_strength ? "True" : "False"},
-        {"ss_zero_terminal_snr", ncfg.count("rescale_betas_zero_snr") && ncfg.at("rescale_betas_zero_snr") == "true" ? "True" : "False"},
-        {"ss_loss_type", loss_opts.loss_type},
-        {"ss_huber_schedule", loss_opts.huber_schedule},
-        {"ss_huber_c", std::to_string(loss_opts.huber_c)},
-        {"ss_debiased_estimation", loss_opts.debiased_estimation_loss ? "True" : "False"},
-        {"ss_scale_v_pred_loss_like_noise_pred", loss_opts.scale_v_pred_loss_like_noise_pred ? "True" : "False"},
-        {"ss_v_pred_like_loss", loss_opts.v_pred_like_loss ? std::to_string(*loss_opts.v_pred_like_loss) : "None"},
-        {"ss_optimizer", s.optimizer_type},
-        {"ss_max_grad_norm", std::to_string(s.max_grad_norm)},
-        {"ss_prior_loss_weight", std::to_string(s.prior_loss_weight)},
-        {"ss_min_snr_gamma", loss_opts.min_snr_gamma ? std::to_string(*loss_opts.min_snr_gamma) : "None"},
-        {"ss_sd_model_name", fs::path(s.model_path).filename().string()},
-        {"ss_vae_name", s.model_params.count("vae") && !s.model_params.at("vae").empty() ? fs::path(s.model_params.at("vae")).filename().string() : "None"},
-        {"ss_training_comment", "None"},
-        {"ss_sd_scripts_commit_hash", "sumi 0.1.0"},
-    };
-    const auto& b = group.datasets.front().buckets;
-    for (const auto& [k, v] : modelspec_lora(s.family, s.v_parameterization, s.output_name, b.resolution.width, b.resolution.height))
-      m[k] = v;
-    m["ss_resolution"] = "(" + std::to_string(b.resolution.width) + ", " + std::to_string(b.resolution.height) + ")";
-    return m;
+  const auto& data_reso = group.datasets.front().buckets.resolution;
+  auto run_facts = [&](int64_t at_step, int at_epoch) {
+    RunFacts r;
+    r.started_at = std::chrono::duration_cast<std::chrono::seconds>(started.time_since_epoch()).count();
+    r.finished_at = std::chrono::duration_cast<std::chrono::seconds>(clock::now().time_since_epoch()).count();
+    r.num_train_images = num_train_images;
+    r.num_reg_images = num_reg_images;
+    r.batches_per_epoch = static_cast<int64_t>(batches_per_epoch);
+    r.total_steps = total_steps;
+    r.step = at_step;
+    r.epoch = at_epoch;
+    r.width = data_reso.width;
+    r.height = data_reso.height;
+    return r;
   };
   auto save = [&](const std::string& name, int64_t at_step, int at_epoch) {
     if (network_mode) {
       const std::string path = (outdir / (name + ".safetensors")).string();
-      save_network(path, registry, "network", s.save_precision, metadata(at_step, at_epoch));
+      auto md = network_metadata(s, run_facts(at_step, at_epoch));
+      for (auto& [k, v] : modelspec_metadata(run_modelspec(s, ModelSpecKind::lora, data_reso.width, data_reso.height))) md[k] = v;
+      save_network(path, registry, "network", s.save_precision, md);
       return path;
     }
     const sumi_dtype dt = save_dtype(s.save_precision);
@@ -473,6 +424,14 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
       model.check(mvt.save_token(model.self(), s.token_string.c_str(), tmp.string().c_str(), &dt, 1), ("save_token " + path.string()).c_str());
     else
       model.check(mvt.save(model.self(), tmp.string().c_str(), &dt, 1), ("save " + path.string()).c_str());
+    // kohya's sai model spec on embeddings and single-file checkpoints (a diffusers folder gets
+    // none, as diffusers' save_pretrained writes none), added to what the plugin wrote.
+    if (!folder) {
+      auto md = io::SafetensorsFile::open(tmp.string())->metadata();
+      const auto kind = mode == TrainMode::textual_inversion ? ModelSpecKind::textual_inversion : ModelSpecKind::checkpoint;
+      for (auto& [k, v] : modelspec_metadata(run_modelspec(s, kind, data_reso.width, data_reso.height))) md[k] = v;
+      io::set_safetensors_metadata(tmp.string(), md);
+    }
     fs::remove_all(path);
     fs::rename(tmp, path);
     return path.string();

@@ -105,6 +105,12 @@ struct TrainSettings {
   bool save_state = false;
   // --resume: such a folder; the run continues exactly where it was saved.
   std::string resume;
+  // kohya's metadata flags (train_metadata.h): ss_training_comment and no_metadata (only the
+  // minimum ss_* keys) for networks; modelspec.title (unset: output_name), .author,
+  // .description, .license, .tags for every saved file.
+  std::optional<std::string> training_comment;
+  bool no_metadata = false;
+  std::optional<std::string> metadata_title, metadata_author, metadata_description, metadata_license, metadata_tags;
 };
 
 struct TrainResult {
