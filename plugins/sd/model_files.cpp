@@ -147,6 +147,13 @@ ModelFiles read_single(const std::string& path, const ReadOptions& opt) {
   m.vae_config = d.vae;
   m.te_config = d.text_encoder;
   m.te2_config = d.text_encoder_2;
+  // The SAI model spec kohya (and sumi) write into trained checkpoints names a v-prediction model
+  // (shapes cannot tell); a .yaml beside the file still has the last word.
+  if (file) {
+    const auto& meta = file->metadata();
+    const auto it = meta.find("modelspec.prediction_type");
+    if (it != meta.end() && it->second == "v") m.prediction_type = "v_prediction";
+  }
   const fs::path yaml = fs::path(path).replace_extension(".yaml");
   if (fs::is_regular_file(yaml)) apply_original_config(m, yaml.string());
   if (file) {

@@ -17,6 +17,7 @@
 #include "core/host_api.h"
 #include "core/tensor_handle.h"
 #include "sd_model.h"
+#include "io/safetensors.h"
 #include "io/safetensors_torch.h"
 #include "model_files.h"
 #include "models_test_util.h"
@@ -283,6 +284,18 @@ TEST_CASE("models: dtype and prediction type") {
   CHECK(prediction(ModelFamily::sd2, fixture("tiny-sd2v.safetensors")) == "v_prediction");  // parameterization: v
   CHECK(prediction(ModelFamily::sd1, fixture("tiny-sd1.safetensors")) == "epsilon");
   CHECK(prediction(ModelFamily::sd1, fixture("tiny-sd1.safetensors"), true) == "v_prediction");
+  {  // a checkpoint whose SAI model spec says v (as kohya and sumi train write it)
+    const fs::path dir = fs::temp_directory_path() / "sumi_models_modelspec_v";
+    fs::remove_all(dir);
+    fs::create_directories(dir);
+    fs::copy_file(fixture("tiny-sd1.safetensors"), dir / "m.safetensors");
+    fs::copy_file(fixture("tiny-sd1.yaml"), dir / "m.yaml");
+    sumi::io::set_safetensors_metadata((dir / "m.safetensors").string(), {{"modelspec.prediction_type", "v"}});
+    CHECK(prediction(ModelFamily::sd1, (dir / "m.safetensors").string()) == "v_prediction");
+    sumi::io::set_safetensors_metadata((dir / "m.safetensors").string(), {{"modelspec.prediction_type", "epsilon"}});
+    CHECK(prediction(ModelFamily::sd1, (dir / "m.safetensors").string()) == "epsilon");
+    fs::remove_all(dir);
+  }
 
   // bf16: weights in bf16, numbers close to the fp32 goldens.
   auto m = load_model("sd1", fixture("tiny-sd1.safetensors"), {{"dtype", "bf16"}});
