@@ -272,8 +272,10 @@ TEST_CASE("TensorBoard log: kohya's tags per step, equal to the run's losses and
     CAPTURE(i);
     CHECK(by_tag["loss/current"][i].value == static_cast<float>(r.losses[i]));
     CHECK(by_tag["loss/average"][i].value == static_cast<float>(r.average_losses[i]));
-    CHECK(by_tag["lr/unet"][i].value == static_cast<float>(r.lrs[i]));
-    CHECK(by_tag["lr/textencoder"][i].value == static_cast<float>(r.lrs[i]));
+    // kohya logs the scheduler's last learning rate, after its step: the rate of the next step.
+    const float next_lr = i + 1 < 12 ? static_cast<float>(r.lrs[i + 1]) : 0.0f;
+    CHECK(by_tag["lr/unet"][i].value == next_lr);
+    CHECK(by_tag["lr/textencoder"][i].value == next_lr);
   }
   // The LR follows the linear schedule: warm-up over 2 steps, then decay to 0 at step 12.
   CHECK(r.lrs[0] == doctest::Approx(0.0));
@@ -294,6 +296,26 @@ TEST_CASE("TensorBoard log: kohya's tags per step, equal to the run's losses and
   const at::Tensor png = sumi::app::read_image(r.loss_curve);
   CHECK(png.size(0) == 400);
   CHECK(png.size(1) == 800);
+
+  // Accumulating 2 micro-batches per step: every micro-batch logs its own loss at the global
+  // step it ends on (0, 1, 1, 2, 2, 3), as kohya's loop does.
+  auto acc = s;
+  acc.max_train_steps = 3;
+  acc.gradient_accumulation_steps = 2;
+  acc.output_dir = (out / "acc").string();
+  acc.log.logging_dir = (out / "acc" / "logs").string();
+  const auto ra = sumi::app::train_network(acc, {SUMI_PLUGIN_DIR}, false);
+  std::vector<int64_t> steps;
+  std::vector<float> current;
+  for (const auto& e : sumi::logging::read_events(ra.event_file).scalars)
+    if (e.tag == "loss/current") {
+      steps.push_back(e.step);
+      current.push_back(e.value);
+    }
+  CHECK(steps == std::vector<int64_t>{0, 1, 1, 2, 2, 3});
+  REQUIRE(current.size() == 6);
+  for (size_t k = 0; k < 3; ++k)  // a step's loss is the mean of its two micro-batches
+    CHECK(ra.losses[k] == doctest::Approx((double(current[2 * k]) + double(current[2 * k + 1])) / 2).epsilon(1e-6));
 
   auto wandb = s;
   wandb.log.log_with = "wandb";

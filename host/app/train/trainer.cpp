@@ -562,6 +562,27 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   const std::vector<std::string>* templates = s.ti_template == "object"  ? &ti_object_templates()
                                               : s.ti_template == "style" ? &ti_style_templates()
                                                                          : nullptr;
+  // The learning rates of the optimizer step after `at_step` steps: base rate x the LR plugin's
+  // factor; train_db's --stop_text_encoder_training keeps the text encoders as they are from then on.
+  auto lrs_at = [&](int64_t at_step) {
+    sumi_lr_query q{sizeof(sumi_lr_query), at_step, total_steps, s.lr_warmup_steps, s.learning_rate};
+    double factor = 1.0;
+    lr_sched.check(lr_sched.vtable<sumi_lr_scheduler_vtable>().factor(lr_sched.self(), &q, &factor), "factor");
+    const bool te_off = mode == TrainMode::dreambooth && s.stop_text_encoder_training >= 0 &&
+                        at_step >= s.stop_text_encoder_training;
+    std::vector<double> lrs;
+    for (size_t g = 0; g < base_lrs.size(); ++g) lrs.push_back(te_groups[g] && te_off ? 0.0 : base_lrs[g] * factor);
+    return lrs;
+  };
+  // kohya's generate_step_logs after every micro-batch, at the global step: that micro-batch's
+  // loss, the moving average, and the scheduler's last learning rates (after its step, so the
+  // rates the next optimizer step uses).
+  auto log_micro_batch = [&](double current) {
+    if (!tlog.enabled()) return;
+    const std::vector<double> lrs = lrs_at(step);
+    tlog.step(step, current, recorder.moving_average(), te_group ? std::optional<double>(lrs[*te_group]) : std::nullopt,
+              unet_group ? std::optional<double>(lrs[*unet_group]) : std::nullopt);
+  };
   while (step < total_steps) {
     ++epoch;
     const auto plan = datasets::group_epoch_plan(data, s.seed, epoch);
@@ -643,7 +664,10 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
       (use_scaler ? scaler.scale(loss) : loss).backward();
       accum_loss += micro_loss / static_cast<double>(s.gradient_accumulation_steps);
       recorder.add(epoch == (resume_epoch > 0 ? resume_epoch : 1), bi, micro_loss);
-      if (++micro % s.gradient_accumulation_steps != 0) continue;
+      if (++micro % s.gradient_accumulation_steps != 0) {
+        log_micro_batch(micro_loss);  // kohya logs every micro-batch at the current global step
+        continue;
+      }
 
       // fp16: unscale, and skip the optimizer step when a gradient overflowed (GradScaler).
       const bool finite = use_scaler ? scaler.unscale(all_params) : true;
@@ -661,13 +685,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
           for (const auto& p : all_params)
             if (p.grad().defined()) p.grad().mul_(coef);
       }
-      sumi_lr_query q{sizeof(sumi_lr_query), step, total_steps, s.lr_warmup_steps, s.learning_rate};
-      double factor = 1.0;
-      lr_sched.check(lr_sched.vtable<sumi_lr_scheduler_vtable>().factor(lr_sched.self(), &q, &factor), "factor");
-      std::vector<double> lrs;
-      for (size_t g = 0; g < base_lrs.size(); ++g)
-        // train_db's --stop_text_encoder_training: the text encoders stay as they are from then on.
-        lrs.push_back(te_groups[g] && mode == TrainMode::dreambooth && te_stopped() ? 0.0 : base_lrs[g] * factor);
+      const std::vector<double> lrs = lrs_at(step);
       if (finite)
         optimizer.check(optimizer.vtable<sumi_optimizer_vtable>().step(optimizer.self(), lrs.data(),
                                                                        static_cast<int64_t>(lrs.size())),
@@ -679,8 +697,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
       result.losses.push_back(accum_loss);
       result.lrs.push_back(lrs.front());
       result.average_losses.push_back(avr_loss);
-      tlog.step(step, accum_loss, avr_loss, te_group ? std::optional<double>(lrs[*te_group]) : std::nullopt,
-                unet_group ? std::optional<double>(lrs[*unet_group]) : std::nullopt);
+      log_micro_batch(micro_loss);
       char postfix[96];
       std::snprintf(postfix, sizeof postfix, "avr_loss=%.4f, loss=%.4f, lr=%.2e, epoch=%d", avr_loss, accum_loss, lrs.front(),
                     epoch);
