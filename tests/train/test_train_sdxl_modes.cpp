@@ -3,12 +3,14 @@
 // textual_inversion_embeddings loads back; DreamBooth with train_text_encoder trains the UNet and
 // both text encoders, keeps the VAE, and saves a file / diffusers folder that reloads as SDXL;
 // fine-tuning over an --in_json metadata dataset; the text-encoder output cache is refused where
-// text encoders train. And DreamBooth's --save_state / --resume on tiny-sd1.
+// text encoders train; `sumi train` follows sdxl_train.py's text-encoder default. And
+// DreamBooth's --save_state / --resume on tiny-sd1.
 #include <doctest/doctest.h>
 
 #include "train_test_util.h"
 
 #include "../common/plugin_test.h"
+#include "app/commands.h"
 #include "app/model_file.h"
 #include "app/train/trainer.h"
 #include "core/op_bridge.h"
@@ -323,6 +325,47 @@ TEST_CASE("DreamBooth --save_state / --resume: the identical losses and final we
   net.network_type = "lora";
   net.resume = state.string();
   CHECK_THROWS_WITH(sumi::app::train_network(net, {SUMI_PLUGIN_DIR}, false), doctest::Contains("dreambooth"));
+  fs::remove_all(out);
+  fs::remove_all(dataset);
+}
+
+TEST_CASE("sumi train on SDXL: sdxl_train.py trains the text encoders only with --train_text_encoder; TI saves clip_l + clip_g") {
+  at::set_num_threads(2);
+  const auto dataset = make_dataset("cli", 1);
+  const fs::path out = fs::temp_directory_path() / "sumi_xlmodes_cli_out";
+  fs::remove_all(out);
+  const std::vector<std::string> base{"--plugin-dir", SUMI_PLUGIN_DIR, "--pretrained_model_name_or_path", kSdxl,
+                                      "--train_data_dir", dataset.string(), "--caption_extension", ".txt",
+                                      "--resolution", "64", "--output_dir", out.string(), "--seed", "5",
+                                      "--max_train_steps", "1", "--optimizer_type", "AdamW", "--learning_rate", "1e-3"};
+  auto with = [&](std::vector<std::string> extra) {
+    auto a = base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  const auto weights = load_map(kSdxl);
+  // DreamBooth folders without --train_text_encoder: the UNet only (unlike train_db.py for SD 1.x/2.x),
+  // so the text-encoder output cache applies.
+  CHECK(sumi::app::cmd_train(with({"--output_name", "db"})) == 0);
+  const auto db = load_map((out / "db.safetensors").string());
+  CHECK(changed(db, weights, "model.diffusion_model.").count() > 0);
+  const auto db_te = changed(db, weights, "conditioner.embedders.");
+  CHECK_MESSAGE(db_te.count() == 0, db_te.names());
+  CHECK(sumi::app::cmd_train(with({"--output_name", "cached", "--cache_text_encoder_outputs"})) == 0);
+  CHECK(changed(load_map((out / "cached.safetensors").string()), weights, "conditioner.embedders.").count() == 0);
+  // --train_text_encoder: both encoders; then the cache is refused.
+  CHECK(sumi::app::cmd_train(with({"--output_name", "te", "--train_text_encoder"})) == 0);
+  const auto te = load_map((out / "te.safetensors").string());
+  CHECK(changed(te, weights, "conditioner.embedders.0.").count() > 0);
+  CHECK(changed(te, weights, "conditioner.embedders.1.").count() > 0);
+  CHECK_THROWS_WITH(sumi::app::cmd_train(with({"--train_text_encoder", "--cache_text_encoder_outputs"})),
+                    doctest::Contains("train_text_encoder"));
+  // --token_string: kohya's SDXL embedding.
+  CHECK(sumi::app::cmd_train(with({"--token_string", "sksemb", "--init_word", "circle", "--output_name", "emb"})) == 0);
+  const auto emb = load_map((out / "emb.safetensors").string());
+  REQUIRE(emb.size() == 2);
+  CHECK(emb.at("clip_l").sizes().vec() == std::vector<int64_t>{1, 32});
+  CHECK(emb.at("clip_g").sizes().vec() == std::vector<int64_t>{1, 32});
   fs::remove_all(out);
   fs::remove_all(dataset);
 }
