@@ -166,6 +166,11 @@ TEST_CASE("SDXL Textual Inversion: kohya's clip_l + clip_g file, loaded back by 
   CHECK(with_trained.first.sizes().vec() == std::vector<int64_t>{1, 77, 64});
   CHECK(max_diff(with_trained.first, with_initial.first) > 1e-5);
   CHECK(max_diff(with_trained.second, with_initial.second) > 1e-5);
+  // The vectors sit at the token's positions: <bos> a photo of come before them and, the encoders
+  // being causal, are unchanged; the token's first position differs in both encoders' halves.
+  CHECK(at::equal(with_trained.first.slice(1, 0, 4), with_initial.first.slice(1, 0, 4)));
+  CHECK(max_diff(with_trained.first.select(1, 4).slice(1, 0, 32), with_initial.first.select(1, 4).slice(1, 0, 32)) > 1e-5);
+  CHECK(max_diff(with_trained.first.select(1, 4).slice(1, 32, 64), with_initial.first.select(1, 4).slice(1, 32, 64)) > 1e-5);
   const auto plain_trained = encode_with(trained, "a photo of a circle"), plain_initial = encode_with(initial, "a photo of a circle");
   CHECK(at::equal(plain_trained.first, plain_initial.first));
   CHECK(at::equal(plain_trained.second, plain_initial.second));
