@@ -129,7 +129,8 @@ int cmd_train(const std::vector<std::string>& args) {
     throw host::UserError("[train] use_object_template and use_style_template: choose one");
   s.ti_template = train.get_bool("use_object_template") ? "object" : train.get_bool("use_style_template") ? "style" : "";
   // train_db.py trains the text encoder unless --stop_text_encoder_training is negative; fine_tune.py
-  // only with --train_text_encoder.
+  // only with --train_text_encoder, and so does sdxl_train.py (SDXL's DreamBooth and fine-tuning
+  // script, which has no --stop_text_encoder_training: given for SDXL, it trains them as train_db).
   const bool te_flag = train.get_bool("train_text_encoder");
   if (train.has("stop_text_encoder_training")) {
     if (mode_name != "dreambooth")
@@ -139,7 +140,9 @@ int cmd_train(const std::vector<std::string>& args) {
   if (mode_name == "dreambooth") {
     if (te_flag && s.stop_text_encoder_training < 0 && train.has("stop_text_encoder_training"))
       throw host::UserError("[train] train_text_encoder with a negative stop_text_encoder_training: choose one");
-    s.train_text_encoder = !(train.has("stop_text_encoder_training") && s.stop_text_encoder_training < 0);
+    s.train_text_encoder = train.has("stop_text_encoder_training") ? s.stop_text_encoder_training >= 0
+                           : s.family == "sdxl"                      ? te_flag
+                                                                     : true;
     if (s.stop_text_encoder_training < 0) s.stop_text_encoder_training = -1;
   } else {
     s.train_text_encoder = te_flag;

@@ -536,7 +536,9 @@ void write_single_file(const ModelFiles& m, const std::string& dst) {
   refuse_existing(dst);
   // From a single file: its own tensors, untouched. From a folder: the inverse key map, with
   // placeholders for what diffusers does not store.
-  const TensorMap all = m.original.empty() ? nn::to_single_file(m.parts, *m.unet_config) : m.original;
+  const TensorMap all = !m.original.empty()     ? m.original
+                        : m.carry_over.empty() ? nn::to_single_file(m.parts, *m.unet_config)
+                                               : nn::to_single_file(m.parts, *m.unet_config, &m.carry_over);
   io::save_tensors(dst, named(all));  // atomic: temp file + rename
 }
 

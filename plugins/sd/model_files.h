@@ -29,6 +29,9 @@ struct ModelFiles {
   // A single file's own tensors under their original names (EMA copies removed): what makes
   // writing a single file back lossless (tensors diffusers has no place for).
   nn::TensorMap original;
+  // Writing a single file from `parts` (no `original`): tensors under their original names to use
+  // for what the diffusers form does not hold, instead of placeholders (nn::to_single_file).
+  nn::TensorMap carry_over;
   // From a diffusers folder's scheduler config ("epsilon", "v_prediction"); "" when unknown.
   std::string prediction_type;
 };

@@ -225,6 +225,16 @@ void SdModel::load(const std::string& path) {
   tok2_ = std::move(tok2);
   tokens_ = std::move(tokens);
   trained_parts_.clear();
+  // Only the text encoders' leftovers are written back (nn::to_single_file); copies, not views
+  // that would keep the whole file mapped.
+  carry_over_.clear();
+  const auto prefixes = nn::single_file_prefixes(f.family);
+  for (const auto& key : f.parts.unused) {
+    const bool te = key.rfind(prefixes.text_encoder, 0) == 0 ||
+                    (!prefixes.text_encoder_2.empty() && key.rfind(prefixes.text_encoder_2, 0) == 0);
+    auto it = f.original.find(key);
+    if (te && it != f.original.end()) carry_over_.emplace(key, it->second.detach().clone());
+  }
   prediction_type_ = f.prediction_type;
   build_module_list();
 }
@@ -543,6 +553,11 @@ void SdModel::save(const std::string& path, std::optional<at::ScalarType> dtype,
   m.parts.vae = weights(*vae_);
   m.parts.text_encoder = weights(*te_);
   if (te2_) m.parts.text_encoder_2 = weights(*te2_);
+  for (const auto& [k, t] : carry_over_) {
+    at::Tensor v = t;
+    if (dtype && at::isFloatingType(v.scalar_type())) v = v.to(*dtype);
+    m.carry_over.emplace(k, v.contiguous());
+  }
   write_model(m, path, overwrite);
 }
 

@@ -11,6 +11,7 @@
 
 #include <deque>
 #include <functional>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -154,6 +155,10 @@ class SdModel {
   std::unique_ptr<ClipTokenizer> tok1_, tok2_;
   std::vector<AddedToken> tokens_;
   std::vector<std::string> trained_parts_;
+  // The loaded single file's tensors that the modules have no place for (OpenCLIP's logit_scale,
+  // SD2's unused last block and text_projection), under their original names: save() writes them
+  // back instead of placeholders, as kohya's SDXL save keeps the checkpoint's logit_scale.
+  std::map<std::string, at::Tensor> carry_over_;
 };
 
 // sd-scripts' emphasis on embeddings [B, L, C] with weights [B, L]: each position scaled by its

@@ -257,15 +257,25 @@ std::pair<at::Tensor, at::Tensor> TextEncoderCache::read(const std::filesystem::
 
 std::unique_ptr<TextEncoderCache> TextEncoderCache::create(const std::vector<ds::Dataset>& data, const ds::CliOptions& args,
                                                            const std::string& family, bool trains_text_encoder,
-                                                           host::Component& model, bool bf16) {
+                                                           host::Component& model, bool bf16, const std::string& mode) {
   const ds::DataLoaderOptions o = ds::data_loader_options(args);
   if (!o.cache_text_encoder_outputs) return nullptr;
   if (family != "sdxl")
     throw host::UserError("cache_text_encoder_outputs: kohya caches text-encoder outputs for SDXL only; this model is " + family +
                           " (remove the option)");
-  if (trains_text_encoder)
+  // The cached outputs would go stale with every step that changes the text encoders; kohya's
+  // scripts refuse the combination too.
+  if (trains_text_encoder) {
+    if (mode == "textual_inversion")
+      throw host::UserError("cache_text_encoder_outputs: Textual Inversion trains the new token's vectors inside the text "
+                            "encoders, so their outputs change every step (kohya's SDXL Textual Inversion has no such cache); "
+                            "remove the option");
+    if (mode == "dreambooth")
+      throw host::UserError("cache_text_encoder_outputs: train_text_encoder trains the text encoders, whose outputs then change "
+                            "every step (kohya's sdxl_train refuses this too); drop one of the two");
     throw host::UserError("cache_text_encoder_outputs: the network trains text-encoder modules, whose outputs then change "
                           "every step; add network_train_unet_only (kohya refuses this too)");
+  }
   for (const auto& d : data) ds::check_text_encoder_caching(d.config());
   auto c = std::unique_ptr<TextEncoderCache>(new TextEncoderCache());
   c->to_disk_ = o.cache_text_encoder_outputs_to_disk;

@@ -362,7 +362,8 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
                     "add_param_group");
   }
   // kohya's text-encoder output cache (SDXL, text encoders not trained, static captions).
-  const auto te_cache = TextEncoderCache::create(data, s.dataset_args, s.family, trains_text_encoder, model, s.mixed_precision == "bf16");
+  const auto te_cache = TextEncoderCache::create(data, s.dataset_args, s.family, trains_text_encoder, model, s.mixed_precision == "bf16",
+                                                 mode_name(mode));
   auto lr_ref = pm.find(SUMI_KIND_LR_SCHEDULER, s.lr_scheduler_type);
   host::Component lr_sched(lr_ref, "lr_scheduler", registry, host::make_config(*lr_ref.component, s.lr_scheduler_params));
 
