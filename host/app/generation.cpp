@@ -81,18 +81,20 @@ class GlobalRngAs {
       std::lock_guard<std::mutex> lock(cpu_.mutex());
       cpu_.set_state(wanted);
     }
-    if (at::hasCUDA()) {
-      cuda_ = at::globalContext().defaultGenerator(at::Device(at::kCUDA));
-      std::lock_guard<std::mutex> lock(cuda_.mutex());
-      cuda_saved_ = cuda_.get_state();
-      cuda_.set_current_seed(seed);
+    if (!at::hasCUDA()) return;
+    try {
+      at::Generator cuda = at::globalContext().defaultGenerator(at::Device(at::kCUDA));
+      std::lock_guard<std::mutex> lock(cuda.mutex());
+      cuda_saved_ = cuda.get_state();
+      cuda.set_current_seed(seed);
+      cuda_ = cuda;
+    } catch (...) {
+      restore_cpu();
+      throw;
     }
   }
   ~GlobalRngAs() {
-    {
-      std::lock_guard<std::mutex> lock(cpu_.mutex());
-      cpu_.set_state(cpu_saved_);
-    }
+    restore_cpu();
     if (cuda_.defined()) {
       std::lock_guard<std::mutex> lock(cuda_.mutex());
       cuda_.set_state(cuda_saved_);
@@ -102,6 +104,10 @@ class GlobalRngAs {
   GlobalRngAs& operator=(const GlobalRngAs&) = delete;
 
  private:
+  void restore_cpu() {
+    std::lock_guard<std::mutex> lock(cpu_.mutex());
+    cpu_.set_state(cpu_saved_);
+  }
   at::Generator cpu_, cuda_;
   at::Tensor cpu_saved_, cuda_saved_;
 };
