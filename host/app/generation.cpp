@@ -53,6 +53,65 @@ void check_batch(const std::vector<ImageRequest>& rs) {
   }
 }
 
+// gen_img's scheduler_num_noises_per_step: the sampler noises it draws per step and image
+// before sampling (2 for KDPM2AncestralDiscreteScheduler, 1 for every other sampler).
+int64_t noises_per_step(const host::Component& sampler) {
+  const std::string name = sampler.info().name;
+  return name == "dpm_2_a" || name == "k_dpm_2_a" ? 2 : 1;
+}
+
+bool same_image(const at::Tensor& a, const at::Tensor& b) {
+  return a.is_same(b) || (a.sizes() == b.sizes() && at::equal(a.to(at::kFloat), b.to(at::kFloat)));
+}
+
+// Points the process-wide default CPU generator (what torch's global RNG is) at `stream`'s
+// state for its lifetime, and seeds the current CUDA device's default generator with `seed`;
+// both are put back afterwards. gen_img samples the VAE posterior with generator=None, i.e.
+// from the global RNG, which its per-image torch.manual_seed loop left after the last image's
+// draws; the model plugin's posterior draw takes the default generator of the VAE's device.
+class GlobalRngAs {
+ public:
+  GlobalRngAs(const at::Generator& stream, uint64_t seed) : cpu_(at::detail::getDefaultCPUGenerator()) {
+    {
+      std::lock_guard<std::mutex> lock(cpu_.mutex());
+      cpu_saved_ = cpu_.get_state();
+    }
+    const at::Tensor wanted = stream.get_state();
+    {
+      std::lock_guard<std::mutex> lock(cpu_.mutex());
+      cpu_.set_state(wanted);
+    }
+    if (!at::hasCUDA()) return;
+    try {
+      at::Generator cuda = at::globalContext().defaultGenerator(at::Device(at::kCUDA));
+      std::lock_guard<std::mutex> lock(cuda.mutex());
+      cuda_saved_ = cuda.get_state();
+      cuda.set_current_seed(seed);
+      cuda_ = cuda;
+    } catch (...) {
+      restore_cpu();
+      throw;
+    }
+  }
+  ~GlobalRngAs() {
+    restore_cpu();
+    if (cuda_.defined()) {
+      std::lock_guard<std::mutex> lock(cuda_.mutex());
+      cuda_.set_state(cuda_saved_);
+    }
+  }
+  GlobalRngAs(const GlobalRngAs&) = delete;
+  GlobalRngAs& operator=(const GlobalRngAs&) = delete;
+
+ private:
+  void restore_cpu() {
+    std::lock_guard<std::mutex> lock(cpu_.mutex());
+    cpu_.set_state(cpu_saved_);
+  }
+  at::Generator cpu_, cuda_;
+  at::Tensor cpu_saved_, cuda_saved_;
+};
+
 }  // namespace
 
 std::vector<ImageResult> Generator::run_batch(const std::vector<ImageRequest>& rs, bool progress) {
@@ -111,7 +170,10 @@ std::vector<ImageResult> Generator::run_batch(const std::vector<ImageRequest>& r
   // diffusers uses for ddim/ddpm/pndm and the DPM-Solvers. Same choice as diffusers' add_noise.
   const bool sigma_space = sigmas.defined() && sigmas.numel() > 0 && sigma0 > 1.0;
 
-  // One CPU stream per image, seeded with its seed: the start noise, then each step's noise.
+  // One CPU stream per image, seeded with its seed, drawn in gen_img's order (process_batch):
+  // torch.manual_seed(seed); the start latents; steps * noises_per_step sampler noises; and for
+  // img2img the noise the start image is noised with. Text-to-image draws the sampler noises
+  // lazily, step by step, which is the same stream.
   const std::vector<int64_t> shape{1, 4, r.height / 8, r.width / 8};
   std::vector<at::Generator> gens;
   for (const auto& q : rs) gens.push_back(at::make_generator<at::CPUGeneratorImpl>(q.seed));
@@ -123,24 +185,30 @@ std::vector<ImageResult> Generator::run_batch(const std::vector<ImageRequest>& r
   const at::Tensor noise0 = draw();
   const bool img2img = r.init_image.defined() || r.init_latents.defined();
   if (r.mask.defined() && !img2img) throw host::UserError("inpainting needs an init image (a mask alone was given)");
+  std::vector<at::Tensor> step_noises;  // gen_img's `noises`, consumed from index 0 whatever the first step
+  at::Tensor i2i_noise;
+  if (img2img) {
+    if (!(r.strength > 0 && r.strength <= 1))
+      throw host::UserError("strength must be in (0, 1], got " + std::to_string(r.strength));
+    const int64_t n = r.steps * noises_per_step(scheduler_);
+    for (int64_t j = 0; j < n; ++j) step_noises.push_back(draw());
+    i2i_noise = draw();
+  }
 
   at::Tensor init_latents;
   int64_t start = 0;
   auto noised = [&](int64_t index) {
-    if (sigma_space) return init_latents + noise0 * sigmas[index].item<double>();
+    if (sigma_space) return init_latents + i2i_noise * sigmas[index].item<double>();
     Handle out;
     const at::Tensor t = at::full({B}, static_cast<int64_t>(std::llround(timesteps[index].item<double>())), at::kLong);
-    scheduler_.check(svt.add_noise(scheduler_.self(), keep(init_latents), keep(noise0), keep(t),
-                                   &out.h),
+    scheduler_.check(svt.add_noise(scheduler_.self(), keep(init_latents), keep(i2i_noise), keep(t), &out.h),
                      "add_noise");
     return out.get().to(at::kFloat);
   };
   at::Tensor latents;
   if (img2img) {
-    if (!(r.strength > 0 && r.strength <= 1))
-      throw host::UserError("strength must be in (0, 1], got " + std::to_string(r.strength));
     std::vector<at::Tensor> per_image(rs.size());
-    std::vector<at::Tensor> to_encode;
+    std::vector<size_t> to_encode;
     for (size_t k = 0; k < rs.size(); ++k) {
       const ImageRequest& q = rs[k];
       if (q.init_latents.defined()) {
@@ -159,29 +227,58 @@ std::vector<ImageResult> Generator::run_batch(const std::vector<ImageRequest>& r
         throw host::UserError("init image must be [1, 3, " + std::to_string(r.height) + ", " + std::to_string(r.width) +
                               "], got [" + got + "]; resize it to the request size (to_model_image)");
       }
-      to_encode.push_back(q.init_image.to(at::kFloat));
+      to_encode.push_back(k);
     }
     if (!to_encode.empty()) {
-      Handle enc;
-      // The posterior mean, not a sample: deterministic, and the seed's stream stays the
-      // txt2img one (diffusers samples here from the pipeline generator).
-      const at::Tensor images = to_encode.size() == 1 ? to_encode.front() : at::cat(to_encode);
-      model_.check(mvt.vae_encode(model_.self(), keep(images), 0, &enc.h), "vae_encode");
-      const at::Tensor encoded = enc.get().to(at::kFloat);
+      // gen_img: latent_dist.sample(generator=None) * scaling factor, drawn from the global RNG
+      // where the seeding loop left it (after the batch's last image's draws); one image
+      // encoded and repeated when every image of the batch is the same one; vae_batch_size
+      // slices encoded (and drawn) one after another.
+      bool all_same = true;
+      for (size_t k : to_encode) all_same = all_same && same_image(rs[k].init_image, rs[to_encode.front()].init_image);
+      std::vector<at::Tensor> images;
+      for (size_t k : to_encode) {
+        images.push_back(rs[k].init_image.to(at::kFloat));
+        if (all_same) break;
+      }
+      const at::Tensor all = images.size() == 1 ? images.front() : at::cat(images);
+      const int64_t n = all.size(0);
+      const int64_t slice = vae_batch_size_ > 0 ? std::min(vae_batch_size_, n) : n;
+      std::vector<at::Tensor> parts;
+      {
+        GlobalRngAs global(gens.back(), rs.back().seed);
+        for (int64_t from = 0; from < n; from += slice) {
+          const at::Tensor in = all.narrow(0, from, std::min(slice, n - from)).contiguous();
+          Handle enc;
+          model_.check(mvt.vae_encode(model_.self(), keep(in), 1, &enc.h), "vae_encode");
+          parts.push_back(enc.get().to(at::kFloat));
+        }
+      }
+      const at::Tensor encoded = parts.size() == 1 ? parts.front() : at::cat(parts);
       int64_t next = 0;
-      for (auto& t : per_image)
-        if (!t.defined()) t = encoded.narrow(0, next++, 1);
+      for (size_t k : to_encode) per_image[k] = encoded.narrow(0, all_same ? 0 : next++, 1);
     }
     init_latents = per_image.size() == 1 ? per_image.front() : at::cat(per_image);
-    // diffusers' get_timesteps: skip the first steps - min(int(steps * strength), steps) steps;
-    // two-call samplers (2n - 1 timesteps) skip twice as many entries.
-    const int64_t init_steps = std::min(static_cast<int64_t>(static_cast<double>(r.steps) * r.strength), r.steps);
-    if (init_steps == 0)
+    // gen_img's PipelineLike forces the scheduler's steps_offset to 1, so init_timestep =
+    // min(int(steps * strength) + 1, steps); the start image is noised to
+    // timesteps[-init_timestep] and sampling runs timesteps[steps - init_timestep + 1:] (one
+    // entry later than the noise level: legacy diffusers img2img). Two-call samplers
+    // (2n - 1 timesteps) keep gen_img's step counts, aligned to whole steps.
+    const int64_t n_ts = timesteps.numel();
+    const int64_t init_timestep =
+        std::min(static_cast<int64_t>(static_cast<double>(r.steps) * r.strength) + 1, r.steps);
+    int64_t noise_index = n_ts - init_timestep;
+    start = r.steps - init_timestep + 1;
+    if (n_ts == 2 * r.steps - 1 && r.steps > 1) {
+      auto entry = [](int64_t step) { return step > 0 ? 2 * step - 1 : 0; };
+      noise_index = entry(r.steps - init_timestep);
+      start = entry(start);
+    }
+    if (start >= n_ts)
       throw host::UserError("strength " + std::to_string(r.strength) + " with " + std::to_string(r.steps) +
-                            " steps leaves no sampling step; raise --strength or --steps");
-    const int64_t order = timesteps.numel() == 2 * r.steps - 1 ? 2 : 1;
-    start = (r.steps - init_steps) * order;
-    latents = noised(start);
+                            " steps leaves no sampling step (gen_img runs int(steps * strength) of them); raise "
+                            "--strength or --steps");
+    latents = noised(noise_index);
   } else {
     latents = noise0 * sigma0;
   }
@@ -216,15 +313,17 @@ std::vector<ImageResult> Generator::run_batch(const std::vector<ImageRequest>& r
     const auto parts = out.get().chunk(2);
     const at::Tensor guided =
         one_scale ? parts[0] + r.scale * (parts[1] - parts[0]) : parts[0] + scales * (parts[1] - parts[0]);
-    // Ancestral samplers take this noise; deterministic ones ignore it. Drawing it every step
-    // keeps the stream identical to sd-scripts' for the ancestral case.
-    const at::Tensor noise = draw();
+    // Ancestral samplers take this noise; deterministic ones ignore it. gen_img's noise manager
+    // hands out its pre-drawn noises in order from the first step sampled.
+    const size_t m = static_cast<size_t>(i - start);
+    const at::Tensor noise = m < step_noises.size() ? step_noises[m] : draw();
     scheduler_.check(svt.step(scheduler_.self(), step_keep(guided), i, step_keep(latents), step_keep(noise),
                               &next.h),
                      "step");
     latents = next.get();
     // Legacy inpainting (diffusers' StableDiffusionInpaintPipelineLegacy, sd-scripts gen_img for
-    // ordinary models): keep the original, noised to this step's timestep, outside the mask.
+    // ordinary models): keep the original, noised with the img2img noise to this step's
+    // timestep, outside the mask.
     if (mask.defined()) latents = noised(i) * (1 - mask) + latents * mask;
     if (bar) host::progress_update(bar, 1, nullptr);
   }
@@ -291,13 +390,16 @@ std::vector<ImageResult> Generator::run_highres_batch(const std::vector<ImageReq
   for (size_t k = 0; k < rs.size(); ++k) {
     const ImageRequest& r = rs[k];
     ImageRequest b = r;
-    // gen_img seeds the second pass with seed + 1 (and records the original seed).
+    // gen_img seeds the second pass with seed + 1 (and records the original seed), and gives it
+    // no mask: the second stage is plain img2img of the upscaled first result.
     b.seed = r.seed + 1;
-    // The mask holds in the second pass too, so the unmasked region stays the original's.
+    b.mask = at::Tensor();
     if (h.latents_upscaling) {
       b.init_latents = at::upsample_bilinear2d(ones[k].latents, {r.height / 8, r.width / 8}, false);
     } else {
-      b.init_image = at::_upsample_bicubic2d_aa(ones[k].image, {r.height, r.width}, false).clamp(-1, 1);
+      // gen_img hands the second stage the first stage's 8-bit images, resized (PIL, 8-bit out).
+      const auto eight_bit = [](const at::Tensor& x) { return (x / 2 + 0.5).clamp(0, 1).mul(255).round().div(255).mul(2).sub(1); };
+      b.init_image = eight_bit(at::_upsample_bicubic2d_aa(eight_bit(ones[k].image), {r.height, r.width}, false));
       b.init_latents = at::Tensor();
     }
     b_all.push_back(std::move(b));

@@ -29,8 +29,11 @@ struct ImageRequest {
   uint64_t seed = 0;
   bool zero_empty_negative = false;  // SDXL: an empty negative prompt is zero conditioning (diffusers)
   // img2img: the start image [1, 3, height, width] in [-1, 1] (or already-encoded latents
-  // [1, 4, height/8, width/8]; these win). Sampling skips the first steps - int(steps * strength)
-  // steps as diffusers' get_timesteps does; strength 1 still starts from the noised image.
+  // [1, 4, height/8, width/8]; these win), as gen_img does it: encoded to a VAE posterior sample
+  // drawn from torch's global RNG where gen_img's seeding loop leaves it, noised with the draw
+  // after the seed's start latents and step noises, to timesteps[-init_timestep] with
+  // init_timestep = min(int(steps * strength) + 1, steps); sampling runs the last
+  // int(steps * strength) timesteps (at most steps - 1). docs/generation.md.
   at::Tensor init_image, init_latents;
   double strength = 0.8;
   // Inpainting (needs an init image): [1, 1, height, width] in [0, 1], 1 = repaint.
@@ -39,7 +42,7 @@ struct ImageRequest {
 
 // gen_img's highres fix: a first pass at scale x the size (rounded down to a multiple of 32) with
 // `steps` steps, upscaled to the full size, then img2img at the request's strength with the
-// seed + 1 (as gen_img seeds its second stage).
+// seed + 1 and no mask (as gen_img runs its second stage).
 struct HighresFix {
   double scale = 0.5;
   int64_t steps = 28;

@@ -1,6 +1,7 @@
 // Batched generation (gen_img's --batch_size) on tiny-sd1 at 64x64: a batch gives the images its
 // requests give one by one (text-to-image with a deterministic and an ancestral sampler, and
-// img2img); VAE decoding in slices changes nothing; gen_img's seed picking (Python's random).
+// img2img from given latents; from images, gen_img's VAE draw couples a batch:
+// test_img2img.cpp); VAE decoding in slices changes nothing; gen_img's seed picking (Python's random).
 #include <doctest/doctest.h>
 
 #include "../common/test_data.h"
@@ -10,6 +11,7 @@
 #include "app/py_random.h"
 #include "io/safetensors_torch.h"
 
+#include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
 
 namespace {
@@ -78,7 +80,9 @@ TEST_CASE("a batch of N gives the images of N single runs") {
   }
 }
 
-TEST_CASE("img2img and inpainting batch as their single runs") {
+TEST_CASE("img2img and inpainting from latents batch as their single runs") {
+  // Start latents given: no VAE posterior draw (which gen_img takes for a whole batch from the
+  // last image's stream), so each image depends on its own seed only.
   Rig rig;
   at::Tensor start;
   for (auto& [k, t] : sumi::io::load_all(fixture("tiny-sd1.golden.safetensors")))
@@ -86,9 +90,10 @@ TEST_CASE("img2img and inpainting batch as their single runs") {
   REQUIRE(start.defined());
   auto sched = rig.sampler("euler");
   sumi::app::Generator gen(*rig.model, *sched);
+  const at::Tensor z = at::randn({1, 4, 8, 8}, at::make_generator<at::CPUGeneratorImpl>(3), at::TensorOptions().dtype(at::kFloat));
   std::vector<sumi::app::ImageRequest> rs = {request("a dog", "", 1), request("a cat", "", 2)};
-  rs[0].init_image = start;
-  rs[1].init_image = start.flip(3);
+  rs[0].init_latents = z;
+  rs[1].init_latents = z.flip(3);
   for (auto& r : rs) r.strength = 0.6;
   auto batch = gen.run_batch(rs, false);
   for (size_t i = 0; i < rs.size(); ++i) check_same(batch[i], gen.run(rs[i], false));

@@ -1,11 +1,13 @@
 // img2img, inpainting and highres fix on tiny-sd1 at 64x64: the start image is the fixture's
-// golden DDIM image. Exact identities where the math gives one (inpainting keeps the original,
-// noised to the last step's level, outside the mask, in both DDPM and sigma space), orderings
-// where it does not (a low strength stays near the start latents, a high one does not), and the
-// CLI's refusals.
+// golden DDIM image. The Generator against gen_img's steps written out literally
+// (gen_img_reference.h) for single images and batches; exact identities where the math gives
+// one (inpainting keeps the original, noised to the last step's level, outside the mask, in
+// both DDPM and sigma space), orderings where it does not (a low strength stays near the start
+// latents, a high one does not), and the CLI's refusals.
 #include <doctest/doctest.h>
 
 #include "../common/test_data.h"
+#include "gen_img_reference.h"
 
 #include "../common/plugin_test.h"
 #include "app/commands.h"
@@ -65,17 +67,26 @@ sumi::app::ImageRequest request(const at::Tensor& start, double strength) {
 
 double mean_abs(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().mean().item<double>(); }
 
+// gen_img's start latents (a posterior sample) and img2img noise for `r`, alone in its batch.
+sumi::test::GenImgOut gen_img_start(Rig& rig, sumi::host::Component& sched, const sumi::app::ImageRequest& r) {
+  sumi::test::GenImgImage im{r.prompt, r.negative_prompt, r.seed, r.init_image, r.mask};
+  return sumi::test::gen_img_img2img(*rig.model, sched, {im}, r.steps, r.strength, r.scale);
+}
+
+double max_diff(const at::Tensor& a, const at::Tensor& b) { return (a - b).abs().max().item<double>(); }
+
 }  // namespace
 
 TEST_CASE("img2img: a low strength stays near the start image, a high one moves away") {
   Rig rig;
   // Compared in latent space: the tiny fixture VAE is random, so its decoded images of any two
-  // latents differ about equally; the latents show the distance the sampler travelled.
-  const at::Tensor x0 = rig.encode(rig.start);
-  const double scale = x0.abs().mean().item<double>();
+  // latents differ about equally; the latents show the distance the sampler travelled. The start
+  // latents are gen_img's posterior sample (the same for both strengths: same seed and steps).
   for (const char* s : {"ddim", "euler", "dpmsolver++"}) {
     CAPTURE(s);
     auto sched = rig.sampler(s);
+    const at::Tensor x0 = gen_img_start(rig, *sched, request(rig.start, 0.2)).init_latents;
+    const double scale = x0.abs().mean().item<double>();
     sumi::app::Generator gen(*rig.model, *sched);
     const double low = mean_abs(gen.run(request(rig.start, 0.2), false).latents, x0);
     const double high = mean_abs(gen.run(request(rig.start, 1.0), false).latents, x0);
@@ -83,7 +94,9 @@ TEST_CASE("img2img: a low strength stays near the start image, a high one moves 
     t2i.init_image = at::Tensor();
     const double txt = mean_abs(gen.run(t2i, false).latents, x0);
     MESSAGE(s, ": low ", low, " high ", high, " txt2img ", txt, " |x0| ", scale);
-    CHECK(low < 0.1 * high);  // the random tiny UNet moves far; 2 of 10 steps move little
+    // The random tiny UNet moves far; 2 of 10 steps move little (from one noise level above the
+    // first step's, as gen_img noises).
+    CHECK(low < 0.2 * high);
     CHECK(low < high);
     CHECK(low < txt);
   }
@@ -102,26 +115,26 @@ TEST_CASE("img2img: strength bounds, and latents in place of the image") {
   }
   CHECK_THROWS_AS(gen.run(request(rig.start, 1.5), false), sumi::host::UserError);
   CHECK_THROWS_AS(gen.run(request(rig.start, 0.0), false), sumi::host::UserError);
-  // Precomputed latents give the same result as the image they came from.
+  // Precomputed latents give the same result as the image they came from (gen_img's sample).
   sumi::app::ImageRequest a = request(rig.start, 0.5), b = a;
   b.init_image = at::Tensor();
-  b.init_latents = rig.encode(rig.start);
+  b.init_latents = gen_img_start(rig, *sched, a).init_latents;
   CHECK(mean_abs(gen.run(a, false).latents, gen.run(b, false).latents) < 1e-6);
 }
 
 TEST_CASE("inpainting keeps the unmasked region and repaints the masked one") {
   Rig rig;
-  const at::Tensor x0 = rig.encode(rig.start);
   at::Tensor mask = at::zeros({1, 1, 64, 64});
   mask.slice(3, 32, 64).fill_(1);  // right half repaints
-  auto gen_cpu = at::make_generator<at::CPUGeneratorImpl>(7);
-  const at::Tensor noise = at::randn({1, 4, 8, 8}, gen_cpu, at::TensorOptions().dtype(at::kFloat));
   for (const char* s : {"ddim", "euler"}) {
     CAPTURE(s);
     auto sched = rig.sampler(s);
     sumi::app::Generator gen(*rig.model, *sched);
     sumi::app::ImageRequest r = request(rig.start, 0.8);
     r.mask = mask;
+    // gen_img's start latents and img2img noise (the draw after the start and step noises).
+    const auto ref = gen_img_start(rig, *sched, r);
+    const at::Tensor x0 = ref.init_latents, noise = ref.i2i_noise;
     const auto out = gen.run(r, false);
     // Outside the mask the latents are the original noised to the last step's timestep.
     const auto& svt = sched->vtable<sumi_noise_scheduler_vtable>();
@@ -148,6 +161,130 @@ TEST_CASE("inpainting keeps the unmasked region and repaints the masked one") {
     MESSAGE(s, ": kept ", kept, " repainted ", repainted);
     CHECK(repainted > 2 * kept);
   }
+}
+
+TEST_CASE("img2img follows gen_img: its draw order, VAE posterior sample, timesteps and noises") {
+  Rig rig;
+  const at::Tensor other = rig.start.flip(3);
+  for (const char* s : {"ddim", "euler", "euler_a"}) {
+    auto sched = rig.sampler(s);
+    // 4 steps: strength 0.75 is capped (int(3) + 1 = 4: noised to timesteps[0], 3 steps from
+    // index 1), 0.5 is not (noised to timesteps[1], 2 steps from index 2).
+    for (double strength : {0.75, 0.5}) {
+      // Alone; two images sharing one start image (gen_img encodes it once, one draw); two start
+      // images (one [2, ...] draw from the second image's stream), also encoded one at a time.
+      struct Case {
+        const char* what;
+        std::vector<sumi::test::GenImgImage> batch;
+        int64_t vae_batch_size;
+      };
+      const std::vector<Case> cases = {
+          {"single", {{"a photo of a dog", "", 7, rig.start, {}}}, 0},
+          {"same image", {{"a photo of a dog", "", 7, rig.start, {}}, {"an owl", "blurry", 1234, rig.start, {}}}, 0},
+          {"two images", {{"a photo of a dog", "", 7, rig.start, {}}, {"an owl", "blurry", 1234, other, {}}}, 0},
+          {"two images, vae 1", {{"a photo of a dog", "", 7, rig.start, {}}, {"an owl", "blurry", 1234, other, {}}}, 1},
+      };
+      for (const auto& c : cases) {
+        CAPTURE(s);
+        CAPTURE(strength);
+        CAPTURE(c.what);
+        std::vector<sumi::app::ImageRequest> rs;
+        for (const auto& im : c.batch) {
+          sumi::app::ImageRequest r = request(im.image, strength);
+          r.steps = 4;
+          r.prompt = im.prompt;
+          r.negative_prompt = im.negative_prompt;
+          r.seed = im.seed;
+          rs.push_back(r);
+        }
+        const auto want = sumi::test::gen_img_img2img(*rig.model, *sched, c.batch, 4, strength, rs[0].scale, 1, c.vae_batch_size);
+        sumi::app::Generator gen(*rig.model, *sched, c.vae_batch_size);
+        const auto got = gen.run_batch(rs, false);
+        for (size_t k = 0; k < rs.size(); ++k) {
+          CAPTURE(k);
+          CHECK(max_diff(got[k].latents, want.latents.narrow(0, static_cast<int64_t>(k), 1)) == 0);
+        }
+      }
+    }
+  }
+}
+
+TEST_CASE("inpainting follows gen_img: the img2img noise blends the kept region at every step") {
+  Rig rig;
+  at::Tensor mask = at::zeros({1, 1, 64, 64});
+  mask.slice(3, 32, 64).fill_(1);
+  for (const char* s : {"ddim", "euler_a"}) {
+    CAPTURE(s);
+    auto sched = rig.sampler(s);
+    const std::vector<sumi::test::GenImgImage> batch = {{"a photo of a dog", "", 7, rig.start, mask},
+                                                        {"an owl", "", 99, rig.start.flip(2), 1 - mask}};
+    const auto want = sumi::test::gen_img_img2img(*rig.model, *sched, batch, 4, 0.5, 7.5);
+    std::vector<sumi::app::ImageRequest> rs;
+    for (const auto& im : batch) {
+      sumi::app::ImageRequest r = request(im.image, 0.5);
+      r.steps = 4;
+      r.prompt = im.prompt;
+      r.seed = im.seed;
+      r.mask = im.mask;
+      rs.push_back(r);
+    }
+    sumi::app::Generator gen(*rig.model, *sched);
+    const auto got = gen.run_batch(rs, false);
+    for (size_t k = 0; k < rs.size(); ++k)
+      CHECK(max_diff(got[k].latents, want.latents.narrow(0, static_cast<int64_t>(k), 1)) == 0);
+    // A batch is not its single runs here, as in gen_img: the posterior sample of image 0 comes
+    // from the last image's stream.
+    CHECK(max_diff(got[0].latents, gen.run(rs[0], false).latents) > 1e-3);
+  }
+}
+
+TEST_CASE("the model's posterior sample is mean + std * a draw from torch's global RNG; the Generator puts it back") {
+  Rig rig;
+  const at::Tensor mean = rig.encode(rig.start);
+  auto g1 = at::make_generator<at::CPUGeneratorImpl>(5), g2 = at::make_generator<at::CPUGeneratorImpl>(6);
+  const at::Tensor s1 = sumi::test::with_global_rng(g1, [&] { return sumi::test::vae_sample(*rig.model, rig.start); });
+  const at::Tensor s2 = sumi::test::with_global_rng(g2, [&] { return sumi::test::vae_sample(*rig.model, rig.start); });
+  const at::Tensor e1 = at::randn({1, 4, 8, 8}, g1.clone(), at::TensorOptions().dtype(at::kFloat));
+  // g1 / g2 themselves are untouched (their state was copied): fresh generators draw the noise.
+  const at::Tensor n1 = at::randn({1, 4, 8, 8}, at::make_generator<at::CPUGeneratorImpl>(5), at::TensorOptions().dtype(at::kFloat));
+  const at::Tensor n2 = at::randn({1, 4, 8, 8}, at::make_generator<at::CPUGeneratorImpl>(6), at::TensorOptions().dtype(at::kFloat));
+  CHECK(max_diff(e1, n1) == 0);
+  // The scaled std the first draw implies predicts the second draw.
+  const at::Tensor std = (s1 - mean) / n1;
+  CHECK((std > 0).all().item<bool>());
+  CHECK(max_diff(mean + std * n2, s2) < 1e-4 * s2.abs().max().item<double>());
+  // Generating leaves the global RNG where it was.
+  auto sched = rig.sampler("euler");
+  sumi::app::Generator gen(*rig.model, *sched);
+  at::Generator global = at::detail::getDefaultCPUGenerator();
+  global.set_current_seed(321);
+  const at::Tensor before = at::randn({16});
+  global.set_current_seed(321);
+  sumi::app::ImageRequest r = request(rig.start, 0.5);
+  r.steps = 2;
+  gen.run(r, false);
+  CHECK(max_diff(at::randn({16}), before) == 0);
+}
+
+TEST_CASE("highres fix second pass: gen_img's seed + 1, no mask, the 8-bit first image") {
+  Rig rig;
+  auto sched = rig.sampler("euler");
+  sumi::app::Generator gen(*rig.model, *sched);
+  sumi::app::ImageRequest r = request(rig.start, 0.5);
+  r.steps = 3;
+  r.mask = at::zeros({1, 1, 64, 64});
+  r.mask.slice(3, 0, 32).fill_(1);
+  sumi::app::HighresFix h;
+  h.scale = 0.5;
+  h.steps = 3;
+  sumi::app::ImageResult first;
+  const auto out = gen.run_highres(r, h, false, &first);
+  sumi::app::ImageRequest b = r;
+  b.seed = r.seed + 1;
+  b.mask = at::Tensor();
+  auto eight = [](const at::Tensor& x) { return sumi::app::to_uint8_hwc(x).permute({2, 0, 1}).unsqueeze(0).to(at::kFloat) / 255 * 2 - 1; };
+  b.init_image = eight(at::_upsample_bicubic2d_aa(eight(first.image), {64, 64}, false));
+  CHECK(max_diff(out.latents, gen.run(b, false).latents) < 1e-5);
 }
 
 TEST_CASE("highres fix: a smaller first pass, the requested size out") {
