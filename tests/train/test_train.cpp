@@ -6,6 +6,8 @@
 
 #include "train_test_util.h"
 
+#include "../common/test_data.h"
+
 #include "../common/plugin_test.h"
 #include "app/app.h"
 #include "app/generation.h"
@@ -31,7 +33,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string data(const std::string& f) { return std::string(SUMI_TEST_DATA) + "/" + f; }
+using sumi::test::data;
 
 fs::path make_dataset(const std::string& name, int images) {
   return sumi::test::example_dataset("sumi_train_" + name, images);

@@ -7,6 +7,8 @@
 
 #include "train_test_util.h"
 
+#include "../common/test_data.h"
+
 #include "app/commands.h"
 #include "app/train/network_file.h"
 #include "app/train/train_metadata.h"
@@ -30,7 +32,7 @@ namespace {
 
 const char* const kSai = "https://github.com/Stability-AI/generative-models";
 
-std::string data(const std::string& f) { return std::string(SUMI_TEST_DATA) + "/" + f; }
+using sumi::test::data;
 
 sumi::app::TrainSettings settings(TrainMode mode, const fs::path& dataset, const fs::path& out) {
   sumi::app::TrainSettings s;

@@ -7,6 +7,8 @@
 
 #include "train_test_util.h"
 
+#include "../common/test_data.h"
+
 #include "../common/plugin_test.h"
 #include "app/commands.h"
 #include "app/train/trainer.h"
@@ -24,7 +26,7 @@ namespace fs = std::filesystem;
 
 namespace {
 
-std::string data(const std::string& f) { return std::string(SUMI_TEST_DATA) + "/" + f; }
+using sumi::test::data;
 
 fs::path make_dataset(const std::string& name, int images) {
   return sumi::test::example_dataset("sumi_modes_" + name, images);

@@ -6,6 +6,8 @@
 
 #include "train_test_util.h"
 
+#include "../common/test_data.h"
+
 #include "../common/plugin_test.h"
 #include "app/commands.h"
 #include "app/image_io.h"
@@ -26,7 +28,7 @@ using sumi::app::TrainMode;
 
 namespace {
 
-std::string data(const std::string& f) { return std::string(SUMI_TEST_DATA) + "/" + f; }
+using sumi::test::data;
 
 sumi::app::TrainSettings settings(TrainMode mode, const fs::path& dataset, const fs::path& out, const std::string& family = "sd1") {
   sumi::app::TrainSettings s;

@@ -9,6 +9,8 @@
 
 #include "train_test_util.h"
 
+#include "../common/test_data.h"
+
 #include "../common/plugin_test.h"
 #include "app/commands.h"
 #include "app/model_file.h"
@@ -29,7 +31,7 @@ namespace {
 
 using sumi::app::TrainMode;
 
-std::string data(const std::string& f) { return std::string(SUMI_TEST_DATA) + "/" + f; }
+using sumi::test::data;
 const std::string kSdxl = data("fixtures/tiny-sdxl.safetensors");
 const std::string kSd1 = data("fixtures/tiny-sd1.safetensors");
 
