@@ -6,8 +6,6 @@
 
 #include "train_test_util.h"
 
-#include "../common/test_data.h"
-
 #include "../common/plugin_test.h"
 #include "app/app.h"
 #include "app/generation.h"
@@ -40,20 +38,14 @@ fs::path make_dataset(const std::string& name, int images) {
 }
 
 sumi::app::TrainSettings settings(const fs::path& dataset, const fs::path& out) {
-  sumi::app::TrainSettings s;
-  s.model_path = data("fixtures/tiny-sd1.safetensors");
-  s.family = "sd1";
+  auto s = sumi::test::fixture_run(sumi::app::TrainMode::network, dataset, out);
   s.network_type = "lora";
   s.network_params = {{"dim", "4"}, {"alpha", "2"}};
-  s.optimizer_type = "adamw";
   s.optimizer_params = {{"weight_decay", "0"}};
   s.learning_rate = 5e-3;
   s.lr_scheduler_type = "constant";
   s.max_train_steps = 30;
   s.seed = 1234;
-  s.dataset_args = {{"train_data_dir", dataset.string()}, {"caption_extension", std::string(".txt")},
-                    {"resolution", std::string("64")}, {"train_batch_size", 1LL}};
-  s.output_dir = out.string();
   s.output_name = "lora";
   return s;
 }

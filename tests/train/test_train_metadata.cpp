@@ -7,8 +7,6 @@
 
 #include "train_test_util.h"
 
-#include "../common/test_data.h"
-
 #include "app/commands.h"
 #include "app/train/network_file.h"
 #include "app/train/train_metadata.h"
@@ -35,25 +33,13 @@ const char* const kSai = "https://github.com/Stability-AI/generative-models";
 using sumi::test::data;
 
 sumi::app::TrainSettings settings(TrainMode mode, const fs::path& dataset, const fs::path& out) {
-  sumi::app::TrainSettings s;
-  s.mode = mode;
-  s.model_path = data("fixtures/tiny-sd1.safetensors");
-  s.family = "sd1";
-  s.optimizer_type = "adamw";
+  auto s = sumi::test::fixture_run(mode, dataset, out);
   s.learning_rate = 1e-3;
   s.max_train_steps = 1;
   s.seed = 3;
-  s.dataset_args = {{"train_data_dir", dataset.string()}, {"caption_extension", std::string(".txt")},
-                    {"resolution", std::string("64")}, {"train_batch_size", 1LL}};
-  s.output_dir = out.string();
-  s.output_name = "out";
   if (mode == TrainMode::network) {
     s.network_type = "lora";
     s.network_params = {{"dim", "4"}, {"alpha", "2"}};
-  }
-  if (mode == TrainMode::textual_inversion) {
-    s.token_string = "sksemb";
-    s.init_word = "circle";
   }
   return s;
 }

@@ -7,8 +7,6 @@
 
 #include "train_test_util.h"
 
-#include "../common/test_data.h"
-
 #include "../common/plugin_test.h"
 #include "app/commands.h"
 #include "app/train/trainer.h"
@@ -33,33 +31,17 @@ fs::path make_dataset(const std::string& name, int images) {
 }
 
 sumi::app::TrainSettings settings(sumi::app::TrainMode mode, const fs::path& dataset, const fs::path& out) {
-  sumi::app::TrainSettings s;
-  s.mode = mode;
-  s.model_path = data("fixtures/tiny-sd1.safetensors");
-  s.family = "sd1";
-  s.optimizer_type = "adamw";
+  auto s = sumi::test::fixture_run(mode, dataset, out);
   s.optimizer_params = {{"weight_decay", "0"}};
   s.learning_rate = 5e-3;
   s.lr_scheduler_type = "constant";
   s.max_train_steps = 4;
   s.seed = 77;
-  s.dataset_args = {{"train_data_dir", dataset.string()}, {"caption_extension", std::string(".txt")},
-                    {"resolution", std::string("64")}, {"train_batch_size", 1LL}};
-  s.output_dir = out.string();
-  s.output_name = "out";
-  if (mode == sumi::app::TrainMode::textual_inversion) {
-    s.token_string = "sksemb";
-    s.init_word = "circle";
-    s.num_vectors_per_token = 2;
-  }
+  if (mode == sumi::app::TrainMode::textual_inversion) s.num_vectors_per_token = 2;
   return s;
 }
 
-std::map<std::string, at::Tensor> load_map(const std::string& f) {
-  std::map<std::string, at::Tensor> m;
-  for (auto& [k, t] : sumi::io::load_all(f)) m[k] = t;
-  return m;
-}
+using sumi::test::load_map;
 
 // encode_text of `prompt` by tiny-sd1 with the embedding file loaded.
 at::Tensor encode_with(const std::string& embedding, const char* prompt) {

@@ -6,8 +6,6 @@
 
 #include "train_test_util.h"
 
-#include "../common/test_data.h"
-
 #include "../common/plugin_test.h"
 #include "app/commands.h"
 #include "app/image_io.h"
@@ -31,37 +29,23 @@ namespace {
 using sumi::test::data;
 
 sumi::app::TrainSettings settings(TrainMode mode, const fs::path& dataset, const fs::path& out, const std::string& family = "sd1") {
-  sumi::app::TrainSettings s;
-  s.mode = mode;
-  s.model_path = data("fixtures/tiny-" + family + ".safetensors");
-  s.family = family;
-  s.optimizer_type = "adamw";
+  auto s = sumi::test::fixture_run(mode, dataset, out, family);
   s.optimizer_params = {{"weight_decay", "0"}};
   s.learning_rate = 1e-3;
   s.max_train_steps = 3;
   s.seed = 5;
-  s.dataset_args = {{"train_data_dir", dataset.string()}, {"caption_extension", std::string(".txt")},
-                    {"resolution", std::string("64")}, {"train_batch_size", 1LL}};
-  s.output_dir = out.string();
-  s.output_name = "out";
   if (mode == TrainMode::network) {
     s.network_type = "lora";
     s.network_params = {{"dim", "2"}, {"alpha", "1"}};
   }
   if (mode == TrainMode::textual_inversion) {
-    s.token_string = "sksemb";
-    s.init_word = "circle";
     s.num_vectors_per_token = 2;
     s.ti_template = "object";  // the token is in every caption
   }
   return s;
 }
 
-std::map<std::string, at::Tensor> load_map(const std::string& f) {
-  std::map<std::string, at::Tensor> m;
-  for (auto& [k, t] : sumi::io::load_all(f)) m[k] = t;
-  return m;
-}
+using sumi::test::load_map;
 
 std::set<std::string> names_in(const fs::path& dir) {
   std::set<std::string> out;

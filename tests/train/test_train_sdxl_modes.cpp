@@ -9,8 +9,6 @@
 
 #include "train_test_util.h"
 
-#include "../common/test_data.h"
-
 #include "../common/plugin_test.h"
 #include "app/commands.h"
 #include "app/model_file.h"
@@ -33,40 +31,23 @@ using sumi::app::TrainMode;
 
 using sumi::test::data;
 const std::string kSdxl = data("fixtures/tiny-sdxl.safetensors");
-const std::string kSd1 = data("fixtures/tiny-sd1.safetensors");
 
 fs::path make_dataset(const std::string& name, int images) {
   return sumi::test::example_dataset("sumi_xlmodes_" + name, images);
 }
 
 sumi::app::TrainSettings settings(TrainMode mode, const fs::path& dataset, const fs::path& out, const std::string& family = "sdxl") {
-  sumi::app::TrainSettings s;
-  s.mode = mode;
-  s.model_path = family == "sdxl" ? kSdxl : kSd1;
-  s.family = family;
-  s.optimizer_type = "adamw";
+  auto s = sumi::test::fixture_run(mode, dataset, out, family);
   s.optimizer_params = {{"weight_decay", "0"}};
   s.learning_rate = 5e-3;
   s.lr_scheduler_type = "constant";
   s.max_train_steps = 3;
   s.seed = 31;
-  s.dataset_args = {{"train_data_dir", dataset.string()}, {"caption_extension", std::string(".txt")},
-                    {"resolution", std::string("64")}, {"train_batch_size", 1LL}};
-  s.output_dir = out.string();
-  s.output_name = "out";
-  if (mode == TrainMode::textual_inversion) {
-    s.token_string = "sksemb";
-    s.init_word = "circle";
-    s.num_vectors_per_token = 2;
-  }
+  if (mode == TrainMode::textual_inversion) s.num_vectors_per_token = 2;
   return s;
 }
 
-std::map<std::string, at::Tensor> load_map(const std::string& f) {
-  std::map<std::string, at::Tensor> m;
-  for (auto& [k, t] : sumi::io::load_all(f)) m[k] = t;
-  return m;
-}
+using sumi::test::load_map;
 
 bool starts(const std::string& s, const char* prefix) { return s.rfind(prefix, 0) == 0; }
 
