@@ -2,6 +2,7 @@
 
 #include "core/error.h"
 #include "embedding_file.h"
+#include "model_files.h"
 
 #include <ATen/ATen.h>
 
@@ -67,10 +68,9 @@ void load_initial_embedding(host::Registry& registry, const std::string& compone
   const auto* rows2 = xl ? registry.find(component, prefix + "clip_g") : nullptr;
   if (!rows || (xl && !rows2))
     throw host::UserError("--weights " + path + ": the model registered no rows for the token '" + token + "'");
-  const nn::ModelFamily f = xl ? nn::ModelFamily::sdxl : family == "sd2" ? nn::ModelFamily::sd2 : nn::ModelFamily::sd1;
   sd::EmbeddingFile e;
   try {
-    e = sd::read_embedding_file(path, f, rows->tensor.size(1), xl ? rows2->tensor.size(1) : 0);
+    e = sd::read_embedding_file(path, sd::family_from_string(family), rows->tensor.size(1), xl ? rows2->tensor.size(1) : 0);
   } catch (const std::exception& ex) {
     throw host::UserError(std::string("--weights: ") + ex.what());
   }

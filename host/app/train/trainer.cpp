@@ -407,19 +407,21 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     r.height = data_reso.height;
     return r;
   };
+  // What a save named `name` writes: <name>.safetensors, or the <name>/ diffusers folder of a model.
+  const bool saves_folder = mode == TrainMode::dreambooth && s.save_model_as == "diffusers";
+  auto saved_path = [&](const std::string& name) { return outdir / (saves_folder ? name : name + ".safetensors"); };
   auto save = [&](const std::string& name, int64_t at_step, int at_epoch) {
     if (network_mode) {
-      const std::string path = (outdir / (name + ".safetensors")).string();
+      const std::string path = saved_path(name).string();
       auto md = network_metadata(s, run_facts(at_step, at_epoch));
       for (auto& [k, v] : modelspec_metadata(run_modelspec(s, ModelSpecKind::lora, data_reso.width, data_reso.height))) md[k] = v;
       save_network(path, registry, "network", s.save_precision, md);
       return path;
     }
     const sumi_dtype dt = save_dtype(s.save_precision);
-    const bool folder = mode == TrainMode::dreambooth && s.save_model_as == "diffusers";
-    const fs::path path = outdir / (folder ? name : name + ".safetensors");
+    const fs::path path = saved_path(name);
     // Written under a temporary name, then renamed over the previous file.
-    const fs::path tmp = outdir / (folder ? name + ".tmp" : name + ".tmp.safetensors");
+    const fs::path tmp = outdir / (saves_folder ? name + ".tmp" : name + ".tmp.safetensors");
     fs::remove_all(tmp);
     if (mode == TrainMode::textual_inversion)
       model.check(mvt.save_token(model.self(), s.token_string.c_str(), tmp.string().c_str(), &dt, 1), ("save_token " + path.string()).c_str());
@@ -427,7 +429,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
       model.check(mvt.save(model.self(), tmp.string().c_str(), &dt, 1), ("save " + path.string()).c_str());
     // kohya's sai model spec on embeddings and single-file checkpoints (a diffusers folder gets
     // none, as diffusers' save_pretrained writes none), added to what the plugin wrote.
-    if (!folder) {
+    if (!saves_folder) {
       auto md = io::SafetensorsFile::open(tmp.string())->metadata();
       const auto kind = mode == TrainMode::textual_inversion ? ModelSpecKind::textual_inversion : ModelSpecKind::checkpoint;
       for (auto& [k, v] : modelspec_metadata(run_modelspec(s, kind, data_reso.width, data_reso.height))) md[k] = v;
@@ -472,8 +474,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   // kohya's --save_last_n_*: a periodic save that falls out of the window is removed (its file or
   // diffusers folder; its state folder under the _state window).
   auto remove_saved = [&](const std::string& name, bool model_file, bool state) {
-    const bool folder = mode == TrainMode::dreambooth && s.save_model_as == "diffusers";
-    if (model_file) fs::remove_all(outdir / (folder ? name : name + ".safetensors"));
+    if (model_file) fs::remove_all(saved_path(name));
     if (state) fs::remove_all(outdir / (name + "-state"));
   };
   auto step_name = [&](int64_t n) {
@@ -559,7 +560,8 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     result.samples.insert(result.samples.end(), files.begin(), files.end());
   }
 
-  auto te_stopped = [&] { return s.stop_text_encoder_training >= 0 && step >= s.stop_text_encoder_training; };
+  // train_db's --stop_text_encoder_training: the text encoders are frozen once this many steps are done.
+  auto te_stopped = [&](int64_t at_step) { return s.stop_text_encoder_training >= 0 && at_step >= s.stop_text_encoder_training; };
   const std::vector<std::string>* templates = s.ti_template == "object"  ? &ti_object_templates()
                                               : s.ti_template == "style" ? &ti_style_templates()
                                                                          : nullptr;
@@ -569,8 +571,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     sumi_lr_query q{sizeof(sumi_lr_query), at_step, total_steps, s.lr_warmup_steps, s.learning_rate};
     double factor = 1.0;
     lr_sched.check(lr_sched.vtable<sumi_lr_scheduler_vtable>().factor(lr_sched.self(), &q, &factor), "factor");
-    const bool te_off = mode == TrainMode::dreambooth && s.stop_text_encoder_training >= 0 &&
-                        at_step >= s.stop_text_encoder_training;
+    const bool te_off = mode == TrainMode::dreambooth && te_stopped(at_step);
     std::vector<double> lrs;
     for (size_t g = 0; g < base_lrs.size(); ++g) lrs.push_back(te_groups[g] && te_off ? 0.0 : base_lrs[g] * factor);
     return lrs;
@@ -632,7 +633,7 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
         for (const auto& c : captions) cps.push_back(c.c_str());
         sumi_tensor cond = nullptr, pooled = nullptr;
         {
-          at::AutoGradMode grad(trains_text_encoder && !te_stopped());
+          at::AutoGradMode grad(trains_text_encoder && !te_stopped(step));
           if (te_cache)
             te_cache->lookup(gb.dataset, gb.batch.items, captions, &cond, &pooled);
           else
