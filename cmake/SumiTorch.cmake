@@ -25,7 +25,8 @@ target_precompile_headers(sumi_torch_pch PUBLIC <ATen/ATen.h>)
 # Give a target the shared ATen precompiled header.
 # Executables compile as PIE, which a PIC header cannot serve, so they get their own.
 function(sumi_use_torch_pch target)
-  target_link_libraries(${target} PRIVATE sumi_torch)
+  # (BUILD_INTERFACE: an installed static library, sdk/io's, names libtorch itself.)
+  target_link_libraries(${target} PRIVATE $<BUILD_INTERFACE:sumi_torch>)
   get_target_property(type ${target} TYPE)
   if(type STREQUAL "EXECUTABLE")
     target_precompile_headers(${target} PRIVATE <ATen/ATen.h>)

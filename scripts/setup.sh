@@ -8,6 +8,7 @@ packages=(
   libboost-dev libboost-program-options-dev libboost-filesystem-dev
   libyaml-cpp-dev libtomlplusplus-dev nlohmann-json3-dev
   libopenimageio-dev doctest-dev libzip-dev libssl-dev
+  fonts-dejavu-core
 )
 missing=()
 for p in "${packages[@]}"; do

@@ -4,7 +4,7 @@
 #include "core/op_bridge.h"
 #include "core/runtime.h"
 #include "core/tensor_handle.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 
 #include <sumi/recipe/kohya.h>
 #include <sumi/recipe/load.h>

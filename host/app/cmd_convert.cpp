@@ -1,37 +1,48 @@
-// `sumi convert SRC DST`: a Stable Diffusion checkpoint from one form to another — original
-// single file (.safetensors / .ckpt) <-> diffusers folder, .ckpt -> .safetensors, dtype change.
-// The work is sumi::sd::convert_model (plugins/sd/model_files.h), shared with the model plugin.
+// `sumi convert SRC DST`: a checkpoint from one form to another — original single file
+// (.safetensors / .ckpt) <-> diffusers folder, .ckpt -> .safetensors, dtype change. The host only
+// picks the model component (the one whose probe accepts SRC, or --family) and calls its convert
+// slot (ABI 1.2): the formats are the model plugin's business.
 #include "commands.h"
 
+#include "app.h"
+#include "core/component.h"
 #include "core/error.h"
-#include "model_files.h"
+#include "core/plugin_manager.h"
+#include "model_file.h"
 
 #include <cstdio>
 #include <iostream>
+#include <optional>
 
 namespace sumi::app {
 
 namespace {
 const char* kConvertUsage =
-    "usage: sumi convert SRC DST [--dtype fp16|bf16|fp32] [--family sd1|sd2|sdxl] [--overwrite]\n"
+    "usage: sumi convert SRC DST [--dtype fp16|bf16|fp32] [--family NAME] [--overwrite] [--plugin-dir DIR]\n"
     "\n"
     "  SRC   a single-file checkpoint (.safetensors, .ckpt, .pt) or a diffusers folder\n"
-    "  DST   a .safetensors file (original layout) or a folder to create (diffusers layout)\n"
+    "  DST   a .safetensors file (original layout) or a folder to create (diffusers layout; a name\n"
+    "        without a file extension: .ckpt / .pt are read, never written)\n"
     "  --dtype      convert floating-point tensors (default: keep each tensor's dtype)\n"
-    "  --family     refuse a source that is not of this family\n"
-    "  --overwrite  replace an existing DST (written beside it first, swapped in when complete)\n";
+    "  --family     the model component to convert with (sd1, sd2, sdxl, ...); refuses a source of\n"
+    "               another family (default: the component whose probe accepts SRC)\n"
+    "  --overwrite  replace an existing DST (written beside it first, swapped in when complete)\n"
+    "  --plugin-dir an extra plugin folder\n";
 
-at::ScalarType parse_dtype(const std::string& s) {
-  if (s == "fp32" || s == "float32") return at::kFloat;
-  if (s == "fp16" || s == "float16") return at::kHalf;
-  if (s == "bf16" || s == "bfloat16") return at::kBFloat16;
+sumi_dtype parse_dtype(const std::string& s) {
+  if (s == "fp32" || s == "float32" || s == "float") return sumi_dtype{SUMI_DTYPE_CODE_FLOAT, 32, 1};
+  if (s == "fp16" || s == "float16") return sumi_dtype{SUMI_DTYPE_CODE_FLOAT, 16, 1};
+  if (s == "bf16" || s == "bfloat16") return sumi_dtype{SUMI_DTYPE_CODE_BFLOAT, 16, 1};
   throw host::UserError("sumi convert: --dtype '" + s + "' is not one of fp16, bf16, fp32");
 }
 }  // namespace
 
 int cmd_convert(const std::vector<std::string>& args) {
   std::vector<std::string> pos;
-  sd::ConvertOptions o;
+  std::optional<sumi_dtype> dtype;
+  std::string family;
+  bool overwrite = false;
+  CommonOptions common;
   for (size_t i = 0; i < args.size(); ++i) {
     const std::string& a = args[i];
     auto value = [&]() -> const std::string& {
@@ -42,19 +53,23 @@ int cmd_convert(const std::vector<std::string>& args) {
       std::cout << kConvertUsage;
       return 0;
     }
-    if (a == "--dtype") o.dtype = parse_dtype(value());
-    else if (a == "--family") {
-      try {
-        o.family = sd::family_from_string(value());
-      } catch (const std::exception& e) {
-        throw host::UserError(std::string("sumi convert: --family: ") + e.what());
-      }
-    } else if (a == "--overwrite") o.overwrite = true;
+    if (a == "--dtype") dtype = parse_dtype(value());
+    else if (a == "--family") family = value();
+    else if (a == "--overwrite") overwrite = true;
+    else if (a == "--plugin-dir") common.plugin_dirs.push_back(value());
     else if (a.rfind("--", 0) == 0) throw host::UserError("sumi convert: unknown option '" + a + "'\n\n" + kConvertUsage);
     else pos.push_back(a);
   }
   if (pos.size() != 2) throw host::UserError(std::string("sumi convert: expected SRC and DST\n\n") + kConvertUsage);
-  sd::convert_model(pos[0], pos[1], o);
+  auto pm = make_plugin_manager(common);
+  if (family.empty()) family = find_model_component(pm, pos[0]);
+  host::Registry registry;
+  const auto ref = pm.find(SUMI_KIND_MODEL, family);
+  host::Component model(ref, "model", registry, host::make_config(*ref.component, {}));
+  const auto& vt = model.vtable<sumi_model_vtable>();
+  model.require_slot(SUMI_HAS_FIELD(&vt, sumi_model_vtable, convert) && vt.convert, "convert", "1.2");
+  model.check(vt.convert(model.self(), pos[0].c_str(), pos[1].c_str(), dtype ? &*dtype : nullptr, overwrite ? 1 : 0),
+              "convert");
   std::printf("wrote %s\n", pos[1].c_str());
   return 0;
 }

@@ -9,7 +9,7 @@
 #include "core/runtime.h"
 #include "core/op_bridge.h"
 #include "core/tensor_handle.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 
 #include <sumi/recipe/schema.h>
 

@@ -11,13 +11,15 @@
 #include "core/tensor_handle.h"
 #include "generation.h"
 #include "image_io.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 #include "model_file.h"
 #include "network_settings.h"
 #include "network_stack.h"
 #include "py_random.h"
 
 #include <sumi/prompt/prompt_file.h>
+
+#include <nlohmann/json.hpp>
 #include <sumi/recipe/load.h>
 #include <sumi/recipe/suggest.h>
 
@@ -214,7 +216,7 @@ int cmd_generate(const std::vector<std::string>& args) {
   int64_t W = 512, H = 512, steps = 50, n_iter = 1, images_per_prompt = 1, batch_size = 1, clip_skip = 1, max_emb = 1;
   double scale = 7.5, strength = 0.8, hr_scale = 0, hr_strength = -1, vae_batch = 0;
   int64_t hr_steps = 28;
-  std::string image_path, mask_path;
+  std::string image_path, mask_path, scheduler_config = "model";
   int64_t seed = -1;
   int threads = 0;
   po::options_description d("sumi generate (kohya gen_img flags)");
@@ -225,6 +227,9 @@ int cmd_generate(const std::vector<std::string>& args) {
       "outdir", po::value(&outdir), "output folder")("W", po::value(&W), "width")("H", po::value(&H), "height")(
       "steps", po::value(&steps), "sampling steps")("sampler", po::value(&sampler), "ddim, euler, euler_a, dpmsolver++, ...")(
       "use_karras_sigmas", "Karras sigma spacing (sigma-based samplers; 'DPM++ 2M Karras')")(
+      "scheduler_config", po::value(&scheduler_config),
+      "sampler settings: model (the model's scheduler config; a single file gets its family's standard one) "
+      "or gen_img (the sampler's class defaults, as kohya's gen_img builds it)")(
       "scale", po::value(&scale), "classifier-free guidance scale")(
       "seed", po::value(&seed), "seed of a single image, or the seed of the seeds (Python's random, as gen_img)")(
       "n_iter", po::value(&n_iter), "repeat every prompt this many times")(
@@ -324,8 +329,8 @@ int cmd_generate(const std::vector<std::string>& args) {
   auto pm = make_plugin_manager(common);
   host::Registry registry;
 
-  std::string family = vm.count("sdxl") ? "sdxl" : vm.count("v2") ? "sd2" : detect_family(ckpt);
-  if (family.empty()) family = "sd1";
+  // gen_img's --sdxl / --v2 name the family; otherwise the model plugins are asked which loads it.
+  std::string family = vm.count("sdxl") ? "sdxl" : vm.count("v2") ? "sd2" : find_model_component(pm, ckpt);
   const std::string dtype = vm.count("bf16") ? "bf16" : vm.count("fp16") ? "fp16" : "fp32";
   auto model_ref = pm.find(SUMI_KIND_MODEL, family);
   // gen_img always reads prompts with weights ((word:1.3), BREAK) and in 75-token chunks.
@@ -341,14 +346,17 @@ int cmd_generate(const std::vector<std::string>& args) {
   host::Component model(model_ref, "model", registry, host::make_config(*model_ref.component, model_cfg));
   model.check(model.vtable<sumi_model_vtable>().load(model.self(), ckpt.c_str()), "load");
 
+  const SchedulerSource sched_source = scheduler_source_from_string(scheduler_config);
+  const bool zero_empty_negative = nlohmann::json::parse(describe_model(model)).value("force_zeros_for_empty_prompt", false);
   // Samplers by name: --sampler, and any a prompt names with --ss.
   std::map<std::string, std::unique_ptr<host::Component>> schedulers;
   auto scheduler_for = [&](const std::string& name) -> host::Component& {
     auto& slot = schedulers[name];
     if (!slot) {
       auto ref = pm.find(SUMI_KIND_NOISE_SCHEDULER, name);
-      // A diffusers folder says how its sampler is set up; flags override.
-      std::map<std::string, std::string> cfg = scheduler_config_of(ckpt, *ref.component);
+      // The model says how its sampler is set up (a folder's config, a single file's family
+      // standard); flags override.
+      std::map<std::string, std::string> cfg = scheduler_config_of(model, *ref.component, sched_source);
       if (vm.count("v_parameterization")) cfg["prediction_type"] = "v_prediction";
       if (vm.count("use_karras_sigmas")) cfg["use_karras_sigmas"] = "true";
       slot = std::make_unique<host::Component>(ref, "noise_scheduler." + name, registry, host::make_config(*ref.component, cfg));
@@ -493,7 +501,7 @@ int cmd_generate(const std::vector<std::string>& args) {
         } else {
           r.seed = seed_rng() % 2147483648ull;
         }
-        r.zero_empty_negative = family == "sdxl";
+        r.zero_empty_negative = zero_empty_negative;
         const double s = spec.strength.value_or(strength);
         if (!images.empty()) {
           const std::string& file = images[static_cast<size_t>(index) % images.size()];

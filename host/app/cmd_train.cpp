@@ -69,10 +69,10 @@ int cmd_train(const std::vector<std::string>& args) {
   if (!model || !model->find("path"))
     throw host::UserError("sumi train: no model: give --pretrained_model_name_or_path or [model] path");
   if (!model->find("type")) {
+    // kohya's --v2 names SD 2.x where a file cannot tell; otherwise the model plugins are asked.
     const recipe::Value* v2 = model->find("v2");
-    std::string family = v2 && v2->as_bool() ? "sd2" : detect_family(model->find("path")->as_string());
-    if (family.empty()) family = "sd1";
-    recipe::set_override(root, "model.type", "\"" + family + "\"", "detected from the model file");
+    const std::string component = v2 && v2->as_bool() ? "sd2" : find_model_component(pm, model->find("path")->as_string());
+    recipe::set_override(root, "model.type", "\"" + component + "\"", "detected from the model file");
   }
   // Training noises with DDPM (kohya's schedule); naming it lets its own keys (rescale_betas_zero_snr,
   // which --zero_terminal_snr sets) be validated against its schema.

@@ -422,6 +422,23 @@ at::Tensor to_mask(const at::Tensor& hwc, int64_t width, int64_t height) {
   return at::upsample_bilinear2d(m, {height, width}, false).clamp(0, 1).contiguous();
 }
 
+namespace {
+
+// The keys of a scheduler config object that the sampler declares, as text values.
+std::map<std::string, std::string> declared_keys(const nlohmann::json& j, const sumi_component& sampler) {
+  std::map<std::string, std::string> out;
+  if (!j.is_object()) return out;
+  for (int64_t i = 0; i < sampler.n_params; ++i) {
+    const char* key = sampler.params[i].key;
+    if (!j.contains(key) || j[key].is_null()) continue;
+    const auto& v = j[key];
+    out[key] = v.is_string() ? v.get<std::string>() : v.dump();
+  }
+  return out;
+}
+
+}  // namespace
+
 std::map<std::string, std::string> scheduler_config_of(const std::string& model_path, const sumi_component& sampler) {
   std::map<std::string, std::string> out;
   const auto file = std::filesystem::path(model_path) / "scheduler" / "scheduler_config.json";
@@ -433,13 +450,38 @@ std::map<std::string, std::string> scheduler_config_of(const std::string& model_
   } catch (const std::exception& e) {
     throw host::UserError(file.string() + ": not valid JSON: " + e.what());
   }
-  for (int64_t i = 0; i < sampler.n_params; ++i) {
-    const char* key = sampler.params[i].key;
-    if (!j.contains(key) || j[key].is_null()) continue;
-    const auto& v = j[key];
-    out[key] = v.is_string() ? v.get<std::string>() : v.dump();
+  return declared_keys(j, sampler);
+}
+
+std::string describe_model(host::Component& model) {
+  const auto& vt = model.vtable<sumi_model_vtable>();
+  if (!SUMI_HAS_FIELD(&vt, sumi_model_vtable, describe) || !vt.describe) return "{}";
+  const char* text = nullptr;
+  model.check(vt.describe(model.self(), &text), "describe");
+  return text ? std::string(text) : std::string("{}");
+}
+
+SchedulerSource scheduler_source_from_string(const std::string& name) {
+  if (name == "model") return SchedulerSource::model;
+  if (name == "gen_img") return SchedulerSource::gen_img;
+  throw host::UserError("--scheduler_config '" + name +
+                        "' is not one of: model (the model's own scheduler config, the default), gen_img "
+                        "(the sampler's class defaults, as kohya's gen_img builds it)");
+}
+
+std::map<std::string, std::string> scheduler_config_of(host::Component& model, const sumi_component& sampler,
+                                                       SchedulerSource source) {
+  nlohmann::json d;
+  try {
+    d = nlohmann::json::parse(describe_model(model));
+  } catch (const std::exception& e) {
+    throw host::UserError(std::string("the model plugin's describe gave invalid JSON: ") + e.what());
   }
-  return out;
+  const nlohmann::json sched = d.contains("scheduler") ? d["scheduler"] : nlohmann::json::object();
+  if (source == SchedulerSource::model) return declared_keys(sched, sampler);
+  nlohmann::json only_prediction = nlohmann::json::object();
+  if (d.contains("prediction_type")) only_prediction["prediction_type"] = d["prediction_type"];
+  return declared_keys(only_prediction, sampler);
 }
 
 at::Tensor to_uint8_hwc(const at::Tensor& image) {

@@ -83,6 +83,21 @@ class Generator {
 // as text values for the keys the sampler's schema declares; {} for single files.
 std::map<std::string, std::string> scheduler_config_of(const std::string& model_path, const sumi_component& sampler);
 
+// The loaded model's description (the ABI 1.2 describe slot) as JSON text; "{}" for a model
+// built for an older ABI.
+std::string describe_model(host::Component& model);
+
+// Where a sampler's settings come from: the model's own scheduler config (a folder's file, or the
+// family's standard config for a single file: the same model samples alike in either form), or
+// gen_img's construction (the sampler's class defaults over SD's training betas, only the
+// prediction type taken from the model).
+enum class SchedulerSource { model, gen_img };
+SchedulerSource scheduler_source_from_string(const std::string& name);
+
+// The sampler's settings for `model` (text values for the keys the sampler declares).
+std::map<std::string, std::string> scheduler_config_of(host::Component& model, const sumi_component& sampler,
+                                                       SchedulerSource source = SchedulerSource::model);
+
 // HxWxC 8-bit (read_image) -> [1, 3, height, width] in [-1, 1], resized with antialiased bicubic.
 at::Tensor to_model_image(const at::Tensor& hwc, int64_t width, int64_t height);
 // HxWxC 8-bit -> [1, 1, height, width] in [0, 1] (channel mean; white = 1).

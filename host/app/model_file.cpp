@@ -1,7 +1,8 @@
 #include "model_file.h"
 
 #include "core/error.h"
-#include "io/safetensors.h"
+#include "core/component.h"
+#include "core/plugin_manager.h"
 
 #include <openssl/evp.h>
 
@@ -15,28 +16,28 @@ namespace fs = std::filesystem;
 
 namespace sumi::app {
 
-std::string detect_family(const std::string& path) {
-  if (fs::is_directory(path)) {
-    if (!fs::exists(fs::path(path) / "model_index.json"))
-      throw host::UserError("'" + path + "' is a folder without model_index.json: not a diffusers model folder");
-    if (fs::exists(fs::path(path) / "text_encoder_2")) return "sdxl";
-    std::ifstream cfg(fs::path(path) / "text_encoder" / "config.json");
-    std::string s((std::istreambuf_iterator<char>(cfg)), std::istreambuf_iterator<char>());
-    // OpenCLIP (SD2) uses gelu; OpenAI CLIP (SD1) quick_gelu.
-    return s.find("\"gelu\"") != std::string::npos ? "sd2" : "sd1";
+std::string find_model_component(host::PluginManager& pm, const std::string& path) {
+  if (!fs::exists(path)) throw host::UserError(path + ": no such file or folder");
+  std::vector<std::string> answers;
+  for (const auto* lib : pm.scan()) {
+    for (const auto& ref : lib->components) {
+      if (ref.component->kind != SUMI_KIND_MODEL) continue;
+      host::Registry registry;
+      host::Component c(ref, "probe", registry, host::make_config(*ref.component, {}));
+      const auto& vt = c.vtable<sumi_model_vtable>();
+      const std::string name = ref.component->name;
+      if (!SUMI_HAS_FIELD(&vt, sumi_model_vtable, probe) || !vt.probe) {
+        answers.push_back(name + ": built for an older ABI (no probe)");
+        continue;
+      }
+      const char* json = nullptr;
+      if (vt.probe(c.self(), path.c_str(), &json) == SUMI_OK) return name;
+      answers.push_back(name + ": " + host::last_error());
+    }
   }
-  if (fs::path(path).extension() != ".safetensors") return "";
-  auto file = io::SafetensorsFile::open(path);
-  bool sd1 = false, sd2 = false, sdxl = false;
-  for (const auto& t : file->tensors()) {
-    if (t.name.rfind("conditioner.embedders.", 0) == 0) sdxl = true;
-    else if (t.name.rfind("cond_stage_model.model.", 0) == 0) sd2 = true;
-    else if (t.name.rfind("cond_stage_model.transformer.", 0) == 0) sd1 = true;
-  }
-  if (sdxl) return "sdxl";
-  if (sd2) return "sd2";
-  if (sd1) return "sd1";
-  return "";
+  std::string msg = path + ": no model plugin loads it";
+  for (const auto& a : answers) msg += "\n  " + a;
+  throw host::UserError(msg + "\n(hint: name the model component, e.g. --set model.type=...; `sumi plugins` lists them)");
 }
 
 std::string a1111_hash(const std::string& path) {

@@ -1,13 +1,19 @@
-// Facts about a model file or folder that the host needs before loading any plugin: which SD
-// family it is (from tensor names or the diffusers layout, never the data) and its A1111 hash.
+// Facts about a model file or folder the host needs before loading it: which model component
+// loads it (asked of the model plugins through their probe slot; the host knows no families)
+// and its A1111 hash.
 #pragma once
 
 #include <string>
 
+namespace sumi::host {
+class PluginManager;
+}
+
 namespace sumi::app {
 
-// "sd1", "sd2" or "sdxl"; "" when the names cannot tell (e.g. a .ckpt: pass --v2/--sdxl).
-std::string detect_family(const std::string& path);
+// The name of the first model component (in plugin search order) whose probe accepts `path`.
+// Throws UserError listing every component's answer when none does.
+std::string find_model_component(host::PluginManager& pm, const std::string& path);
 
 // A1111's "Model hash" (AutoV2): the first 10 hex digits of the file's SHA-256; "" for folders.
 std::string a1111_hash(const std::string& path);

@@ -1,6 +1,6 @@
 #include "network_settings.h"
 
-#include "io/safetensors.h"
+#include "sumi/io/safetensors.h"
 
 #include <set>
 

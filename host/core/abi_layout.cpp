@@ -36,5 +36,11 @@ static_assert(SUMI_MODEL_VTABLE_SIZE_1_0 == 64, "the 1.0 model vtable size moved
 static_assert(offsetof(sumi_model_vtable, add_token) == 72, "sumi_model_vtable.add_token moved");
 static_assert(offsetof(sumi_model_vtable, save_token) == 80, "sumi_model_vtable.save_token moved");
 static_assert(offsetof(sumi_model_vtable, save) == 88, "sumi_model_vtable.save moved");
-static_assert(sizeof(sumi_model_vtable) == 96, "sumi_model_vtable 1.1 layout changed");
+// ABI 1.2: describe, appended.
+static_assert(SUMI_MODEL_VTABLE_SIZE_1_1 == 96, "the 1.1 model vtable size moved");
+static_assert(offsetof(sumi_model_vtable, describe) == 96, "sumi_model_vtable.describe moved");
+static_assert(offsetof(sumi_model_vtable, probe) == 104, "sumi_model_vtable.probe moved");
+static_assert(offsetof(sumi_model_vtable, load_token) == 112, "sumi_model_vtable.load_token moved");
+static_assert(offsetof(sumi_model_vtable, convert) == 120, "sumi_model_vtable.convert moved");
+static_assert(sizeof(sumi_model_vtable) == 128, "sumi_model_vtable 1.2 layout changed");
 #endif

@@ -1,5 +1,7 @@
 #include "logging/loss_curve.h"
 
+#include <OpenImageIO/imagebuf.h>
+#include <OpenImageIO/imagebufalgo.h>
 #include <OpenImageIO/imageio.h>
 
 #include <algorithm>
@@ -7,6 +9,8 @@
 #include <cstdio>
 #include <filesystem>
 #include <stdexcept>
+#include <string>
+#include <utility>
 
 #include <unistd.h>
 
@@ -21,6 +25,28 @@ constexpr Rgb kAxis{0, 0, 0};
 constexpr Rgb kGrid{225, 225, 225};
 constexpr Rgb kRaw{150, 180, 230};
 constexpr Rgb kAverage{20, 60, 160};
+constexpr Rgb kLr{230, 120, 20};
+constexpr const char* kFont = "DejaVuSans";
+
+// A tick value as people read it: 1234, 0.0123, 1.5e-05.
+std::string tick_text(double v) {
+  char b[32];
+  std::snprintf(b, sizeof b, "%.3g", v);
+  return b;
+}
+
+// [lo, hi] of the values, widened when flat and padded by 5 % so the curve clears the frame.
+std::pair<double, double> value_range(const std::vector<double>& v) {
+  const auto [mn, mx] = std::minmax_element(v.begin(), v.end());
+  double lo = *mn, hi = *mx;
+  if (hi <= lo) {
+    const double d = std::max(std::abs(lo) * 0.05, 1e-12);
+    lo -= d;
+    hi += d;
+  }
+  const double pad = (hi - lo) * 0.05;
+  return {lo - pad, hi + pad};
+}
 
 class Canvas {
  public:
@@ -53,7 +79,7 @@ class Canvas {
       if (e2 <= dx) { err += dx; y0 += sy; }
     }
   }
-  const unsigned char* data() const { return px_.data(); }
+  unsigned char* data() { return px_.data(); }
 
  private:
   int w_, h_;
@@ -95,21 +121,34 @@ void write_loss_curve_png(const std::string& path, const std::vector<std::int64_
                          : std::max(1, static_cast<int>(losses.size() / 20));
   const std::vector<double> avg = moving_average(losses, window);
 
+  const bool with_lr = !options.lrs.empty();
+  if (with_lr) {
+    if (options.lrs.size() != losses.size())
+      throw std::invalid_argument("loss curve '" + path + "': " + std::to_string(options.lrs.size()) +
+                                  " learning rates but " + std::to_string(losses.size()) + " losses");
+    for (std::size_t i = 0; i < options.lrs.size(); ++i)
+      if (!std::isfinite(options.lrs[i]))
+        throw std::invalid_argument("loss curve '" + path + "': learning rate at index " + std::to_string(i) +
+                                    " is not finite");
+  }
+
   const auto [smin, smax] = std::minmax_element(steps.begin(), steps.end());
   const auto [lmin, lmax] = std::minmax_element(losses.begin(), losses.end());
   double x0 = static_cast<double>(*smin), x1 = static_cast<double>(*smax);
-  double y0 = *lmin, y1 = *lmax;
   if (x1 <= x0) { x0 -= 1; x1 += 1; }
-  if (y1 <= y0) { const double d = std::max(std::abs(y0) * 0.05, 1e-6); y0 -= d; y1 += d; }
-  const double pad = (y1 - y0) * 0.05;
-  y0 -= pad;
-  y1 += pad;
+  const auto [y0, y1] = value_range(losses);
+  auto [r0, r1] = with_lr ? value_range(options.lrs) : std::pair<double, double>{0, 1};
+  // Learning rates are not negative: the padding below a schedule that ends at 0 stays at 0.
+  if (with_lr && *std::min_element(options.lrs.begin(), options.lrs.end()) >= 0) r0 = std::max(r0, 0.0);
 
-  // Plot area inside margins; the left/bottom margins hold the axes and ticks.
-  const int left = std::max(8, W / 16), right = W - std::max(4, W / 40);
-  const int top = std::max(4, H / 20), bottom = H - std::max(8, H / 12);
+  // Plot area inside margins sized for the text: tick values left (loss) and right (lr), step
+  // values and the axis name below, the title above.
+  const int font = std::max(9, std::min(16, H / 26));
+  const int left = std::min(W / 3, font * 4 + 8), right = W - (with_lr ? std::min(W / 3, font * 5 + 12) : font);
+  const int top = std::min(H / 4, font * 2 + 4), bottom = H - std::min(H / 4, font * 3);
   auto px = [&](double s) { return left + static_cast<int>(std::lround((s - x0) / (x1 - x0) * (right - left))); };
   auto py = [&](double l) { return bottom - static_cast<int>(std::lround((l - y0) / (y1 - y0) * (bottom - top))); };
+  auto pr = [&](double r) { return bottom - static_cast<int>(std::lround((r - r0) / (r1 - r0) * (bottom - top))); };
 
   Canvas c(W, H);
   constexpr int kTicks = 5;
@@ -119,22 +158,49 @@ void write_loss_curve_png(const std::string& path, const std::vector<std::int64_
     c.line(left, gy, right, gy, kGrid, 1);
     c.line(gx, bottom, gx, bottom + 4, kAxis, 1);
     c.line(left - 4, gy, left, gy, kAxis, 1);
+    if (with_lr) c.line(right, gy, right + 4, gy, kLr, 1);
   }
   c.line(left, bottom, right, bottom, kAxis, 2);
   c.line(left, top, left, bottom, kAxis, 2);
+  if (with_lr) c.line(right, top, right, bottom, kLr, 2);
 
-  auto polyline = [&](const std::vector<double>& ys, Rgb color, int thickness) {
-    int lx = px(static_cast<double>(steps[0])), ly = py(ys[0]);
+  auto polyline = [&](const std::vector<double>& ys, Rgb color, int thickness, auto&& to_y) {
+    int lx = px(static_cast<double>(steps[0])), ly = to_y(ys[0]);
     c.line(lx, ly, lx, ly, color, thickness);
     for (std::size_t i = 1; i < ys.size(); ++i) {
-      const int nx = px(static_cast<double>(steps[i])), ny = py(ys[i]);
+      const int nx = px(static_cast<double>(steps[i])), ny = to_y(ys[i]);
       c.line(lx, ly, nx, ny, color, thickness);
       lx = nx;
       ly = ny;
     }
   };
-  polyline(losses, kRaw, 1);
-  polyline(avg, kAverage, 3);
+  polyline(losses, kRaw, 1, py);
+  polyline(avg, kAverage, 3, py);
+  if (with_lr) polyline(options.lrs, kLr, 2, pr);
+
+  // Text on top of the drawing.
+  OIIO::ImageSpec spec(W, H, 3, OIIO::TypeDesc::UINT8);
+  OIIO::ImageBuf buf(spec, c.data());
+  auto text = [&](int x, int y, const std::string& t, Rgb color, OIIO::ImageBufAlgo::TextAlignX ax,
+                  OIIO::ImageBufAlgo::TextAlignY ay, int size) {
+    const float rgb[3] = {color.r / 255.f, color.g / 255.f, color.b / 255.f};
+    if (!OIIO::ImageBufAlgo::render_text(buf, x, y, t, size, kFont, OIIO::cspan<float>(rgb, 3), ax, ay))
+      throw std::runtime_error("loss curve '" + path + "': cannot render text (" + buf.geterror() +
+                               "); hint: install the fonts-dejavu-core package");
+  };
+  using AX = OIIO::ImageBufAlgo::TextAlignX;
+  using AY = OIIO::ImageBufAlgo::TextAlignY;
+  for (int t = 0; t <= kTicks; ++t) {
+    const int gx = left + (right - left) * t / kTicks, gy = bottom - (bottom - top) * t / kTicks;
+    const double sv = x0 + (x1 - x0) * t / kTicks;
+    text(gx, bottom + 6, tick_text(std::round(sv)), kAxis, AX::Center, AY::Top, font);
+    text(left - 6, gy, tick_text(y0 + (y1 - y0) * t / kTicks), kAverage, AX::Right, AY::Center, font);
+    if (with_lr) text(right + 6, gy, tick_text(r0 + (r1 - r0) * t / kTicks), kLr, AX::Left, AY::Center, font);
+  }
+  text((left + right) / 2, H - 2, "step", kAxis, AX::Center, AY::Bottom, font);
+  text(left, top - 4, "loss", kAverage, AX::Center, AY::Bottom, font);
+  if (with_lr) text(right, top - 4, "lr", kLr, AX::Center, AY::Bottom, font);
+  text((left + right) / 2, 2, title, kAxis, AX::Center, AY::Top, font + 2);
 
   namespace fs = std::filesystem;
   const fs::path dest(path);
@@ -143,12 +209,11 @@ void write_loss_curve_png(const std::string& path, const std::vector<std::int64_
                                                   std::to_string(::getpid()) + ".png")).string();
   auto out = OIIO::ImageOutput::create("png");
   if (!out) throw std::runtime_error("loss curve '" + path + "': OpenImageIO has no PNG writer");
-  OIIO::ImageSpec spec(W, H, 3, OIIO::TypeDesc::UINT8);
   char ranges[160];
   std::snprintf(ranges, sizeof ranges, " (steps %g..%g, loss %.6g..%.6g, average window %d)",
                 static_cast<double>(*smin), static_cast<double>(*smax), *lmin, *lmax, window);
   spec.attribute("ImageDescription", title + ranges);
-  if (!out->open(tmp, spec) || !out->write_image(OIIO::TypeDesc::UINT8, c.data()) || !out->close()) {
+  if (!out->open(tmp, spec) || !out->write_image(OIIO::TypeDesc::UINT8, buf.localpixels()) || !out->close()) {
     const std::string err = out->geterror();
     std::error_code ec;
     fs::remove(tmp, ec);

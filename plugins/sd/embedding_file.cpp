@@ -4,8 +4,8 @@
 #include <filesystem>
 #include <stdexcept>
 
-#include "io/safetensors_torch.h"
-#include "io/torch_checkpoint.h"
+#include "sumi/io/safetensors_torch.h"
+#include "sumi/io/torch_checkpoint.h"
 
 namespace sumi::sd {
 

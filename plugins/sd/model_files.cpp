@@ -4,14 +4,15 @@
 #include <yaml-cpp/yaml.h>
 
 #include <algorithm>
+#include <cctype>
 #include <filesystem>
 #include <fstream>
 #include <stdexcept>
 #include <system_error>
 
-#include "io/safetensors.h"
-#include "io/safetensors_torch.h"
-#include "io/torch_checkpoint.h"
+#include "sumi/io/safetensors.h"
+#include "sumi/io/safetensors_torch.h"
+#include "sumi/io/torch_checkpoint.h"
 #include "sd_common/tokenizer/embedded_data.h"
 
 namespace sumi::sd {
@@ -20,6 +21,12 @@ namespace fs = std::filesystem;
 using json = nlohmann::ordered_json;
 using nn::ModelFamily;
 using nn::TensorMap;
+
+// Metadata keys of the parts' diffusers configs in a single file sumi writes.
+constexpr const char* kMetaUnetConfig = "sumi.unet_config";
+constexpr const char* kMetaVaeConfig = "sumi.vae_config";
+constexpr const char* kMetaTextEncoderConfig = "sumi.text_encoder_config";
+constexpr const char* kMetaTextEncoder2Config = "sumi.text_encoder_2_config";
 
 namespace {
 
@@ -153,9 +160,22 @@ ModelFiles read_single(const std::string& path, const ReadOptions& opt) {
     const auto& meta = file->metadata();
     const auto it = meta.find("modelspec.prediction_type");
     if (it != meta.end() && it->second == "v") m.prediction_type = "v_prediction";
+    // What shapes cannot tell (attention heads, VAE scale), as sumi writes it into single files
+    // (write_single_file): the diffusers config.json of each part.
+    auto from_meta = [&](const char* key, auto& slot) {
+      const auto c = meta.find(key);
+      if (c == meta.end() || !slot) return;
+      const std::string origin = path + " (metadata " + key + ")";
+      slot = std::decay_t<decltype(*slot)>::from_diffusers_json(origin, &c->second);
+    };
+    from_meta(kMetaUnetConfig, m.unet_config);
+    from_meta(kMetaVaeConfig, m.vae_config);
+    from_meta(kMetaTextEncoderConfig, m.te_config);
+    from_meta(kMetaTextEncoder2Config, m.te2_config);
   }
   const fs::path yaml = fs::path(path).replace_extension(".yaml");
   if (fs::is_regular_file(yaml)) apply_original_config(m, yaml.string());
+  m.scheduler_config = standard_scheduler_config(m.family, m.prediction_type);
   if (file) {
     for (const auto& info : file->tensors()) {
       if (is_ema(info.name)) continue;
@@ -189,6 +209,15 @@ json read_json_file(const std::string& path) {
   }
 }
 
+// The family from a folder's configs: a second text encoder or text_time conditioning is SDXL;
+// an OpenCLIP (gelu) text encoder or 1024-wide cross-attention is SD2.
+ModelFamily family_of_configs(const std::string& path, const ModelFiles& m) {
+  if (m.te2_config || (m.unet_config && m.unet_config->addition_time_embed_dim > 0)) return ModelFamily::sdxl;
+  if (m.te_config) return m.te_config->hidden_act == "gelu" ? ModelFamily::sd2 : ModelFamily::sd1;
+  if (m.unet_config) return m.unet_config->cross_attention_dim == 1024 ? ModelFamily::sd2 : ModelFamily::sd1;
+  throw std::runtime_error(path + ": the diffusers folder has neither unet/config.json nor text_encoder/config.json");
+}
+
 ModelFiles read_folder(const std::string& path, const ReadOptions& opt) {
   ModelFiles m;
   m.path = path;
@@ -206,22 +235,16 @@ ModelFiles read_folder(const std::string& path, const ReadOptions& opt) {
   if (has("text_encoder_2"))
     m.te2_config =
         about(config("text_encoder_2"), [&] { return nn::ClipTextConfig::from_diffusers_json(config("text_encoder_2")); });
-  // The family from the configs: a second text encoder or text_time conditioning is SDXL; an
-  // OpenCLIP (gelu) text encoder or 1024-wide cross-attention is SD2.
-  if (m.te2_config || (m.unet_config && m.unet_config->addition_time_embed_dim > 0))
-    m.family = ModelFamily::sdxl;
-  else if (m.te_config)
-    m.family = m.te_config->hidden_act == "gelu" ? ModelFamily::sd2 : ModelFamily::sd1;
-  else if (m.unet_config)
-    m.family = m.unet_config->cross_attention_dim == 1024 ? ModelFamily::sd2 : ModelFamily::sd1;
-  else
-    throw std::runtime_error(path + ": the diffusers folder has neither unet/config.json nor text_encoder/config.json");
+  m.family = family_of_configs(path, m);
   check_family(path, m.family, opt.expect, "read from its config.json files");
   const std::string sched = (dir / "scheduler" / "scheduler_config.json").string();
   if (fs::is_regular_file(sched)) {
     auto j = read_json_file(sched);
     if (j.contains("prediction_type") && j["prediction_type"].is_string())
       m.prediction_type = j["prediction_type"].get<std::string>();
+    m.scheduler_config = j.dump();
+  } else {
+    m.scheduler_config = standard_scheduler_config(m.family, m.prediction_type);
   }
   auto weights = [&](const char* sub, const std::string& stem, bool present) {
     if (!present) return TensorMap{};
@@ -257,15 +280,51 @@ const char* family_title(ModelFamily family) {
   return "?";
 }
 
-ModelFiles read_model(const std::string& path, const ReadOptions& options) {
+namespace {
+void check_model_path(const std::string& path) {
   std::error_code ec;
   if (!fs::exists(path, ec)) throw std::runtime_error(path + ": no such file or folder");
-  if (fs::is_directory(path)) return read_folder(path, options);
+  if (fs::is_directory(path)) return;
   const std::string ext = lower(fs::path(path).extension().string());
   if (ext != ".safetensors" && ext != ".ckpt" && ext != ".pt" && ext != ".pth" && ext != ".bin")
     throw std::runtime_error(path + ": unknown checkpoint type '" + ext +
                              "'; expected .safetensors, .ckpt/.pt/.pth/.bin or a diffusers folder");
+}
+}  // namespace
+
+ModelFiles read_model(const std::string& path, const ReadOptions& options) {
+  check_model_path(path);
+  if (fs::is_directory(path)) return read_folder(path, options);
   return read_single(path, options);
+}
+
+ModelFamily detect_family(const std::string& path) {
+  check_model_path(path);
+  if (fs::is_directory(path)) {
+    const fs::path dir(path);
+    if (!fs::is_regular_file(dir / "model_index.json"))
+      throw std::runtime_error(path + " is a folder without model_index.json; expected a diffusers model folder");
+    ModelFiles m;
+    auto config = [&](const char* sub) { return (dir / sub / "config.json").string(); };
+    auto has = [&](const char* sub) { return fs::is_regular_file(dir / sub / "config.json"); };
+    if (has("unet")) m.unet_config = about(config("unet"), [&] { return nn::UNetConfig::from_diffusers_json(config("unet")); });
+    if (has("text_encoder"))
+      m.te_config = about(config("text_encoder"), [&] { return nn::ClipTextConfig::from_diffusers_json(config("text_encoder")); });
+    if (has("text_encoder_2"))
+      m.te2_config = about(config("text_encoder_2"), [&] { return nn::ClipTextConfig::from_diffusers_json(config("text_encoder_2")); });
+    return family_of_configs(path, m);
+  }
+  nn::TensorShapes shapes;
+  if (ends_with(lower(path), ".safetensors")) {
+    const auto file = about(path, [&] { return io::SafetensorsFile::open(path); });
+    for (const auto& info : file->tensors())
+      if (!is_ema(info.name)) shapes[info.name] = info.shape;
+  } else {
+    // A pickled checkpoint has no header to read the names from: it is unpickled (restricted).
+    for (auto& [k, t] : about(path, [&] { return io::load_torch_checkpoint(path); }))
+      if (!is_ema(k)) shapes[k] = t.sizes().vec();
+  }
+  return about(path, [&] { return nn::detect_from_weights(shapes); }).family;
 }
 
 TensorMap read_vae(const std::string& path, std::optional<at::ScalarType> dtype) {
@@ -388,6 +447,7 @@ json scheduler_json(ModelFamily family, const std::string& prediction_type) {
   j["beta_end"] = 0.012;
   j["beta_schedule"] = "scaled_linear";
   j["beta_start"] = 0.00085;
+  j["clip_sample"] = false;
   j["num_train_timesteps"] = 1000;
   j["prediction_type"] = prediction_type.empty() ? "epsilon" : prediction_type;
   j["set_alpha_to_one"] = false;
@@ -472,6 +532,10 @@ void require_unet(const ModelFiles& m) {
 
 }  // namespace
 
+std::string standard_scheduler_config(ModelFamily family, const std::string& prediction_type) {
+  return scheduler_json(family, prediction_type).dump();
+}
+
 void write_diffusers_folder(const ModelFiles& m, const std::string& dst) {
   require_unet(m);
   refuse_existing(dst);
@@ -539,10 +603,37 @@ void write_single_file(const ModelFiles& m, const std::string& dst) {
   const TensorMap all = !m.original.empty()     ? m.original
                         : m.carry_over.empty() ? nn::to_single_file(m.parts, *m.unet_config)
                                                : nn::to_single_file(m.parts, *m.unet_config, &m.carry_over);
-  io::save_tensors(dst, named(all));  // atomic: temp file + rename
+  // The parts' configs ride along in the metadata, so a reload needs no .yaml beside the file for
+  // what the shapes cannot tell (non-default head counts, the VAE scale).
+  std::map<std::string, std::string> meta{{kMetaUnetConfig, unet_config_json(*m.unet_config).dump()}};
+  if (m.vae_config) meta[kMetaVaeConfig] = vae_config_json(*m.vae_config).dump();
+  if (m.te_config) meta[kMetaTextEncoderConfig] = clip_config_json(*m.te_config).dump();
+  if (m.te2_config) meta[kMetaTextEncoder2Config] = clip_config_json(*m.te2_config).dump();
+  io::save_tensors(dst, named(all), meta);  // atomic: temp file + rename
 }
 
+namespace {
+
+// A model is written as one .safetensors file or a diffusers folder. A file name with another
+// extension (y.ckpt, y.pt, y.bin) would otherwise become a folder of that name; a folder name may
+// still carry dots that are not extensions ("sd-v1.5").
+void check_destination(const std::string& dst) {
+  if (ends_with(lower(dst), ".safetensors")) return;
+  const std::string ext = fs::path(dst).extension().string();
+  const bool looks_like_file =
+      ext.size() > 1 && std::isalpha(static_cast<unsigned char>(ext[1])) &&
+      std::all_of(ext.begin() + 1, ext.end(), [](char ch) { return std::isalnum(static_cast<unsigned char>(ch)) != 0; });
+  if (looks_like_file)
+    throw std::runtime_error(dst + ": cannot write a model as '" + ext +
+                             "'; sumi writes a single .safetensors file (original layout) or a diffusers folder "
+                             "(a path without a file extension). .ckpt / .pt (pickle) are read, never written: "
+                             "use " + fs::path(dst).replace_extension(".safetensors").string() + " instead");
+}
+
+}  // namespace
+
 void convert_model(const std::string& src, const std::string& dst, const ConvertOptions& options) {
+  check_destination(dst);
   if (options.overwrite) {
     std::error_code ec;
     if (fs::equivalent(src, dst, ec)) throw std::runtime_error("convert: source and destination are the same (" + src + ")");
@@ -557,6 +648,7 @@ void convert_model(const std::string& src, const std::string& dst, const Convert
 
 void write_model(const ModelFiles& m, const std::string& dst, bool overwrite) {
   const bool single = ends_with(lower(dst), ".safetensors");
+  check_destination(dst);
   // Write beside the destination first, so an existing one is replaced only by a complete result.
   const std::string staged = overwrite ? dst + ".new" + (single ? ".safetensors" : "") : dst;
   std::error_code ec;

@@ -34,6 +34,11 @@ struct ModelFiles {
   nn::TensorMap carry_over;
   // From a diffusers folder's scheduler config ("epsilon", "v_prediction"); "" when unknown.
   std::string prediction_type;
+  // The diffusers scheduler config to sample with, as JSON text: a folder's own
+  // scheduler/scheduler_config.json, or the family's standard one for a single file (what the
+  // official scheduler_config.json files say: leading spacing, steps_offset 1), so the same
+  // model gives the same images in either form.
+  std::string scheduler_config;
 };
 
 struct ReadOptions {
@@ -48,6 +53,16 @@ struct ReadOptions {
 nn::ModelFamily family_from_string(const std::string& name);
 // What users read: "SD 1.x", "SD 2.x", "SDXL".
 const char* family_title(nn::ModelFamily family);
+
+// The standard diffusers scheduler config of a family (SD 1.5's / 2.x's PNDM, SDXL base's Euler:
+// scaled_linear 0.00085-0.012, leading spacing, steps_offset 1), with `prediction_type`
+// ("" = epsilon). JSON text.
+std::string standard_scheduler_config(nn::ModelFamily family, const std::string& prediction_type);
+
+// The family of a checkpoint from its names and shapes (a safetensors header, the config.json
+// files of a folder; a pickled .ckpt is unpickled, restricted) without reading tensor data where
+// the form allows. Throws std::runtime_error naming the file when it is not an SD checkpoint.
+nn::ModelFamily detect_family(const std::string& path);
 
 // Throws std::runtime_error naming the file (and tensor / config) on anything it refuses.
 ModelFiles read_model(const std::string& path, const ReadOptions& options = {});

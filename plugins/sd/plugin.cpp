@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "model_files.h"
 #include "sd_model.h"
 
 namespace {
@@ -86,6 +87,22 @@ class SdComponent : public sumi::Model {
   void save(const std::string& path, std::optional<sumi_dtype> dtype, bool overwrite) override {
     model_.save(path, float_type(dtype), overwrite);
   }
+  std::string describe() override { return model_.describe(); }
+  std::string probe(const std::string& path) override {
+    const ModelFamily found = sumi::sd::detect_family(path);
+    if (found != F)
+      throw sumi::Error(SUMI_ERR_INVALID_ARGUMENT, path + " is an " + std::string(sumi::sd::family_title(found)) +
+                                                       " checkpoint, not " + sumi::sd::family_title(F));
+    return std::string("{\"family\": \"") + family_name() + "\"}";
+  }
+  void load_token(const std::string& token, const std::string& path) override { model_.load_token(token, path); }
+  void convert(const std::string& src, const std::string& dst, std::optional<sumi_dtype> dtype, bool overwrite) override {
+    sumi::sd::ConvertOptions o;
+    o.dtype = float_type(dtype);
+    o.family = F;
+    o.overwrite = overwrite;
+    sumi::sd::convert_model(src, dst, o);
+  }
 
  private:
   // Parameters live in the host registry (this component's namespace); the model computes with
@@ -95,6 +112,7 @@ class SdComponent : public sumi::Model {
       return unwrap(ctx_.param(name, wrap(init), group.c_str()));
     };
   }
+  static const char* family_name() { return F == ModelFamily::sdxl ? "sdxl" : F == ModelFamily::sd2 ? "sd2" : "sd1"; }
   static sumi::sd::ModelOptions options(sumi::Context& ctx) {
     sumi::sd::ModelOptions o;
     o.family = F;

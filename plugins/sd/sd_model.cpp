@@ -4,6 +4,8 @@
 
 #include <torch/nn/module.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <filesystem>
 #include <stdexcept>
@@ -16,7 +18,7 @@
 #include "nn/unet.h"
 #include "nn/weights.h"
 #include "sd_common/tokenizer/clip_tokenizer.h"
-#include "sumi/prompt/chunking.h"
+#include "sd_common/prompt/chunking.h"
 
 namespace sumi::sd {
 
@@ -236,7 +238,33 @@ void SdModel::load(const std::string& path) {
     if (te && it != f.original.end()) carry_over_.emplace(key, it->second.detach().clone());
   }
   prediction_type_ = f.prediction_type;
+  scheduler_config_ = f.scheduler_config;
   build_module_list();
+}
+
+std::string SdModel::describe() const {
+  if (!loaded()) throw std::logic_error("describe before load");
+  const ModelFamily fam = options_.family;
+  const bool v = prediction_type() == "v_prediction";
+  nlohmann::json j;
+  j["family"] = fam == ModelFamily::sdxl ? "sdxl" : fam == ModelFamily::sd2 ? "sd2" : "sd1";
+  j["prediction_type"] = prediction_type();
+  j["latent_channels"] = unet_->config().in_channels;
+  j["vae_scale_factor"] = int64_t{1} << (vae_->config().block_out_channels.size() - 1);
+  j["scaling_factor"] = vae_scaling_factor();
+  const int64_t res = fam == ModelFamily::sdxl ? 1024 : (fam == ModelFamily::sd2 && v) ? 768 : 512;
+  j["default_resolution"] = {res, res};
+  // diffusers' SDXL pipelines encode an empty negative prompt as zeros (force_zeros_for_empty_prompt).
+  j["force_zeros_for_empty_prompt"] = fam == ModelFamily::sdxl;
+  j["text_encoders"] = te2_ ? nlohmann::json{"text_encoder", "text_encoder_2"} : nlohmann::json{"text_encoder"};
+  // kohya's sai_model_spec architecture names.
+  j["modelspec_architecture"] = fam == ModelFamily::sdxl ? "stable-diffusion-xl-v1-base"
+                                : fam == ModelFamily::sd2 ? (v ? "stable-diffusion-v2-768-v" : "stable-diffusion-v2-512")
+                                                          : "stable-diffusion-v1";
+  nlohmann::json sched = scheduler_config_.empty() ? nlohmann::json::object() : nlohmann::json::parse(scheduler_config_);
+  sched["prediction_type"] = prediction_type();  // v_parameterization / the model spec have the last word
+  j["scheduler"] = sched;
+  return j.dump();
 }
 
 std::string SdModel::prediction_type() const {
@@ -526,6 +554,24 @@ void SdModel::save_token(const std::string& token, const std::string& path, std:
   for (const auto& t : tokens_) known += (known.empty() ? "" : ", ") + t.token;
   throw std::invalid_argument("save_token: the model has no added token '" + token + "' (added: " +
                               (known.empty() ? "none" : known) + ")");
+}
+
+void SdModel::load_token(const std::string& token, const std::string& path) {
+  AddedToken* t = nullptr;
+  for (auto& a : tokens_)
+    if (a.token == token) t = &a;
+  if (!t) throw std::invalid_argument("load_token: the model has no added token '" + token + "' (add_token first)");
+  const bool xl = options_.family == ModelFamily::sdxl;
+  const EmbeddingFile e = read_embedding_file(path, options_.family, t->rows.size(1), xl ? t->rows2.size(1) : 0);
+  auto copy = [&](at::Tensor& dst, const at::Tensor& src, const char* what) {
+    if (src.size(0) != dst.size(0))
+      throw std::invalid_argument(path + ": " + what + " holds " + std::to_string(src.size(0)) + " vectors, the token '" +
+                                  token + "' has " + std::to_string(dst.size(0)) + " (num_vectors_per_token): make them equal");
+    at::NoGradGuard no_grad;
+    dst.copy_(src.to(dst.scalar_type()));
+  };
+  copy(t->rows, e.rows, xl ? "clip_l" : "the embedding");
+  if (xl) copy(t->rows2, e.rows2, "clip_g");
 }
 
 void SdModel::save(const std::string& path, std::optional<at::ScalarType> dtype, bool overwrite) const {

@@ -86,6 +86,10 @@ class SdModel {
   at::Tensor vae_encode(const at::Tensor& images, bool sample) const;
   at::Tensor vae_decode(const at::Tensor& latents) const;
   double vae_scaling_factor() const;
+  // What the host needs to know of the loaded model (the ABI 1.2 describe slot): family,
+  // prediction type, latent layout, default resolution, text encoders, SAI model spec
+  // architecture and the scheduler config to sample with. A JSON object as text.
+  std::string describe() const;
 
   // Every Linear / Conv2d of the UNet and text encoder(s) (not the VAE), kohya-named.
   const std::vector<sumi_module_info>& modules() const { return infos_; }
@@ -113,6 +117,9 @@ class SdModel {
   // .safetensors embedding file.
   void save_token(const std::string& token, const std::string& path, std::optional<at::ScalarType> dtype,
                   bool overwrite) const;
+  // The vectors of a token added by add_token from an embedding file (read_embedding_file's
+  // formats); the file must hold as many vectors as the token has.
+  void load_token(const std::string& token, const std::string& path);
   // The model's weights (current values, added tokens left out) as a single original-layout
   // file (.safetensors) or a diffusers folder; `dtype` converts floating-point weights.
   void save(const std::string& path, std::optional<at::ScalarType> dtype, bool overwrite) const;
@@ -145,6 +152,7 @@ class SdModel {
 
   ModelOptions options_;
   std::string prediction_type_;
+  std::string scheduler_config_;  // JSON text (ModelFiles::scheduler_config)
   std::shared_ptr<nn::ClipTextModel> te_, te2_;
   std::shared_ptr<nn::UNet2DConditionModel> unet_;
   std::shared_ptr<nn::AutoencoderKL> vae_;

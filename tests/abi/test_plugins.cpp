@@ -54,9 +54,9 @@ TEST_CASE("unknown plugin name lists what is available") {
 TEST_CASE("refusals: versions, native build, missing entry, failing entry") {
   sumi::host::PluginManager pm;
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_newer_minor")),
-                       doctest::Contains("needs sumi ABI 1.2, newer than this host's 1.1"), UserError);
+                       doctest::Contains("needs sumi ABI 1.3, newer than this host's 1.2"), UserError);
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_other_major")),
-                       doctest::Contains("was built for sumi ABI 2.1, but this host speaks ABI 1.1"), UserError);
+                       doctest::Contains("was built for sumi ABI 2.2, but this host speaks ABI 1.2"), UserError);
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_native_mismatch")),
                        doctest::Contains("native plugin built for libtorch 0.0.1-not-this-torch"), UserError);
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_no_entry")),
@@ -96,8 +96,25 @@ TEST_CASE("a model built against ABI 1.0 loads; the 1.1 training slots are absen
   CHECK(sumi::host::last_error() == "oldest_model computes nothing");
 }
 
-TEST_CASE("this host speaks ABI 1.1 and a current model exposes the training slots") {
-  CHECK(sumi::host::host_api()->abi_minor == 1);
+TEST_CASE("a model built against ABI 1.1 loads; the 1.2 describe slot is absent and reported by name") {
+  sumi::host::Registry reg;
+  auto ref = plugins().find(SUMI_KIND_MODEL, sumi::test::test_plugin("test_abi_1_1_header"));
+  CHECK(ref.library->descriptor->abi_minor == 1);
+  sumi::host::Component c(ref, "model", reg, {});
+  const auto& vt = c.vtable<sumi_model_vtable>();
+  CHECK(c.vtable_size() == SUMI_MODEL_VTABLE_SIZE_1_1);
+  CHECK(SUMI_HAS_FIELD(&vt, sumi_model_vtable, save));
+  CHECK_FALSE(SUMI_HAS_FIELD(&vt, sumi_model_vtable, describe));
+  CHECK_THROWS_WITH_AS(c.require_slot(SUMI_HAS_FIELD(&vt, sumi_model_vtable, describe), "describe", "1.2"),
+                       doctest::Contains("has no 'describe' (added in ABI 1.2; the plugin was built for ABI 1.1)"),
+                       UserError);
+  // Its 1.1 slots run.
+  CHECK(vt.save(c.self(), "x.safetensors", nullptr, 0) == SUMI_ERR_UNSUPPORTED);
+  CHECK(sumi::host::last_error() == "abi11_model computes nothing");
+}
+
+TEST_CASE("this host speaks ABI 1.2 and a current model exposes the training and describe slots") {
+  CHECK(sumi::host::host_api()->abi_minor == 2);
   sumi::host::Registry reg;
   auto ref = plugins().find(SUMI_KIND_MODEL, "null");
   sumi::host::Component c(ref, "model", reg, {});
@@ -108,6 +125,11 @@ TEST_CASE("this host speaks ABI 1.1 and a current model exposes the training slo
   CHECK(vt.train_part(c.self(), "unet") == SUMI_ERR_UNSUPPORTED);
   CHECK(sumi::host::last_error().find("cannot train its weights") != std::string::npos);
   CHECK(vt.save(c.self(), "x.safetensors", nullptr, 0) == SUMI_ERR_UNSUPPORTED);
+  // A model that says nothing about itself describes an empty object (the skin's default).
+  REQUIRE(SUMI_HAS_FIELD(&vt, sumi_model_vtable, describe));
+  const char* json = nullptr;
+  CHECK(vt.describe(c.self(), &json) == SUMI_OK);
+  CHECK(std::string(json) == "{}");
 }
 
 TEST_CASE("a plugin that returns an error or throws is reported, and the host goes on") {

@@ -9,10 +9,12 @@
 #include "../common/plugin_test.h"
 #include "app/generation.h"
 #include "app/py_random.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 #include <ATen/Parallel.h>
+
+#include <algorithm>
 
 namespace {
 
@@ -43,14 +45,39 @@ sumi::app::ImageRequest request(const std::string& prompt, const std::string& ne
   return r;
 }
 
-// Same image: the 8-bit pixels within one level; latents agree to float rounding (a batch runs
-// the UNet's convolutions with other blockings, and the random tiny UNet amplifies the last
-// bits over the steps to ~1e-4; the golden tests allow 1e-3 against diffusers).
-void check_same(const sumi::app::ImageResult& got, const sumi::app::ImageResult& want, double latents_rel = 1e-3) {
+// How much a run moves when every guided model output is perturbed by about 1e-6 relative (the
+// CFG scale made 1e-6 larger): the trajectory's amplification of per-step rounding, measured on
+// this machine, with its thread count. A batch runs the UNet's convolutions with other blockings,
+// which changes each step's output by float rounding (~1e-7..1e-6 relative); how far that carries
+// depends on the random tiny UNet, the sampler and the CPU, so the bounds below are derived from
+// this measurement instead of being fixed from one run on one machine.
+struct Conditioning {
+  double latents_rel = 0;  // ||perturbed - run|| / ||run||
+  int64_t image_levels = 0;  // max 8-bit difference
+};
+
+template <class Run>
+Conditioning measure(const sumi::app::ImageRequest& r, Run&& run) {
+  sumi::app::ImageRequest p = r;
+  p.scale = r.scale * (1 + 1e-6);
+  const sumi::app::ImageResult a = run(r), b = run(p);
+  Conditioning c;
+  c.latents_rel = ((b.latents - a.latents).norm() / a.latents.norm()).item<double>();
+  c.image_levels = (sumi::app::to_uint8_hwc(a.image).to(at::kInt) - sumi::app::to_uint8_hwc(b.image).to(at::kInt))
+                       .abs().max().item<int64_t>();
+  return c;
+}
+
+// Same image: latents within 30x the measured response to a 1e-6 perturbation (at least 1e-4:
+// rounding alone, well conditioned), 8-bit pixels within one level, or 3x the measured level
+// change where the perturbation itself moves pixels.
+void check_same(const sumi::app::ImageResult& got, const sumi::app::ImageResult& want, const Conditioning& c) {
   const double rel = ((got.latents - want.latents).norm() / want.latents.norm()).item<double>();
-  CHECK(rel < latents_rel);
+  const double bound = std::max(1e-4, 30 * c.latents_rel);
+  CAPTURE(c.latents_rel);
+  CHECK(rel < bound);
   const auto a = sumi::app::to_uint8_hwc(got.image).to(at::kInt), b = sumi::app::to_uint8_hwc(want.image).to(at::kInt);
-  CHECK((a - b).abs().max().item<int64_t>() <= 1);
+  CHECK((a - b).abs().max().item<int64_t>() <= std::max<int64_t>(1, 3 * c.image_levels));
 }
 
 }  // namespace
@@ -69,7 +96,8 @@ TEST_CASE("a batch of N gives the images of N single runs") {
     for (size_t i = 0; i < rs.size(); ++i) {
       CAPTURE(i);
       CHECK(batch[i].latents.sizes() == at::IntArrayRef({1, 4, 8, 8}));
-      check_same(batch[i], gen.run(rs[i], false));
+      const auto cond = measure(rs[i], [&](const sumi::app::ImageRequest& r) { return gen.run(r, false); });
+      check_same(batch[i], gen.run(rs[i], false), cond);
     }
     // The images differ from one another (each its own seed and prompt).
     CHECK((batch[0].latents - batch[1].latents).abs().max().item<double>() > 0.1);
@@ -95,14 +123,15 @@ TEST_CASE("img2img and inpainting from latents batch as their single runs") {
   rs[0].init_latents = z;
   rs[1].init_latents = z.flip(3);
   for (auto& r : rs) r.strength = 0.6;
+  auto single = [&](const sumi::app::ImageRequest& r) { return gen.run(r, false); };
   auto batch = gen.run_batch(rs, false);
-  for (size_t i = 0; i < rs.size(); ++i) check_same(batch[i], gen.run(rs[i], false));
+  for (size_t i = 0; i < rs.size(); ++i) check_same(batch[i], gen.run(rs[i], false), measure(rs[i], single));
   at::Tensor mask = at::zeros({1, 1, 64, 64});
   mask.slice(3, 32, 64).fill_(1);
   rs[0].mask = mask;
   rs[1].mask = 1 - mask;
   batch = gen.run_batch(rs, false);
-  for (size_t i = 0; i < rs.size(); ++i) check_same(batch[i], gen.run(rs[i], false));
+  for (size_t i = 0; i < rs.size(); ++i) check_same(batch[i], gen.run(rs[i], false), measure(rs[i], single));
 }
 
 TEST_CASE("a batch refuses requests that cannot share a denoising loop") {
@@ -145,13 +174,18 @@ TEST_CASE("highres fix in a batch: each image as alone; the second pass takes se
   for (size_t i = 0; i < rs.size(); ++i) {
     CAPTURE(i);
     sumi::app::ImageResult first;
-    // Two chained samplings amplify the batch's rounding once more: 5e-3 for the latents.
-    check_same(out[i], gen.run_highres(rs[i], h, false, &first), 5e-3);
-    check_same(firsts[i], first);
+    const auto whole = measure(rs[i], [&](const sumi::app::ImageRequest& r) { return gen.run_highres(r, h, false); });
+    const auto first_pass = measure(rs[i], [&](const sumi::app::ImageRequest& r) {
+      sumi::app::ImageResult f;
+      gen.run_highres(r, h, false, &f);
+      return f;
+    });
+    check_same(out[i], gen.run_highres(rs[i], h, false, &first), whole);
+    check_same(firsts[i], first, first_pass);
     // The second pass by hand: img2img of the upscaled first image with seed + 1.
     sumi::app::ImageRequest b = rs[i];
     b.seed = rs[i].seed + 1;
     b.init_latents = at::upsample_bilinear2d(firsts[i].latents, {8, 8}, false);
-    check_same(out[i], gen.run(b, false), 5e-3);
+    check_same(out[i], gen.run(b, false), whole);
   }
 }

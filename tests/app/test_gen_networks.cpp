@@ -16,7 +16,7 @@
 #include "app/network_stack.h"
 #include "core/op_bridge.h"
 #include "core/tensor_handle.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 
 #include <ATen/Parallel.h>
 

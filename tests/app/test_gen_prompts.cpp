@@ -11,7 +11,7 @@
 #include "app/generation.h"
 #include "app/image_io.h"
 #include "core/error.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 
 #include <ATen/Parallel.h>
 

@@ -1,10 +1,11 @@
-// Family detection from names/layout only, and A1111's model hash.
+// Which model component loads a file (asked of the model plugins' probe slot), and A1111's model hash.
 #include <doctest/doctest.h>
 
 #include "../common/test_data.h"
 
 #include "app/model_file.h"
 #include "core/error.h"
+#include "core/plugin_manager.h"
 
 #include <cstdio>
 #include <filesystem>
@@ -14,16 +15,29 @@ namespace {
 using sumi::test::fixture;
 }  // namespace
 
-TEST_CASE("family detection from single files and diffusers folders") {
-  CHECK(sumi::app::detect_family(fixture("tiny-sd1.safetensors")) == "sd1");
-  CHECK(sumi::app::detect_family(fixture("tiny-sd2v.safetensors")) == "sd2");
-  CHECK(sumi::app::detect_family(fixture("tiny-sdxl.safetensors")) == "sdxl");
-  CHECK(sumi::app::detect_family(fixture("tiny-sd1")) == "sd1");
-  CHECK(sumi::app::detect_family(fixture("tiny-sd2v")) == "sd2");
-  CHECK(sumi::app::detect_family(fixture("tiny-sdxl")) == "sdxl");
-  CHECK(sumi::app::detect_family(fixture("tiny-sd1.lora.safetensors")) == "");
-  CHECK_THROWS_WITH_AS(sumi::app::detect_family(fixture("clip-tokenizer")), doctest::Contains("without model_index.json"),
-                       sumi::host::UserError);
+TEST_CASE("the model plugins' probe picks the component for single files, checkpoints and diffusers folders") {
+  sumi::host::PluginManager pm;
+  pm.add_search_dir(SUMI_PLUGIN_DIR);
+  CHECK(sumi::app::find_model_component(pm, fixture("tiny-sd1.safetensors")) == "sd1");
+  CHECK(sumi::app::find_model_component(pm, fixture("tiny-sd2v.safetensors")) == "sd2");
+  CHECK(sumi::app::find_model_component(pm, fixture("tiny-sdxl.safetensors")) == "sdxl");
+  CHECK(sumi::app::find_model_component(pm, fixture("tiny-sd1")) == "sd1");
+  CHECK(sumi::app::find_model_component(pm, fixture("tiny-sd2v")) == "sd2");
+  CHECK(sumi::app::find_model_component(pm, fixture("tiny-sdxl")) == "sdxl");
+  // Not a model: every component's answer is in the message.
+  try {
+    sumi::app::find_model_component(pm, fixture("tiny-sd1.lora.safetensors"));
+    FAIL("a LoRA file was taken for a model");
+  } catch (const sumi::host::UserError& e) {
+    const std::string m = e.what();
+    CHECK(m.find("tiny-sd1.lora.safetensors: no model plugin loads it") != std::string::npos);
+    CHECK(m.find("sd1: ") != std::string::npos);
+    CHECK(m.find("sdxl: ") != std::string::npos);
+  }
+  CHECK_THROWS_WITH_AS(sumi::app::find_model_component(pm, fixture("clip-tokenizer")),
+                       doctest::Contains("without model_index.json"), sumi::host::UserError);
+  CHECK_THROWS_WITH_AS(sumi::app::find_model_component(pm, fixture("nope.safetensors")),
+                       doctest::Contains("nope.safetensors: no such file or folder"), sumi::host::UserError);
 }
 
 TEST_CASE("A1111 model hash is the first 10 hex digits of SHA-256") {

@@ -13,7 +13,7 @@
 #include <random>
 #include <sstream>
 
-#include "io/safetensors.h"
+#include "sumi/io/safetensors.h"
 #include "io_test_util.h"
 
 using namespace sumi::io;

@@ -11,7 +11,7 @@
 #include <random>
 #include <set>
 
-#include "io/safetensors.h"
+#include "sumi/io/safetensors.h"
 #include "io_test_util.h"
 
 using namespace sumi::io;

@@ -8,7 +8,7 @@
 #include <fstream>
 #include <sstream>
 
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 #include "io_test_util.h"
 
 using namespace sumi::io;

@@ -11,8 +11,8 @@
 #include <list>
 #include <random>
 
-#include "io/pickle.h"
-#include "io/torch_checkpoint.h"
+#include "sumi/io/pickle.h"
+#include "sumi/io/torch_checkpoint.h"
 #include "io_test_util.h"
 
 using namespace sumi::io;

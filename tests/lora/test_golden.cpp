@@ -8,7 +8,7 @@
 
 #include "core/host_api.h"
 #include "core/tensor_handle.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 
 #include <functional>
 

@@ -7,7 +7,7 @@
 
 #include "core/host_api.h"
 #include "core/tensor_handle.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 #include "models_test_util.h"
 
 using namespace sumi::test;

@@ -2,7 +2,7 @@
 // of its forms (original single file and diffusers folder): conditioning, UNet, VAE.
 #include <doctest/doctest.h>
 
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 #include "models_test_util.h"
 
 using namespace sumi::test;

@@ -15,7 +15,7 @@
 #include "ckpt_writer.h"
 #include "core/host_api.h"
 #include "core/tensor_handle.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 #include "models_test_util.h"
 #include "nn/clip_text.h"
 #include "nn/unet.h"

@@ -6,7 +6,7 @@
 #include <mutex>
 #include <stdexcept>
 
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 
 namespace sumi::nn::test {
 

@@ -3,7 +3,7 @@
 
 #include <fstream>
 
-#include "io/safetensors.h"
+#include "sumi/io/safetensors.h"
 #include "nn/detect.h"
 #include "nn_test_util.h"
 

@@ -8,7 +8,7 @@
 #include <vector>
 
 #include "sd_common/tokenizer/clip_tokenizer.h"
-#include "sumi/prompt/chunking.h"
+#include "sd_common/prompt/chunking.h"
 
 using namespace sumi::prompt;
 using sumi::sd::ClipTokenizer;

@@ -10,7 +10,7 @@
 #include <string>
 #include <vector>
 
-#include "sumi/prompt/weighting.h"
+#include "sd_common/prompt/weighting.h"
 
 using sumi::prompt::parse_weights;
 using sumi::prompt::ParseOptions;

@@ -12,7 +12,7 @@
 
 #include <nlohmann/json.hpp>
 
-#include "io/safetensors.h"
+#include "sumi/io/safetensors.h"
 #include "sd_common/tokenizer/clip_tokenizer.h"
 
 namespace {

@@ -11,7 +11,7 @@
 #include "app/train/network_file.h"
 #include "app/train/train_metadata.h"
 #include "app/train/trainer.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 
 #include <ATen/Parallel.h>
 

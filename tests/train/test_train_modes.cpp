@@ -12,7 +12,7 @@
 #include "app/train/trainer.h"
 #include "core/op_bridge.h"
 #include "core/tensor_handle.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 
 #include <ATen/Parallel.h>
 

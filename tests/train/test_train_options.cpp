@@ -11,7 +11,7 @@
 #include "app/image_io.h"
 #include "app/train/model_parts.h"
 #include "app/train/trainer.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 #include "nn/key_map.h"
 
 #include <ATen/Parallel.h>

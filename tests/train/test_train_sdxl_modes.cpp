@@ -14,8 +14,9 @@
 #include "app/model_file.h"
 #include "app/train/trainer.h"
 #include "core/op_bridge.h"
+#include "core/plugin_manager.h"
 #include "core/tensor_handle.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 
 #include <ATen/Parallel.h>
 
@@ -28,6 +29,13 @@ namespace fs = std::filesystem;
 namespace {
 
 using sumi::app::TrainMode;
+
+// The model component whose probe accepts a saved file (the reload's family).
+std::string family_of(const std::string& path) {
+  sumi::host::PluginManager pm;
+  pm.add_search_dir(SUMI_PLUGIN_DIR);
+  return sumi::app::find_model_component(pm, path);
+}
 
 using sumi::test::data;
 const std::string kSdxl = data("fixtures/tiny-sdxl.safetensors");
@@ -189,7 +197,7 @@ TEST_CASE("SDXL DreamBooth with train_text_encoder: UNet and both text encoders 
   CHECK(vae.seen > 0);
   CHECK_MESSAGE(vae.count() == 0, vae.names());
   // The single file is an SDXL checkpoint again: detected by its names, loaded by the sdxl plugin.
-  CHECK(sumi::app::detect_family(r.output_file) == "sdxl");
+  CHECK(family_of(r.output_file) == "sdxl");
   load_as_sdxl(r.output_file);
 
   // save_model_as = "diffusers": a folder with both text encoders.
@@ -203,7 +211,7 @@ TEST_CASE("SDXL DreamBooth with train_text_encoder: UNet and both text encoders 
     CAPTURE(part);
     CHECK(fs::is_directory(fs::path(rd.output_file) / part));
   }
-  CHECK(sumi::app::detect_family(rd.output_file) == "sdxl");
+  CHECK(family_of(rd.output_file) == "sdxl");
   load_as_sdxl(rd.output_file);
 
   // kohya's sdxl_train: cache_text_encoder_outputs is refused with train_text_encoder...
@@ -252,7 +260,7 @@ TEST_CASE("SDXL fine-tuning over --in_json metadata: trains the UNet and saves a
   const auto te = changed(got, base, "conditioner.embedders."), vae = changed(got, base, "first_stage_model.");
   CHECK_MESSAGE(te.count() == 0, te.names());
   CHECK_MESSAGE(vae.count() == 0, vae.names());
-  CHECK(sumi::app::detect_family(r.output_file) == "sdxl");
+  CHECK(family_of(r.output_file) == "sdxl");
   load_as_sdxl(r.output_file);
   // The same with fine_tune.py's --train_text_encoder: both text encoders move too.
   auto with_te = s;

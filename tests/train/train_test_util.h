@@ -4,7 +4,7 @@
 
 #include "../common/test_data.h"
 #include "app/train/trainer.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 
 #include <ATen/ATen.h>
 

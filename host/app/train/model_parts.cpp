@@ -1,8 +1,6 @@
 #include "model_parts.h"
 
 #include "core/error.h"
-#include "embedding_file.h"
-#include "model_files.h"
 
 #include <ATen/ATen.h>
 
@@ -58,32 +56,6 @@ int sdxl_unet_block(const std::string& name) {
     throw host::UserError("block_lr: the UNet parameter '" + name +
                           "' is outside SDXL's block layout (3 levels of 2 layers); block_lr needs an SDXL UNet");
   return block;
-}
-
-void load_initial_embedding(host::Registry& registry, const std::string& component, const std::string& token,
-                            const std::string& path, const std::string& family) {
-  const bool xl = family == "sdxl";
-  const std::string prefix = "ti." + token + ".";
-  const auto* rows = registry.find(component, prefix + (xl ? "clip_l" : "emb_params"));
-  const auto* rows2 = xl ? registry.find(component, prefix + "clip_g") : nullptr;
-  if (!rows || (xl && !rows2))
-    throw host::UserError("--weights " + path + ": the model registered no rows for the token '" + token + "'");
-  sd::EmbeddingFile e;
-  try {
-    e = sd::read_embedding_file(path, sd::family_from_string(family), rows->tensor.size(1), xl ? rows2->tensor.size(1) : 0);
-  } catch (const std::exception& ex) {
-    throw host::UserError(std::string("--weights: ") + ex.what());
-  }
-  auto copy = [&](const host::RegistryEntry& dst, const at::Tensor& src, const char* what) {
-    if (src.size(0) != dst.tensor.size(0))
-      throw host::UserError("--weights " + path + ": " + what + " holds " + std::to_string(src.size(0)) +
-                            " vectors, the token has " + std::to_string(dst.tensor.size(0)) +
-                            " (num_vectors_per_token): make them equal");
-    at::NoGradGuard ng;
-    dst.tensor.copy_(src.to(dst.tensor.scalar_type()));
-  };
-  copy(*rows, e.rows, xl ? "clip_l" : "the embedding");
-  if (xl) copy(*rows2, e.rows2, "clip_g");
 }
 
 }  // namespace sumi::app

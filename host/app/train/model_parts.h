@@ -1,6 +1,5 @@
-// Training the model's own parameters (DreamBooth, fine-tuning, Textual Inversion): kohya's
-// SDXL UNet block split for --block_lr, and Textual Inversion's initial embedding file
-// (--weights).
+// Training the model's own parameters (DreamBooth, fine-tuning): kohya's SDXL UNet block split
+// for --block_lr. (Textual Inversion's --weights file is read by the model: its load_token slot.)
 #pragma once
 
 #include "core/registry.h"
@@ -16,12 +15,5 @@ constexpr int kSdxlUnetBlocks = 23;
 // The block of a parameter of an SDXL UNet given by its diffusers name ("down_blocks.1.attentions.0.
 // proj_in.weight" is input_blocks.4, block 5). Throws a UserError for a name outside that layout.
 int sdxl_unet_block(const std::string& diffusers_name);
-
-// kohya's --weights for Textual Inversion: copies the vectors of the embedding file `path`
-// (emb_params or A1111 .pt for SD 1.x/2.x; clip_l + clip_g for SDXL) into the token's trainable
-// rows that `component` registered (ti.<token>.emb_params / .clip_l / .clip_g). The file must hold
-// as many vectors as the token has (num_vectors_per_token) and match the text encoders' widths.
-void load_initial_embedding(host::Registry& registry, const std::string& component, const std::string& token,
-                            const std::string& path, const std::string& family);
 
 }  // namespace sumi::app

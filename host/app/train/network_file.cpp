@@ -1,7 +1,7 @@
 #include "network_file.h"
 
 #include "core/error.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 
 #include <openssl/evp.h>
 

@@ -13,7 +13,7 @@
 #include "core/progress.h"
 #include "core/runtime.h"
 #include "core/tensor_handle.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 #include "app/train/network_file.h"
 #include "app/train/train_metadata.h"
 #include "app/train/latent_cache.h"
@@ -281,7 +281,13 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     model.check(mvt.add_token(model.self(), s.token_string.c_str(), s.init_word.empty() ? nullptr : s.init_word.c_str(),
                               s.num_vectors_per_token),
                 ("add_token " + s.token_string).c_str());
-    if (!s.ti_weights.empty()) load_initial_embedding(registry, "model", s.token_string, s.ti_weights, s.family);
+    if (!s.ti_weights.empty()) {
+      // kohya's --weights: the token's vectors start from an embedding file (the model reads it).
+      model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, load_token) && mvt.load_token, "load_token", "1.2");
+      if (!std::filesystem::exists(s.ti_weights))
+        throw host::UserError("--weights " + s.ti_weights + ": no such file (expected a Textual Inversion embedding)");
+      model.check(mvt.load_token(model.self(), s.token_string.c_str(), s.ti_weights.c_str()), ("--weights " + s.ti_weights).c_str());
+    }
     trained = "model";
   } else {
     model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, train_part), "train_part", "1.1");
@@ -421,7 +427,9 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     const sumi_dtype dt = save_dtype(s.save_precision);
     const fs::path path = saved_path(name);
     // Written under a temporary name, then renamed over the previous file.
-    const fs::path tmp = outdir / (saves_folder ? name + ".tmp" : name + ".tmp.safetensors");
+    // (A folder's temporary name has no extension: the model plugin refuses to write a folder
+    // whose name looks like a file, e.g. "x.ckpt".)
+    const fs::path tmp = outdir / (saves_folder ? name + "_tmp" : name + ".tmp.safetensors");
     fs::remove_all(tmp);
     if (mode == TrainMode::textual_inversion)
       model.check(mvt.save_token(model.self(), s.token_string.c_str(), tmp.string().c_str(), &dt, 1), ("save_token " + path.string()).c_str());
@@ -745,7 +753,9 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
     for (size_t i = 0; i < result.losses.size(); ++i) steps_axis.push_back(first + static_cast<int64_t>(i));
     const std::string png = (outdir / (s.output_name + ".loss.png")).string();
     try {
-      logging::write_loss_curve_png(png, steps_axis, result.losses, s.output_name + " loss");
+      logging::LossCurveOptions curve;
+      if (result.lrs.size() == result.losses.size()) curve.lrs = result.lrs;
+      logging::write_loss_curve_png(png, steps_axis, result.losses, s.output_name + ": training loss", curve);
       result.loss_curve = png;
     } catch (const std::exception& e) {
       host::log(SUMI_LOG_WARN, "train", std::string("no loss-curve image: ") + e.what());

@@ -6,6 +6,7 @@
 #include <cctype>
 
 #include "sumi/recipe/load.h"
+#include "sumi/recipe/sections.h"
 #include "sumi/recipe/suggest.h"
 
 namespace po = boost::program_options;
@@ -215,6 +216,24 @@ void apply_config_value(Value& root, const KohyaFlag& f, const Value& raw, Layer
   put(root, f.target, v, f.name);
 }
 
+// kohya's get_scheduler_fix passes --lr_scheduler_num_cycles only to cosine_with_restarts and
+// --lr_scheduler_power only to polynomial, and ignores them otherwise (the kohya GUI's configs
+// always carry both). Values that came from those flags are dropped for other schedulers, so
+// cosine keeps its own half wave as in kohya; a recipe's own [lr_scheduler] keys stay.
+void drop_unused_scheduler_flags(Value& root) {
+  Value* sched = root.find("lr_scheduler");
+  if (!sched || !sched->is_table()) return;
+  const std::string type = lower(plugin_type(root, "lr_scheduler"));
+  const struct {
+    const char* key;
+    const char* flag;
+    const char* used_by;
+  } rows[] = {{"num_cycles", "--lr_scheduler_num_cycles", "cosine_with_restarts"},
+              {"power", "--lr_scheduler_power", "polynomial"}};
+  for (const auto& r : rows)
+    if (const Value* v = sched->find(r.key); v && v->flag() == r.flag && type != r.used_by) sched->erase(r.key);
+}
+
 std::string with_toml_suffix(std::string path) {
   // kohya appends ".toml" when the name lacks it.
   if (path.size() < 5 || path.compare(path.size() - 5, 5, ".toml") != 0) path += ".toml";
@@ -315,6 +334,7 @@ void apply_kohya_args(Value& root, const std::vector<std::string>& args) {
       put(root, f.target, std::move(v), f.name);
   }
   finish_layer(root, layer);
+  drop_unused_scheduler_flags(root);
 
   for (const auto& s : sets) apply_set_argument(root, s, "--set " + s.substr(0, s.find('=')));
 }

@@ -2,6 +2,8 @@
 
 #include <algorithm>
 
+#include "sumi/recipe/load.h"
+#include "sumi/recipe/schema.h"
 #include "sumi/recipe/suggest.h"
 
 namespace sumi::recipe {
@@ -67,7 +69,13 @@ std::string plugin_type(const Value& root, std::string_view section) {
     if (const Value* t = s->find("type"); t && t->kind() == Value::Kind::String)
       return t->as_string();
   }
-  if (section == "lr_scheduler") return "constant";
+  // No type given: the host's default plugin for the section (kohya's AdamW, constant, ddpm),
+  // so plugin keys (e.g. --optimizer_args without --optimizer_type) resolve against its schema.
+  for (const auto& spec : host_schema(section))
+    if (spec.key == "type" && spec.default_value) {
+      const Value v = parse_value_text(*spec.default_value, "default");
+      if (v.kind() == Value::Kind::String) return v.as_string();
+    }
   return "";
 }
 

@@ -22,7 +22,8 @@ struct ClipTextConfig {
   // Reads a transformers config.json. projection_dim is kept only for
   // CLIPTextModelWithProjection ("architectures"): plain CLIPTextModel configs carry the field
   // too but have no projection weights.
-  static ClipTextConfig from_diffusers_json(const std::string& path);
+  // From a config.json file, or from `text` (its JSON) with `path` naming it in errors.
+  static ClipTextConfig from_diffusers_json(const std::string& path, const std::string* text = nullptr);
 };
 
 bool operator==(const ClipTextConfig& a, const ClipTextConfig& b);

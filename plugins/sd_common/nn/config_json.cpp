@@ -15,7 +15,15 @@ namespace {
 
 using nlohmann::json;
 
-json read_json(const std::string& path) {
+// `text` (when given) is the config itself and `path` only names it in errors.
+json read_json(const std::string& path, const std::string* text) {
+  if (text) {
+    try {
+      return json::parse(*text);
+    } catch (const std::exception& e) {
+      throw std::runtime_error("config '" + path + "' is not valid JSON: " + e.what());
+    }
+  }
   std::ifstream in(path);
   if (!in) throw std::runtime_error("cannot open config '" + path + "'");
   try {
@@ -47,8 +55,8 @@ std::vector<int64_t> per_level(const json& j, const char* key, size_t levels, in
 
 }  // namespace
 
-ClipTextConfig ClipTextConfig::from_diffusers_json(const std::string& path) {
-  auto j = read_json(path);
+ClipTextConfig ClipTextConfig::from_diffusers_json(const std::string& path, const std::string* text) {
+  auto j = read_json(path, text);
   ClipTextConfig c;
   c.vocab_size = get_or<int64_t>(j, "vocab_size", c.vocab_size);
   c.hidden_size = get_or<int64_t>(j, "hidden_size", c.hidden_size);
@@ -70,8 +78,8 @@ ClipTextConfig ClipTextConfig::from_diffusers_json(const std::string& path) {
   return c;
 }
 
-VaeConfig VaeConfig::from_diffusers_json(const std::string& path) {
-  auto j = read_json(path);
+VaeConfig VaeConfig::from_diffusers_json(const std::string& path, const std::string* text) {
+  auto j = read_json(path, text);
   VaeConfig c;
   c.in_channels = get_or<int64_t>(j, "in_channels", c.in_channels);
   c.out_channels = get_or<int64_t>(j, "out_channels", c.out_channels);
@@ -97,8 +105,8 @@ VaeConfig VaeConfig::from_diffusers_json(const std::string& path) {
   return c;
 }
 
-UNetConfig UNetConfig::from_diffusers_json(const std::string& path) {
-  auto j = read_json(path);
+UNetConfig UNetConfig::from_diffusers_json(const std::string& path, const std::string* text) {
+  auto j = read_json(path, text);
   UNetConfig c;
   c.in_channels = get_or<int64_t>(j, "in_channels", c.in_channels);
   c.out_channels = get_or<int64_t>(j, "out_channels", c.out_channels);

@@ -32,7 +32,8 @@ struct UNetConfig {
   int64_t time_embed_dim() const { return block_out_channels.at(0) * 4; }
   size_t levels() const { return block_out_channels.size(); }
 
-  static UNetConfig from_diffusers_json(const std::string& path);
+  // From a config.json file, or from `text` (its JSON) with `path` naming it in errors.
+  static UNetConfig from_diffusers_json(const std::string& path, const std::string* text = nullptr);
 };
 
 bool operator==(const UNetConfig& a, const UNetConfig& b);

@@ -21,7 +21,8 @@ struct VaeConfig {
   // tile_sample_min_size). 512 for SD 1.x/2.x, 1024 for SDXL. Not part of the shape (==).
   int64_t sample_size = 512;
 
-  static VaeConfig from_diffusers_json(const std::string& path);
+  // From a config.json file, or from `text` (its JSON) with `path` naming it in errors.
+  static VaeConfig from_diffusers_json(const std::string& path, const std::string* text = nullptr);
 };
 
 bool operator==(const VaeConfig& a, const VaeConfig& b);

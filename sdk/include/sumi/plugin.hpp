@@ -180,6 +180,25 @@ class Model {
     (void)overwrite;
     throw Error(SUMI_ERR_UNSUPPORTED, "this model cannot be saved (save '" + path + "')");
   }
+  // What the host needs to know of the loaded model, as a JSON object (ABI 1.2, sumi.h lists the
+  // keys). The default says nothing ("{}"): the host then falls back to its flags and defaults.
+  virtual std::string describe() { return "{}"; }
+  // ABI 1.2: whether `path` is a checkpoint this component loads; the JSON describe documents
+  // ({"family": ...}). Throw (an Error's message reaches the host) when it is not. The default
+  // claims nothing.
+  virtual std::string probe(const std::string& path) {
+    throw Error(SUMI_ERR_UNSUPPORTED, "this model cannot tell which files it loads (probe '" + path + "')");
+  }
+  virtual void load_token(const std::string& token, const std::string& path) {
+    (void)path;
+    throw Error(SUMI_ERR_UNSUPPORTED, "this model has no Textual Inversion tokens (load_token '" + token + "')");
+  }
+  virtual void convert(const std::string& src, const std::string& dst, std::optional<sumi_dtype> dtype, bool overwrite) {
+    (void)dst;
+    (void)dtype;
+    (void)overwrite;
+    throw Error(SUMI_ERR_UNSUPPORTED, "this model cannot convert checkpoints (convert '" + src + "')");
+  }
 };
 
 class Tagger {
@@ -352,6 +371,26 @@ struct ModelVtable {
         },
         [](void* s, const char* path, const sumi_dtype* dtype, int32_t overwrite) {
           return guarded([&] { self_of<Impl>(s).save(str(path), opt(dtype), overwrite != 0); });
+        },
+        [](void* s, const char** json) {
+          return guarded([&] {
+            thread_local std::string text;
+            text = self_of<Impl>(s).describe();
+            *json = text.c_str();
+          });
+        },
+        [](void* s, const char* path, const char** json) {
+          return guarded([&] {
+            thread_local std::string text;
+            text = self_of<Impl>(s).probe(str(path));
+            *json = text.c_str();
+          });
+        },
+        [](void* s, const char* token, const char* path) {
+          return guarded([&] { self_of<Impl>(s).load_token(str(token), str(path)); });
+        },
+        [](void* s, const char* src, const char* dst, const sumi_dtype* dtype, int32_t overwrite) {
+          return guarded([&] { self_of<Impl>(s).convert(str(src), str(dst), opt(dtype), overwrite != 0); });
         }};
     return &vt;
   }

@@ -17,7 +17,8 @@
  *    "new reference" handles must be released with host->tensor_release.
  *  - dtypes and devices use DLPack's codes.
  *  - "since 1.0" marks the ABI minor that introduced a field. ABI 1.1 appended the model
- *    vtable's training slots (train_part, add_token, save_token, save).
+ *    vtable's training slots (train_part, add_token, save_token, save); ABI 1.2 its describe,
+ *    probe, load_token and convert slots (the host asks the model instead of knowing families).
  */
 #ifndef SUMI_SUMI_H
 #define SUMI_SUMI_H
@@ -30,7 +31,7 @@ extern "C" {
 #endif
 
 #define SUMI_ABI_MAJOR 1
-#define SUMI_ABI_MINOR 1
+#define SUMI_ABI_MINOR 2
 
 #if defined(_WIN32)
 #define SUMI_EXPORT __declspec(dllexport)
@@ -425,10 +426,44 @@ typedef struct sumi_model_vtable {
    * else a diffusers folder. `dtype` (nullable: the model's own) converts floating-point
    * weights. An existing path is replaced (atomically) only if `overwrite`. */
   sumi_status (*save)(void* self, const char* path, const sumi_dtype* dtype, int32_t overwrite);
+
+  /* --- describing the loaded model (since 1.2). A host reads it only when struct_size covers it.
+   * `*json` receives one JSON object (UTF-8), borrowed: valid until the next describe call on the
+   * same thread. Keys (a host uses those it knows and ignores the rest):
+   *   "family"                 string, the component's family name ("sd1", "sd2", "sdxl", ...)
+   *   "prediction_type"        "epsilon" or "v_prediction"
+   *   "latent_channels"        integer; "vae_scale_factor": pixels per latent (8 for SD)
+   *   "scaling_factor"         the VAE latent scale the model's vae_encode applies
+   *   "default_resolution"     [width, height] the model was trained at
+   *   "text_encoders"          the trainable text-encoder part names (train_part)
+   *   "force_zeros_for_empty_prompt"  an empty negative prompt is zero conditioning (SDXL)
+   *   "modelspec_architecture" SAI model spec architecture string of the model ("stable-diffusion-v1")
+   *   "scheduler"              the diffusers scheduler config to sample with: a folder's own
+   *                            scheduler_config.json, or the family's standard one for a single file
+   * Needs a loaded model. */
+  sumi_status (*describe)(void* self, const char** json);
+  /* Can this component load `path` (a file or folder)? Judged from names, shapes and configs
+   * (a safetensors header, a folder's config.json files; a pickled .ckpt is unpickled by the
+   * restricted reader), before and without load. SUMI_OK with `*json` = {"family": "<name>"}
+   * (borrowed as describe's) when the checkpoint is this component's family; an error status
+   * whose message says what the file is otherwise (another family, not a model). (since 1.2) */
+  sumi_status (*probe)(void* self, const char* path, const char** json);
+  /* Textual Inversion: the vectors of a token added by add_token, from an embedding file (what
+   * save_token writes; A1111 .pt). Refused when the file's vector count or width differs. (since 1.2) */
+  sumi_status (*load_token)(void* self, const char* token, const char* path);
+  /* Convert a checkpoint of this component's family between the forms it reads and writes,
+   * without building the model: `dst` ending in .safetensors is one original-layout file, a path
+   * without a file extension a diffusers folder (other extensions are refused). `dtype`
+   * (nullable) converts floating-point tensors; otherwise each keeps its own. An existing `dst`
+   * is replaced (atomically) only if `overwrite`. (since 1.2) */
+  sumi_status (*convert)(void* self, const char* src, const char* dst, const sumi_dtype* dtype,
+                         int32_t overwrite);
 } sumi_model_vtable;
 
 /* Size of the model vtable of ABI 1.0 (before train_part): the least a model must provide. */
 #define SUMI_MODEL_VTABLE_SIZE_1_0 offsetof(sumi_model_vtable, train_part)
+/* Size of the model vtable of ABI 1.1 (before describe). */
+#define SUMI_MODEL_VTABLE_SIZE_1_1 offsetof(sumi_model_vtable, describe)
 
 /* --- tagger: image -> tags. */
 typedef void (*sumi_tag_sink)(void* user, const char* tag, double score);

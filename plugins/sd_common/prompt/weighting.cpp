@@ -2,7 +2,7 @@
 // regular expression, matched here by hand, alternatives in the same order), the same bracket
 // stacks, the same multiplications in the same order (so the doubles are bit-identical) and
 // the same merge of equal neighbours.
-#include "sumi/prompt/weighting.h"
+#include "sd_common/prompt/weighting.h"
 
 #include <charconv>
 #include <cstdint>

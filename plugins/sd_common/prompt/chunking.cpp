@@ -1,7 +1,7 @@
 // Follows sd-scripts' gen_img get_prompts_with_weights, pad_tokens_and_weights and the chunk
 // framing of get_unweighted_text_embeddings; the training-sample pipeline (lpw) is the same
 // since it gained the pad id, minus BREAK (ParseOptions::break_keyword = false).
-#include "sumi/prompt/chunking.h"
+#include "sd_common/prompt/chunking.h"
 
 #include <algorithm>
 #include <stdexcept>

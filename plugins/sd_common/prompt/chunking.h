@@ -11,7 +11,7 @@
 #include <string_view>
 #include <vector>
 
-#include "sumi/prompt/weighting.h"
+#include "sd_common/prompt/weighting.h"
 
 namespace sumi::prompt {
 

@@ -1,4 +1,4 @@
-#include "io/torch_checkpoint.h"
+#include "sumi/io/torch_checkpoint.h"
 
 #include <ATen/ATen.h>
 #include <fcntl.h>
@@ -15,7 +15,7 @@
 #include <map>
 #include <system_error>
 
-#include "io/pickle.h"
+#include "sumi/io/pickle.h"
 
 namespace sumi::io {
 namespace {

@@ -9,7 +9,7 @@
 
 #include <string>
 
-#include "io/safetensors_torch.h"  // NamedTensors
+#include "sumi/io/safetensors_torch.h"  // NamedTensors
 
 namespace sumi::io {
 

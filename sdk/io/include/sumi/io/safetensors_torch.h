@@ -17,7 +17,7 @@
 #include <utility>
 #include <vector>
 
-#include "io/safetensors.h"
+#include "sumi/io/safetensors.h"
 
 namespace sumi::io {
 

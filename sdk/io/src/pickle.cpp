@@ -1,4 +1,4 @@
-#include "io/pickle.h"
+#include "sumi/io/pickle.h"
 
 #include <cerrno>
 #include <cstdio>
@@ -8,7 +8,7 @@
 #include <set>
 #include <unordered_map>
 
-#include "io/safetensors.h"  // FormatError
+#include "sumi/io/safetensors.h"  // FormatError
 
 namespace sumi::io::pickle {
 namespace {
