@@ -6,6 +6,7 @@
 
 #include "../common/test_data.h"
 
+#include "app/tools/kohya_files.h"
 #include "app/tools/tools.h"
 #include "core/error.h"
 #include "io/safetensors_torch.h"
@@ -570,4 +571,21 @@ TEST_CASE("merge_models is kohya's weighted sum, key by key") {
       INFO("tensor " << k);
       CHECK(at::equal(t, b.at(k).to(at::kFloat)));
     }
+}
+
+TEST_CASE("numbers are spelled as Python spells them") {
+  using sumi::app::tools::py_float;
+  CHECK(py_float(2.0) == "2.0");
+  CHECK(py_float(0.1) == "0.1");
+  CHECK(py_float(1.5) == "1.5");
+  CHECK(py_float(-3.0) == "-3.0");
+  CHECK(py_float(0.0001) == "0.0001");
+  CHECK(py_float(1e-05) == "1e-05");
+  CHECK(py_float(6.479024887084961e-05) == "6.479024887084961e-05");
+  CHECK(py_float(0.13412639498710632) == "0.13412639498710632");
+  CHECK(py_float(static_cast<double>(0.6666667f)) == "0.6666666865348816");
+  CHECK(py_float(1e16) == "1e+16");
+  CHECK(py_float(123456789012345.0) == "123456789012345.0");
+  CHECK(py_float(1.2345678901234568e+17) == "1.2345678901234568e+17");
+  CHECK(sumi::app::tools::py_percent(0.97849, 1) == "97.8%");
 }
