@@ -1,5 +1,6 @@
 // The `sumi` executable: dispatches to a subcommand and reports user errors cleanly.
 #include "commands.h"
+#include "tools/tools.h"
 
 #include <sumi/sumi.h>
 
@@ -28,6 +29,7 @@ const char* kUsage =
 int main(int argc, char** argv) {
   if (argc < 2 || !std::strcmp(argv[1], "--help") || !std::strcmp(argv[1], "-h") || !std::strcmp(argv[1], "help")) {
     std::fputs(kUsage, stdout);
+    std::fputs(sumi::app::tools::tools_usage(), stdout);
     return argc < 2 ? 1 : 0;
   }
   if (!std::strcmp(argv[1], "--version")) {
@@ -43,6 +45,7 @@ int main(int argc, char** argv) {
     if (cmd == "generate") return sumi::app::cmd_generate(args);
     if (cmd == "train") return sumi::app::cmd_train(args);
     if (cmd == "convert") return sumi::app::cmd_convert(args);
+    if (int rc = 0; sumi::app::tools::run_tool(cmd, args, rc)) return rc;
     std::fprintf(stderr, "sumi: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const std::exception& e) {

@@ -1,0 +1,42 @@
+#include "app/tools/tools.h"
+
+namespace sumi::app::tools {
+
+namespace {
+struct Tool {
+  const char* name;
+  int (*run)(const std::vector<std::string>&);
+};
+const Tool kTools[] = {
+    {"show_metadata", cmd_show_metadata},
+    {"resize_lora", cmd_resize_lora},
+    {"check_lora_weights", cmd_check_lora_weights},
+    {"merge_lora", cmd_merge_lora},
+    {"sdxl_merge_lora", cmd_sdxl_merge_lora},
+    {"svd_merge_lora", cmd_svd_merge_lora},
+    {"merge_models", cmd_merge_models},
+    {"extract_lora_from_models", cmd_extract_lora_from_models},
+};
+}  // namespace
+
+bool run_tool(const std::string& command, const std::vector<std::string>& args, int& rc) {
+  for (const Tool& t : kTools)
+    if (command == t.name) {
+      rc = t.run(args);
+      return true;
+    }
+  return false;
+}
+
+const char* tools_usage() {
+  return "kohya tool scripts (kohya's flags; sumi <tool> --help, docs/tools.md):\n"
+         "  show_metadata --model F            a .safetensors file's header and metadata\n"
+         "  check_lora_weights FILE            per-tensor mean / min |w| of a LoRA\n"
+         "  resize_lora --model --save_to --new_rank   a LoRA at a new (or dynamic) rank by SVD\n"
+         "  merge_lora / sdxl_merge_lora       LoRAs into a checkpoint (--sd_model) or into one LoRA\n"
+         "  svd_merge_lora --models --ratios --new_rank   LoRAs into one LoRA of a new rank by SVD\n"
+         "  extract_lora_from_models --model_org --model_tuned   a LoRA from two checkpoints\n"
+         "  merge_models --models --ratios --output   a weighted sum of checkpoints\n";
+}
+
+}  // namespace sumi::app::tools
