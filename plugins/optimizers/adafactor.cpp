@@ -43,16 +43,17 @@ class Adafactor : public Optimizer {
       e.param = s.param;
       e.factored = s.param.dim() >= 2;
       e.step = ctx_.state(s.prefix + "step", ops::zeros({}, dtype::f64));
-      if (beta1_ > 0) e.exp_avg = ctx_.state(s.prefix + "exp_avg", ops::zeros_like(s.param));
+      // State in float32 whatever the parameter's dtype (transformers keeps it like the float32 gradient).
+      const auto shape = s.param.sizes();
+      if (beta1_ > 0) e.exp_avg = ctx_.state(s.prefix + "exp_avg", ops::zeros(shape, dtype::f32));
       if (e.factored) {
-        auto shape = s.param.sizes();
         auto row = shape, col = shape;
         row.pop_back();
         col.erase(col.end() - 2);
-        e.row = ctx_.state(s.prefix + "exp_avg_sq_row", ops::zeros(row, s.param.dtype()));
-        e.col = ctx_.state(s.prefix + "exp_avg_sq_col", ops::zeros(col, s.param.dtype()));
+        e.row = ctx_.state(s.prefix + "exp_avg_sq_row", ops::zeros(row, dtype::f32));
+        e.col = ctx_.state(s.prefix + "exp_avg_sq_col", ops::zeros(col, dtype::f32));
       } else {
-        e.sq = ctx_.state(s.prefix + "exp_avg_sq", ops::zeros_like(s.param));
+        e.sq = ctx_.state(s.prefix + "exp_avg_sq", ops::zeros(shape, dtype::f32));
       }
       e.lr = ctx_.state(s.prefix + "lr", ops::zeros({}, dtype::f64));
       entries.push_back(std::move(e));
@@ -67,14 +68,16 @@ class Adafactor : public Optimizer {
     NoGradGuard no_grad;
     for (size_t g = 0; g < groups_.size(); ++g) {
       for (auto& e : groups_[g]) {
-        const Tensor grad = e.param.grad();
+        Tensor grad = e.param.grad();
         if (!grad.defined()) continue;
-        if (grad.dtype() != dtype::f32 || e.param.dtype() != dtype::f32)
-          throw Error(SUMI_ERR_UNSUPPORTED, "adafactor: only float32 parameters and gradients are supported (train with fp32 weights)");
+        // bf16/fp16 parameters (full_bf16): computed in float32 and copied back, as transformers does.
+        const bool low = e.param.dtype() != dtype::f32;
+        if (grad.dtype() != dtype::f32) grad = ops::to(grad, dtype::f32);
+        const Tensor param = low ? ops::to(e.param, dtype::f32) : e.param;
         ops::add_(e.step, ops::ones_like(e.step));
         const double step = e.step.item();
-        const double numel = static_cast<double>(e.param.numel());
-        const Tensor rms = ops::div(ops::norm(e.param), std::sqrt(numel));  // of the parameter before this update
+        const double numel = static_cast<double>(param.numel());
+        const Tensor rms = ops::div(ops::norm(param), std::sqrt(numel));  // of the parameter before this update
         // transformers' _get_lr: a float32 value when RMS (a float32 tensor) wins over eps2.
         double rel = lrs[g];
         if (relative_step_) rel = std::min(warmup_init_ ? 1e-6 * step : 1e-2, 1.0 / std::sqrt(step));
@@ -117,9 +120,10 @@ class Adafactor : public Optimizer {
         if (weight_decay_ != 0) {
           const double alpha = lr_f32 ? static_cast<double>(static_cast<float>(-weight_decay_) * static_cast<float>(lr))
                                       : -weight_decay_ * lr;
-          ops::add_(e.param, e.param, alpha);
+          ops::add_(param, param, alpha);
         }
-        ops::add_(e.param, update, -1.0);
+        ops::add_(param, update, -1.0);
+        if (low) ops::copy_(e.param, param);
         fill(e.lr, lr);
       }
     }

@@ -379,3 +379,30 @@ TEST_CASE("the adafactor lr scheduler refuses a warm-up, piecewise_constant a ma
   CHECK_THROWS_WITH(sumi::test::make(SUMI_KIND_LR_SCHEDULER, "piecewise_constant", reg, {}, "lr_scheduler"),
                     doctest::Contains("requires 'step_rules'"));
 }
+
+TEST_CASE("adafactor steps bf16 parameters in float32 and rounds back, as transformers does") {
+  const Golden g = load("Adafactor.relstep_false");
+  const Case c{"Adafactor.relstep_false", "adafactor", {{"relative_step", "False"}, {"beta1", "0.9"}, {"weight_decay", "0.01"}}, {}, {}};
+  std::map<std::string, at::Tensor> rounded;
+  for (const char* n : kNames) rounded[n] = g.t.at(std::string("init.") + n).to(at::kBFloat16).to(at::kFloat);
+  auto low = start(c, g, &rounded);
+  for (auto& p : low->params) p.set_data(p.detach().to(at::kBFloat16));
+  auto ref = start(c, g, &rounded);
+  for (int k = 1; k <= 4; ++k) {
+    std::vector<double> lrs;
+    for (const auto& lr : g.j["steps"][k - 1]["lr_used"]) lrs.push_back(lr.get<double>());
+    for (size_t i = 0; i < 3; ++i) {
+      const at::Tensor grad = g.t.at("grad." + std::to_string(k) + "." + kNames[i]).to(at::kBFloat16);
+      low->params[i].mutable_grad() = grad.clone();
+      ref->params[i].mutable_grad() = grad.to(at::kFloat);
+    }
+    for (auto* r : {low.get(), ref.get()})
+      r->opt->check(r->opt->vtable<sumi_optimizer_vtable>().step(r->opt->self(), lrs.data(), static_cast<int64_t>(lrs.size())), "step");
+    at::NoGradGuard ng;
+    for (size_t i = 0; i < 3; ++i) {
+      ref->params[i].copy_(ref->params[i].to(at::kBFloat16).to(at::kFloat));
+      CHECK((low->params[i].scalar_type() == at::kBFloat16));
+      CHECK(at::equal(low->params[i].detach().to(at::kFloat), ref->params[i].detach()));
+    }
+  }
+}
