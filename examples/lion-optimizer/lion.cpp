@@ -55,4 +55,4 @@ const sumi_param_spec kParams[] = {
 
 }  // namespace
 
-SUMI_PLUGIN("sumi_lion", "1.0.0", sumi::component<Lion>("lion", "Lion: sign of interpolated momentum.", kParams))
+SUMI_PLUGIN("sumi_lion", "1.0.0", sumi::component<Lion>("lion_example", "Lion (the out-of-tree example): sign of interpolated momentum.", kParams))

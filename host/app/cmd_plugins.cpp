@@ -31,6 +31,16 @@ int cmd_plugins(const std::vector<std::string>& args) {
   std::vector<std::string> refusals;
   auto libs = pm.scan(&refusals);
   bool found = false;
+  // kohya's spellings of an optimizer (DAdaptation, prodigyopt.Prodigy, ...) show the plugin they load.
+  bool exact = false;
+  for (const auto* lib : libs)
+    for (const auto& c : lib->components) exact |= show == c.component->name;
+  if (!show.empty() && !exact) {
+    try {
+      show = pm.find(SUMI_KIND_OPTIMIZER, show).component->name;
+    } catch (const std::exception&) {
+    }
+  }
   if (show.empty()) std::printf("%-16s %-24s %-8s %s\n", "KIND", "NAME", "VERSION", "LIBRARY");
   for (const auto* lib : libs) {
     for (const auto& c : lib->components) {

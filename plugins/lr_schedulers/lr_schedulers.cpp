@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <cmath>
+#include <map>
+#include <string>
+#include <vector>
 
 namespace {
 
@@ -87,6 +90,77 @@ class Polynomial : public sumi::LrScheduler {
   double lr_end_, power_;
 };
 
+// diffusers' get_piecewise_constant_schedule: step_rules "m1:s1,m2:s2,...,m_last" means the
+// multiplier m_i while step < s_i (absolute step indices, checked in increasing order), m_last
+// from the largest s_i on. kohya passes it as --lr_scheduler_args "step_rules='1:3,0.5:7,0.05'".
+class PiecewiseConstant : public sumi::LrScheduler {
+ public:
+  explicit PiecewiseConstant(sumi::Context& ctx) {
+    const std::string rules = ctx.get_string("step_rules");
+    auto bad = [&](const std::string& why) {
+      throw sumi::Error(SUMI_ERR_INVALID_ARGUMENT, "piecewise_constant: step_rules '" + rules + "': " + why +
+                                                       "; expected \"multiplier:step,...,last_multiplier\", e.g. "
+                                                       "--lr_scheduler_args \"step_rules='1:10,0.1:20,0.01'\"");
+    };
+    std::vector<std::string> items;
+    size_t start = 0;
+    for (;;) {
+      const size_t comma = rules.find(',', start);
+      items.push_back(rules.substr(start, comma == std::string::npos ? std::string::npos : comma - start));
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+    auto number = [&](const std::string& text, bool integer) {
+      size_t pos = 0;
+      double v = 0;
+      try {
+        v = integer ? static_cast<double>(std::stoll(text, &pos)) : std::stod(text, &pos);
+      } catch (...) {
+        pos = 0;
+      }
+      while (pos < text.size() && text[pos] == ' ') ++pos;
+      if (text.empty() || pos != text.size()) bad("'" + text + "' is not " + (integer ? "an integer step" : "a number"));
+      return v;
+    };
+    for (size_t i = 0; i + 1 < items.size(); ++i) {
+      const size_t colon = items[i].find(':');
+      if (colon == std::string::npos) bad("rule '" + items[i] + "' has no ':'");
+      rules_[static_cast<int64_t>(number(items[i].substr(colon + 1), true))] = number(items[i].substr(0, colon), false);
+    }
+    last_ = number(items.back(), false);
+  }
+  double factor(const sumi_lr_query& q) override {
+    for (const auto& [step, mult] : rules_)
+      if (q.step < step) return mult;
+    return last_;
+  }
+
+ private:
+  std::map<int64_t, double> rules_;  // sorted by step, as diffusers sorts them
+  double last_ = 1.0;
+};
+
+// kohya's "adafactor" scheduler (transformers' AdafactorSchedule): Adafactor with relative_step
+// computes its own learning rate, so the scheduled rate is --learning_rate unchanged. Only for
+// the adafactor optimizer, without warm-up (kohya refuses both); the trainer switches to it when
+// Adafactor runs with relative_step, as kohya does.
+class AdafactorSchedule : public sumi::LrScheduler {
+ public:
+  explicit AdafactorSchedule(sumi::Context&) {}
+  double factor(const sumi_lr_query& q) override {
+    if (q.warmup_steps > 0)
+      throw sumi::Error(SUMI_ERR_INVALID_ARGUMENT, "adafactor lr_scheduler: --lr_warmup_steps " + std::to_string(q.warmup_steps) +
+                                                       " is not supported (Adafactor's relative step has its own warm-up, "
+                                                       "warmup_init=True); pass --lr_warmup_steps 0");
+    return 1.0;
+  }
+};
+
+const sumi_param_spec kPiecewiseParams[] = {
+    sumi::param("step_rules", SUMI_PARAM_STRING, nullptr,
+                "\"m1:s1,m2:s2,...,m_last\": multiplier m_i while step < s_i (absolute steps), m_last afterwards."),
+};
+
 const sumi_param_spec kCosineParams[] = {
     sumi::param("num_cycles", SUMI_PARAM_DOUBLE, "0.5", "Number of cosine waves (0.5 = decay from max to 0 once)."),
 };
@@ -107,4 +181,7 @@ SUMI_PLUGIN("sumi_lr_schedulers", "0.1.0",
             sumi::component<Cosine>("cosine", "Linear warm-up, then cosine decay.", kCosineParams),
             sumi::component<CosineWithRestarts>("cosine_with_restarts",
                                                 "Linear warm-up, then cosine decay with hard restarts.", kRestartParams),
-            sumi::component<Polynomial>("polynomial", "Linear warm-up, then polynomial decay to lr_end.", kPolyParams))
+            sumi::component<Polynomial>("polynomial", "Linear warm-up, then polynomial decay to lr_end.", kPolyParams),
+            sumi::component<PiecewiseConstant>("piecewise_constant", "Constant multipliers between absolute steps (diffusers).",
+                                               kPiecewiseParams),
+            sumi::component<AdafactorSchedule>("adafactor", "For Adafactor with relative_step: the optimizer sets its own rate."))

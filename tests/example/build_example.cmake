@@ -13,15 +13,15 @@ run(${CMAKE_COMMAND} -S ${SUMI_SOURCE}/examples/lion-optimizer -B ${WORK}/build 
     -DCMAKE_PREFIX_PATH=${WORK}/prefix -DCMAKE_BUILD_TYPE=Release)
 run(${CMAKE_COMMAND} --build ${WORK}/build)
 set(sumi ${WORK}/prefix/bin/sumi)
-run(${sumi} plugins show lion --plugin-dir ${WORK}/build)
-if(NOT OUT MATCHES "optimizer 'lion'" OR NOT OUT MATCHES "betas")
+run(${sumi} plugins show lion_example --plugin-dir ${WORK}/build)
+if(NOT OUT MATCHES "optimizer 'lion_example'" OR NOT OUT MATCHES "betas")
   message(FATAL_ERROR "installed sumi did not describe the example plugin:\n${OUT}")
 endif()
 # The installed host finds its own plugins, and the example through --plugin-dir; the demo
 # switches optimizer by flag alone.
 run(${sumi} fit --recipe ${SUMI_SOURCE}/presets/demo-fit.toml --plugin-dir ${WORK}/build
-    --optimizer_type lion --learning_rate 0.005 --set output.output_dir=${WORK}/out)
-if(NOT OUT MATCHES "optimizer lion" OR NOT EXISTS ${WORK}/out/demo-fit.safetensors)
+    --optimizer_type lion_example --learning_rate 0.005 --set output.output_dir=${WORK}/out)
+if(NOT OUT MATCHES "optimizer lion_example" OR NOT EXISTS ${WORK}/out/demo-fit.safetensors)
   message(FATAL_ERROR "fit with the example optimizer did not run:\n${OUT}")
 endif()
 string(REGEX MATCH "loss ([0-9.]+) -> ([0-9.]+)" m "${OUT}")

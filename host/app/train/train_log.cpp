@@ -50,12 +50,13 @@ TrainLog::TrainLog(const LogOptions& o) {
 TrainLog::~TrainLog() = default;
 
 void TrainLog::step(int64_t step, double current, double average, std::optional<double> lr_textencoder,
-                    std::optional<double> lr_unet) {
+                    std::optional<double> lr_unet, std::optional<double> d_lr) {
   if (!writer_) return;
   writer_->add_scalar("loss/current", current, step);
   writer_->add_scalar("loss/average", average, step);
   if (lr_textencoder) writer_->add_scalar("lr/textencoder", *lr_textencoder, step);
   if (lr_unet) writer_->add_scalar("lr/unet", *lr_unet, step);
+  if (d_lr) writer_->add_scalar("lr/d*lr", *d_lr, step);
 }
 
 void TrainLog::epoch(int epoch, double average) {

@@ -49,9 +49,9 @@ class TrainLog {
 
   bool enabled() const { return writer_ != nullptr; }
   // generate_step_logs: loss/current, loss/average, lr/textencoder and lr/unet (each only when
-  // that group trains), at the global step.
+  // that group trains), and lr/d*lr for D-adaptation / Prodigy, at the global step.
   void step(int64_t step, double current, double average, std::optional<double> lr_textencoder,
-            std::optional<double> lr_unet);
+            std::optional<double> lr_unet, std::optional<double> d_lr = std::nullopt);
   // loss/epoch at step = epoch (1-based), as kohya logs it after each epoch.
   void epoch(int epoch, double average);
   void flush();

@@ -19,6 +19,7 @@
 #include "app/train/latent_cache.h"
 #include "app/train/precision.h"
 #include "app/train/model_parts.h"
+#include "app/train/optimizer_rules.h"
 #include "logging/loss_curve.h"
 
 #include <sumi/datasets/dataset.h>
@@ -370,8 +371,24 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   // kohya's text-encoder output cache (SDXL, text encoders not trained, static captions).
   const auto te_cache = TextEncoderCache::create(data, s.dataset_args, s.family, trains_text_encoder, model, s.mixed_precision == "bf16",
                                                  mode_name(mode));
-  auto lr_ref = pm.find(SUMI_KIND_LR_SCHEDULER, s.lr_scheduler_type);
-  host::Component lr_sched(lr_ref, "lr_scheduler", registry, host::make_config(*lr_ref.component, s.lr_scheduler_params));
+  // kohya's get_optimizer / get_scheduler_fix rules (Adafactor's relative step, D-adaptation's lrs).
+  const std::string opt_name = opt_ref.component->name;
+  const std::string lr_scheduler_type = scheduler_for(opt_name, s.optimizer_params, s.lr_scheduler_type);
+  auto lr_ref = pm.find(SUMI_KIND_LR_SCHEDULER, lr_scheduler_type);
+  host::Component lr_sched(lr_ref, "lr_scheduler", registry,
+                           host::make_config(*lr_ref.component, lr_scheduler_type == s.lr_scheduler_type
+                                                                    ? s.lr_scheduler_params
+                                                                    : std::map<std::string, std::string>{}));
+  {
+    std::vector<std::string> group_names;
+    for (const auto& [gname, params] : groups) group_names.push_back(gname);
+    sumi_lr_query q{sizeof(sumi_lr_query), 0, total_steps, s.lr_warmup_steps, s.learning_rate};
+    double factor = 1.0;
+    lr_sched.check(lr_sched.vtable<sumi_lr_scheduler_vtable>().factor(lr_sched.self(), &q, &factor), "factor");
+    std::vector<double> first_lrs;
+    for (double lr : base_lrs) first_lrs.push_back(lr * factor);
+    check_optimizer_lrs(opt_name, group_names, base_lrs, first_lrs);
+  }
 
   int64_t n_params = 0;
   for (const auto& p : all_params) n_params += p.numel();
@@ -589,9 +606,21 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   // rates the next optimizer step uses).
   auto log_micro_batch = [&](double current) {
     if (!tlog.enabled()) return;
-    const std::vector<double> lrs = lrs_at(step);
+    std::vector<double> lrs = lrs_at(step);
+    // AdafactorSchedule reports the rate the first parameter of each group used (relative step).
+    if (lr_scheduler_type == "adafactor") {
+      size_t g = 0;
+      for (const auto& group : groups) {
+        if (const auto* e = registry.find("optimizer", group.first + ".0.lr")) lrs[g] = e->tensor.item<double>();
+        ++g;
+      }
+    }
+    // kohya's lr/d*lr: the step size D-adaptation and Prodigy estimated, times group 0's lr.
+    std::optional<double> d_lr;
+    if (adapts_step_size(opt_name))
+      if (const auto* d = registry.find("optimizer", "d")) d_lr = d->tensor.item<double>() * lrs.front();
     tlog.step(step, current, recorder.moving_average(), te_group ? std::optional<double>(lrs[*te_group]) : std::nullopt,
-              unet_group ? std::optional<double>(lrs[*unet_group]) : std::nullopt);
+              unet_group ? std::optional<double>(lrs[*unet_group]) : std::nullopt, d_lr);
   };
   while (step < total_steps) {
     ++epoch;
