@@ -14,8 +14,21 @@ namespace ds = sumi::datasets;
 
 namespace {
 
+// An accepted array's shape accounts for its bytes exactly (callers size tensors by it).
+void check_shape(const std::vector<std::int64_t>& shape, std::size_t values) {
+  unsigned __int128 n = 1;
+  for (std::int64_t d : shape) {
+    if (d < 0) std::abort();
+    n *= static_cast<std::uint64_t>(d);
+    if (n > values) break;
+  }
+  if (n != values) std::abort();
+}
+
 std::uint64_t convert_all(const ds::NpyArray& a) {
   std::uint64_t sum = a.dtype.size() + a.shape.size() + a.data.size();
+  const std::size_t item = a.dtype.size() >= 3 ? static_cast<std::size_t>(a.dtype[2] - '0') : 0;
+  if (a.dtype.size() == 3 && item > 0 && a.data.size() % item == 0) check_shape(a.shape, a.data.size() / item);
   try {
     sum += a.to_floats().size();
   } catch (const ds::NpzError&) {
@@ -54,7 +67,11 @@ extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size
     key.crop_ltrb = {0, 0, 64, 64};
     key.flip = flip;
     std::string why;
-    if (auto c = ds::read_cached_latents(file.path(), key, &why)) sum += c->latents.size() + c->flipped.size();
+    if (auto c = ds::read_cached_latents(file.path(), key, &why)) {
+      check_shape(c->shape, c->latents.size());
+      if (!c->flipped.empty()) check_shape(c->shape, c->flipped.size());
+      sum += c->latents.size() + c->flipped.size();
+    }
     sum += why.size();
   }
   sumi::fuzz::use(sum);
