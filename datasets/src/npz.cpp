@@ -154,7 +154,9 @@ NpyArray parse_npy(const std::vector<std::uint8_t>& b, const std::string& name) 
       char* e = nullptr;
       errno = 0;
       const long long v = std::strtoll(d.c_str(), &e, 10);
-      if (*e != '\0' || v < 0 || errno == ERANGE) throw NpzError(name + ": bad shape " + shape);
+      // The whole text must be the number (a NUL inside it would end strtoll's view early).
+      if (e != d.c_str() + d.size() || e == d.c_str() || v < 0 || errno == ERANGE)
+        throw NpzError(name + ": bad shape " + shape);
       a.shape.push_back(v);
     }
     p = q + 1;

@@ -225,3 +225,9 @@ TEST_CASE("fuzz regression: a member whose recorded size is 4 GiB allocates as i
   CHECK_THROWS_WITH_AS(read_npz(fuzz_regression("member-claims-4gib.npz")),
                        doctest::Contains("cannot read member latents"), NpzError);
 }
+
+TEST_CASE("fuzz regression: a shape dimension with a NUL byte in it is not a 0") {
+  // shape (2,\0\x80): strtoll stopped at the NUL and the dimension read as 0.
+  const auto b = file_bytes(fuzz_regression("npy-shape-nul-dimension.npy"));
+  CHECK_THROWS_WITH_AS(parse_npy(b, "n.npy"), doctest::Contains("bad shape"), NpzError);
+}

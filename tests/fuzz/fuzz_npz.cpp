@@ -19,8 +19,11 @@ void check_shape(const std::vector<std::int64_t>& shape, std::size_t values) {
   unsigned __int128 n = 1;
   for (std::int64_t d : shape) {
     if (d < 0) std::abort();
+    if (d == 0) n = 0;
+  }
+  for (std::int64_t d : shape) {
+    if (n > values) break;  // keeps the product within 128 bits
     n *= static_cast<std::uint64_t>(d);
-    if (n > values) break;
   }
   if (n != values) std::abort();
 }
