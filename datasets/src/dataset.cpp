@@ -180,7 +180,11 @@ void add_metadata_subset(const SubsetConfig& s, std::size_t si, std::vector<Imag
     c.report.warnings.push_back(s.metadata_file.string() + ": no entries; subset ignored");
     return;
   }
-  for (const auto& [key, entry] : md.items()) {
+  for (const auto& kv : md.items()) {
+    // Named references rather than a structured binding: the lambda below captures them, which
+    // clang accepts only from C++20 on.
+    const std::string& key = kv.key();
+    const auto& entry = kv.value();
     // The key is a path, or a name (stem) looked up in image_dir with kohya's extensions.
     fs::path found;
     std::error_code ec;

@@ -129,6 +129,8 @@ std::optional<CachedLatents> read_cached_latents(const fs::path& npz, const Late
     const auto o = orig->to_doubles();
     const auto l = crop->to_doubles();
     if (o.size() != 2 || l.size() != 4) return no("original_size / crop_ltrb have the wrong length");
+    for (double x : o)  // checked before the conversion to int, which is undefined out of range
+      if (!(x >= 0 && x <= 1 << 20)) return no("original_size is not an image size");
     c.original = {static_cast<int>(o[0]), static_cast<int>(o[1])};
     c.crop_ltrb = {l[0], l[1], l[2], l[3]};
     if (const NpyArray* f = find_member(m, "latents_flipped")) {

@@ -2,6 +2,8 @@
 
 #include <zip.h>
 
+#include <algorithm>
+#include <cerrno>
 #include <cstring>
 #include <fstream>
 #include <memory>
@@ -20,11 +22,9 @@ std::size_t item_size(const std::string& dtype) {
   const char order = dtype[0], kind = dtype[1];
   if (order != '<' && order != '|' && order != '=') return 0;  // big-endian is not handled
   if (kind != 'f' && kind != 'i' && kind != 'u' && kind != 'b') return 0;
-  try {
-    return static_cast<std::size_t>(std::stoul(dtype.substr(2)));
-  } catch (const std::exception&) {
-    return 0;
-  }
+  const std::string bytes = dtype.substr(2);
+  // NumPy's integer and float widths; anything else (a corrupt header) is unsupported.
+  return bytes == "1" ? 1 : bytes == "2" ? 2 : bytes == "4" ? 4 : bytes == "8" ? 8 : 0;
 }
 
 template <class T>
@@ -90,6 +90,9 @@ std::string header_value(const std::string& h, const std::string& key, const std
 }  // namespace
 
 std::int64_t NpyArray::numel() const {
+  // A zero dimension first: the others may then be anything parse_npy accepted.
+  for (auto d : shape)
+    if (d == 0) return 0;
   std::int64_t n = 1;
   for (auto d : shape) n *= d;
   return n;
@@ -149,13 +152,30 @@ NpyArray parse_npy(const std::vector<std::uint8_t>& b, const std::string& name) 
     d.erase(d.find_last_not_of(' ') + 1);
     if (!d.empty()) {
       char* e = nullptr;
+      errno = 0;
       const long long v = std::strtoll(d.c_str(), &e, 10);
-      if (*e != '\0' || v < 0) throw NpzError(name + ": bad shape " + shape);
+      // The whole text must be the number (a NUL inside it would end strtoll's view early).
+      if (e != d.c_str() + d.size() || e == d.c_str() || v < 0 || errno == ERANGE)
+        throw NpzError(name + ": bad shape " + shape);
       a.shape.push_back(v);
     }
     p = q + 1;
   }
-  const std::size_t need = static_cast<std::size_t>(a.numel()) * item_size(a.dtype);
+  // The element count must not wrap (a hostile shape could make it look like the data's
+  // size): the non-zero dimensions multiply to at most 2^62 bytes, checked before each step.
+  constexpr std::uint64_t kLimit = 1ull << 62;
+  std::uint64_t bytes = item_size(a.dtype);
+  bool empty = false;
+  for (const std::int64_t d : a.shape) {
+    if (d == 0) {
+      empty = true;
+      continue;
+    }
+    if (bytes > kLimit / static_cast<std::uint64_t>(d))
+      throw NpzError(name + ": shape " + shape + " of " + a.dtype + " is too large");
+    bytes *= static_cast<std::uint64_t>(d);
+  }
+  const std::size_t need = empty ? 0 : static_cast<std::size_t>(bytes);
   if (b.size() - start - hlen != need)
     throw NpzError(name + ": .npy data is " + std::to_string(b.size() - start - hlen) + " bytes, expected " +
                    std::to_string(need) + " for shape " + shape + " of " + a.dtype);
@@ -224,12 +244,21 @@ NpzMembers read_npz(const fs::path& file) {
     std::string name = st.name;
     zip_file_t* f = zip_fopen_index(z, static_cast<zip_uint64_t>(i), 0);
     if (!f) throw NpzError(file.string() + ": cannot open member " + name + ": " + zip_strerror(z));
-    std::vector<std::uint8_t> bytes(static_cast<std::size_t>(st.size));
-    const zip_int64_t got = zip_fread(f, bytes.data(), st.size);
-    const bool ok = got == static_cast<zip_int64_t>(st.size);
-    const std::string ferr = ok ? "" : zip_file_strerror(f);
+    // The recorded size is the archive's word only: the buffer grows with the bytes that
+    // actually decompress, so a damaged entry claiming gigabytes allocates nothing up front.
+    std::vector<std::uint8_t> bytes;
+    std::string ferr;
+    while (ferr.empty() && bytes.size() < st.size) {
+      const std::size_t have = bytes.size();
+      const auto want = static_cast<std::size_t>(std::min<zip_uint64_t>(st.size - have, std::max<std::size_t>(have, 1u << 16)));
+      bytes.resize(have + want);
+      const zip_int64_t got = zip_fread(f, bytes.data() + have, want);
+      if (got < 0) ferr = zip_file_strerror(f);
+      if (got == 0) ferr = "it is shorter than its recorded size";
+      bytes.resize(have + static_cast<std::size_t>(std::max<zip_int64_t>(got, 0)));
+    }
     zip_fclose(f);
-    if (!ok) throw NpzError(file.string() + ": cannot read member " + name + " (" + ferr + ")");
+    if (!ferr.empty()) throw NpzError(file.string() + ": cannot read member " + name + " (" + ferr + ")");
     if (name.size() > 4 && name.compare(name.size() - 4, 4, ".npy") == 0) name.resize(name.size() - 4);
     out.emplace_back(name, parse_npy(bytes, file.string() + ":" + name));
   }

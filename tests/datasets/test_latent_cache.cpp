@@ -8,6 +8,8 @@
 #include "sumi/datasets/npz.h"
 
 #include <cstring>
+#include <fstream>
+#include <iterator>
 
 using namespace sumi::datasets;
 using sumi::test::TempDir;
@@ -172,4 +174,60 @@ TEST_CASE("latent caching refuses color_aug and random_crop like kohya; the conf
   CHECK_THROWS_WITH_AS(parse_dataset_config(toml, "cfg.toml", {{"cache_latents_to_disk", true}}),
                        doctest::Contains("cfg.toml"), ConfigError);
   CHECK_NOTHROW(parse_dataset_config(toml, "cfg.toml", {}));
+}
+
+// Inputs found by the npz fuzz harness (tests/fuzz, docs/fuzzing.md).
+namespace {
+std::filesystem::path fuzz_regression(const std::string& name) {
+  return std::filesystem::path(SUMI_SOURCE_DIR) / "tests/fuzz/regressions/npz" / name;
+}
+std::vector<std::uint8_t> file_bytes(const std::filesystem::path& p) {
+  std::ifstream in(p, std::ios::binary);
+  REQUIRE(in);
+  return {std::istreambuf_iterator<char>(in), std::istreambuf_iterator<char>()};
+}
+LatentKey key_64() {
+  LatentKey k;
+  k.bucket = {64, 64};
+  k.original = {64, 64};
+  k.crop_ltrb = {0, 0, 64, 64};
+  return k;
+}
+}  // namespace
+
+TEST_CASE("fuzz regression: a .npy shape whose element count wraps around 64 bits is refused") {
+  // (2^62 + 1) x 4 float32 wrapped to 16 bytes, which the file then held.
+  const auto b = file_bytes(fuzz_regression("npy-shape-overflow.npy"));
+  CHECK_THROWS_WITH_AS(parse_npy(b, "o.npy"), doctest::Contains("too large"), NpzError);
+  // Empty arrays stay fine, whatever their other dimensions.
+  const auto empty = npy_bytes(NpyArray::of_floats({0, 3}, {}));
+  CHECK(parse_npy(empty, "e").numel() == 0);
+}
+
+TEST_CASE("fuzz regression: cached latents whose shape wraps are not used") {
+  // latents of shape (2^62 + 1, 8, 8) with 64 values: the cache handed a [2^62+1, 8, 8] shape
+  // over 64 floats to the trainer.
+  std::string why;
+  CHECK_FALSE(read_cached_latents(fuzz_regression("latents-shape-overflow.npz"), key_64(), &why));
+  CHECK(why.find("too large") != std::string::npos);
+}
+
+TEST_CASE("fuzz regression: an original_size out of int range is damage, not a conversion") {
+  // original_size = [1e300, 64]: converting 1e300 to int is undefined behaviour.
+  std::string why;
+  CHECK_FALSE(read_cached_latents(fuzz_regression("latents-original-size-1e300.npz"), key_64(), &why));
+  CHECK(why == "original_size is not an image size");
+}
+
+TEST_CASE("fuzz regression: a member whose recorded size is 4 GiB allocates as it decompresses") {
+  // A 196-byte .npz whose zip entry claims 0xFFFFFF00 bytes: read_npz allocated all of it
+  // before reading a byte.
+  CHECK_THROWS_WITH_AS(read_npz(fuzz_regression("member-claims-4gib.npz")),
+                       doctest::Contains("cannot read member latents"), NpzError);
+}
+
+TEST_CASE("fuzz regression: a shape dimension with a NUL byte in it is not a 0") {
+  // shape (2,\0\x80): strtoll stopped at the NUL and the dimension read as 0.
+  const auto b = file_bytes(fuzz_regression("npy-shape-nul-dimension.npy"));
+  CHECK_THROWS_WITH_AS(parse_npy(b, "n.npy"), doctest::Contains("bad shape"), NpzError);
 }

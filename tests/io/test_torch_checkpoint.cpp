@@ -476,3 +476,12 @@ TEST_CASE("legacy (pre-zip) torch.save files load, storage slices included") {
   CHECK(msg.find("storage '7'") != std::string::npos);
   CHECK(msg.find("truncated") != std::string::npos);
 }
+
+TEST_CASE("fuzz regression: a zip with a broken central directory is a FormatError, not 'No such file'") {
+  // Found by tests/fuzz (fuzz_torch_checkpoint): libzip reports ZIP_ER_NOENT for this archive
+  // (bytes inserted before its central directory), which was turned into "cannot open
+  // checkpoint ...: No such file" (std::runtime_error) for a file that exists.
+  const std::string file =
+      std::string(SUMI_SOURCE_DIR) + "/tests/fuzz/regressions/torch_checkpoint/zip-bad-central-directory.ckpt";
+  CHECK_THROWS_WITH_AS(load_torch_checkpoint(file), doctest::Contains("truncated or corrupt"), FormatError);
+}

@@ -183,3 +183,12 @@ TEST_CASE("prompt file: .json lists of lines and objects") {
                        std::invalid_argument);
   CHECK_THROWS_WITH_AS(parse_prompt_json("[", "x.json"), doctest::Contains("invalid JSON"), std::invalid_argument);
 }
+
+TEST_CASE("fuzz regression: a JSON number too large for a double is a bad prompt file, named") {
+  // Found by tests/fuzz (fuzz_prompt): nlohmann's out_of_range escaped instead of the
+  // documented std::invalid_argument naming the file.
+  const std::string file = std::string(SUMI_SOURCE_DIR) + "/tests/fuzz/regressions/prompt/json-number-overflow.json";
+  CHECK_THROWS_WITH_AS(load_prompt_file(file), doctest::Contains("json-number-overflow.json: invalid JSON"),
+                       std::invalid_argument);
+  CHECK_THROWS_AS(parse_prompt_json("[1E400]", "p.json"), std::invalid_argument);
+}

@@ -205,6 +205,9 @@ std::vector<PromptSpec> parse_prompt_json(std::string_view text, const std::stri
     root = nlohmann::json::parse(drop_bom(text));
   } catch (const nlohmann::json::parse_error& e) {
     throw std::invalid_argument(name + ": invalid JSON at byte " + std::to_string(e.byte) + ": " + e.what());
+  } catch (const nlohmann::json::out_of_range& e) {
+    // A number too large for a double ("1E400") is refused by the parser with out_of_range.
+    throw std::invalid_argument(name + ": invalid JSON: " + e.what());
   }
   if (!root.is_array())
     throw std::invalid_argument(name + ": expected a JSON list of prompts (strings like \"a cat --w 768\" "

@@ -161,7 +161,10 @@ NamedTensors load_zip(const std::string& path) {
   int err = 0;
   ar.z = zip_open(path.c_str(), ZIP_RDONLY | ZIP_CHECKCONS, &err);
   if (!ar.z) {
-    if (err == ZIP_ER_NOENT || err == ZIP_ER_OPEN || err == ZIP_ER_READ)
+    // The file was just opened and read by load_torch_checkpoint, so anything but an I/O
+    // error is damage: libzip also answers ZIP_ER_NOENT ("No such file") for some corrupt
+    // central directories.
+    if (err == ZIP_ER_OPEN || err == ZIP_ER_READ)
       throw std::runtime_error("cannot open checkpoint '" + path + "': " + zip_error_text(err));
     throw FormatError("'" + path + "' starts like a zip archive but is broken (" +
                       zip_error_text(err) + "): the file is truncated or corrupt");
