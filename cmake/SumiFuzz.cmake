@@ -21,12 +21,12 @@ endforeach()
 
 include(cmake/SumiWarnings.cmake)
 include(cmake/SumiOpenImageIO.cmake)
-include(cmake/SumiTorch.cmake)  # the torch .ckpt harness and host/io's ATen side
+include(cmake/SumiTorch.cmake)  # the torch .ckpt harness and sdk/io's ATen side
 find_package(nlohmann_json REQUIRED)
 
 add_subdirectory(sdk EXCLUDE_FROM_ALL)
-add_subdirectory(host/io EXCLUDE_FROM_ALL)
 add_subdirectory(host/recipe EXCLUDE_FROM_ALL)
 add_subdirectory(host/prompt EXCLUDE_FROM_ALL)
+add_subdirectory(plugins/sd_common/prompt EXCLUDE_FROM_ALL)
 add_subdirectory(datasets EXCLUDE_FROM_ALL)
 add_subdirectory(tests/fuzz)

@@ -7,7 +7,7 @@
 
 #include "core/host_api.h"
 #include "core/tensor_handle.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 #include "../common/plugin_test.h"
 #include "../common/test_data.h"
 

@@ -1,4 +1,4 @@
-// Fuzz harness: the restricted unpickler (host/io/pickle.cpp) behind torch .ckpt loading.
+// Fuzz harness: the restricted unpickler (sdk/io/src/pickle.cpp) behind torch .ckpt loading.
 // The input is a byte stream of pickles read back to back, as the legacy torch.save format
 // stores them; each one's root is then flattened into a state dict as a checkpoint loader
 // would. Anything but FormatError escaping is a finding.
@@ -6,8 +6,8 @@
 #include <cstdlib>
 
 #include "fuzz_support.h"
-#include "io/pickle.h"
-#include "io/safetensors.h"  // FormatError
+#include "sumi/io/pickle.h"
+#include "sumi/io/safetensors.h"  // FormatError
 
 namespace pk = sumi::io::pickle;
 

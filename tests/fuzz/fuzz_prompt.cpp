@@ -8,9 +8,9 @@
 #include <vector>
 
 #include "fuzz_support.h"
-#include "sumi/prompt/chunking.h"
+#include "sd_common/prompt/chunking.h"
 #include "sumi/prompt/prompt_file.h"
-#include "sumi/prompt/weighting.h"
+#include "sd_common/prompt/weighting.h"
 
 namespace pr = sumi::prompt;
 

@@ -1,4 +1,4 @@
-// Fuzz harness: safetensors headers (host/io/safetensors.cpp), as SafetensorsFile::open reads
+// Fuzz harness: safetensors headers (sdk/io/src/safetensors.cpp), as SafetensorsFile::open reads
 // a file. The input is the whole file: 8-byte header length, JSON header, data region.
 // Besides not crashing, an accepted file must keep the promises the reader makes: every
 // tensor's bytes lie inside the data region, match its shape and dtype, and do not overlap.
@@ -7,7 +7,7 @@
 #include <cstring>
 
 #include "fuzz_support.h"
-#include "io/safetensors.h"
+#include "sumi/io/safetensors.h"
 
 namespace {
 

@@ -1,4 +1,4 @@
-// Fuzz harness: whole PyTorch checkpoints (host/io/torch_checkpoint.cpp) as
+// Fuzz harness: whole PyTorch checkpoints (sdk/io/src/torch_checkpoint.cpp) as
 // load_torch_checkpoint reads them: torch.save's zip format (libzip, then the unpickler) and
 // the legacy format (pickles back to back, then raw storages). Every tensor it returns is
 // read end to end, so a view reaching past its storage shows up under ASan. Needs ATen.
@@ -7,7 +7,7 @@
 #include <cstdint>
 
 #include "fuzz_support.h"
-#include "io/torch_checkpoint.h"
+#include "sumi/io/torch_checkpoint.h"
 
 extern "C" int LLVMFuzzerTestOneInput(const std::uint8_t* data, std::size_t size) {
   sumi::fuzz::MemFile file(data, size, "fuzz.ckpt");

@@ -9,7 +9,7 @@
 #include "app/tools/kohya_files.h"
 #include "app/tools/tools.h"
 #include "core/error.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 
 #include <ATen/ATen.h>
 #include <ATen/Parallel.h>

@@ -1,7 +1,7 @@
 #include "app/tools/kohya_files.h"
 
 #include "core/error.h"
-#include "io/torch_checkpoint.h"
+#include "sumi/io/torch_checkpoint.h"
 #include "app/train/network_file.h"
 
 #include <ATen/ATen.h>

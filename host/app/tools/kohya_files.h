@@ -5,7 +5,7 @@
 // dtype, then name), and Python's spelling of numbers in reports and metadata.
 #pragma once
 
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 
 #include <ATen/core/Tensor.h>
 

@@ -7,7 +7,7 @@
 
 #include "core/error.h"
 #include "core/progress.h"
-#include "io/safetensors_torch.h"
+#include "sumi/io/safetensors_torch.h"
 #include "app/tools/kohya_files.h"
 #include "app/tools/lora_math.h"
 #include "app/tools/tool_args.h"

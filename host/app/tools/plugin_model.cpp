@@ -4,6 +4,7 @@
 #include "core/error.h"
 #include "core/tensor_handle.h"
 #include "app/model_file.h"
+#include "core/plugin_manager.h"
 
 #include <sumi/sumi.h>
 
@@ -14,7 +15,14 @@ namespace sumi::app::tools {
 std::string model_family(const std::string& path, const std::string& flag, const std::string& forced,
                          const std::string& hint) {
   if (!std::filesystem::exists(path)) throw host::UserError(flag + " '" + path + "' does not exist");
-  const std::string detected = detect_family(path);
+  // The model plugins say which component loads the file (their probe slot); a file none of them
+  // takes is left to the forced family's load to refuse by name.
+  std::string detected;
+  try {
+    host::PluginManager pm;
+    detected = find_model_component(pm, path);
+  } catch (const host::UserError&) {
+  }
   if (!forced.empty() && !detected.empty() && detected != forced) {
     // SD2's names are the only ones --v2 is about; "sd1" forced means "not --v2".
     throw host::UserError(flag + " '" + path + "' is an " + detected + " checkpoint, not " + forced + "; " + hint);

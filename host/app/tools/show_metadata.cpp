@@ -5,7 +5,7 @@
 #include "app/tools/tools.h"
 
 #include "core/error.h"
-#include "io/safetensors.h"
+#include "sumi/io/safetensors.h"
 #include "app/tools/tool_args.h"
 
 #include <nlohmann/json.hpp>
