@@ -9,6 +9,8 @@
 #include <string>
 #include <vector>
 
+#include "flops.h"
+
 namespace sumi::nn {
 
 namespace {
@@ -71,6 +73,8 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k
                                 std::to_string(v.dim()));
   if (k.size(2) != v.size(2) || q.size(-1) != k.size(-1))
     throw std::invalid_argument("attention: k and v lengths or q and k head sizes differ");
+  if (FlopCount* f = active_flop_count())
+    f->attention += 4.0 * static_cast<double>(q.numel()) * static_cast<double>(k.size(2));
   if (opt.upcast && q.scalar_type() != at::kFloat)
     return attend(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), opt.causal)
         .to(q.scalar_type());

@@ -3,6 +3,8 @@
 #include <cmath>
 #include <stdexcept>
 
+#include "flops.h"
+
 namespace sumi::nn {
 
 namespace {
@@ -20,6 +22,7 @@ Linear::Linear(int64_t in, int64_t out, bool with_bias) {
 
 at::Tensor Linear::forward(const at::Tensor& x) const {
   at::Tensor y = at::linear(x, weight, bias.defined() ? c10::optional<at::Tensor>(bias) : c10::nullopt);
+  if (FlopCount* f = active_flop_count()) f->linear += 2.0 * static_cast<double>(y.numel()) * weight.size(1);
   return adapter ? adapter(x, y) : y;
 }
 
@@ -32,6 +35,8 @@ Conv2d::Conv2d(int64_t in, int64_t out, int64_t kernel, int64_t stride_, int64_t
 
 at::Tensor Conv2d::forward(const at::Tensor& x) const {
   at::Tensor y = at::conv2d(x, weight, bias, {stride, stride}, {padding, padding});
+  if (FlopCount* f = active_flop_count())
+    f->conv += 2.0 * static_cast<double>(y.numel()) * static_cast<double>(weight.size(1) * weight.size(2) * weight.size(3));
   return adapter ? adapter(x, y) : y;
 }
 
