@@ -7,6 +7,7 @@
 
 #include <algorithm>
 #include <chrono>
+#include <ctime>
 #include <cmath>
 #include <cstdio>
 #include <fstream>
@@ -31,6 +32,14 @@ using Clock = std::chrono::steady_clock;
 
 double seconds_since(Clock::time_point t0) {
   return std::chrono::duration<double>(Clock::now() - t0).count();
+}
+
+// Process CPU time: on a machine shared with other work, the wall time of a --threads 1 run
+// stretches with the load while its CPU time stays close to the work done.
+double cpu_now() {
+  timespec ts{};
+  clock_gettime(CLOCK_PROCESS_CPUTIME_ID, &ts);
+  return static_cast<double>(ts.tv_sec) + 1e-9 * static_cast<double>(ts.tv_nsec);
 }
 
 // Peak RSS of the job: the kernel's high-water mark, reset at the job's start where
@@ -63,16 +72,16 @@ double median(std::vector<double> v) {
 at::ScalarType dtype_of(const std::string& name) { return name == "bf16" ? at::kBFloat16 : at::kFloat; }
 
 void print_header() {
-  std::printf("%-28s %-5s %10s %10s %10s %8s %9s\n", "job", "dtype", "seconds", "GFLOP", "GFLOP/s", "of_peak",
-              "rss_GiB");
+  std::printf("%-28s %-5s %10s %10s %10s %8s %9s %9s\n", "job", "dtype", "seconds", "GFLOP", "GFLOP/s", "of_peak",
+              "rss_GiB", "cpu_s");
 }
 
 void print(const JobResult& r) {
   char frac[32];
   if (r.peak_gflops > 0) std::snprintf(frac, sizeof frac, "%.1f%%", 100.0 * r.gflops() / r.peak_gflops);
   else std::snprintf(frac, sizeof frac, "-");
-  std::printf("%-28s %-5s %10.4f %10.2f %10.1f %8s %9.2f\n", r.name.c_str(), r.dtype.c_str(), r.seconds, r.gflop,
-              r.gflops(), frac, r.rss_gib);
+  std::printf("%-28s %-5s %10.4f %10.2f %10.1f %8s %9.2f %9.4f\n", r.name.c_str(), r.dtype.c_str(), r.seconds, r.gflop,
+              r.gflops(), frac, r.rss_gib, r.cpu_seconds);
   std::fflush(stdout);
 }
 
@@ -148,13 +157,18 @@ ModelSpec model_spec(const Options& o) {
 // ---- peaks ---------------------------------------------------------------------------------
 
 // Fastest of `reps` calls of `fn`, after one warm-up call.
-double best_seconds(int reps, const std::function<void()>& fn) {
+double best_seconds(int reps, const std::function<void()>& fn, double* cpu) {
   fn();
   double best = 1e30;
   for (int i = 0; i < reps; ++i) {
     const auto t0 = Clock::now();
+    const double c0 = cpu_now();
     fn();
-    best = std::min(best, seconds_since(t0));
+    const double t = seconds_since(t0);
+    if (t < best) {
+      best = t;
+      *cpu = cpu_now() - c0;
+    }
   }
   return best;
 }
@@ -172,7 +186,7 @@ std::vector<JobResult> peaks(const Options& o, double& peak_bf16, double& peak_f
       const at::Tensor a = at::randn({n, n}).to(opts), b = at::randn({n, n}).to(opts);
       JobResult r{"peak matmul " + std::to_string(n) + "^2", dt};
       r.gflop = 2.0 * n * n * n * 1e-9;
-      r.seconds = best_seconds(reps, [&] { (void)at::mm(a, b); });
+      r.seconds = best_seconds(reps, [&] { (void)at::mm(a, b); }, &r.cpu_seconds);
       r.rss_gib = peak_rss_gib();
       out.push_back(r);
     }
@@ -181,7 +195,7 @@ std::vector<JobResult> peaks(const Options& o, double& peak_bf16, double& peak_f
       const at::Tensor x = at::randn({1, c, hw, hw}).to(opts), w = (at::randn({c, c, 3, 3}) * 0.05).to(opts);
       JobResult r{"peak conv3x3 " + std::to_string(c) + "ch " + std::to_string(hw) + "^2", dt};
       r.gflop = 2.0 * hw * hw * 9.0 * c * c * 1e-9;
-      r.seconds = best_seconds(reps, [&] { (void)at::conv2d(x, w, {}, 1, 1); });
+      r.seconds = best_seconds(reps, [&] { (void)at::conv2d(x, w, {}, 1, 1); }, &r.cpu_seconds);
       r.rss_gib = peak_rss_gib();
       out.push_back(r);
     }
@@ -235,13 +249,16 @@ JobResult time_job(const std::string& name, const std::string& dtype, int steps,
     fn();
     r.gflop = flops(counter.count()) * 1e-9;
   }
-  std::vector<double> times;
+  std::vector<double> times, cpu;
   for (int i = 0; i < steps; ++i) {
     const auto t0 = Clock::now();
+    const double c0 = cpu_now();
     fn();
     times.push_back(seconds_since(t0));
+    cpu.push_back(cpu_now() - c0);
   }
   r.seconds = median(times);
+  r.cpu_seconds = median(cpu);
   r.rss_gib = peak_rss_gib();
   return r;
 }

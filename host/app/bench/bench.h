@@ -29,6 +29,7 @@ struct JobResult {
   double gflop = 0;      // counted work of one iteration
   double peak_gflops = 0;  // the measured peak of `dtype` this job is compared with (0: none yet)
   double rss_gib = 0;    // peak resident set size during the job
+  double cpu_seconds = 0;  // process CPU time of the iteration `seconds` reports (all threads)
   double gflops() const { return seconds > 0 ? gflop / seconds : 0; }
 };
 
