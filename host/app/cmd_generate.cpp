@@ -44,7 +44,7 @@ namespace {
 
 // gen_img flags sumi does not implement yet: refused by name rather than ignored.
 const char* kNotYet[] = {"highres_fix_save_1st", "highres_fix_upscaler", "highres_fix_upscaler_args", "control_net_models",
-                         "xformers", "sdpa", "interactive", "clip_guidance_scale"};
+                         "interactive", "clip_guidance_scale"};
 
 // A1111's sampler labels for the `parameters` text.
 std::string a1111_sampler(const std::string& s, bool karras) {
@@ -241,6 +241,8 @@ int cmd_generate(const std::vector<std::string>& args) {
       "v2", "SD 2.x model")("v_parameterization", "v-prediction model")("sdxl", "SDXL model")(
       "vae_tiling", "VAE decode/encode of large images in overlapping tiles (the model's vae_tiling option)")(
       "vae_slicing", "VAE decode/encode one image of a batch at a time (the model's vae_slicing option)")(
+      "xformers", "memory-efficient attention (the model's mem_eff_attn option: attention in small query chunks)")(
+      "sdpa", "the same as --xformers")("mem_eff_attn", "the same as --xformers")(
       "bf16", "bfloat16 weights and autocast")("fp16", "float16 weights")(
       "network_module", po::value(&network_modules)->multitoken(), "network plugins, one per network (lora, networks.lora, path)")(
       "network_weights", po::value(&network_weights)->multitoken(), "network weights files, one per network")(
@@ -342,6 +344,7 @@ int cmd_generate(const std::vector<std::string>& args) {
   if (!ti_list.empty()) model_cfg["textual_inversion_embeddings"] = ti_list;
   if (vm.count("vae_tiling")) model_cfg["vae_tiling"] = "true";
   if (vm.count("vae_slicing")) model_cfg["vae_slicing"] = "true";
+  if (vm.count("xformers") || vm.count("sdpa") || vm.count("mem_eff_attn")) model_cfg["mem_eff_attn"] = "true";
   if (vm.count("v_parameterization")) model_cfg["v_parameterization"] = "true";
   host::Component model(model_ref, "model", registry, host::make_config(*model_ref.component, model_cfg));
   model.check(model.vtable<sumi_model_vtable>().load(model.self(), ckpt.c_str()), "load");

@@ -171,6 +171,8 @@ int cmd_train(const std::vector<std::string>& args) {
   s.mixed_precision = train.get_string("mixed_precision");
   s.full_bf16 = train.get_bool("full_bf16");
   s.gradient_checkpointing = train.get_bool("gradient_checkpointing");
+  s.mem_eff_attn = train.get_bool("mem_eff_attn") || train.get_bool("xformers") || train.get_bool("sdpa");
+  s.lowram = train.get_bool("lowram");
   s.noise.noise_offset = train.get_double("noise_offset");
   s.noise.noise_offset_random_strength = train.get_bool("noise_offset_random_strength");
   if (train.has("adaptive_noise_scale")) s.noise.adaptive_noise_scale = train.get_double("adaptive_noise_scale");

@@ -13,5 +13,6 @@ int cmd_plan(const std::vector<std::string>& args);
 int cmd_generate(const std::vector<std::string>& args);
 int cmd_train(const std::vector<std::string>& args);
 int cmd_convert(const std::vector<std::string>& args);
+int cmd_bench(const std::vector<std::string>& args);
 
 }  // namespace sumi::app

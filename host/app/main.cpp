@@ -21,6 +21,7 @@ const char* kUsage =
     "  fit --recipe R        demo: fit a small problem with the recipe's optimizer and LR scheduler\n"
     "  train [--recipe R] [kohya flags]   network (LoRA) training, kohya train_network.py flags\n"
     "  generate --ckpt M --prompt P   text to image (kohya gen_img flags; --help lists them)\n"
+    "  bench [--model sd15|sdxl] [--tiny]   time the SD jobs against this machine's measured peaks\n"
     "\n"
     "common options: --plugin-dir DIR (repeatable), --threads N, --recipe FILE|PRESET, --help\n"
     "kohya flags (--optimizer_type, --learning_rate, --lr_scheduler, --config_file ...) override the recipe.\n";
@@ -46,6 +47,7 @@ int main(int argc, char** argv) {
     if (cmd == "train") return sumi::app::cmd_train(args);
     if (cmd == "convert") return sumi::app::cmd_convert(args);
     if (int rc = 0; sumi::app::tools::run_tool(cmd, args, rc)) return rc;
+    if (cmd == "bench") return sumi::app::cmd_bench(args);
     std::fprintf(stderr, "sumi: unknown command '%s'\n\n%s", cmd.c_str(), kUsage);
     return 2;
   } catch (const std::exception& e) {

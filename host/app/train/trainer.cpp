@@ -226,7 +226,22 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   auto model_ref = pm.find(SUMI_KIND_MODEL, s.family);
   auto mcfg = s.model_params;
   // Trained networks hold fp32 masters and compute under autocast; full_bf16 keeps everything in bf16.
-  mcfg["dtype"] = s.full_bf16 ? "bf16" : "fp32";
+  // A frozen base (networks, Textual Inversion) under bf16 autocast is converted to bf16 once at
+  // load: autocast would otherwise cast every fp32 weight on every call (it caches only weights
+  // that require grad) and keep the fp32 copy besides.
+  const bool frozen_base = mode != TrainMode::dreambooth;
+  mcfg["dtype"] = s.full_bf16 || (s.mixed_precision == "bf16" && frozen_base) ? "bf16" : "fp32";
+  auto model_has = [&](const char* key) {
+    const auto& c = *model_ref.component;
+    for (int64_t i = 0; i < c.n_params; ++i)
+      if (std::string(c.params[i].key) == key) return true;
+    return false;
+  };
+  if (s.mem_eff_attn || s.lowram) {
+    if (model_has("mem_eff_attn")) mcfg["mem_eff_attn"] = "true";
+    else host::log(SUMI_LOG_WARN, "train", "the model plugin '" + s.family + "' has no mem_eff_attn option; attention runs as it does");
+  }
+  if (s.lowram && model_has("vae_slicing")) mcfg["vae_slicing"] = "true";
   if (s.gradient_checkpointing) {
     const auto& c = *model_ref.component;
     bool has = false;

@@ -82,6 +82,10 @@ struct TrainSettings {
   std::string mixed_precision = "no";  // "no", "bf16" or "fp16" (fp16 only where CPU fp16 autocast works)
   bool full_bf16 = false;              // network parameters and frozen model weights in bf16 (needs bf16)
   bool gradient_checkpointing = false; // the model plugin's gradient_checkpointing option
+  // kohya's --mem_eff_attn / --xformers / --sdpa: the model plugin's mem_eff_attn option (attention
+  // in small query chunks); --lowram: that and VAE slicing (lower peak memory, same numbers).
+  bool mem_eff_attn = false;
+  bool lowram = false;
   NoiseOptions noise;                  // noise offset, multires, ip_noise_gamma, timestep range
   LossOptions loss;                    // loss_type, huber_*, min-SNR and the other SNR weightings
   double prior_loss_weight = 1.0;
