@@ -214,10 +214,6 @@ void SdModel::load(const std::string& path) {
     tokens.push_back(std::move(t));
   }
 
-  if (dt == at::kBFloat16) {
-    nn::convs_to_channels_last(*unet);
-    if (vae->parameters().front().scalar_type() == at::kBFloat16) nn::convs_to_channels_last(*vae);
-  }
   if (options_.mem_eff_attn) {
     nn::set_attention_chunk_elements(*unet, nn::kMemEfficientChunkElements);
     nn::set_attention_chunk_elements(*vae, nn::kMemEfficientChunkElements);

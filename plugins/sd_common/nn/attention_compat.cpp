@@ -58,34 +58,12 @@ at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v,
   // [B, H, L, D] -> [B*H, L, D]; k^T as matmul lays it out ([B*H, D, Lk], contiguous) so that
   // the fp32 products are bit for bit those of at::matmul.
   const at::Tensor q3 = (fold ? q * scale : q).reshape({bh, lq, d});
-  // bf16 with small heads: QK^T head by head (measured on 1.13 with AMX: d = 40: 80 vs 35 GFLOP/s,
-  // d = 64: 230 vs 70, d = 80: 250 vs 160; d = 160: bmm is faster).
-  const bool per_head = q.scalar_type() == at::kBFloat16 && d <= 96 && q.is_cpu();
-  const at::Tensor k3 = per_head ? k.reshape({bh, lk, d}) : at::Tensor();
-  const at::Tensor kt = per_head ? at::Tensor() : k.transpose(-1, -2).reshape({bh, d, lk});
+  const at::Tensor kt = k.transpose(-1, -2).reshape({bh, d, lk});
   const at::Tensor v3 = v.reshape({bh, lk, d});
   std::vector<at::Tensor> parts;
   for (int64_t begin = 0; begin < lq; begin += rows) {
     const int64_t len = std::min(rows, lq - begin);
-    const at::Tensor qc = rows < lq ? q3.narrow(1, begin, len).contiguous() : q3;
-    at::Tensor scores;
-    if (per_head) {
-      // One mm per head against k's rows (k^T as a transposed view): the bf16 kernel libtorch
-      // 1.13 picks for mm(q_h, k_h^T) is 2-3x faster than its bmm for head sizes up to ~96.
-      if (grad) {
-        std::vector<at::Tensor> heads;
-        for (int64_t i = 0; i < bh; ++i) heads.push_back(at::mm(qc[i], k3[i].t()));
-        scores = at::stack(heads);
-      } else {
-        scores = at::empty({bh, len, lk}, qc.options());
-        for (int64_t i = 0; i < bh; ++i) {
-          at::Tensor out = scores[i];
-          at::mm_out(out, qc[i], k3[i].t());
-        }
-      }
-    } else {
-      scores = at::bmm(qc, kt);
-    }
+    at::Tensor scores = at::bmm(rows < lq ? q3.narrow(1, begin, len).contiguous() : q3, kt);
     // bmm keeps neither its output nor needs it for backward: scaling in place is safe under autograd.
     if (!fold) scores.mul_(scale);
     if (causal) scores.add_(causal_bias(begin, len, lk, scores));

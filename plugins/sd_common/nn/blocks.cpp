@@ -166,12 +166,8 @@ Transformer2DModel::Transformer2DModel(int64_t channels, int64_t heads, int64_t 
 at::Tensor Transformer2DModel::forward(const at::Tensor& x, const at::Tensor& context) const {
   const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   auto to_tokens = [&](const at::Tensor& t) { return t.permute({0, 2, 3, 1}).reshape({b, h * w, c}); };
-  // bf16 on the CPU keeps the image channels-last (what Conv2d convolves there): the tokens are
-  // then a free view of it and back.
-  const bool cl = x.scalar_type() == at::kBFloat16 && x.is_cpu();
   auto to_image = [&](const at::Tensor& t) {
-    return t.reshape({b, h, w, c}).permute({0, 3, 1, 2}).contiguous(cl ? at::MemoryFormat::ChannelsLast
-                                                                     : at::MemoryFormat::Contiguous);
+    return t.reshape({b, h, w, c}).permute({0, 3, 1, 2}).contiguous();
   };
   auto y = norm->forward(x);
   y = proj_in_conv ? to_tokens(proj_in_conv->forward(y)) : proj_in_linear->forward(to_tokens(y));
