@@ -12,9 +12,7 @@
 
 #include "embedding_file.h"
 #include "model_files.h"
-#include "nn/attention_compat.h"
 #include "nn/autoencoder_kl.h"
-#include "nn/blocks.h"
 #include "nn/clip_text.h"
 #include "nn/layers.h"
 #include "nn/unet.h"
@@ -214,10 +212,6 @@ void SdModel::load(const std::string& path) {
     tokens.push_back(std::move(t));
   }
 
-  if (options_.mem_eff_attn) {
-    nn::set_attention_chunk_elements(*unet, nn::kMemEfficientChunkElements);
-    nn::set_attention_chunk_elements(*vae, nn::kMemEfficientChunkElements);
-  }
   if (options_.gradient_checkpointing) {
     unet->set_gradient_checkpointing(true);
     te->set_gradient_checkpointing(true);

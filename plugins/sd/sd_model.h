@@ -52,8 +52,6 @@ struct ModelOptions {
   // of a batch at a time (enable_slicing).
   bool vae_tiling = false;
   bool vae_slicing = false;
-  // Attention in small query chunks (nn::kMemEfficientChunkElements): less peak memory.
-  bool mem_eff_attn = false;
   std::function<void(const std::string&)> warn;  // receives "prompt truncated" warnings
 };
 

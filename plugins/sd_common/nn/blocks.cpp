@@ -8,24 +8,6 @@
 
 namespace sumi::nn {
 
-namespace {
-
-// Without autograd (generation, cached encodings) the temporaries a block makes are written in
-// place: the activation after a norm and the residual sums. The values are those of the
-// out-of-place ops (a + b == b + a); with grad the ops stay out of place.
-bool in_place() { return !at::GradMode::is_enabled(); }
-
-at::Tensor silu_of(at::Tensor t) { return in_place() ? at::silu_(t) : at::silu(t); }
-
-// a + b, written into `a` (a temporary of the caller's) when that holds the same result.
-at::Tensor add_into(at::Tensor a, const at::Tensor& b) {
-  if (in_place() && a.scalar_type() == at::result_type(a, b) && at::infer_size(a.sizes(), b.sizes()) == a.sizes())
-    return a.add_(b);
-  return a + b;
-}
-
-}  // namespace
-
 ResnetBlock2D::ResnetBlock2D(int64_t in, int64_t out, int64_t temb_channels, int64_t groups,
                              double eps) {
   norm1 = register_module("norm1", std::make_shared<GroupNorm>(groups, in, eps));
@@ -45,11 +27,11 @@ at::Tensor ResnetBlock2D::forward(const at::Tensor& x, const at::Tensor& temb) c
 }
 
 at::Tensor ResnetBlock2D::compute(const at::Tensor& x, const at::Tensor& temb) const {
-  auto h = conv1->forward(silu_of(norm1->forward(x)));
+  auto h = conv1->forward(at::silu(norm1->forward(x)));
   if (time_emb_proj && temb.defined())
-    h = add_into(h, time_emb_proj->forward(at::silu(temb)).unsqueeze(-1).unsqueeze(-1));
-  h = conv2->forward(silu_of(norm2->forward(h)));
-  return add_into(h, conv_shortcut ? conv_shortcut->forward(x) : x);
+    h = h + time_emb_proj->forward(at::silu(temb)).unsqueeze(-1).unsqueeze(-1);
+  h = conv2->forward(at::silu(norm2->forward(h)));
+  return (conv_shortcut ? conv_shortcut->forward(x) : x) + h;
 }
 
 Downsample2D::Downsample2D(int64_t channels, int64_t padding_) : padding(padding_) {
@@ -95,14 +77,8 @@ at::Tensor Attention::forward(const at::Tensor& x, const at::Tensor& context) co
   auto split = [&](const at::Tensor& t) { return t.view({b, t.size(1), heads, d}).transpose(1, 2); };
   AttentionOptions opt;
   opt.upcast = upcast;
-  opt.chunk_elements = chunk_elements;
   auto o = scaled_dot_product_attention(split(q), split(k), split(v), opt);
   return (*to_out)[0].forward(o.transpose(1, 2).reshape({b, x.size(1), inner}));
-}
-
-void set_attention_chunk_elements(torch::nn::Module& root, int64_t elements) {
-  for (const auto& m : root.modules(/*include_self=*/true))
-    if (auto* a = dynamic_cast<Attention*>(m.get())) a->chunk_elements = elements;
 }
 
 FeedForward::FeedForward(int64_t dim, int64_t mult) {
@@ -117,8 +93,7 @@ FeedForward::FeedForward(int64_t dim, int64_t mult) {
 
 at::Tensor FeedForward::forward(const at::Tensor& x) const {
   auto parts = proj->forward(x).chunk(2, -1);
-  at::Tensor gate = at::gelu(parts[1]);
-  return out->forward(in_place() ? gate.mul_(parts[0]) : parts[0] * gate);
+  return out->forward(parts[0] * at::gelu(parts[1]));
 }
 
 BasicTransformerBlock::BasicTransformerBlock(int64_t dim, int64_t heads, int64_t context_dim,
@@ -141,9 +116,9 @@ at::Tensor BasicTransformerBlock::forward(const at::Tensor& x, const at::Tensor&
 }
 
 at::Tensor BasicTransformerBlock::compute(at::Tensor x, const at::Tensor& context) const {
-  x = add_into(attn1->forward(norm1->forward(x)), x);
-  x = add_into(attn2->forward(norm2->forward(x), context), x);
-  return add_into(ff->forward(norm3->forward(x)), x);
+  x = x + attn1->forward(norm1->forward(x));
+  x = x + attn2->forward(norm2->forward(x), context);
+  return x + ff->forward(norm3->forward(x));
 }
 
 Transformer2DModel::Transformer2DModel(int64_t channels, int64_t heads, int64_t depth,
@@ -173,7 +148,7 @@ at::Tensor Transformer2DModel::forward(const at::Tensor& x, const at::Tensor& co
   y = proj_in_conv ? to_tokens(proj_in_conv->forward(y)) : proj_in_linear->forward(to_tokens(y));
   for (const auto& block : transformer_blocks->items) y = block->forward(y, context);
   y = proj_out_conv ? proj_out_conv->forward(to_image(y)) : to_image(proj_out_linear->forward(y));
-  return add_into(y, x);
+  return y + x;
 }
 
 VaeAttention::VaeAttention(int64_t channels, int64_t groups, double eps)
@@ -185,7 +160,7 @@ at::Tensor VaeAttention::forward(const at::Tensor& x) const {
   const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   auto tokens = group_norm->forward(x).view({b, c, h * w}).transpose(1, 2);
   auto y = Attention::forward(tokens);
-  return add_into(y.transpose(1, 2).reshape({b, c, h, w}), x);
+  return y.transpose(1, 2).reshape({b, c, h, w}) + x;
 }
 
 }  // namespace sumi::nn

@@ -48,11 +48,7 @@ struct Attention : torch::nn::Module {
   std::shared_ptr<List<Linear>> to_out;
   int64_t heads;
   bool upcast;
-  int64_t chunk_elements = 0;  // AttentionOptions::chunk_elements (0: the default chunking)
 };
-
-// Sets chunk_elements of every Attention under `root` (the memory-efficient attention switch).
-void set_attention_chunk_elements(torch::nn::Module& root, int64_t elements);
 
 // GEGLU feed-forward: net.0.proj -> hidden * gelu(gate) -> net.2.
 struct FeedForward : torch::nn::Module {
