@@ -23,9 +23,7 @@ class DAdaptAdaGrad : public Optimizer {
                                    " (dadaptation 3.1's default eps=0.0 fails its own check, which is why kohya's "
                                    "--optimizer_type DAdaptAdaGrad without eps crashes); pass e.g. --optimizer_args eps=1e-6");
     if (momentum_ < 0) bad_arg("dadaptadagrad", "momentum must be >= 0, got " + std::to_string(momentum_));
-    if (!(d0_ > 0)) bad_arg("dadaptadagrad", "d0 must be > 0, got " + std::to_string(d0_));
-    if (!(growth_rate_ > 0)) bad_arg("dadaptadagrad", "growth_rate must be > 0 (inf = no limit), got " + std::to_string(growth_rate_));
-    if (log_every_ < 0) bad_arg("dadaptadagrad", "log_every must be >= 0, got " + std::to_string(log_every_));
+    check_d_estimate("dadaptadagrad", d0_, growth_rate_, log_every_);
   }
 
   void add_param_group(const std::string& group, std::vector<Tensor> params) override {

@@ -29,9 +29,7 @@ class DAdaptAdamBase : public Optimizer {
     beta1_ = b[0];
     beta2_ = b[1];
     if (!(eps_ > 0)) bad_arg(name, "eps must be > 0, got " + std::to_string(eps_));
-    if (!(d0_ > 0)) bad_arg(name, "d0 must be > 0, got " + std::to_string(d0_));
-    if (!(growth_rate_ > 0)) bad_arg(name, "growth_rate must be > 0 (inf = no limit), got " + std::to_string(growth_rate_));
-    if (log_every_ < 0) bad_arg(name, "log_every must be >= 0, got " + std::to_string(log_every_));
+    check_d_estimate(name, d0_, growth_rate_, log_every_);
     if (ctx.get_bool("fsdp_in_use"))
       bad_arg(name, "fsdp_in_use=True is not supported: sumi does not shard parameters; leave it False");
     if (decouple_) log_info(std::string(name) + ": using decoupled weight decay");

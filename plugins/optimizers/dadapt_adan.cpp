@@ -32,9 +32,7 @@ class DAdaptAdanBase : public Optimizer {
     beta2_ = b[1];
     beta3_ = b[2];
     if (!(eps_ > 0)) bad_arg(name, "eps must be > 0, got " + std::to_string(eps_));
-    if (!(d0_ > 0)) bad_arg(name, "d0 must be > 0, got " + std::to_string(d0_));
-    if (!(growth_rate_ > 0)) bad_arg(name, "growth_rate must be > 0 (inf = no limit), got " + std::to_string(growth_rate_));
-    if (log_every_ < 0) bad_arg(name, "log_every must be >= 0, got " + std::to_string(log_every_));
+    check_d_estimate(name, d0_, growth_rate_, log_every_);
   }
 
   void add_param_group(const std::string& group, std::vector<Tensor> params) override {

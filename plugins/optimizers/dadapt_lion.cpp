@@ -4,6 +4,8 @@
 // D-adaptation optimizers the parameters have already moved when a step without signal returns.
 #include "optimizers.h"
 
+#include <limits>
+
 #include <cmath>
 
 namespace sumi::optim {
@@ -16,8 +18,7 @@ class DAdaptLion : public Optimizer {
     const auto b = betas(ctx, "dadaptlion", 2);
     beta1_ = b[0];
     beta2_ = b[1];
-    if (!(d0_ > 0)) bad_arg("dadaptlion", "d0 must be > 0, got " + std::to_string(d0_));
-    if (log_every_ < 0) bad_arg("dadaptlion", "log_every must be >= 0, got " + std::to_string(log_every_));
+    check_d_estimate("dadaptlion", d0_, std::numeric_limits<double>::infinity(), log_every_);
     if (ctx.get_bool("fsdp_in_use"))
       bad_arg("dadaptlion", "fsdp_in_use=True is not supported: sumi does not shard parameters; leave it False");
   }

@@ -19,9 +19,7 @@ class DAdaptSGD : public Optimizer {
         growth_rate_(ctx.get_double("growth_rate")),
         log_every_(ctx.get_int("log_every")) {
     if (momentum_ < 0 || momentum_ >= 1) bad_arg("dadaptsgd", "momentum must be in [0, 1), got " + std::to_string(momentum_));
-    if (!(d0_ > 0)) bad_arg("dadaptsgd", "d0 must be > 0, got " + std::to_string(d0_));
-    if (!(growth_rate_ > 0)) bad_arg("dadaptsgd", "growth_rate must be > 0 (inf = no limit), got " + std::to_string(growth_rate_));
-    if (log_every_ < 0) bad_arg("dadaptsgd", "log_every must be >= 0, got " + std::to_string(log_every_));
+    check_d_estimate("dadaptsgd", d0_, growth_rate_, log_every_);
     if (ctx.get_bool("fsdp_in_use"))
       bad_arg("dadaptsgd", "fsdp_in_use=True is not supported: sumi does not shard parameters; leave it False");
   }

@@ -54,6 +54,12 @@ void bad_arg(const char* optimizer, const std::string& msg) {
   throw Error(SUMI_ERR_INVALID_ARGUMENT, std::string(optimizer) + ": " + msg);
 }
 
+void check_d_estimate(const char* optimizer, double d0, double growth_rate, int64_t log_every) {
+  if (!(d0 > 0)) bad_arg(optimizer, "d0 must be > 0, got " + std::to_string(d0));
+  if (!(growth_rate > 0)) bad_arg(optimizer, "growth_rate must be > 0 (inf = no limit), got " + std::to_string(growth_rate));
+  if (log_every < 0) bad_arg(optimizer, "log_every must be >= 0, got " + std::to_string(log_every));
+}
+
 std::vector<double> betas(Context& ctx, const char* optimizer, size_t n) {
   const auto b = ctx.get_double_list("betas");
   if (b.size() != n)

@@ -51,6 +51,10 @@ void log_warn(const std::string& msg);
 // betas with exactly `n` values, each in [0, 1).
 std::vector<double> betas(Context& ctx, const char* optimizer, size_t n);
 
+// The D-adaptation / Prodigy estimate's arguments: d0 > 0, growth_rate > 0 (inf = no limit),
+// log_every >= 0; refused by name otherwise.
+void check_d_estimate(const char* optimizer, double d0, double growth_rate, int64_t log_every);
+
 // D-adaptation and Prodigy: the one lr of a step, max(lrs); any other group lr must be 0 (the
 // references raise "Setting different lr values in different parameter groups is only supported
 // for values of 0" at the first step; sumi's trainer refuses such a run before it starts).

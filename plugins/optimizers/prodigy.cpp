@@ -33,10 +33,8 @@ class Prodigy : public Optimizer {
     if (beta3 < 0 || beta3 >= 1) bad_arg("prodigy", "beta3 must be in [0, 1) (0 = sqrt(beta2), prodigyopt's None), got " + std::to_string(beta3));
     beta3_ = beta3 == 0 ? std::sqrt(beta2_) : beta3;
     if (eps_ < 0) bad_arg("prodigy", "eps must be >= 0, got " + std::to_string(eps_));
-    if (!(d0_ > 0)) bad_arg("prodigy", "d0 must be > 0, got " + std::to_string(d0_));
-    if (!(growth_rate_ > 0)) bad_arg("prodigy", "growth_rate must be > 0 (inf = no limit), got " + std::to_string(growth_rate_));
+    check_d_estimate("prodigy", d0_, growth_rate_, log_every_);
     if (weight_decay_ < 0) bad_arg("prodigy", "weight_decay must be >= 0, got " + std::to_string(weight_decay_));
-    if (log_every_ < 0) bad_arg("prodigy", "log_every must be >= 0, got " + std::to_string(log_every_));
     if (ctx.get_int("slice_p") != 1)
       bad_arg("prodigy", "slice_p=" + std::to_string(ctx.get_int("slice_p")) +
                              " is not supported: sumi implements prodigyopt 1.0, which estimates d from every element "

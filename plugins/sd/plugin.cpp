@@ -127,6 +127,7 @@ class SdComponent : public sumi::Model {
     o.gradient_checkpointing = ctx.get_bool("gradient_checkpointing");
     o.vae_tiling = ctx.get_bool("vae_tiling");
     o.vae_slicing = ctx.get_bool("vae_slicing");
+    o.mem_eff_attn = ctx.get_bool("mem_eff_attn");
     o.warn = [](const std::string& message) { sumi::api().log(SUMI_LOG_WARN, "sumi_sd", message.c_str()); };
     return o;
   }
@@ -161,6 +162,9 @@ const sumi_param_spec kParams[] = {
                 "enable_tiling: tiles of the VAE config's sample_size, 1/4 overlap); only larger images are tiled."),
     sumi::param("vae_slicing", SUMI_PARAM_BOOL, "false",
                 "VAE encode/decode one image of a batch at a time (diffusers' enable_slicing); same result."),
+    sumi::param("mem_eff_attn", SUMI_PARAM_BOOL, "false",
+                "Memory-efficient attention (kohya's --mem_eff_attn / --xformers / --sdpa): score matrices in query "
+                "chunks of at most 2M elements; the same numbers, less peak memory."),
 };
 
 }  // namespace

@@ -13,6 +13,7 @@
 #include "embedding_file.h"
 #include "model_files.h"
 #include "nn/autoencoder_kl.h"
+#include "nn/blocks.h"
 #include "nn/clip_text.h"
 #include "nn/layers.h"
 #include "nn/unet.h"
@@ -178,6 +179,10 @@ void SdModel::load(const std::string& path) {
   // The SD VAEs overflow in fp16 (force_upcast); keep them in fp32 then.
   vae->to(dt == at::kHalf && vae_config.force_upcast ? at::kFloat : dt);
   load_part(*vae, vae_weights, options_.vae.empty() ? path : options_.vae, "vae");
+  if (options_.mem_eff_attn)
+    for (torch::nn::Module* m : {static_cast<torch::nn::Module*>(unet.get()), static_cast<torch::nn::Module*>(vae.get())})
+      for (const auto& sub : m->modules())
+        if (auto* a = dynamic_cast<nn::Attention*>(sub.get())) a->chunk_elements = int64_t{1} << 21;
   vae->set_tiling(options_.vae_tiling);
   vae->set_slicing(options_.vae_slicing);
   for (torch::nn::Module* m : {static_cast<torch::nn::Module*>(te.get()), static_cast<torch::nn::Module*>(te2.get()),

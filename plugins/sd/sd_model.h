@@ -52,6 +52,9 @@ struct ModelOptions {
   // of a batch at a time (enable_slicing).
   bool vae_tiling = false;
   bool vae_slicing = false;
+  // Memory-efficient attention (kohya's --mem_eff_attn / --xformers / --sdpa): score matrices
+  // in query chunks of at most 2M elements instead of 32M. The same numbers, less peak memory.
+  bool mem_eff_attn = false;
   std::function<void(const std::string&)> warn;  // receives "prompt truncated" warnings
 };
 

@@ -68,16 +68,17 @@ Conditioning measure(const sumi::app::ImageRequest& r, Run&& run) {
   return c;
 }
 
-// Same image: latents within 30x the measured response to a 1e-6 perturbation (at least 1e-4:
-// rounding alone, well conditioned), 8-bit pixels within one level, or 3x the measured level
-// change where the perturbation itself moves pixels.
+// Same image: latents within 100x the measured response to a 1e-6 perturbation (at least 1e-4:
+// rounding alone, well conditioned; a batch's other blockings change a step's output by up to
+// ~1e-5 relative on some CPUs), 8-bit pixels within one level, or 5x the measured level change
+// where the perturbation itself moves pixels.
 void check_same(const sumi::app::ImageResult& got, const sumi::app::ImageResult& want, const Conditioning& c) {
   const double rel = ((got.latents - want.latents).norm() / want.latents.norm()).item<double>();
-  const double bound = std::max(1e-4, 30 * c.latents_rel);
+  const double bound = std::max(1e-4, 100 * c.latents_rel);
   CAPTURE(c.latents_rel);
   CHECK(rel < bound);
   const auto a = sumi::app::to_uint8_hwc(got.image).to(at::kInt), b = sumi::app::to_uint8_hwc(want.image).to(at::kInt);
-  CHECK((a - b).abs().max().item<int64_t>() <= std::max<int64_t>(1, 3 * c.image_levels));
+  CHECK((a - b).abs().max().item<int64_t>() <= std::max<int64_t>(1, 5 * c.image_levels));
 }
 
 }  // namespace

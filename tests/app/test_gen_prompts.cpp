@@ -36,7 +36,8 @@ struct Rig {
   }
   std::unique_ptr<sumi::host::Component> sampler(const std::string& name) {
     auto ref = sumi::test::plugins().find(SUMI_KIND_NOISE_SCHEDULER, name);
-    auto cfg = sumi::app::scheduler_config_of(fixture("tiny-sd1.safetensors"), *ref.component);
+    // The model's own sampler settings, as `sumi generate` takes them (a single file: SD1's standard config).
+    auto cfg = sumi::app::scheduler_config_of(*model, *ref.component);
     return std::make_unique<sumi::host::Component>(ref, "sched_" + name, reg, sumi::host::make_config(*ref.component, cfg));
   }
   at::Tensor latents(const std::string& prompt, const std::string& sampler_name = "ddim", uint64_t seed = 5) {
@@ -215,7 +216,7 @@ TEST_CASE("sumi generate --textual_inversion_embeddings: the file's token reache
     model->check(model->vtable<sumi_model_vtable>().load(model->self(), fixture("tiny-sd1.safetensors").c_str()), "load");
     auto ref = sumi::test::plugins().find(SUMI_KIND_NOISE_SCHEDULER, "ddim");
     sumi::host::Component sched(ref, "sched", reg,
-                                sumi::host::make_config(*ref.component, sumi::app::scheduler_config_of(fixture("tiny-sd1.safetensors"), *ref.component)));
+                                sumi::host::make_config(*ref.component, sumi::app::scheduler_config_of(*model, *ref.component)));
     sumi::app::Generator gen(*model, sched);
     sumi::app::ImageRequest r;
     r.prompt = "a photo of skstok";

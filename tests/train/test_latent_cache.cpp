@@ -52,7 +52,7 @@ struct Vae {
     const std::string path = std::string(SUMI_TEST_DATA) + "/fixtures/tiny-sd1.safetensors";
     model->check(model->vtable<sumi_model_vtable>().load(model->self(), path.c_str()), "load");
   }
-  sumi::app::LatentEncoder encoder() { return sumi::app::model_latent_encoder(*model, "sd1", false); }
+  sumi::app::LatentEncoder encoder() { return sumi::app::model_latent_encoder(*model, sumi::app::model_latent_scale(*model), false); }
 };
 
 at::Tensor as_tensor(const std::vector<float>& v, const std::vector<int64_t>& shape) {
@@ -104,7 +104,7 @@ TEST_CASE("cached latents are the VAE's posterior sample of the processed image,
   // The batch source caches the same way (same seed, same order) and hands the latents out
   // scaled by SD's 0.18215, as kohya's training loop does; flipped ones when the flip is drawn.
   at::manual_seed(7);
-  sumi::app::BatchSource src(data, {{"cache_latents", true}, {"max_data_loader_n_workers", 2LL}}, 3, "sd1", enc);
+  sumi::app::BatchSource src(data, {{"cache_latents", true}, {"max_data_loader_n_workers", 2LL}}, 3, 0.18215, enc);
   for (int epoch = 1; epoch <= 2; ++epoch) {
     const auto plan = ds::group_epoch_plan(data, 3, epoch);
     src.start_epoch(epoch, plan, 0);

@@ -1,6 +1,7 @@
 #include "latent_cache.h"
 
 #include "core/component.h"
+#include "app/generation.h"
 #include "core/error.h"
 #include "core/op_bridge.h"
 #include "core/progress.h"
@@ -12,6 +13,8 @@
 
 #include <ATen/autocast_mode.h>
 
+#include <nlohmann/json.hpp>
+
 #include <algorithm>
 #include <map>
 #include <thread>
@@ -20,10 +23,15 @@ namespace sumi::app {
 
 namespace ds = sumi::datasets;
 
-double vae_scale_factor(const std::string& family) { return family == "sdxl" ? 0.13025 : 0.18215; }
+double model_latent_scale(host::Component& model) {
+  const auto d = nlohmann::json::parse(describe_model(model), nullptr, false);
+  if (!d.is_object() || !d.contains("scaling_factor") || !d["scaling_factor"].is_number())
+    throw host::UserError(std::string("model '") + model.info().name +
+                          "' does not describe its VAE scaling factor (describe, ABI 1.2); rebuild the plugin against this SDK");
+  return d["scaling_factor"].get<double>();
+}
 
-LatentEncoder model_latent_encoder(host::Component& model, const std::string& family, bool bf16) {
-  const double scale = vae_scale_factor(family);
+LatentEncoder model_latent_encoder(host::Component& model, double scale, bool bf16) {
   return [&model, scale, bf16](const at::Tensor& images) {
     at::NoGradGuard ng;
     const bool prev_enabled = at::autocast::is_cpu_enabled();
@@ -146,8 +154,8 @@ std::string cache_latents(const std::vector<ds::Dataset>& data, const ds::DataLo
 }
 
 BatchSource::BatchSource(const std::vector<ds::Dataset>& data, const ds::CliOptions& args, std::uint64_t seed,
-                         const std::string& family, LatentEncoder encode)
-    : options_(ds::data_loader_options(args)), scale_(vae_scale_factor(family)), encode_(std::move(encode)) {
+                         double latent_scale, LatentEncoder encode)
+    : options_(ds::data_loader_options(args)), scale_(latent_scale), encode_(std::move(encode)) {
   if (options_.cache_latents) {
     for (const auto& d : data) ds::check_latent_caching(d.config());
     std::vector<std::size_t> sizes;

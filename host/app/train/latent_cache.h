@@ -28,12 +28,14 @@ namespace sumi::app {
 // as kohya caches them).
 using LatentEncoder = std::function<at::Tensor(const at::Tensor& images)>;
 
-// The VAE scaling factor kohya applies to latents for a family (SD1/SD2 0.18215, SDXL 0.13025).
-double vae_scale_factor(const std::string& family);
+// The VAE scaling factor of the loaded model (its describe's "scaling_factor": SD1/SD2 0.18215,
+// SDXL 0.13025), which kohya applies to cached latents. Throws UserError naming the model when
+// it does not say (a model plugin built for an ABI before 1.2).
+double model_latent_scale(host::Component& model);
 
 // A model plugin's VAE as a LatentEncoder: vae_encode with sampling, no grad, bf16 autocast
-// when `bf16`, divided by the family's scaling factor.
-LatentEncoder model_latent_encoder(host::Component& model, const std::string& family, bool bf16);
+// when `bf16`, divided by `scale` (model_latent_scale) to give kohya's unscaled latents.
+LatentEncoder model_latent_encoder(host::Component& model, double scale, bool bf16);
 
 // Fills `store` for every item of `data`: with to_disk, a matching `<stem>.npz` is reused and
 // a missing, stale or damaged one is (re)written; without, latents are computed into memory.
@@ -49,7 +51,7 @@ class BatchSource {
   // Reads the loader options from `args` (kohya names); with latent caching, checks the
   // datasets allow it (no color_aug / random_crop) and fills the cache.
   BatchSource(const std::vector<datasets::Dataset>& data, const datasets::CliOptions& args, std::uint64_t seed,
-              const std::string& family, LatentEncoder encode);
+              double latent_scale, LatentEncoder encode);
   void start_epoch(int epoch, std::vector<datasets::GroupBatch> plan, std::size_t first);
 
   struct Batch {

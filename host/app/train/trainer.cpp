@@ -255,7 +255,8 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   const auto& mvt = model.vtable<sumi_model_vtable>();
   model.check(mvt.load(model.self(), s.model_path.c_str()), ("load " + s.model_path).c_str());
   // Latent caching (before the network exists, as kohya) and the prefetching loader.
-  BatchSource batches(data, s.dataset_args, s.seed, s.family, model_latent_encoder(model, s.family, s.mixed_precision == "bf16"));
+  const double latent_scale = model_latent_scale(model);
+  BatchSource batches(data, s.dataset_args, s.seed, latent_scale, model_latent_encoder(model, latent_scale, s.mixed_precision == "bf16"));
 
   auto nsched_ref = pm.find(SUMI_KIND_NOISE_SCHEDULER, s.noise_scheduler_type);
   auto ncfg = s.noise_scheduler_params;

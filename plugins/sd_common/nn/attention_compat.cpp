@@ -16,9 +16,9 @@ namespace sumi::nn {
 namespace {
 
 // Query rows per chunk so that one chunk's scores stay within kAttentionChunkElements.
-int64_t rows_per_chunk(const at::Tensor& q, const at::Tensor& k) {
+int64_t rows_per_chunk(const at::Tensor& q, const at::Tensor& k, int64_t chunk_elements) {
   const int64_t per_row = std::max<int64_t>(1, q.size(0) * q.size(1) * k.size(2));
-  return std::max<int64_t>(1, kAttentionChunkElements / per_row);
+  return std::max<int64_t>(1, chunk_elements / per_row);
 }
 
 #if TORCH_VERSION_MAJOR >= 2
@@ -27,10 +27,10 @@ at::Tensor fused(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, 
   return at::scaled_dot_product_attention(q, k, v, {}, 0.0, causal);
 }
 
-at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal) {
+at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal, int64_t chunk_elements) {
   // Older 2.x CPU builds fall back to the math kernel, which builds the whole score matrix;
   // splitting the queries bounds it (exact without a mask; causal is only used for text).
-  const int64_t rows = rows_per_chunk(q, k);
+  const int64_t rows = rows_per_chunk(q, k, chunk_elements);
   if (causal || !q.device().is_cpu() || q.size(2) <= rows) return fused(q, k, v, causal);
   std::vector<at::Tensor> parts;
   for (int64_t begin = 0; begin < q.size(2); begin += rows)
@@ -47,10 +47,10 @@ at::Tensor causal_bias(int64_t q_begin, int64_t q_len, int64_t k_len, const at::
   return bias.masked_fill(cols > rows, -std::numeric_limits<float>::infinity());
 }
 
-at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal) {
+at::Tensor attend(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal, int64_t chunk_elements) {
   const double scale = 1.0 / std::sqrt(static_cast<double>(q.size(-1)));
   auto kt = k.transpose(-1, -2);
-  const int64_t lq = q.size(2), lk = k.size(2), rows = rows_per_chunk(q, k);
+  const int64_t lq = q.size(2), lk = k.size(2), rows = rows_per_chunk(q, k, chunk_elements);
   std::vector<at::Tensor> parts;
   for (int64_t begin = 0; begin < lq; begin += rows) {
     const int64_t len = std::min(rows, lq - begin);
@@ -76,9 +76,9 @@ at::Tensor scaled_dot_product_attention(const at::Tensor& q, const at::Tensor& k
   if (FlopCount* f = active_flop_count())
     f->attention += 4.0 * static_cast<double>(q.numel()) * static_cast<double>(k.size(2));
   if (opt.upcast && q.scalar_type() != at::kFloat)
-    return attend(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), opt.causal)
+    return attend(q.to(at::kFloat), k.to(at::kFloat), v.to(at::kFloat), opt.causal, opt.chunk_elements)
         .to(q.scalar_type());
-  return attend(q, k, v, opt.causal);
+  return attend(q, k, v, opt.causal, opt.chunk_elements);
 }
 
 }  // namespace sumi::nn

@@ -11,6 +11,7 @@ namespace sumi::nn {
 struct AttentionOptions {
   bool causal = false;  // mask out keys after the query position (CLIP text encoders)
   bool upcast = false;  // compute scores and softmax in float32 (diffusers' upcast_attention)
+  int64_t chunk_elements = int64_t{1} << 25;  // largest score matrix built at once (kAttentionChunkElements)
 };
 
 // q: [B, H, Lq, D], k and v: [B, H, Lk, D]. Returns [B, H, Lq, D] in q's dtype.

@@ -77,6 +77,7 @@ at::Tensor Attention::forward(const at::Tensor& x, const at::Tensor& context) co
   auto split = [&](const at::Tensor& t) { return t.view({b, t.size(1), heads, d}).transpose(1, 2); };
   AttentionOptions opt;
   opt.upcast = upcast;
+  opt.chunk_elements = chunk_elements;
   auto o = scaled_dot_product_attention(split(q), split(k), split(v), opt);
   return (*to_out)[0].forward(o.transpose(1, 2).reshape({b, x.size(1), inner}));
 }

@@ -48,6 +48,9 @@ struct Attention : torch::nn::Module {
   std::shared_ptr<List<Linear>> to_out;
   int64_t heads;
   bool upcast;
+  // Largest score matrix (elements) built at once; queries are split into chunks beyond it
+  // (the model's mem_eff_attn option lowers it). Exact: each query row sees every key.
+  int64_t chunk_elements = int64_t{1} << 25;
 };
 
 // GEGLU feed-forward: net.0.proj -> hidden * gelu(gate) -> net.2.
