@@ -69,6 +69,17 @@ TEST_CASE("models: gradient_checkpointing is a model option and refuses non-bool
   CHECK_FALSE(load_error("sd1", fixture("tiny-sd1.safetensors"), {{"gradient_checkpointing", "sometimes"}}).empty());
 }
 
+TEST_CASE("models: mem_eff_attn (kohya's --mem_eff_attn / --xformers / --sdpa) gives the same UNet output") {
+  auto gen = at::detail::createCPUGenerator(5);
+  // 48x48 latents: 2304 tokens x 8 heads, so the 2M-element chunks split the queries.
+  const at::Tensor x = at::randn({1, 4, 48, 48}, gen), t = at::full({1}, 500.0), cond = at::randn({1, 77, 32}, gen);
+  auto plain = load_model("sd1", fixture("tiny-sd1"));
+  auto chunked = load_model("sd1", fixture("tiny-sd1"), {{"mem_eff_attn", "true"}});
+  at::NoGradGuard no_grad;
+  CHECK(rel_err(chunked->denoise(x, t, cond), plain->denoise(x, t, cond)) < 1e-6);
+  CHECK_FALSE(load_error("sd1", fixture("tiny-sd1"), {{"mem_eff_attn", "maybe"}}).empty());
+}
+
 TEST_CASE("models: vae_tiling and vae_slicing reach the model's VAE") {
   auto gen = at::detail::createCPUGenerator(4);
   const at::Tensor big = at::randn({1, 4, 20, 20}, gen), batch = at::randn({2, 4, 8, 8}, gen);

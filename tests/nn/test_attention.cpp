@@ -45,6 +45,15 @@ TEST_CASE("attention: a query length beyond one chunk gives the same result") {
   CHECK(rel_err(out.index_select(2, rows), want) < 1e-5);
 }
 
+TEST_CASE("attention: a smaller chunk (the model's mem_eff_attn option) computes the same rows") {
+  auto q = at::randn({2, 3, 300, 8}), k = at::randn({2, 3, 120, 8}), v = at::randn({2, 3, 120, 8});
+  AttentionOptions whole, small;
+  small.chunk_elements = 2 * 3 * 120 * 7;  // 7 query rows per chunk: 43 chunks
+  const auto a = scaled_dot_product_attention(q, k, v, whole), b = scaled_dot_product_attention(q, k, v, small);
+  CHECK(rel_err(b, a) < 1e-6);
+  CHECK(rel_err(b, reference(q, k, v, false)) < 1e-5);
+}
+
 TEST_CASE("attention: rejects tensors that are not [B, H, L, D]") {
   CHECK_THROWS_AS(scaled_dot_product_attention(at::zeros({2, 3, 4}), at::zeros({2, 3, 4}), at::zeros({2, 3, 4})),
                   std::invalid_argument);
