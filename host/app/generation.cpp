@@ -11,8 +11,6 @@
 #include <nlohmann/json.hpp>
 
 #include <cmath>
-#include <filesystem>
-#include <fstream>
 
 namespace sumi::app {
 
@@ -438,20 +436,6 @@ std::map<std::string, std::string> declared_keys(const nlohmann::json& j, const 
 }
 
 }  // namespace
-
-std::map<std::string, std::string> scheduler_config_of(const std::string& model_path, const sumi_component& sampler) {
-  std::map<std::string, std::string> out;
-  const auto file = std::filesystem::path(model_path) / "scheduler" / "scheduler_config.json";
-  if (!std::filesystem::is_directory(model_path) || !std::filesystem::exists(file)) return out;
-  std::ifstream in(file);
-  nlohmann::json j;
-  try {
-    in >> j;
-  } catch (const std::exception& e) {
-    throw host::UserError(file.string() + ": not valid JSON: " + e.what());
-  }
-  return declared_keys(j, sampler);
-}
 
 std::string describe_model(host::Component& model) {
   const auto& vt = model.vtable<sumi_model_vtable>();

@@ -79,10 +79,6 @@ class Generator {
   int64_t vae_batch_size_ = 0;
 };
 
-// The noise-scheduler settings a diffusers folder carries (<model>/scheduler/scheduler_config.json),
-// as text values for the keys the sampler's schema declares; {} for single files.
-std::map<std::string, std::string> scheduler_config_of(const std::string& model_path, const sumi_component& sampler);
-
 // The loaded model's description (the ABI 1.2 describe slot) as JSON text; "{}" for a model
 // built for an older ABI.
 std::string describe_model(host::Component& model);

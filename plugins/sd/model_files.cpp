@@ -218,7 +218,9 @@ ModelFamily family_of_configs(const std::string& path, const ModelFiles& m) {
   throw std::runtime_error(path + ": the diffusers folder has neither unet/config.json nor text_encoder/config.json");
 }
 
-ModelFiles read_folder(const std::string& path, const ReadOptions& opt) {
+// A diffusers folder's configs (unet/, vae/, text_encoder[_2]/config.json) and the family they
+// give, no tensor read.
+ModelFiles folder_configs(const std::string& path) {
   ModelFiles m;
   m.path = path;
   m.form = SourceForm::diffusers_folder;
@@ -236,6 +238,12 @@ ModelFiles read_folder(const std::string& path, const ReadOptions& opt) {
     m.te2_config =
         about(config("text_encoder_2"), [&] { return nn::ClipTextConfig::from_diffusers_json(config("text_encoder_2")); });
   m.family = family_of_configs(path, m);
+  return m;
+}
+
+ModelFiles read_folder(const std::string& path, const ReadOptions& opt) {
+  ModelFiles m = folder_configs(path);
+  const fs::path dir(path);
   check_family(path, m.family, opt.expect, "read from its config.json files");
   const std::string sched = (dir / "scheduler" / "scheduler_config.json").string();
   if (fs::is_regular_file(sched)) {
@@ -300,20 +308,7 @@ ModelFiles read_model(const std::string& path, const ReadOptions& options) {
 
 ModelFamily detect_family(const std::string& path) {
   check_model_path(path);
-  if (fs::is_directory(path)) {
-    const fs::path dir(path);
-    if (!fs::is_regular_file(dir / "model_index.json"))
-      throw std::runtime_error(path + " is a folder without model_index.json; expected a diffusers model folder");
-    ModelFiles m;
-    auto config = [&](const char* sub) { return (dir / sub / "config.json").string(); };
-    auto has = [&](const char* sub) { return fs::is_regular_file(dir / sub / "config.json"); };
-    if (has("unet")) m.unet_config = about(config("unet"), [&] { return nn::UNetConfig::from_diffusers_json(config("unet")); });
-    if (has("text_encoder"))
-      m.te_config = about(config("text_encoder"), [&] { return nn::ClipTextConfig::from_diffusers_json(config("text_encoder")); });
-    if (has("text_encoder_2"))
-      m.te2_config = about(config("text_encoder_2"), [&] { return nn::ClipTextConfig::from_diffusers_json(config("text_encoder_2")); });
-    return family_of_configs(path, m);
-  }
+  if (fs::is_directory(path)) return folder_configs(path).family;
   nn::TensorShapes shapes;
   if (ends_with(lower(path), ".safetensors")) {
     const auto file = about(path, [&] { return io::SafetensorsFile::open(path); });

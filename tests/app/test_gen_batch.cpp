@@ -30,7 +30,7 @@ struct Rig {
   }
   std::unique_ptr<sumi::host::Component> sampler(const std::string& name) {
     auto ref = sumi::test::plugins().find(SUMI_KIND_NOISE_SCHEDULER, name);
-    auto cfg = sumi::app::scheduler_config_of(fixture("tiny-sd1"), *ref.component);
+    auto cfg = sumi::app::scheduler_config_of(*model, *ref.component);
     return std::make_unique<sumi::host::Component>(ref, "sched_" + name, reg, sumi::host::make_config(*ref.component, cfg));
   }
 };

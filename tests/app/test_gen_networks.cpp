@@ -58,7 +58,7 @@ struct Rig {
   sumi::app::ImageResult image() {
     auto ref = sumi::test::plugins().find(SUMI_KIND_NOISE_SCHEDULER, "euler");
     sumi::host::Component sched(ref, "sched", reg,
-                                sumi::host::make_config(*ref.component, sumi::app::scheduler_config_of(fixture("tiny-sd1"), *ref.component)));
+                                sumi::host::make_config(*ref.component, sumi::app::scheduler_config_of(*model, *ref.component)));
     sumi::app::Generator gen(*model, sched);
     sumi::app::ImageRequest r;
     r.prompt = "a photo of a cat";

@@ -295,11 +295,7 @@ int run_merge(const std::vector<std::string>& argv, const MergeFlags& f) {
       .list("plugin-dir", "extra plugin folder (the model plugin for --sd_model)");
   if (!args.parse(argv)) return 0;
   const auto& models = args.strs("models");
-  const std::vector<double> ratios = args.reals("ratios");
-  if (models.empty()) args.fail("--models is required: the LoRA files to merge");
-  if (models.size() != ratios.size())
-    args.fail("--models names " + std::to_string(models.size()) + " files but --ratios gives " +
-              std::to_string(ratios.size()) + " ratios; give one ratio per LoRA");
+  const std::vector<double> ratios = args.lora_ratios();
   const at::ScalarType merge_dtype = *precision_type(args.str("precision"));
   const std::optional<at::ScalarType> save_precision = precision_type(args.str("save_precision"));
   if (args.given("sd_model")) {

@@ -46,11 +46,7 @@ int cmd_svd_merge_lora(const std::vector<std::string>& argv) {
       .flag("no_metadata", "write no modelspec metadata (kohya's minimum ss_* keys are kept)");
   if (!args.parse(argv)) return 0;
   const auto& models = args.strs("models");
-  const std::vector<double> ratios = args.reals("ratios");
-  if (models.empty()) args.fail("--models is required: the LoRA files to merge");
-  if (models.size() != ratios.size())
-    args.fail("--models names " + std::to_string(models.size()) + " files but --ratios gives " +
-              std::to_string(ratios.size()) + " ratios; give one ratio per LoRA");
+  const std::vector<double> ratios = args.lora_ratios();
   const std::string save_to = args.required("save_to");
   check_output(save_to, models, "--save_to");
   const int64_t new_rank = args.integer("new_rank");

@@ -192,6 +192,16 @@ const std::vector<std::string>& ToolArgs::strs(const std::string& name) const {
   return it == values_.end() ? none : it->second;
 }
 
+std::vector<double> ToolArgs::lora_ratios() const {
+  const auto& models = strs("models");
+  std::vector<double> ratios = reals("ratios");
+  if (models.empty()) fail("--models is required: the LoRA files to merge");
+  if (models.size() != ratios.size())
+    fail("--models names " + std::to_string(models.size()) + " files but --ratios gives " + std::to_string(ratios.size()) +
+         " ratios; give one ratio per LoRA");
+  return ratios;
+}
+
 std::vector<double> ToolArgs::reals(const std::string& name) const {
   std::vector<double> out;
   for (const auto& t : strs(name)) {

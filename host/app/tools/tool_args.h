@@ -42,6 +42,8 @@ class ToolArgs {
   std::optional<int64_t> opt_integer(const std::string& name) const;
   const std::vector<std::string>& strs(const std::string& name) const;
   std::vector<double> reals(const std::string& name) const;
+  // The LoRA merge tools' --ratios: one per --models file (both refused by name otherwise).
+  std::vector<double> lora_ratios() const;
   // Throws UserError unless `name` was given.
   std::string required(const std::string& name) const;
 
