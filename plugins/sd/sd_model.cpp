@@ -179,6 +179,11 @@ void SdModel::load(const std::string& path) {
   // The SD VAEs overflow in fp16 (force_upcast); keep them in fp32 then.
   vae->to(dt == at::kHalf && vae_config.force_upcast ? at::kFloat : dt);
   load_part(*vae, vae_weights, options_.vae.empty() ? path : options_.vae, "vae");
+  // bf16 convolutions run channels-last on the CPU (nn::Conv2d): store their weights that way once.
+  if (dt == at::kBFloat16) {
+    nn::convs_to_channels_last(*unet);
+    if (vae->parameters().front().scalar_type() == at::kBFloat16) nn::convs_to_channels_last(*vae);
+  }
   if (options_.mem_eff_attn)
     for (torch::nn::Module* m : {static_cast<torch::nn::Module*>(unet.get()), static_cast<torch::nn::Module*>(vae.get())})
       for (const auto& sub : m->modules())

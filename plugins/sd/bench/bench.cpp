@@ -347,6 +347,7 @@ std::vector<JobResult> run(const Options& o) {
   if (wants("unet") || wants("cfg")) {
     auto unet = std::make_shared<nn::UNet2DConditionModel>(m.unet);
     unet->to(dt);
+    if (dt == at::kBFloat16) nn::convs_to_channels_last(*unet);  // as the sd plugin loads bf16
     at::NoGradGuard ng;
     if (wants("unet")) {
       finish(time_job(
@@ -379,6 +380,7 @@ std::vector<JobResult> run(const Options& o) {
     const at::ScalarType frozen = o.precision == "bf16" && !o.frozen_fp32 ? at::kBFloat16 : at::kFloat;
     auto unet = std::make_shared<nn::UNet2DConditionModel>(m.unet);
     unet->to(frozen);
+    if (frozen == at::kBFloat16) nn::convs_to_channels_last(*unet);
     std::vector<std::shared_ptr<nn::ClipTextModel>> tes;
     for (const auto& c : m.text_encoders) {
       tes.push_back(std::make_shared<nn::ClipTextModel>(c));

@@ -8,6 +8,28 @@
 
 namespace sumi::nn {
 
+namespace {
+
+// Reduced precision without autograd (bf16 / fp16 generation, cached encodings): the
+// temporaries a block makes are overwritten in place (the activation after a norm, the residual
+// sums, the GEGLU gate), which saves a pass of memory allocation and traffic each. The values
+// are those of the out-of-place ops; float32 keeps the out-of-place ops so that its numbers
+// stay bit for bit what earlier sumi computed.
+bool in_place(const at::Tensor& t) {
+  return !at::GradMode::is_enabled() && t.scalar_type() != at::kFloat && t.scalar_type() != at::kDouble;
+}
+
+at::Tensor silu_of(at::Tensor t) { return in_place(t) ? at::silu_(t) : at::silu(t); }
+
+// a + b, written into `a` (a temporary of the caller's) where that gives the same result.
+at::Tensor add_into(at::Tensor a, const at::Tensor& b) {
+  if (in_place(a) && a.scalar_type() == b.scalar_type() && at::infer_size(a.sizes(), b.sizes()) == a.sizes())
+    return a.add_(b);
+  return a + b;
+}
+
+}  // namespace
+
 ResnetBlock2D::ResnetBlock2D(int64_t in, int64_t out, int64_t temb_channels, int64_t groups,
                              double eps) {
   norm1 = register_module("norm1", std::make_shared<GroupNorm>(groups, in, eps));
@@ -27,11 +49,11 @@ at::Tensor ResnetBlock2D::forward(const at::Tensor& x, const at::Tensor& temb) c
 }
 
 at::Tensor ResnetBlock2D::compute(const at::Tensor& x, const at::Tensor& temb) const {
-  auto h = conv1->forward(at::silu(norm1->forward(x)));
+  auto h = conv1->forward(silu_of(norm1->forward(x)));
   if (time_emb_proj && temb.defined())
-    h = h + time_emb_proj->forward(at::silu(temb)).unsqueeze(-1).unsqueeze(-1);
-  h = conv2->forward(at::silu(norm2->forward(h)));
-  return (conv_shortcut ? conv_shortcut->forward(x) : x) + h;
+    h = add_into(h, time_emb_proj->forward(at::silu(temb)).unsqueeze(-1).unsqueeze(-1));
+  h = conv2->forward(silu_of(norm2->forward(h)));
+  return add_into(h, conv_shortcut ? conv_shortcut->forward(x) : x);
 }
 
 Downsample2D::Downsample2D(int64_t channels, int64_t padding_) : padding(padding_) {
@@ -94,7 +116,8 @@ FeedForward::FeedForward(int64_t dim, int64_t mult) {
 
 at::Tensor FeedForward::forward(const at::Tensor& x) const {
   auto parts = proj->forward(x).chunk(2, -1);
-  return out->forward(parts[0] * at::gelu(parts[1]));
+  at::Tensor gate = at::gelu(parts[1]);
+  return out->forward(in_place(gate) ? gate.mul_(parts[0]) : parts[0] * gate);
 }
 
 BasicTransformerBlock::BasicTransformerBlock(int64_t dim, int64_t heads, int64_t context_dim,
@@ -117,9 +140,9 @@ at::Tensor BasicTransformerBlock::forward(const at::Tensor& x, const at::Tensor&
 }
 
 at::Tensor BasicTransformerBlock::compute(at::Tensor x, const at::Tensor& context) const {
-  x = x + attn1->forward(norm1->forward(x));
-  x = x + attn2->forward(norm2->forward(x), context);
-  return x + ff->forward(norm3->forward(x));
+  x = add_into(attn1->forward(norm1->forward(x)), x);
+  x = add_into(attn2->forward(norm2->forward(x), context), x);
+  return add_into(ff->forward(norm3->forward(x)), x);
 }
 
 Transformer2DModel::Transformer2DModel(int64_t channels, int64_t heads, int64_t depth,
@@ -142,14 +165,16 @@ Transformer2DModel::Transformer2DModel(int64_t channels, int64_t heads, int64_t 
 at::Tensor Transformer2DModel::forward(const at::Tensor& x, const at::Tensor& context) const {
   const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   auto to_tokens = [&](const at::Tensor& t) { return t.permute({0, 2, 3, 1}).reshape({b, h * w, c}); };
-  auto to_image = [&](const at::Tensor& t) {
-    return t.reshape({b, h, w, c}).permute({0, 3, 1, 2}).contiguous();
-  };
+  // bf16 on the CPU keeps images channels-last (what Conv2d convolves there): tokens are then a
+  // free view of the image and back.
+  const auto layout = x.scalar_type() == at::kBFloat16 && x.is_cpu() ? at::MemoryFormat::ChannelsLast
+                                                                      : at::MemoryFormat::Contiguous;
+  auto to_image = [&](const at::Tensor& t) { return t.reshape({b, h, w, c}).permute({0, 3, 1, 2}).contiguous(layout); };
   auto y = norm->forward(x);
   y = proj_in_conv ? to_tokens(proj_in_conv->forward(y)) : proj_in_linear->forward(to_tokens(y));
   for (const auto& block : transformer_blocks->items) y = block->forward(y, context);
   y = proj_out_conv ? proj_out_conv->forward(to_image(y)) : to_image(proj_out_linear->forward(y));
-  return y + x;
+  return add_into(y, x);
 }
 
 VaeAttention::VaeAttention(int64_t channels, int64_t groups, double eps)
@@ -161,7 +186,7 @@ at::Tensor VaeAttention::forward(const at::Tensor& x) const {
   const int64_t b = x.size(0), c = x.size(1), h = x.size(2), w = x.size(3);
   auto tokens = group_norm->forward(x).view({b, c, h * w}).transpose(1, 2);
   auto y = Attention::forward(tokens);
-  return y.transpose(1, 2).reshape({b, c, h, w}) + x;
+  return add_into(y.transpose(1, 2).reshape({b, c, h, w}), x);
 }
 
 }  // namespace sumi::nn

@@ -34,7 +34,17 @@ Conv2d::Conv2d(int64_t in, int64_t out, int64_t kernel, int64_t stride_, int64_t
 }
 
 at::Tensor Conv2d::forward(const at::Tensor& x) const {
-  at::Tensor y = at::conv2d(x, weight, bias, {stride, stride}, {padding, padding});
+  // bf16 on the CPU: oneDNN convolves channels-last (NHWC) tensors directly and reorders NCHW
+  // ones on every call (measured 1.5-2.5x slower); the output stays channels-last. float32 stays
+  // NCHW so that its numbers do not change.
+  at::Tensor y;
+  if (x.scalar_type() == at::kBFloat16 && weight.scalar_type() == at::kBFloat16 && x.is_cpu() && x.dim() == 4) {
+    const auto cl = at::MemoryFormat::ChannelsLast;
+    y = at::conv2d(x.contiguous(cl), weight.is_contiguous(cl) ? weight : weight.contiguous(cl), bias,
+                   {stride, stride}, {padding, padding});
+  } else {
+    y = at::conv2d(x, weight, bias, {stride, stride}, {padding, padding});
+  }
   if (FlopCount* f = active_flop_count())
     f->conv += 2.0 * static_cast<double>(y.numel()) * static_cast<double>(weight.size(1) * weight.size(2) * weight.size(3));
   return adapter ? adapter(x, y) : y;
@@ -78,6 +88,13 @@ Embedding::Embedding(int64_t count, int64_t dim) {
 }
 
 at::Tensor Embedding::forward(const at::Tensor& ids) const { return at::embedding(weight, ids); }
+
+void convs_to_channels_last(torch::nn::Module& root) {
+  at::NoGradGuard no_grad;
+  for (const auto& m : root.modules(/*include_self=*/true))
+    if (auto* c = dynamic_cast<Conv2d*>(m.get()))
+      if (c->weight.dim() == 4) c->weight.set_data(c->weight.contiguous(at::MemoryFormat::ChannelsLast));
+}
 
 at::Tensor activation(const std::string& name, const at::Tensor& x) {
   if (name == "silu" || name == "swish") return at::silu(x);

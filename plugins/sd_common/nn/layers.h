@@ -67,6 +67,10 @@ struct List : torch::nn::Module {
   std::vector<std::shared_ptr<T>> items;
 };
 
+// bf16 models on the CPU: every Conv2d weight under `root` stored channels-last once (Conv2d
+// convolves bf16 channels-last; the values do not change, only their layout).
+void convs_to_channels_last(torch::nn::Module& root);
+
 // Activations by the names the configs use ("silu", "gelu", "quick_gelu", "gelu_tanh").
 at::Tensor activation(const std::string& name, const at::Tensor& x);
 
