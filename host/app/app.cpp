@@ -6,6 +6,7 @@
 #include "core/tensor_handle.h"
 #include "sumi/io/safetensors_torch.h"
 
+#include <sumi/prompt/prompt_file.h>
 #include <sumi/recipe/kohya.h>
 #include <sumi/recipe/load.h>
 #include <sumi/recipe/preset.h>
@@ -46,6 +47,14 @@ host::PluginManager make_plugin_manager(const CommonOptions& o) {
   host::PluginManager pm;
   for (const auto& d : o.plugin_dirs) pm.add_search_dir(d);
   return pm;
+}
+
+void register_sampler_names(host::PluginManager& pm) {
+  std::vector<std::string> names;
+  for (const host::PluginLibrary* lib : pm.scan())
+    for (const auto& ref : lib->components)
+      if (ref.component->kind == SUMI_KIND_NOISE_SCHEDULER) names.emplace_back(ref.component->name);
+  prompt::set_sampler_names(std::move(names));
 }
 
 std::vector<std::string> preset_dirs() {

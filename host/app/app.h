@@ -30,6 +30,10 @@ bool parse_common(const std::vector<std::string>& args, CommonOptions& out, std:
 // Plugin manager with the search path of these options.
 host::PluginManager make_plugin_manager(const CommonOptions& o);
 
+// Tells the prompt reader which sampler names exist: every noise-scheduler component the plugin
+// search path holds (so a third party's sampler can be picked with --ss / sample_sampler).
+void register_sampler_names(host::PluginManager& pm);
+
 // Folders searched for presets: ./presets, <prefix>/share/sumi/presets, the source tree's.
 std::vector<std::string> preset_dirs();
 

@@ -383,6 +383,7 @@ int cmd_generate(const std::vector<std::string>& args) {
   if (merge) networks.merge();
   else networks.apply();
 
+  register_sampler_names(pm);
   std::vector<prompt::PromptSpec> specs =
       from_file.empty() ? std::vector<prompt::PromptSpec>{prompt::parse_prompt_line(prompt, "--prompt")}
                         : prompt::load_prompt_file(from_file);

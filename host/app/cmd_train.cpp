@@ -140,9 +140,8 @@ int cmd_train(const std::vector<std::string>& args) {
   if (mode_name == "dreambooth") {
     if (te_flag && s.stop_text_encoder_training < 0 && train.has("stop_text_encoder_training"))
       throw host::UserError("[train] train_text_encoder with a negative stop_text_encoder_training: choose one");
-    s.train_text_encoder = train.has("stop_text_encoder_training") ? s.stop_text_encoder_training >= 0
-                           : s.family == "sdxl"                      ? te_flag
-                                                                     : true;
+    s.train_text_encoder = train.has("stop_text_encoder_training") ? s.stop_text_encoder_training >= 0 : te_flag;
+    s.train_text_encoder_by_model = !train.has("stop_text_encoder_training") && !te_flag;
     if (s.stop_text_encoder_training < 0) s.stop_text_encoder_training = -1;
   } else {
     s.train_text_encoder = te_flag;

@@ -252,6 +252,54 @@ void SdModel::load(const std::string& path) {
   build_module_list();
 }
 
+namespace {
+
+// sdxl_train's --block_lr groups: time/label embedding, conv_in, each down level's layers and
+// its downsampler, the middle block's three parts, each up level's layers (its upsampler shares
+// the last one's group), and the output layers. Parameters map to a group by the longest
+// matching diffusers-name prefix.
+nlohmann::json block_lr_layout(const nn::UNetConfig& c) {
+  const int64_t levels = static_cast<int64_t>(c.levels()), layers = c.layers_per_block;
+  nlohmann::json prefixes = nlohmann::json::array();
+  auto add = [&](const std::string& prefix, int64_t block) { prefixes.push_back({prefix, block}); };
+  add("time_embedding.", 0);
+  add("add_embedding.", 0);
+  add("conv_in.", 1);
+  int64_t block = 2;
+  for (int64_t l = 0; l < levels; ++l) {
+    const std::string lvl = "down_blocks." + std::to_string(l) + ".";
+    for (int64_t j = 0; j < layers; ++j, ++block) {
+      add(lvl + "resnets." + std::to_string(j) + ".", block);
+      add(lvl + "attentions." + std::to_string(j) + ".", block);
+    }
+    if (l + 1 < levels) add(lvl + "downsamplers.0.", block++);
+  }
+  add("mid_block.resnets.0.", block);
+  add("mid_block.attentions.0.", block + 1);
+  add("mid_block.resnets.1.", block + 2);
+  block += 3;
+  for (int64_t l = 0; l < levels; ++l) {
+    const std::string lvl = "up_blocks." + std::to_string(l) + ".";
+    for (int64_t j = 0; j <= layers; ++j) {
+      add(lvl + "resnets." + std::to_string(j) + ".", block + j);
+      add(lvl + "attentions." + std::to_string(j) + ".", block + j);
+    }
+    if (l + 1 < levels) add(lvl + "upsamplers.0.", block + layers);
+    block += layers + 1;
+  }
+  add("conv_norm_out.", block);
+  add("conv_out.", block);
+  const int64_t down = levels * (layers + 1) - 1, up = levels * (layers + 1);
+  nlohmann::json out;
+  out["blocks"] = block + 1;
+  out["prefixes"] = std::move(prefixes);
+  out["description"] = "time/label embedding, input_blocks 0-" + std::to_string(down) + ", middle_block 0-2, output_blocks 0-" +
+                       std::to_string(up - 1) + ", out";
+  return out;
+}
+
+}  // namespace
+
 std::string SdModel::describe() const {
   if (!loaded()) throw std::logic_error("describe before load");
   const ModelFamily fam = options_.family;
@@ -271,6 +319,23 @@ std::string SdModel::describe() const {
   j["modelspec_architecture"] = fam == ModelFamily::sdxl ? "stable-diffusion-xl-v1-base"
                                 : fam == ModelFamily::sd2 ? (v ? "stable-diffusion-v2-768-v" : "stable-diffusion-v2-512")
                                                           : "stable-diffusion-v1";
+  // kohya's metadata names for this model (ss_base_model_version, ss_v2) and the layout its LoRA
+  // files have (SGM key names for SDXL, diffusers-derived for SD1/SD2: modelspec.implementation).
+  j["kohya_base_model_version"] = fam == ModelFamily::sdxl ? "sdxl_base_v1-0"
+                                  : fam == ModelFamily::sd2 ? (v ? "sd_v2_768_v" : "sd_v2_512")
+                                                            : "sd_v1";
+  j["kohya_v2"] = fam == ModelFamily::sd2;
+  // train_db.py trains the text encoder by default; sdxl_train.py only with --train_text_encoder.
+  j["kohya_trains_text_encoder"] = fam != ModelFamily::sdxl;
+  j["modelspec_lora_implementation"] =
+      fam == ModelFamily::sdxl ? "https://github.com/Stability-AI/generative-models" : "diffusers";
+  if (fam == ModelFamily::sdxl) {
+    // The micro-conditioning `denoise` takes as `added`, one row per image, in this order.
+    j["added_conditioning"] = {"original_height", "original_width", "crop_top", "crop_left", "target_height", "target_width"};
+    // sdxl_train's text-encoder output cache and --learning_rate_te1/2 apply to this model.
+    j["text_encoder_output_cache"] = true;
+    j["block_lr_layout"] = block_lr_layout(unet_->config());
+  }
   nlohmann::json sched = scheduler_config_.empty() ? nlohmann::json::object() : nlohmann::json::parse(scheduler_config_);
   sched["prediction_type"] = prediction_type();  // v_parameterization / the model spec have the last word
   j["scheduler"] = sched;

@@ -16,6 +16,14 @@ const std::string kData = std::string(SUMI_SOURCE_DIR) + "/tests/prompt/data/";
 using Seeds = std::vector<std::uint64_t>;
 }  // namespace
 
+// What the host sets once it has scanned the plugins: the bundled noise schedulers' names.
+const bool kSamplersSet = [] {
+  sumi::prompt::set_sampler_names({"ddim", "ddpm", "pndm", "lms", "k_lms", "euler", "k_euler", "euler_a", "k_euler_a",
+                                   "dpmsolver", "dpmsolver++", "dpmsingle", "heun", "dpm_2", "k_dpm_2", "dpm_2_a",
+                                   "k_dpm_2_a"});
+  return true;
+}();
+
 TEST_CASE("prompt line: text up to the first ' --', then options") {
   PromptSpec p = parse_prompt_line(
       "  masterpiece, (cat:1.2) --n lowres, blurry --w 768 --h 512 --d 42 --l 7.5 --s 28 --ss euler_a  ");

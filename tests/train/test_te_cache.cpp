@@ -83,10 +83,10 @@ TEST_CASE("text-encoder cache: cached conditioning equals a fresh encode_text; d
   const auto root = captioned("mem");
   Sdxl m;
   auto cli = options(root);
-  CHECK(sumi::app::TextEncoderCache::create(build(cli), cli, "sdxl", false, *m.model, false) == nullptr);  // not asked for
+  CHECK(sumi::app::TextEncoderCache::create(build(cli), cli, true, false, *m.model, false) == nullptr);  // not asked for
   cli["cache_text_encoder_outputs"] = true;
   const auto data = build(cli);
-  const auto c = sumi::app::TextEncoderCache::create(data, cli, "sdxl", false, *m.model, false);
+  const auto c = sumi::app::TextEncoderCache::create(data, cli, true, false, *m.model, false);
   REQUIRE(c);
   CHECK(c->summary().find("2 encoded") != std::string::npos);  // one per distinct caption
   for (const char* caption : {"a red circle", "a blue circle"}) {
@@ -100,7 +100,7 @@ TEST_CASE("text-encoder cache: cached conditioning equals a fresh encode_text; d
   auto disk = options(root);
   disk["cache_text_encoder_outputs_to_disk"] = true;
   const auto ddata = build(disk);
-  auto d1 = sumi::app::TextEncoderCache::create(ddata, disk, "sdxl", false, *m.model, false);
+  auto d1 = sumi::app::TextEncoderCache::create(ddata, disk, true, false, *m.model, false);
   CHECK(d1->summary().find("3 encoded") != std::string::npos);
   const fs::path f0 = root / "1_circle" / "circle_00_te_outputs.npz";
   CHECK(sumi::app::TextEncoderCache::npz_path(root / "1_circle" / "circle_00.png") == f0);
@@ -117,12 +117,12 @@ TEST_CASE("text-encoder cache: cached conditioning equals a fresh encode_text; d
     CHECK(ds::find_member(members, "pool2")->shape == std::vector<int64_t>{want_p.size(0)});
     CHECK(ds::find_member(members, "hidden_state2")->shape == std::vector<int64_t>{want_c.size(0), want_p.size(0)});
   }
-  auto d2 = sumi::app::TextEncoderCache::create(ddata, disk, "sdxl", false, *m.model, false);
+  auto d2 = sumi::app::TextEncoderCache::create(ddata, disk, true, false, *m.model, false);
   CHECK(d2->summary().find("0 encoded, 3 reused") != std::string::npos);
   // A changed caption rebuilds its file.
   std::ofstream(root / "1_circle" / "circle_01.txt") << "a green circle";
   const auto changed = build(disk);
-  auto d3 = sumi::app::TextEncoderCache::create(changed, disk, "sdxl", false, *m.model, false);
+  auto d3 = sumi::app::TextEncoderCache::create(changed, disk, true, false, *m.model, false);
   CHECK(d3->summary().find("1 encoded, 2 reused") != std::string::npos);
   CHECK(at::equal(lookup(*d3, 1, "a green circle").first, m.encode("a green circle").first.to(at::kFloat)));
   fs::remove_all(root);
@@ -134,8 +134,8 @@ TEST_CASE("text-encoder cache: kohya's refusals") {
   cli["cache_text_encoder_outputs"] = true;
   Sdxl m;
   const auto data = build(cli);
-  CHECK_THROWS_WITH(sumi::app::TextEncoderCache::create(data, cli, "sd1", false, *m.model, false), doctest::Contains("SDXL only"));
-  CHECK_THROWS_WITH(sumi::app::TextEncoderCache::create(data, cli, "sdxl", true, *m.model, false),
+  CHECK_THROWS_WITH(sumi::app::TextEncoderCache::create(data, cli, false, false, *m.model, false), doctest::Contains("SDXL only"));
+  CHECK_THROWS_WITH(sumi::app::TextEncoderCache::create(data, cli, true, true, *m.model, false),
                     doctest::Contains("network_train_unet_only"));
   for (const char* opt : {"shuffle_caption", "enable_wildcard"}) {
     auto bad = cli;

@@ -8,6 +8,7 @@
 #include "train_test_util.h"
 
 #include "app/commands.h"
+#include "app/tools/kohya_files.h"
 #include "app/train/network_file.h"
 #include "app/train/train_metadata.h"
 #include "app/train/trainer.h"
@@ -84,8 +85,7 @@ TEST_CASE("modelspec: kohya's architecture, implementation, resolution and predi
     CAPTURE(r.arch);
     ModelSpec spec;
     spec.kind = r.kind;
-    spec.family = r.family;
-    spec.v_parameterization = r.v;
+    sumi::app::tools::set_modelspec_family(spec, r.family, r.v);
     spec.title = "t";
     spec.timestamp = 1700000000;
     const auto m = sumi::app::modelspec_metadata(spec);
@@ -124,11 +124,16 @@ TEST_CASE("run metadata: title defaults to output_name; timestep range, clip_ski
   sumi::app::TrainSettings s;
   s.family = "sd2";
   s.v_parameterization = true;
+  // What the SD 2 plugin describes for a v-prediction model.
+  sumi::app::ModelDescription d;
+  d.kohya_v2 = true;
+  d.kohya_base_model_version = "sd_v2_768_v";
+  d.modelspec_architecture = "stable-diffusion-v2-768-v";
   s.output_name = "mylora";
   s.network_type = "lora";
   s.network_params = {{"dim", "8"}, {"alpha", "4"}, {"conv_dim", "2"}};
   s.model_params = {{"clip_skip", "1"}};
-  auto spec = sumi::app::run_modelspec(s, ModelSpecKind::lora, 64, 96);
+  auto spec = sumi::app::run_modelspec(s, ModelSpecKind::lora, 64, 96, d);
   CHECK(spec.title == "mylora");
   CHECK(!spec.timesteps);
   CHECK(!spec.clip_skip);
@@ -138,7 +143,7 @@ TEST_CASE("run metadata: title defaults to output_name; timestep range, clip_ski
   s.metadata_author = "someone";
   s.noise.min_timestep = 200;
   s.model_params["clip_skip"] = "2";
-  spec = sumi::app::run_modelspec(s, ModelSpecKind::lora, 64, 96);
+  spec = sumi::app::run_modelspec(s, ModelSpecKind::lora, 64, 96, d);
   CHECK(spec.title == "My LoRA");
   CHECK(spec.author == std::optional<std::string>("someone"));
   REQUIRE(spec.timesteps);
@@ -150,17 +155,17 @@ TEST_CASE("run metadata: title defaults to output_name; timestep range, clip_ski
   run.step = 7;
   run.epoch = 2;
   run.width = run.height = 64;
-  auto full = sumi::app::network_metadata(s, run);
+  auto full = sumi::app::network_metadata(s, run, d);
   CHECK(full.at("ss_training_comment") == "None");
   CHECK(full.at("ss_steps") == "7");
   CHECK(full.at("ss_v2") == "True");
   CHECK(full.at("ss_base_model_version") == "sd_v2_768_v");
   CHECK(full.at("ss_resolution") == "(64, 64)");
   s.training_comment = "trained on circles";
-  CHECK(sumi::app::network_metadata(s, run).at("ss_training_comment") == "trained on circles");
+  CHECK(sumi::app::network_metadata(s, run, d).at("ss_training_comment") == "trained on circles");
   // --no_metadata: train_util.SS_METADATA_MINIMUM_KEYS only.
   s.no_metadata = true;
-  const auto minimum = sumi::app::network_metadata(s, run);
+  const auto minimum = sumi::app::network_metadata(s, run, d);
   CHECK(keys_of(minimum) == std::set<std::string>{"ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim",
                                                    "ss_network_alpha", "ss_network_args"});
   CHECK(minimum.at("ss_network_module") == "networks.lora");

@@ -9,7 +9,7 @@
 #include "../common/plugin_test.h"
 #include "app/commands.h"
 #include "app/image_io.h"
-#include "app/train/model_parts.h"
+#include "app/model_description.h"
 #include "app/train/trainer.h"
 #include "sumi/io/safetensors_torch.h"
 #include "nn/key_map.h"
@@ -53,6 +53,10 @@ std::set<std::string> names_in(const fs::path& dir) {
   return out;
 }
 
+// sdxl_train.py's --block_lr count: time/label embedding, input_blocks 0-8, middle_block 0-2,
+// output_blocks 0-8, out.
+constexpr int kSdxlBlocks = 23;
+
 // kohya's sdxl_train.get_block_params_to_optimize on an original-layout UNet name.
 int kohya_block(const std::string& name) {
   auto index = [&](const char* prefix) { return std::stoi(name.substr(std::string(prefix).size())); };
@@ -66,7 +70,14 @@ int kohya_block(const std::string& name) {
 
 }  // namespace
 
-TEST_CASE("block_lr: the diffusers UNet names fall into kohya's 23 SDXL blocks") {
+TEST_CASE("block_lr: the SDXL model's described block layout puts the diffusers UNet names in kohya's 23 blocks") {
+  sumi::host::Registry reg;
+  auto model = sumi::test::make(SUMI_KIND_MODEL, "sdxl", reg, {}, "model");
+  const std::string path = data("fixtures/tiny-sdxl.safetensors");
+  model->check(model->vtable<sumi_model_vtable>().load(model->self(), path.c_str()), "load");
+  const auto d = sumi::app::describe(*model);
+  REQUIRE(d.block_lr);
+  CHECK(d.block_lr->blocks == kSdxlBlocks);
   std::ifstream f(data("fixtures/tiny-sdxl.keys.txt"));
   REQUIRE(f);
   const std::string prefix = "model.diffusion_model.";
@@ -80,14 +91,24 @@ TEST_CASE("block_lr: the diffusers UNet names fall into kohya's 23 SDXL blocks")
     REQUIRE(diffusers);
     const int want = kohya_block(original);
     REQUIRE(want >= 0);
-    CHECK_MESSAGE(sumi::app::sdxl_unet_block(*diffusers) == want, original, " -> ", *diffusers);
+    CHECK_MESSAGE(d.block_lr->block_of(*diffusers) == want, original, " -> ", *diffusers);
     seen.insert(want);
     ++n;
   }
   CHECK(n > 100);
-  CHECK(seen.size() == sumi::app::kSdxlUnetBlocks);
-  CHECK_THROWS_WITH(sumi::app::sdxl_unet_block("down_blocks.3.resnets.0.conv1.weight"), doctest::Contains("SDXL's block layout"));
-  CHECK_THROWS_WITH(sumi::app::sdxl_unet_block("encoder.conv_in.weight"), doctest::Contains("block_lr"));
+  CHECK(seen.size() == static_cast<size_t>(kSdxlBlocks));
+  CHECK(d.block_lr->block_of("encoder.conv_in.weight") == -1);
+  CHECK(d.text_encoders == std::vector<std::string>{"text_encoder", "text_encoder_2"});
+  CHECK(d.added_conditioning.size() == 6);
+
+  // SD1 describes no block layout and one text encoder.
+  auto sd1 = sumi::test::make(SUMI_KIND_MODEL, "sd1", reg, {}, "model_sd1");
+  const std::string sd1_path = data("fixtures/tiny-sd1.safetensors");
+  sd1->check(sd1->vtable<sumi_model_vtable>().load(sd1->self(), sd1_path.c_str()), "load");
+  const auto d1 = sumi::app::describe(*sd1);
+  CHECK_FALSE(d1.block_lr);
+  CHECK(d1.text_encoders.size() == 1);
+  CHECK(d1.added_conditioning.empty());
 }
 
 TEST_CASE("SDXL fine-tuning: block_lr trains only blocks with a learning rate; learning_rate_te1/2 per text encoder") {
@@ -98,7 +119,7 @@ TEST_CASE("SDXL fine-tuning: block_lr trains only blocks with a learning rate; l
   auto s = settings(TrainMode::dreambooth, dataset, out, "sdxl");
   s.max_train_steps = 2;
   s.train_text_encoder = true;
-  s.block_lr.assign(sumi::app::kSdxlUnetBlocks, 1e-3);
+  s.block_lr.assign(kSdxlBlocks, 1e-3);
   for (int b : {0, 1, 5, 11, 14, 22}) s.block_lr[static_cast<size_t>(b)] = 0;  // not trained
   s.text_encoder_lr1 = 1e-3;
   s.text_encoder_lr2 = 0;
@@ -127,7 +148,7 @@ TEST_CASE("SDXL fine-tuning: block_lr trains only blocks with a learning rate; l
       CHECK_MESSAGE(same, k);  // the VAE is not trained
     }
   }
-  for (int b = 0; b < sumi::app::kSdxlUnetBlocks; ++b) {
+  for (int b = 0; b < kSdxlBlocks; ++b) {
     if (s.block_lr[static_cast<size_t>(b)] == 0)
       CHECK_MESSAGE(changed[b] == 0, "block ", b);
     else
@@ -140,7 +161,7 @@ TEST_CASE("SDXL fine-tuning: block_lr trains only blocks with a learning rate; l
   bad.block_lr = {1e-3, 1e-3};
   CHECK_THROWS_WITH(sumi::app::train_network(bad, {SUMI_PLUGIN_DIR}, false), doctest::Contains("expected 23"));
   bad = settings(TrainMode::dreambooth, dataset, out);  // sd1
-  bad.block_lr.assign(sumi::app::kSdxlUnetBlocks, 1e-3);
+  bad.block_lr.assign(kSdxlBlocks, 1e-3);
   CHECK_THROWS_WITH(sumi::app::train_network(bad, {SUMI_PLUGIN_DIR}, false), doctest::Contains("SDXL"));
   bad = settings(TrainMode::network, dataset, out, "sdxl");
   bad.text_encoder_lr2 = 1e-4;

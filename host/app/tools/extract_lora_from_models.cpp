@@ -146,8 +146,7 @@ int cmd_extract_lora_from_models(const std::vector<std::string>& argv) {
   if (!args.on("no_metadata")) {
     ModelSpec spec;
     spec.kind = ModelSpecKind::lora;
-    spec.family = family;
-    spec.v_parameterization = v_param;
+    set_modelspec_family(spec, family, v_param);
     spec.title = file_stem(save_to);
     spec.timestamp = std::time(nullptr);
     for (auto& [k, v] : modelspec_metadata(spec)) meta[k] = v;

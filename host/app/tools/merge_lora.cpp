@@ -127,8 +127,7 @@ int merge_into_model(const ToolArgs& args, const MergeFlags& f, const std::vecto
   if (!args.on("no_metadata")) {
     ModelSpec spec;
     spec.kind = ModelSpecKind::checkpoint;
-    spec.family = family;
-    spec.v_parameterization = v2;  // kohya cannot tell; it marks --v2 merges v-prediction
+    set_modelspec_family(spec, family, v2);  // kohya cannot tell; it marks --v2 merges v-prediction
     spec.title = file_stem(save_to);
     spec.timestamp = std::time(nullptr);
     meta = modelspec_metadata(spec);
@@ -262,8 +261,7 @@ int merge_loras(const ToolArgs& args, const MergeFlags& f, const std::vector<std
     const bool is_v2 = v2 && *v2 == "True";
     ModelSpec spec;
     spec.kind = ModelSpecKind::lora;
-    spec.family = f.sdxl ? "sdxl" : is_v2 ? "sd2" : "sd1";
-    spec.v_parameterization = is_v2;
+    set_modelspec_family(spec, f.sdxl ? "sdxl" : is_v2 ? "sd2" : "sd1", is_v2);
     spec.title = file_stem(save_to);
     spec.timestamp = std::time(nullptr);
     for (auto& [k, v] : modelspec_metadata(spec)) meta[k] = v;

@@ -124,8 +124,7 @@ int cmd_svd_merge_lora(const std::vector<std::string>& argv) {
     for (auto& c : bm) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
     ModelSpec spec;
     spec.kind = ModelSpecKind::lora;
-    spec.family = bm.rfind("sdxl", 0) == 0 ? "sdxl" : is_v2 ? "sd2" : "sd1";
-    spec.v_parameterization = is_v2;
+    set_modelspec_family(spec, bm.rfind("sdxl", 0) == 0 ? "sdxl" : is_v2 ? "sd2" : "sd1", is_v2);
     spec.title = file_stem(save_to);
     spec.timestamp = std::time(nullptr);
     for (auto& [k, v] : modelspec_metadata(spec)) meta[k] = v;

@@ -264,13 +264,13 @@ std::pair<at::Tensor, at::Tensor> TextEncoderCache::read(const std::filesystem::
 }
 
 std::unique_ptr<TextEncoderCache> TextEncoderCache::create(const std::vector<ds::Dataset>& data, const ds::CliOptions& args,
-                                                           const std::string& family, bool trains_text_encoder,
+                                                           bool supported, bool trains_text_encoder,
                                                            host::Component& model, bool bf16, const std::string& mode) {
   const ds::DataLoaderOptions o = ds::data_loader_options(args);
   if (!o.cache_text_encoder_outputs) return nullptr;
-  if (family != "sdxl")
-    throw host::UserError("cache_text_encoder_outputs: kohya caches text-encoder outputs for SDXL only; this model is " + family +
-                          " (remove the option)");
+  if (!supported)
+    throw host::UserError(std::string("cache_text_encoder_outputs: kohya caches text-encoder outputs for SDXL only; model '") +
+                          model.info().name + "' does not offer the cache (remove the option)");
   // The cached outputs would go stale with every step that changes the text encoders; kohya's
   // scripts refuse the combination too.
   if (trains_text_encoder) {

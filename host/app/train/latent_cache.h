@@ -79,12 +79,13 @@ class BatchSource {
 // the caption it was made from, so a changed caption rebuilds the file.
 class TextEncoderCache {
  public:
-  // nullptr when `args` does not ask for it. Throws UserError for another family than SDXL or
-  // when the run trains through the text encoders (`trains_text_encoder`; `mode` is the training
+  // nullptr when `args` does not ask for it. Throws UserError for a model whose describe does
+  // not offer the cache (`supported`: text_encoder_output_cache; kohya has it for SDXL) or when
+  // the run trains through the text encoders (`trains_text_encoder`; `mode` is the training
   // mode, "network", "dreambooth" or "textual_inversion", and picks the hint), ConfigError for
   // per-step captions.
   static std::unique_ptr<TextEncoderCache> create(const std::vector<datasets::Dataset>& data, const datasets::CliOptions& args,
-                                                  const std::string& family, bool trains_text_encoder, host::Component& model,
+                                                  bool supported, bool trains_text_encoder, host::Component& model,
                                                   bool bf16, const std::string& mode = "network");
   // The conditioning of a batch (new handles the caller owns), for the items' captions.
   void lookup(std::size_t dataset, const std::vector<std::size_t>& items, const std::vector<std::string>& captions,

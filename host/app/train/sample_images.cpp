@@ -1,5 +1,6 @@
 #include "sample_images.h"
 
+#include "app/app.h"
 #include "app/generation.h"
 #include "app/image_io.h"
 #include "core/error.h"
@@ -74,6 +75,7 @@ TrainingSampler::TrainingSampler(const SampleOptions& o, host::PluginManager& pm
   }
   if (o_.every_n_steps < 0 || o_.every_n_epochs < 0)
     throw host::UserError("[sample] every_n_steps and every_n_epochs must be >= 0");
+  register_sampler_names(pm_);
   try {
     prompts_ = prompt::load_prompt_file(o_.prompts);
   } catch (const std::exception& e) {

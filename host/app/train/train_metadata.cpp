@@ -31,15 +31,9 @@ std::string network_args_json(const std::map<std::string, std::string>& params) 
   return j.dump();
 }
 
-std::string base_model_version(const TrainSettings& s) {
-  if (s.family == "sdxl") return "sdxl_base_v1-0";
-  if (s.family == "sd2") return s.v_parameterization ? "sd_v2_768_v" : "sd_v2_512";
-  return "sd_v1";
-}
-
 }  // namespace
 
-Metadata network_metadata(const TrainSettings& s, const RunFacts& run) {
+Metadata network_metadata(const TrainSettings& s, const RunFacts& run, const ModelDescription& model) {
   const auto& loss = s.loss;
   const auto& noise = s.noise;
   Metadata m{
@@ -69,8 +63,8 @@ Metadata network_metadata(const TrainSettings& s, const RunFacts& run) {
       {"ss_full_fp16", "False"},
       {"ss_full_bf16", py_bool(s.full_bf16)},
       {"ss_gradient_checkpointing", py_bool(s.gradient_checkpointing)},
-      {"ss_v2", py_bool(s.family == "sd2")},
-      {"ss_base_model_version", base_model_version(s)},
+      {"ss_v2", py_bool(model.kohya_v2)},
+      {"ss_base_model_version", model.kohya_base_model_version},
       {"ss_clip_skip", param_or(s.model_params, "clip_skip", "None")},
       {"ss_seed", std::to_string(s.seed)},
       {"ss_noise_offset", noise.noise_offset > 0 ? std::to_string(noise.noise_offset) : "None"},
@@ -106,16 +100,17 @@ Metadata network_metadata(const TrainSettings& s, const RunFacts& run) {
 }
 
 Metadata modelspec_metadata(const ModelSpec& spec) {
-  std::string arch = spec.family == "sdxl"  ? "stable-diffusion-xl-v1-base"
-                     : spec.family == "sd2" ? (spec.v_parameterization ? "stable-diffusion-v2-768-v" : "stable-diffusion-v2-512")
-                                            : "stable-diffusion-v1";
+  std::string arch = spec.architecture;
   if (spec.kind == ModelSpecKind::lora) arch += "/lora";
   if (spec.kind == ModelSpecKind::textual_inversion) arch += "/textual-inversion";
   // kohya: Stability AI's layout for checkpoints, embeddings and SDXL LoRA (its key names);
   // SD1/SD2 LoRA are marked diffusers.
-  const bool sai = spec.kind != ModelSpecKind::lora || spec.family == "sdxl";
+  const bool sai = spec.kind != ModelSpecKind::lora || spec.sai_lora;
   int64_t w = spec.width, h = spec.height;
-  if (w <= 0 || h <= 0) w = h = spec.family == "sdxl" ? 1024 : spec.family == "sd2" && spec.v_parameterization ? 768 : 512;
+  if (w <= 0 || h <= 0) {
+    w = spec.default_width;
+    h = spec.default_height;
+  }
   char date[32];
   std::strftime(date, sizeof date, "%Y-%m-%dT%H:%M:%S", std::localtime(&spec.timestamp));
   Metadata m{
@@ -136,10 +131,14 @@ Metadata modelspec_metadata(const ModelSpec& spec) {
   return m;
 }
 
-ModelSpec run_modelspec(const TrainSettings& s, ModelSpecKind kind, int64_t width, int64_t height) {
+ModelSpec run_modelspec(const TrainSettings& s, ModelSpecKind kind, int64_t width, int64_t height,
+                        const ModelDescription& model) {
   ModelSpec spec;
   spec.kind = kind;
-  spec.family = s.family;
+  spec.architecture = model.modelspec_architecture;
+  spec.sai_lora = model.modelspec_lora_implementation != "diffusers";
+  spec.default_width = model.default_width;
+  spec.default_height = model.default_height;
   spec.v_parameterization = s.v_parameterization;
   spec.title = s.metadata_title.value_or(s.output_name);
   spec.author = s.metadata_author;

@@ -9,6 +9,7 @@
 // (io::set_safetensors_metadata).
 #pragma once
 
+#include "app/model_description.h"
 #include "trainer.h"
 
 #include <cstdint>
@@ -36,7 +37,7 @@ struct RunFacts {
 // kohya's `ss_*` keys for a network trained with `s` (train_network.py's metadata dict). With
 // `s.no_metadata` only kohya's minimum set (SS_METADATA_MINIMUM_KEYS: ss_v2,
 // ss_base_model_version, ss_network_module, ss_network_dim, ss_network_alpha, ss_network_args).
-Metadata network_metadata(const TrainSettings& s, const RunFacts& run);
+Metadata network_metadata(const TrainSettings& s, const RunFacts& run, const ModelDescription& model);
 
 // What a modelspec describes (kohya's lora / textual_inversion flags; neither = a checkpoint).
 enum class ModelSpecKind { lora, textual_inversion, checkpoint };
@@ -44,11 +45,16 @@ enum class ModelSpecKind { lora, textual_inversion, checkpoint };
 // The inputs of kohya's sai_model_spec.build_metadata.
 struct ModelSpec {
   ModelSpecKind kind = ModelSpecKind::lora;
-  std::string family = "sd1";  // "sd1", "sd2", "sdxl"
+  // The base model's modelspec.architecture (without /lora or /textual-inversion), whether its
+  // LoRA files use Stability AI's key layout (implementation generative-models, else
+  // diffusers), and its default resolution (for width / height 0).
+  std::string architecture = "stable-diffusion-v1";
+  bool sai_lora = false;
+  int64_t default_width = 512, default_height = 512;
   bool v_parameterization = false;
   std::string title;  // kohya: --metadata_title, else the output name
   std::optional<std::string> author, description, license, tags;
-  int64_t width = 0, height = 0;  // 0: the family's default (512, 768 for SD2-v, 1024 for SDXL)
+  int64_t width = 0, height = 0;  // 0: the default resolution
   std::optional<std::pair<int64_t, int64_t>> timesteps;  // modelspec.timestep_range
   std::optional<int64_t> clip_skip;                      // modelspec.encoder_layer
   std::time_t timestamp = 0;                             // modelspec.date (local time, as kohya)
@@ -64,7 +70,8 @@ Metadata modelspec_metadata(const ModelSpec& spec);
 // The ModelSpec of a run: kind, family, v-pred, title/author/... from the [output] metadata_*
 // keys, the timestep range when min/max_timestep differ from 0/1000, clip_skip when not 1,
 // the date now.
-ModelSpec run_modelspec(const TrainSettings& s, ModelSpecKind kind, int64_t width, int64_t height);
+ModelSpec run_modelspec(const TrainSettings& s, ModelSpecKind kind, int64_t width, int64_t height,
+                        const ModelDescription& model);
 
 // Refuses metadata settings the run's mode has no place for: kohya's no_metadata and
 // training_comment belong to train_network.py (the `ss_*` keys only networks carry).

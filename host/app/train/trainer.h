@@ -44,6 +44,10 @@ struct TrainSettings {
   // steps (train_db's --stop_text_encoder_training; < 0 = never). The model is saved as a single
   // .safetensors file ("safetensors") or a diffusers folder ("diffusers").
   bool train_text_encoder = false;
+  // DreamBooth without --train_text_encoder or --stop_text_encoder_training: the text encoders
+  // are trained when the model's kohya script does so by default (train_db.py does, sdxl_train.py
+  // does not; the model's describe says which).
+  bool train_text_encoder_by_model = false;
   int64_t stop_text_encoder_training = -1;
   std::string save_model_as = "safetensors";
   // [model]
@@ -129,7 +133,12 @@ struct TrainResult {
   int64_t skipped_steps = 0;   // fp16: optimizer steps skipped for inf/NaN gradients
 };
 
-// Runs the whole training (every mode; the name stays for the network mode it started with). Plugins come from `plugin_dirs` (plus the default search path).
+// The engine's entry: runs the training of `s.mode` (a network, DreamBooth / fine-tuning, Textual
+// Inversion) to the end and writes its files. Plugins come from `plugin_dirs` (plus the default
+// search path). Throws host::UserError (and the datasets' errors) naming the setting or file.
+TrainResult train(const TrainSettings& s, const std::vector<std::string>& plugin_dirs, bool progress = true);
+
+// The same as train() (its first name, from when only networks were trained).
 TrainResult train_network(const TrainSettings& s, const std::vector<std::string>& plugin_dirs, bool progress = true);
 
 }  // namespace sumi::app

@@ -81,9 +81,11 @@ void apply_key(PromptSpec& spec, const std::string& key, const Value& v, const s
     else fail("expected a number, found " + v.type_name);
   } else if (key == "sample_sampler") {
     std::string s = want_string();
-    bool ok = false;
-    for (const auto& n : known_samplers()) ok = ok || n == s;
-    if (!ok) fail("unknown sampler '" + s + "'" + did_you_mean(s, known_samplers()));
+    try {
+      check_sampler_name(s, "");
+    } catch (const std::invalid_argument& e) {
+      fail(e.what());
+    }
     spec.sampler = s;
   } else if (key == "controlnet_image") {
     spec.controlnet_image = want_string();

@@ -10,12 +10,23 @@
 
 namespace sumi::prompt {
 
-const std::vector<std::string>& known_samplers() {
-  static const std::vector<std::string> names{
-      "ddim",      "ddpm",       "pndm",  "lms",   "k_lms",   "euler",    "k_euler",
-      "euler_a",   "k_euler_a",  "dpmsolver", "dpmsolver++", "dpmsingle", "heun",
-      "dpm_2",     "k_dpm_2",    "dpm_2_a",   "k_dpm_2_a"};
+namespace {
+
+std::vector<std::string>& sampler_list() {
+  static std::vector<std::string> names;
   return names;
+}
+
+}  // namespace
+
+void set_sampler_names(std::vector<std::string> names) { sampler_list() = std::move(names); }
+
+const std::vector<std::string>& sampler_names() { return sampler_list(); }
+
+void check_sampler_name(const std::string& name, const std::string& what) {
+  const auto& names = sampler_list();
+  if (names.empty() || std::find(names.begin(), names.end(), name) != names.end()) return;
+  throw std::invalid_argument(what + "unknown sampler '" + name + "'" + detail::did_you_mean(name, names));
 }
 
 namespace {
@@ -152,9 +163,11 @@ PromptSpec parse_prompt_line(std::string_view raw, const std::string& origin) {
       spec.network_multipliers = std::move(muls);
     } else if (name == "ss") {
       const std::string sampler(value);
-      bool ok = false;
-      for (const auto& s : known_samplers()) ok = ok || s == sampler;
-      if (!ok) err.fail("unknown sampler '" + sampler + "'" + did_you_mean(sampler, known_samplers()));
+      try {
+        check_sampler_name(sampler, "");
+      } catch (const std::invalid_argument& e) {
+        err.fail(e.what());
+      }
       spec.sampler = sampler;
     } else if (name == "cn") {
       spec.controlnet_image = std::string(value);

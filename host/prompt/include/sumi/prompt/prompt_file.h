@@ -37,8 +37,15 @@ struct PromptSpec {
   std::string origin;
 };
 
-// The samplers sd-scripts' sample_sampler / --ss names (train_util.get_my_scheduler).
-const std::vector<std::string>& known_samplers();
+// The sampler names a prompt may pick (--ss, sample_sampler): the noise-scheduler components the
+// host found (set_sampler_names, called once the plugins are scanned; a third party's sampler
+// is as good as the bundled ones). Before it is called every name is accepted here and refused
+// later when no plugin has it.
+void set_sampler_names(std::vector<std::string> names);
+const std::vector<std::string>& sampler_names();
+// Throws std::invalid_argument("<what>: unknown sampler 'x'; did you mean 'y'?") when names are
+// set and `name` is not one of them.
+void check_sampler_name(const std::string& name, const std::string& what);
 
 // Parses one prompt line: the text up to the first " --", then options. `origin` prefixes
 // error messages ("prompts.txt:3"). Throws std::invalid_argument on an unknown or malformed

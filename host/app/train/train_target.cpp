@@ -1,0 +1,152 @@
+#include "app/train/train_target.h"
+
+#include "app/app.h"
+#include "app/train/network_file.h"
+#include "app/train/settings_check.h"
+#include "core/error.h"
+#include "sumi/io/safetensors_torch.h"
+
+#include <optional>
+#include <vector>
+
+namespace fs = std::filesystem;
+
+namespace sumi::app {
+
+namespace {
+
+// kohya's precision names -> the dtype the model's save slots take.
+sumi_dtype save_dtype(const std::string& precision) {
+  if (precision == "float") return sumi_dtype{SUMI_DTYPE_CODE_FLOAT, 32, 1};
+  if (precision == "fp16") return sumi_dtype{SUMI_DTYPE_CODE_FLOAT, 16, 1};
+  if (precision == "bf16") return sumi_dtype{SUMI_DTYPE_CODE_BFLOAT, 16, 1};
+  throw host::UserError("save_precision: expected float, fp16 or bf16, got '" + precision + "'");
+}
+
+// train_network.py: the network plugin's parameters, saved in kohya's LoRA file format.
+class NetworkTarget final : public TrainTarget {
+ public:
+  NetworkTarget(const TrainSettings& s, host::PluginManager& pm, host::Registry& registry, host::Component& model,
+                const ModelDescription& description)
+      : s_(s), registry_(registry), description_(description) {
+    auto ref = pm.find(SUMI_KIND_NETWORK, s.network_type);
+    network_.emplace(ref, "network", registry, host::make_config(*ref.component, s.network_params));
+    attach_network(model, *network_, s.network_weights, s.network_multiplier, true);
+  }
+  const char* component() const override { return "network"; }
+  bool state_keeps_all() const override { return true; }
+  host::Component* network() override { return &*network_; }
+  std::string state_name() const override { return s_.network_type; }
+  void save(const fs::path& path, const RunFacts& run) override {
+    auto md = network_metadata(s_, run, description_);
+    for (auto& [k, v] : modelspec_metadata(run_modelspec(s_, ModelSpecKind::lora, run.width, run.height, description_))) md[k] = v;
+    save_network(path.string(), registry_, "network", s_.save_precision, md);
+  }
+
+ private:
+  const TrainSettings& s_;
+  host::Registry& registry_;
+  const ModelDescription& description_;
+  std::optional<host::Component> network_;
+};
+
+// The model writes its own file (its save / save_token slot); kohya's sai model spec is added to
+// single files and embeddings (a diffusers folder gets none, as diffusers' save_pretrained writes
+// none). Written under a temporary name, then renamed over the previous file.
+class ModelFileTarget : public TrainTarget {
+ public:
+  ModelFileTarget(const TrainSettings& s, host::Component& model, const ModelDescription& description, ModelSpecKind kind)
+      : s_(s), model_(model), description_(description), kind_(kind) {}
+  const char* component() const override { return "model"; }
+  std::string state_name() const override { return mode_name(s_.mode); }
+  bool saves_folder() const override { return kind_ == ModelSpecKind::checkpoint && s_.save_model_as == "diffusers"; }
+  void save(const fs::path& path, const RunFacts& run) override {
+    // A folder's temporary name has no extension: the model plugin refuses to write a folder
+    // whose name looks like a file (e.g. "x.ckpt").
+    const fs::path tmp = saves_folder() ? fs::path(path.string() + "_tmp") : path.parent_path() / (path.stem().string() + ".tmp.safetensors");
+    fs::remove_all(tmp);
+    write(tmp);
+    if (!saves_folder()) {
+      auto md = io::SafetensorsFile::open(tmp.string())->metadata();
+      for (auto& [k, v] : modelspec_metadata(run_modelspec(s_, kind_, run.width, run.height, description_))) md[k] = v;
+      io::set_safetensors_metadata(tmp.string(), md);
+    }
+    fs::remove_all(path);
+    fs::rename(tmp, path);
+  }
+
+ protected:
+  virtual void write(const fs::path& tmp) = 0;
+  const sumi_model_vtable& vt() const { return model_.vtable<sumi_model_vtable>(); }
+
+  const TrainSettings& s_;
+  host::Component& model_;
+  const ModelDescription& description_;
+  ModelSpecKind kind_;
+};
+
+// train_textual_inversion.py: new tokens of the text encoder(s), saved as an embedding file.
+class TextualInversionTarget final : public ModelFileTarget {
+ public:
+  TextualInversionTarget(const TrainSettings& s, host::Component& model, const ModelDescription& description)
+      : ModelFileTarget(s, model, description, ModelSpecKind::textual_inversion) {
+    const auto& mvt = vt();
+    model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, add_token), "add_token", "1.1");
+    model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, save_token), "save_token", "1.1");
+    model.check(mvt.add_token(model.self(), s.token_string.c_str(), s.init_word.empty() ? nullptr : s.init_word.c_str(),
+                              s.num_vectors_per_token),
+                ("add_token " + s.token_string).c_str());
+    if (!s.ti_weights.empty()) {
+      // kohya's --weights: the token's vectors start from an embedding file (the model reads it).
+      model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, load_token) && mvt.load_token, "load_token", "1.2");
+      if (!fs::exists(s.ti_weights))
+        throw host::UserError("--weights " + s.ti_weights + ": no such file (expected a Textual Inversion embedding)");
+      model.check(mvt.load_token(model.self(), s.token_string.c_str(), s.ti_weights.c_str()), ("--weights " + s.ti_weights).c_str());
+    }
+  }
+
+ private:
+  void write(const fs::path& tmp) override {
+    const sumi_dtype dt = save_dtype(s_.save_precision);
+    model_.check(vt().save_token(model_.self(), s_.token_string.c_str(), tmp.string().c_str(), &dt, 1),
+                 ("save_token " + tmp.string()).c_str());
+  }
+};
+
+// train_db.py / fine_tune.py: the UNet, and with train_text_encoder every text encoder the model
+// describes; saved as the whole model.
+class ModelPartsTarget final : public ModelFileTarget {
+ public:
+  ModelPartsTarget(const TrainSettings& s, host::Component& model, const ModelDescription& description)
+      : ModelFileTarget(s, model, description, ModelSpecKind::checkpoint) {
+    const auto& mvt = vt();
+    model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, train_part), "train_part", "1.1");
+    model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, save), "save", "1.1");
+    std::vector<std::string> parts{"unet"};
+    if (s.train_text_encoder || (s.train_text_encoder_by_model && description.kohya_trains_text_encoder)) {
+      if (description.text_encoders.empty()) parts.push_back("text_encoder");  // a 1.1 model: no describe
+      parts.insert(parts.end(), description.text_encoders.begin(), description.text_encoders.end());
+    }
+    for (const auto& part : parts) model.check(mvt.train_part(model.self(), part.c_str()), ("train_part " + part).c_str());
+  }
+
+ private:
+  void write(const fs::path& tmp) override {
+    const sumi_dtype dt = save_dtype(s_.save_precision);
+    model_.check(vt().save(model_.self(), tmp.string().c_str(), &dt, 1), ("save " + tmp.string()).c_str());
+  }
+};
+
+}  // namespace
+
+std::unique_ptr<TrainTarget> make_train_target(const TrainSettings& s, host::PluginManager& pm, host::Registry& registry,
+                                               host::Component& model, const ModelDescription& description) {
+  switch (s.mode) {
+    case TrainMode::network: return std::make_unique<NetworkTarget>(s, pm, registry, model, description);
+    case TrainMode::textual_inversion: return std::make_unique<TextualInversionTarget>(s, model, description);
+    case TrainMode::dreambooth: return std::make_unique<ModelPartsTarget>(s, model, description);
+  }
+  throw host::UserError("unknown training mode");
+}
+
+}  // namespace sumi::app
