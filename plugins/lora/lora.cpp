@@ -4,9 +4,8 @@
 // and padding) and lora_up (Linear r->out, or 1x1 Conv2d), registered under kohya's file keys
 // ("<module>.lora_down.weight", "<module>.lora_up.weight", state "<module>.alpha"), so saving
 // the registry writes kohya's file. The output is base + up(down(x)) * multiplier * alpha / r.
-#include "targets.h"
-
 #include <sumi/plugin.hpp>
+#include <sumi/targets.hpp>
 
 #include <cmath>
 #include <map>
@@ -14,6 +13,10 @@
 namespace sumi::lora {
 
 namespace {
+
+using targets::Settings;
+using targets::Target;
+using targets::choose_targets;
 
 using sumi::Tensor;
 namespace ops = sumi::ops;
@@ -73,6 +76,7 @@ struct Module {
 class LoraNetwork : public sumi::Network {
  public:
   explicit LoraNetwork(sumi::Context& ctx) : ctx_(ctx) {
+    s_.network = "lora";
     s_.dim = ctx.get_int("dim");
     s_.alpha = ctx.get_double("alpha");
     s_.conv_dim = ctx.get_int("conv_dim");

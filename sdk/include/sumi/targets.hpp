@@ -1,6 +1,13 @@
-// targets.h — which of a model's modules kohya's networks/lora.py wraps, and at what rank and
-// alpha. Pure selection logic over sumi_module_info (no tensors), kept apart from the math so
-// the rules can be read against lora.py's create_modules / get_block_index in one place.
+// sumi/targets.hpp — which of a model's modules kohya's LoRA-family networks wrap, and at what
+// rank and alpha: networks/lora.py's create_modules / get_block_dims_and_alphas /
+// get_block_index, shared by every adapter that targets kohya's module sets (lora, lora_fa,
+// dylora, LyCORIS-style networks, third-party adapters). Pure selection logic over
+// sumi_module_info: no tensors, no libtorch. Link sumi::targets (in-tree: sumi_targets).
+//
+// The sets: LierLa = every Linear and 1x1 Conv2d inside the U-Net's transformer blocks and the
+// text encoders' attention / MLP (modules marked in_transformer); C3Lier adds the 3x3 (and 1x1)
+// convolutions of the U-Net's ResNet blocks and down/up-samplers when a conv rank is set
+// (conv_dim or conv_block_dims). block_dims gives every U-Net block its own rank.
 #pragma once
 
 #include <sumi/sumi.h>
@@ -9,11 +16,13 @@
 #include <string>
 #include <vector>
 
-namespace sumi::lora {
+namespace sumi::targets {
 
 // The network's configuration as kohya's create_network sees it. "Unset" is conv_dim < 0 and
 // empty lists (kohya's None).
 struct Settings {
+  // Prefix of error messages, e.g. "lora" gives "lora: block_dims has ...".
+  std::string network = "network";
   int64_t dim = 4;
   double alpha = 1.0;
   int64_t conv_dim = -1;
@@ -42,7 +51,8 @@ int block_index(const std::string& name, bool sgm_names);
 bool uses_sgm_names(const std::vector<const sumi_module_info*>& modules);
 
 // The wrapped modules in kohya's creation order (text encoder 1, text encoder 2, U-Net; model
-// order within each). Throws sumi::Error naming the setting on invalid block lists.
+// order within each). Throws sumi::Error (SUMI_ERR_INVALID_ARGUMENT) naming the setting on
+// invalid block lists.
 std::vector<Target> choose_targets(const std::vector<const sumi_module_info*>& modules, const Settings& s);
 
-}  // namespace sumi::lora
+}  // namespace sumi::targets

@@ -5,7 +5,7 @@
 // always qualify; children of ResnetBlock2D / Downsample2D / Upsample2D only when conv_dim or
 // conv_block_dims is given. The model marks the first set with in_transformer; the second set
 // is recognised from the kohya name, since sumi_module_info carries no parent-class field.
-#include "targets.h"
+#include <sumi/targets.hpp>
 
 #include <sumi/tensor.hpp>
 
@@ -13,13 +13,13 @@
 #include <regex>
 #include <set>
 
-namespace sumi::lora {
+namespace sumi::targets {
 
 namespace {
 
 bool starts_with(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
 
-[[noreturn]] void invalid(const std::string& msg) { throw Error(SUMI_ERR_INVALID_ARGUMENT, "lora: " + msg); }
+[[noreturn]] void invalid(const Settings& s, const std::string& msg) { throw Error(SUMI_ERR_INVALID_ARGUMENT, s.network + ": " + msg); }
 
 // A child of ResnetBlock2D / Downsample2D / Upsample2D, judged by its kohya name.
 bool in_resnet_or_sampler(const std::string& name, bool sgm) {
@@ -61,7 +61,7 @@ Blocks resolve_blocks(const Settings& s, bool sgm) {
                            : "an SD1/SD2 U-Net (12 down + 1 mid + 12 up)";
   auto check_len = [&](size_t got, const char* key) {
     if (got != n)
-      invalid(std::string(key) + " has " + std::to_string(got) + " values but " + family + " needs " +
+      invalid(s, std::string(key) + " has " + std::to_string(got) + " values but " + family + " needs " +
               std::to_string(n) + ", one per block in kohya's numbering");
   };
   Blocks b;
@@ -79,9 +79,9 @@ Blocks resolve_blocks(const Settings& s, bool sgm) {
     b.conv_alphas.assign(n, s.conv_alpha);
   }
   for (auto d : b.dims)
-    if (d < 0) invalid("block_dims has a negative rank (" + join(b.dims) + "); use 0 to leave a block out");
+    if (d < 0) invalid(s, "block_dims has a negative rank (" + join(b.dims) + "); use 0 to leave a block out");
   for (auto d : b.conv_dims)
-    if (d < 0) invalid("conv_block_dims has a negative rank (" + join(b.conv_dims) + "); use 0 to leave a block out");
+    if (d < 0) invalid(s, "conv_block_dims has a negative rank (" + join(b.conv_dims) + "); use 0 to leave a block out");
   return b;
 }
 
@@ -137,7 +137,7 @@ std::vector<Target> choose_targets(const std::vector<const sumi_module_info*>& m
   std::set<std::string> seen;
   for (size_t i = 0; i < modules.size(); ++i) {
     const sumi_module_info& m = *modules[i];
-    if (!m.name || !*m.name) invalid("module " + std::to_string(i) + " of the model has no name");
+    if (!m.name || !*m.name) invalid(s, "module " + std::to_string(i) + " of the model has no name");
     const std::string name = m.name;
     const bool unet = m.role == SUMI_ROLE_UNET;
     if (unet ? !s.unet : !s.text_encoder) continue;
@@ -151,7 +151,7 @@ std::vector<Target> choose_targets(const std::vector<const sumi_module_info*>& m
     if (unet && block_mode) {
       const int b = block_index(name, sgm);
       if (b < 0 || b >= static_cast<int>(blocks.dims.size()))
-        invalid("block_dims: module '" + name + "' belongs to no block of kohya's numbering (" +
+        invalid(s, "block_dims: module '" + name + "' belongs to no block of kohya's numbering (" +
                 (sgm ? "SGM" : "diffusers") + " names); block_dims needs the model's standard module names");
       if (linear_like) {
         dim = blocks.dims[static_cast<size_t>(b)];
@@ -168,7 +168,7 @@ std::vector<Target> choose_targets(const std::vector<const sumi_module_info*>& m
       alpha = s.conv_alpha;
     }
     if (dim <= 0) continue;  // kohya skips rank 0
-    if (!seen.insert(name).second) invalid("the model lists module '" + name + "' twice; kohya names must be unique");
+    if (!seen.insert(name).second) invalid(s, "the model lists module '" + name + "' twice; kohya names must be unique");
     out.push_back({i, dim, alpha == 0 ? static_cast<double>(dim) : alpha});
   }
   std::stable_sort(out.begin(), out.end(), [&](const Target& a, const Target& b) {
@@ -177,4 +177,4 @@ std::vector<Target> choose_targets(const std::vector<const sumi_module_info*>& m
   return out;
 }
 
-}  // namespace sumi::lora
+}  // namespace sumi::targets
