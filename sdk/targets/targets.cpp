@@ -127,11 +127,12 @@ bool uses_sgm_names(const std::vector<const sumi_module_info*>& modules) {
 
 std::vector<Target> choose_targets(const std::vector<const sumi_module_info*>& modules, const Settings& s) {
   const bool sgm = uses_sgm_names(modules);
-  const bool block_mode = !s.block_dims.empty();
+  const bool block_mode = !s.block_dims.empty() && s.module_dims.empty();
   Blocks blocks;
   if (block_mode) blocks = resolve_blocks(s, sgm);
   // kohya adds the ResNet/sampler containers whenever a conv rank is configured at all.
-  const bool conv_containers = s.conv_dim >= 0 || !blocks.conv_dims.empty();
+  const bool from_file = !s.module_dims.empty();
+  const bool conv_containers = s.conv_dim >= 0 || !blocks.conv_dims.empty() || from_file;
 
   std::vector<Target> out;
   std::set<std::string> seen;
@@ -148,7 +149,12 @@ std::vector<Target> choose_targets(const std::vector<const sumi_module_info*>& m
     const bool linear_like = m.kind == SUMI_MODULE_LINEAR || (m.kernel[0] == 1 && m.kernel[1] == 1);
     int64_t dim = 0;
     double alpha = 0;
-    if (unet && block_mode) {
+    if (from_file) {
+      auto it = s.module_dims.find(name);
+      if (it == s.module_dims.end()) continue;
+      dim = it->second;
+      alpha = static_cast<double>(dim);  // the file's alpha comes with its tensors (load)
+    } else if (unet && block_mode) {
       const int b = block_index(name, sgm);
       if (b < 0 || b >= static_cast<int>(blocks.dims.size()))
         invalid(s, "block_dims: module '" + name + "' belongs to no block of kohya's numbering (" +
@@ -174,6 +180,54 @@ std::vector<Target> choose_targets(const std::vector<const sumi_module_info*>& m
   std::stable_sort(out.begin(), out.end(), [&](const Target& a, const Target& b) {
     return role_order(modules[a.index]->role) < role_order(modules[b.index]->role);
   });
+  return out;
+}
+
+std::string lora_key_module(const std::string& key, std::string* part) {
+  for (const char* suffix : {".lora_down.weight", ".lora_up.weight", ".alpha"}) {
+    const std::string sfx = suffix;
+    if (key.size() > sfx.size() && key.compare(key.size() - sfx.size(), sfx.size(), sfx) == 0) {
+      if (part) *part = sfx;
+      return key.substr(0, key.size() - sfx.size());
+    }
+  }
+  return "";
+}
+
+bool is_lora_tensor(const std::string& key, const std::vector<int64_t>& shape) {
+  std::string part;
+  if (lora_key_module(key, &part).empty()) return false;
+  if (part == ".alpha") {
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    return n == 1;
+  }
+  if (shape.size() != 2 && shape.size() != 4) return false;
+  if (part == ".lora_up.weight" && shape.size() == 4) return shape[2] == 1 && shape[3] == 1;
+  return true;
+}
+
+std::map<std::string, int64_t> lora_file_ranks(const std::vector<std::string>& names, const std::vector<std::vector<int64_t>>& shapes,
+                                               const std::string& network) {
+  std::map<std::string, int64_t> out;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const std::vector<int64_t> none;
+    const auto& shape = i < shapes.size() ? shapes[i] : none;
+    if (!is_lora_tensor(names[i], shape))
+      throw Error(SUMI_ERR_INVALID_ARGUMENT, network + ": the file's tensor '" + names[i] +
+                                                 "' is not a kohya LoRA tensor (expected <module>.lora_down.weight, "
+                                                 "<module>.lora_up.weight or <module>.alpha); is this a LoRA of another kind?");
+    std::string part;
+    const std::string mod = lora_key_module(names[i], &part);
+    if (part == ".lora_down.weight") out[mod] = shape[0];
+  }
+  for (size_t i = 0; i < names.size(); ++i) {
+    std::string part;
+    const std::string mod = lora_key_module(names[i], &part);
+    if (part == ".lora_up.weight" && !out.count(mod))
+      throw Error(SUMI_ERR_INVALID_ARGUMENT, network + ": the file has '" + names[i] + "' but no " + mod + ".lora_down.weight");
+  }
+  if (out.empty()) throw Error(SUMI_ERR_INVALID_ARGUMENT, network + ": the file has no lora_down weights; it is not a kohya LoRA file");
   return out;
 }
 

@@ -6,6 +6,8 @@
 // rates; log (train_log.h) and sample (sample_images.h) as kohya does.
 #include "trainer.h"
 
+#include "app/network_settings.h"
+
 #include "app/app.h"
 #include "core/error.h"
 #include "core/handle_scope.h"
@@ -452,7 +454,12 @@ TrainResult train_network(const TrainSettings& s, const std::vector<std::string>
   auto save = [&](const std::string& name, int64_t at_step, int at_epoch) {
     if (network_mode) {
       const std::string path = saved_path(name).string();
-      auto md = network_metadata(s, run_facts(at_step, at_epoch));
+      NetworkFacts facts;
+      facts.component = network->info().name;
+      const auto& nvt = network->vtable<sumi_network_vtable>();
+      facts.has_metadata = SUMI_HAS_FIELD(&nvt, sumi_network_vtable, metadata) && nvt.metadata;
+      facts.metadata = network_metadata_of(*network);
+      auto md = network_metadata(s, run_facts(at_step, at_epoch), &facts);
       for (auto& [k, v] : modelspec_metadata(run_modelspec(s, ModelSpecKind::lora, data_reso.width, data_reso.height))) md[k] = v;
       save_network(path, registry, "network", s.save_precision, md);
       return path;

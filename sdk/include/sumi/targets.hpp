@@ -13,6 +13,7 @@
 #include <sumi/sumi.h>
 
 #include <cstdint>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -33,6 +34,10 @@ struct Settings {
   std::vector<double> conv_block_alphas;
   bool unet = true;
   bool text_encoder = true;
+  // kohya's modules_dim (create_network_from_weights): when not empty, exactly the modules named
+  // here are wrapped, each at its own rank, among kohya's containers with the ResNet / sampler
+  // ones included (as kohya does for a file); dim, conv_dim and the block lists are then unused.
+  std::map<std::string, int64_t> module_dims;
 };
 
 // One module to wrap: its index in the model's list, rank and alpha (alpha 0 already replaced
@@ -54,5 +59,19 @@ bool uses_sgm_names(const std::vector<const sumi_module_info*>& modules);
 // order within each). Throws sumi::Error (SUMI_ERR_INVALID_ARGUMENT) naming the setting on
 // invalid block lists.
 std::vector<Target> choose_targets(const std::vector<const sumi_module_info*>& modules, const Settings& s);
+
+// ---- kohya's LoRA file format ("<module>.lora_down.weight", "<module>.lora_up.weight",
+// "<module>.alpha"), shared by lora, lora_fa, DyLoRA's output and resized LoRAs.
+
+// The module part of a LoRA file key, and in `part` its suffix (".lora_down.weight",
+// ".lora_up.weight" or ".alpha"); "" when the key is none of these.
+std::string lora_key_module(const std::string& key, std::string* part = nullptr);
+// Whether a tensor of that name and shape is one a LoRA network loads: down [r, in] or
+// [r, in, kh, kw], up [out, r] or [out, r, 1, 1], alpha one number.
+bool is_lora_tensor(const std::string& key, const std::vector<int64_t>& shape);
+// kohya's modules_dim from a LoRA file: each module's rank (its lora_down's first dimension).
+// Throws sumi::Error naming the first tensor that is not a LoRA tensor (`network` prefixes it).
+std::map<std::string, int64_t> lora_file_ranks(const std::vector<std::string>& names, const std::vector<std::vector<int64_t>>& shapes,
+                                               const std::string& network);
 
 }  // namespace sumi::targets
