@@ -258,3 +258,23 @@ TEST_CASE("sumi generate: two LoRAs at 0.5 merged from the command line == one a
   const at::Tensor want = sumi::app::to_uint8_hwc(Rig({1.0}, false).image().image).to(at::kInt);
   CHECK((got - want).abs().max().item<int64_t>() <= 1);
 }
+
+TEST_CASE("sumi generate --network_weights F without --network_module: the file's keys pick lora, the image is the same") {
+  namespace fs = std::filesystem;
+  const fs::path out = fs::path(SUMI_BUILD_DIR) / "test_gen_networks_probe_cli";
+  fs::remove_all(out);
+  CHECK(sumi::app::cmd_generate({"--ckpt", fixture("tiny-sd1"), "--plugin-dir", SUMI_PLUGIN_DIR, "--outdir", out.string(), "--W",
+                                 "64", "--H", "64", "--steps", "6", "--sampler", "euler", "--seed", "3", "--threads", "2",
+                                 "--prompt", "a photo of a cat", "--network_weights", fixture("tiny-sd1.lora.safetensors")}) == 0);
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(out)) files.push_back(e.path());
+  REQUIRE(files.size() == 1);
+  const at::Tensor got = sumi::app::read_image(files[0].string()).to(at::kInt);
+  const at::Tensor want = sumi::app::to_uint8_hwc(Rig({1.0}, false).image().image).to(at::kInt);
+  CHECK((got - want).abs().max().item<int64_t>() <= 1);
+  // --network_module counts must match the files when given at all.
+  CHECK_THROWS_WITH_AS(sumi::app::cmd_generate({"--ckpt", fixture("tiny-sd1"), "--plugin-dir", SUMI_PLUGIN_DIR, "--outdir",
+                                                out.string(), "--prompt", "x", "--network_module", "lora", "--network_weights",
+                                                fixture("tiny-sd1.lora.safetensors"), fixture("tiny-sd1.lora.safetensors")}),
+                       doctest::Contains("leave --network_module out"), sumi::host::UserError);
+}
