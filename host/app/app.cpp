@@ -4,6 +4,7 @@
 #include "core/op_bridge.h"
 #include "core/runtime.h"
 #include "core/tensor_handle.h"
+#include "network_settings.h"
 #include "sumi/io/safetensors_torch.h"
 
 #include <sumi/prompt/prompt_file.h>
@@ -17,6 +18,7 @@
 #include <boost/program_options.hpp>
 
 #include <filesystem>
+#include <map>
 #include <sstream>
 
 namespace po = boost::program_options;
@@ -138,13 +140,14 @@ std::vector<int32_t> attach_network(host::Component& model, host::Component& net
 
 std::vector<int32_t> prepare_network(host::Component& model, host::Component& network, const std::string& weights_file,
                                      double multiplier, bool training) {
-  const auto& mvt = model.vtable<sumi_model_vtable>();
   const auto& nvt = network.vtable<sumi_network_vtable>();
-  const sumi_module_info* mods = nullptr;
-  int64_t n = 0;
-  model.check(mvt.modules(model.self(), &mods, &n), "modules");
-  std::vector<int32_t> selected(static_cast<size_t>(n), 0);
-  network.check(nvt.attach(network.self(), mods, n, selected.data()), "attach");
+  // The model's modules in this host's layout; attach's infos stay valid while the network lives
+  // (it may keep them), so the copy is kept per network instance.
+  static std::map<const void*, std::vector<sumi_module_info>> infos;
+  auto& mods = infos[network.self()];
+  mods = model_modules(model);
+  std::vector<int32_t> selected;
+  attach_modules(network, mods, selected);
   if (!weights_file.empty()) {
     const auto weights = io::load_all(weights_file);
     std::vector<const char*> names;

@@ -32,6 +32,7 @@
 #include <ctime>
 #include <filesystem>
 #include <iostream>
+#include <optional>
 #include <random>
 #include <sstream>
 
@@ -244,7 +245,7 @@ int cmd_generate(const std::vector<std::string>& args) {
       "xformers", "memory-efficient attention (the model's mem_eff_attn option: attention in small query chunks)")(
       "sdpa", "the same as --xformers")("mem_eff_attn", "the same as --xformers")(
       "bf16", "bfloat16 weights and autocast")("fp16", "float16 weights")(
-      "network_module", po::value(&network_modules)->multitoken(), "network plugins, one per network (lora, networks.lora, path)")(
+      "network_module", po::value(&network_modules)->multitoken(), "network plugins, one per network (lora, networks.lora, path); left out: chosen from each file's keys")(
       "network_weights", po::value(&network_weights)->multitoken(), "network weights files, one per network")(
       "network_mul", po::value(&network_mul)->multitoken(), "network multipliers, one per network (default 1)")(
       "network_args", po::value(&network_args)->multitoken(), "per network: \"key=value;key=value\" settings of its plugin")(
@@ -302,19 +303,21 @@ int cmd_generate(const std::vector<std::string>& args) {
   if (vm.count("vae_batch_size") && !(vae_batch > 0))
     throw host::UserError("sumi generate: --vae_batch_size must be positive (a count, or below 1 a fraction of the batch), got " +
                           std::to_string(vae_batch));
-  if (network_modules.size() != network_weights.size())
+  // Without --network_module every file's network is found by asking the network plugins (probe).
+  if (!network_modules.empty() && network_modules.size() != network_weights.size())
     throw host::UserError("sumi generate: --network_module and --network_weights must name the same number of networks (got " +
-                          std::to_string(network_modules.size()) + " and " + std::to_string(network_weights.size()) + ")");
-  if (network_mul.size() > network_modules.size())
+                          std::to_string(network_modules.size()) + " and " + std::to_string(network_weights.size()) +
+                          "); leave --network_module out to let the files' keys choose the plugins");
+  if (network_mul.size() > network_weights.size())
     throw host::UserError("sumi generate: " + std::to_string(network_mul.size()) + " --network_mul values for " +
-                          std::to_string(network_modules.size()) + " networks");
-  if (network_args.size() > network_modules.size())
+                          std::to_string(network_weights.size()) + " networks");
+  if (network_args.size() > network_weights.size())
     throw host::UserError("sumi generate: " + std::to_string(network_args.size()) + " --network_args entries for " +
-                          std::to_string(network_modules.size()) + " networks");
+                          std::to_string(network_weights.size()) + " networks");
   for (const auto& w : network_weights)
     if (!fs::exists(w)) throw host::UserError("sumi generate: --network_weights '" + w + "' does not exist");
   const bool merge = vm.count("network_merge") > 0;
-  if (merge && network_modules.empty()) throw host::UserError("sumi generate: --network_merge needs --network_module/--network_weights");
+  if (merge && network_weights.empty()) throw host::UserError("sumi generate: --network_merge needs --network_weights");
   // The model plugin's textual_inversion_embeddings key is one comma-separated string.
   std::string ti_list;
   for (const auto& f : ti_files) {
@@ -369,14 +372,17 @@ int cmd_generate(const std::vector<std::string>& args) {
   scheduler_for(sampler);
 
   NetworkStack networks(model);
-  for (size_t i = 0; i < network_modules.size(); ++i) {
-    auto ref = pm.find(SUMI_KIND_NETWORK, network_modules[i]);
+  for (size_t i = 0; i < network_weights.size(); ++i) {
+    const bool safetensors = fs::path(network_weights[i]).extension() == ".safetensors";
+    std::optional<WeightsFile> file;
+    if (safetensors || network_modules.empty()) file = read_weights_file(network_weights[i]);
+    auto ref = pm.find(SUMI_KIND_NETWORK, network_modules.empty() ? find_network_component(pm, *file) : network_modules[i]);
     auto given = i < network_args.size() ? network_args_of(network_args[i], i) : std::map<std::string, std::string>{};
-    // gen_img takes a LoRA's ranks and coverage from its file; --network_args entries win.
-    if (std::string(ref.component->name) == "lora" && fs::path(network_weights[i]).extension() == ".safetensors")
-      for (const auto& [k, v] : lora_settings_from_file(network_weights[i])) given.emplace(k, v);
     auto net = std::make_unique<host::Component>(ref, "network" + std::to_string(i), registry,
                                                  host::make_config(*ref.component, given));
+    // gen_img's create_network_from_weights: the ranks and the modules covered come from the file
+    // (per module), read by the plugin; --network_args set the rest.
+    if (file) configure_network_from_file(*net, *file);
     auto selected = prepare_network(model, *net, network_weights[i], i < network_mul.size() ? network_mul[i] : 1.0, false);
     networks.add(std::move(net), std::move(selected));
   }

@@ -5,6 +5,7 @@
 #include "app.h"
 #include "core/error.h"
 
+#include <algorithm>
 #include <cstdio>
 #include <iostream>
 
@@ -31,14 +32,23 @@ int cmd_plugins(const std::vector<std::string>& args) {
   std::vector<std::string> refusals;
   auto libs = pm.scan(&refusals);
   bool found = false;
-  // kohya's spellings of an optimizer (DAdaptation, prodigyopt.Prodigy, ...) show the plugin they load.
+  // What users type elsewhere shows the component it loads: kohya's module paths
+  // (networks.lora_fa), an optimizer's spellings (DAdaptation, prodigyopt.Prodigy), a library path.
   bool exact = false;
   for (const auto* lib : libs)
     for (const auto& c : lib->components) exact |= show == c.component->name;
   if (!show.empty() && !exact) {
-    try {
-      show = pm.find(SUMI_KIND_OPTIMIZER, show).component->name;
-    } catch (const std::exception&) {
+    const int32_t kinds[] = {SUMI_KIND_NETWORK, SUMI_KIND_OPTIMIZER, SUMI_KIND_MODEL, SUMI_KIND_LR_SCHEDULER,
+                             SUMI_KIND_NOISE_SCHEDULER, SUMI_KIND_TAGGER};
+    for (int32_t k : kinds) {
+      if (!kind_filter.empty() && kind_filter != host::kind_name(k)) continue;
+      try {
+        const auto ref = pm.find(k, show);
+        show = ref.component->name;
+        if (std::find(libs.begin(), libs.end(), ref.library) == libs.end()) libs.push_back(ref.library);
+        break;
+      } catch (const std::exception&) {
+      }
     }
   }
   if (show.empty()) std::printf("%-16s %-24s %-8s %s\n", "KIND", "NAME", "VERSION", "LIBRARY");

@@ -1,30 +1,215 @@
 #include "network_settings.h"
 
+#include "core/error.h"
 #include "sumi/io/safetensors.h"
 
-#include <set>
+#include <nlohmann/json.hpp>
+
+#include <algorithm>
+#include <cstring>
+#include <filesystem>
+
+namespace fs = std::filesystem;
 
 namespace sumi::app {
 
-std::map<std::string, std::string> lora_settings_from_file(const std::string& path) {
-  const auto file = io::SafetensorsFile::open(path);
-  const std::string down = ".lora_down.weight";
-  std::set<int64_t> dims, conv_dims;
-  bool unet = false, text = false;
-  for (const auto& t : file->tensors()) {
-    if (t.name.size() <= down.size() || t.name.compare(t.name.size() - down.size(), down.size(), down) != 0) continue;
-    if (t.shape.empty()) continue;
-    const bool conv3 = t.shape.size() == 4 && (t.shape[2] != 1 || t.shape[3] != 1);
-    (conv3 ? conv_dims : dims).insert(t.shape[0]);
-    if (t.name.rfind("lora_unet_", 0) == 0) unet = true;
-    if (t.name.rfind("lora_te", 0) == 0) text = true;
-  }
+namespace {
+
+bool has_probe(const host::Component& network) {
+  const auto& vt = network.vtable<sumi_network_vtable>();
+  return SUMI_HAS_FIELD(&vt, sumi_network_vtable, probe) && vt.probe;
+}
+
+std::map<std::string, std::string> string_object(const std::string& json, const std::string& what) {
   std::map<std::string, std::string> out;
-  if (dims.size() == 1) out["dim"] = std::to_string(*dims.begin());
-  if (conv_dims.size() == 1) out["conv_dim"] = std::to_string(*conv_dims.begin());
-  if (unet && !text) out["train_unet_only"] = "true";
-  if (text && !unet) out["train_text_encoder_only"] = "true";
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(json);
+  } catch (const std::exception& e) {
+    throw host::UserError(what + " is not JSON: " + e.what());
+  }
+  if (!j.is_object()) throw host::UserError(what + " is not a JSON object: " + json);
+  for (auto it = j.begin(); it != j.end(); ++it) {
+    if (!it.value().is_string()) throw host::UserError(what + ": '" + it.key() + "' is not a string");
+    out[it.key()] = it.value().get<std::string>();
+  }
   return out;
+}
+
+std::string strip_networks(std::string s) {
+  if (s.rfind("networks.", 0) == 0) s = s.substr(9);
+  return s;
+}
+
+}  // namespace
+
+std::vector<sumi_file_tensor> WeightsFile::tensors() const {
+  std::vector<sumi_file_tensor> out(names.size());
+  for (size_t i = 0; i < names.size(); ++i) {
+    out[i].struct_size = sizeof(sumi_file_tensor);
+    out[i].name = names[i].c_str();
+    out[i].shape = shapes[i].data();
+    out[i].ndim = static_cast<int32_t>(shapes[i].size());
+  }
+  return out;
+}
+
+WeightsFile read_weights_file(const std::string& path) {
+  if (fs::path(path).extension() != ".safetensors")
+    throw host::UserError("--network_weights '" + path +
+                          "': only .safetensors files can be matched to a network plugin; name the plugin with --network_module");
+  WeightsFile f;
+  f.path = path;
+  std::shared_ptr<io::SafetensorsFile> file;
+  try {
+    file = io::SafetensorsFile::open(path);
+  } catch (const std::exception& e) {
+    throw host::UserError("--network_weights '" + path + "': " + e.what());
+  }
+  for (const auto& t : file->tensors()) {
+    f.names.push_back(t.name);
+    f.shapes.push_back(t.shape);
+  }
+  f.metadata = file->metadata();
+  nlohmann::json j = nlohmann::json::object();
+  for (const auto& [k, v] : f.metadata) j[k] = v;
+  f.metadata_json = j.dump();
+  return f;
+}
+
+std::vector<sumi_module_info> model_modules(host::Component& model) {
+  const auto& mvt = model.vtable<sumi_model_vtable>();
+  const sumi_module_info* mods = nullptr;
+  int64_t n = 0;
+  model.check(mvt.modules(model.self(), &mods, &n), "modules");
+  std::vector<sumi_module_info> out(static_cast<size_t>(n));
+  if (n == 0) return out;
+  // The model's array has the stride of its own struct (its elements' struct_size).
+  const size_t stride = mods[0].struct_size;
+  if (stride < SUMI_MODULE_INFO_SIZE_1_2)
+    throw host::UserError(std::string("model '") + model.info().name + "' describes its modules with " + std::to_string(stride) +
+                          "-byte records, smaller than ABI 1.0's " + std::to_string(SUMI_MODULE_INFO_SIZE_1_2));
+  const char* base = reinterpret_cast<const char*>(mods);
+  for (size_t i = 0; i < out.size(); ++i) {
+    sumi_module_info m{};
+    std::memcpy(&m, base + i * stride, std::min(stride, sizeof(sumi_module_info)));
+    if (stride < sizeof(sumi_module_info)) m.bias = nullptr;
+    m.struct_size = sizeof(sumi_module_info);
+    out[i] = m;
+  }
+  return out;
+}
+
+void attach_modules(host::Component& network, const std::vector<sumi_module_info>& modules, std::vector<int32_t>& selected) {
+  const auto& nvt = network.vtable<sumi_network_vtable>();
+  selected.assign(modules.size(), 0);
+  const auto n = static_cast<int64_t>(modules.size());
+  if (has_probe(network)) {
+    network.check(nvt.attach(network.self(), modules.data(), n, selected.data()), "attach");
+    return;
+  }
+  // Built for ABI 1.0 - 1.2: an array of the old, shorter records. Kept alive as long as the
+  // network may read it (attach's infos stay valid while the network lives): owned by a table
+  // keyed by the network instance.
+  static std::map<const void*, std::vector<char>> old_arrays;
+  auto& buf = old_arrays[network.self()];
+  buf.assign(modules.size() * SUMI_MODULE_INFO_SIZE_1_2, 0);
+  for (size_t i = 0; i < modules.size(); ++i) {
+    sumi_module_info m = modules[i];
+    m.struct_size = SUMI_MODULE_INFO_SIZE_1_2;
+    std::memcpy(buf.data() + i * SUMI_MODULE_INFO_SIZE_1_2, &m, SUMI_MODULE_INFO_SIZE_1_2);
+  }
+  network.check(nvt.attach(network.self(), reinterpret_cast<const sumi_module_info*>(buf.data()), n, selected.data()), "attach");
+}
+
+std::optional<std::vector<int32_t>> probe_network(host::Component& network, const WeightsFile& f) {
+  if (!has_probe(network)) return std::nullopt;
+  const auto ts = f.tensors();
+  std::vector<int32_t> understood(ts.size(), 0);
+  network.check(network.vtable<sumi_network_vtable>().probe(network.self(), ts.data(), static_cast<int64_t>(ts.size()),
+                                                           f.metadata_json.c_str(), understood.data()),
+                ("probe " + f.path).c_str());
+  return understood;
+}
+
+bool configure_network_from_file(host::Component& network, const WeightsFile& f) {
+  const auto& vt = network.vtable<sumi_network_vtable>();
+  if (!SUMI_HAS_FIELD(&vt, sumi_network_vtable, configure_from_weights) || !vt.configure_from_weights) return false;
+  const auto ts = f.tensors();
+  network.check(vt.configure_from_weights(network.self(), ts.data(), static_cast<int64_t>(ts.size()), f.metadata_json.c_str()),
+                ("configure_from_weights " + f.path).c_str());
+  return true;
+}
+
+std::string find_network_component(host::PluginManager& pm, const WeightsFile& f) {
+  struct Answer {
+    std::string name;
+    std::vector<int32_t> understood;
+    size_t count = 0;
+  };
+  std::vector<Answer> answers;
+  std::vector<std::string> older;
+  for (const auto* lib : pm.scan()) {
+    for (const auto& ref : lib->components) {
+      if (ref.component->kind != SUMI_KIND_NETWORK) continue;
+      host::Registry scratch;
+      std::optional<std::vector<int32_t>> u;
+      try {
+        host::Component c(ref, "probe", scratch, host::make_config(*ref.component, {}));
+        u = probe_network(c, f);
+      } catch (const std::exception& e) {
+        // A network that needs settings to be created, or whose probe fails, reads nothing here.
+        older.push_back(std::string(ref.component->name) + " (" + e.what() + ")");
+        continue;
+      }
+      if (!u) {
+        older.push_back(ref.component->name);
+        continue;
+      }
+      Answer a{ref.component->name, *u, 0};
+      for (auto x : a.understood) a.count += x != 0;
+      answers.push_back(std::move(a));
+    }
+  }
+  std::vector<std::string> full;
+  for (const auto& a : answers)
+    if (a.count == f.names.size()) full.push_back(a.name);
+  if (!full.empty()) {
+    auto it = f.metadata.find("ss_network_module");
+    if (it != f.metadata.end()) {
+      const std::string named = strip_networks(it->second);
+      if (std::find(full.begin(), full.end(), named) != full.end()) return named;
+    }
+    return *std::min_element(full.begin(), full.end());
+  }
+  std::string msg = "--network_weights '" + f.path + "': no network plugin reads this file";
+  if (answers.empty()) {
+    msg += " (no network plugin answers probe)";
+  } else {
+    const auto best = std::max_element(answers.begin(), answers.end(),
+                                       [](const Answer& a, const Answer& b) { return a.count < b.count; });
+    std::vector<std::string> missed;
+    for (size_t i = 0; i < f.names.size(); ++i)
+      if (!best->understood[i]) missed.push_back(f.names[i]);
+    msg += "; " + std::to_string(missed.size()) + " of its " + std::to_string(f.names.size()) +
+           " tensors are understood by none (the closest, '" + best->name + "', does not read: ";
+    for (size_t i = 0; i < missed.size() && i < 5; ++i) msg += (i ? ", " : "") + missed[i];
+    if (missed.size() > 5) msg += ", ...";
+    msg += ")";
+  }
+  if (!older.empty()) {
+    msg += "; not asked (built before ABI 1.3, or failed to answer):";
+    for (const auto& o : older) msg += " " + o;
+  }
+  throw host::UserError(msg + "\n(hint: name the plugin with --network_module; `sumi plugins` lists the network plugins)");
+}
+
+std::map<std::string, std::string> network_metadata_of(host::Component& network) {
+  const auto& vt = network.vtable<sumi_network_vtable>();
+  if (!SUMI_HAS_FIELD(&vt, sumi_network_vtable, metadata) || !vt.metadata) return {};
+  const char* json = nullptr;
+  network.check(vt.metadata(network.self(), &json), "metadata");
+  return string_object(json ? json : "{}", std::string("network '") + network.info().name + "' metadata");
 }
 
 }  // namespace sumi::app

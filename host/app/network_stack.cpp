@@ -1,5 +1,7 @@
 #include "network_stack.h"
 
+#include "network_settings.h"
+
 #include "core/error.h"
 #include "core/op_bridge.h"
 #include "core/tensor_handle.h"
@@ -81,9 +83,8 @@ void NetworkStack::merge() {
     model_.check(mvt.set_network(model_.self(), nullptr, nullptr, nullptr), "set_network");
     applied_ = false;
   }
-  const sumi_module_info* mods = nullptr;
-  int64_t n = 0;
-  model_.check(mvt.modules(model_.self(), &mods, &n), "modules");
+  const std::vector<sumi_module_info> mods = model_modules(model_);
+  const auto n = static_cast<int64_t>(mods.size());
   at::NoGradGuard no_grad;
   for (const Net& net : nets_) {
     const auto& nvt = net.component->vtable<sumi_network_vtable>();
@@ -104,6 +105,25 @@ void NetworkStack::merge() {
       // Added in float32, then rounded once to the weight's dtype.
       w.copy_(w.to(at::kFloat).add_(delta.to(w.device(), at::kFloat)));
       host::release_handle(d);
+      // ABI 1.3: an output-scaling network changes the bias too.
+      if (!SUMI_HAS_FIELD(&nvt, sumi_network_vtable, bias_delta) || !nvt.bias_delta) continue;
+      sumi_tensor bd = nullptr;
+      net.component->check(nvt.bias_delta(net.component->self(), i, &bd), "bias_delta");
+      if (!bd) continue;
+      const at::Tensor bdelta = host::unwrap(bd);
+      if (!mods[i].bias) {
+        host::release_handle(bd);
+        throw host::UserError(std::string("--network_merge: the network changes the bias of module '") + mods[i].name +
+                              "', which has none (or the model, built before ABI 1.3, does not give it); drop --network_merge");
+      }
+      at::Tensor b = host::unwrap(mods[i].bias);
+      if (!bdelta.sizes().equals(b.sizes())) {
+        host::release_handle(bd);
+        throw host::UserError(std::string("--network_merge: the network's bias delta for module '") + mods[i].name +
+                              "' does not have the shape of its bias");
+      }
+      b.copy_(b.to(at::kFloat).add_(bdelta.to(b.device(), at::kFloat)));
+      host::release_handle(bd);
     }
   }
   merged_ = true;

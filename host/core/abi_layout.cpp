@@ -1,4 +1,4 @@
-// Pins the released ABI 1.0 and 1.1 layouts (LP64). A change here breaks every plugin built before it:
+// Pins the released ABI 1.0 - 1.3 layouts (LP64). A change here breaks every plugin built before it:
 // grow structs only by appending, and add asserts for the new minor instead of editing these.
 #include <sumi/sumi.h>
 
@@ -25,8 +25,10 @@ static_assert(sizeof(sumi_optimizer_vtable) == 24, "sumi_optimizer_vtable layout
 static_assert(sizeof(sumi_lr_query) == 40, "sumi_lr_query layout changed");
 static_assert(sizeof(sumi_lr_scheduler_vtable) == 16, "sumi_lr_scheduler_vtable layout changed");
 static_assert(sizeof(sumi_noise_scheduler_vtable) == 80, "sumi_noise_scheduler_vtable layout changed");
-static_assert(sizeof(sumi_module_info) == 104, "sumi_module_info layout changed");
-static_assert(sizeof(sumi_network_vtable) == 56, "sumi_network_vtable layout changed");
+static_assert(SUMI_MODULE_INFO_SIZE_1_2 == 104, "sumi_module_info 1.0-1.2 layout changed");
+static_assert(offsetof(sumi_module_info, weight) == 96, "sumi_module_info.weight moved");
+static_assert(SUMI_NETWORK_VTABLE_SIZE_1_2 == 56, "sumi_network_vtable 1.0-1.2 layout changed");
+static_assert(offsetof(sumi_network_vtable, set_training) == 48, "sumi_network_vtable.set_training moved");
 // ABI 1.0's model vtable ended where 1.1's training slots begin.
 static_assert(offsetof(sumi_model_vtable, train_part) == 64, "sumi_model_vtable 1.0 part changed");
 static_assert(sizeof(sumi_tagger_vtable) == 16, "sumi_tagger_vtable layout changed");
@@ -43,4 +45,15 @@ static_assert(offsetof(sumi_model_vtable, probe) == 104, "sumi_model_vtable.prob
 static_assert(offsetof(sumi_model_vtable, load_token) == 112, "sumi_model_vtable.load_token moved");
 static_assert(offsetof(sumi_model_vtable, convert) == 120, "sumi_model_vtable.convert moved");
 static_assert(sizeof(sumi_model_vtable) == 128, "sumi_model_vtable 1.2 layout changed");
+// ABI 1.3: the network contract, appended (module bias; probe, configure_from_weights, metadata,
+// bias_delta) and the file-tensor description it passes.
+static_assert(offsetof(sumi_module_info, bias) == 104, "sumi_module_info.bias moved");
+static_assert(sizeof(sumi_module_info) == 112, "sumi_module_info 1.3 layout changed");
+static_assert(offsetof(sumi_network_vtable, probe) == 56, "sumi_network_vtable.probe moved");
+static_assert(offsetof(sumi_network_vtable, configure_from_weights) == 64, "sumi_network_vtable.configure_from_weights moved");
+static_assert(offsetof(sumi_network_vtable, metadata) == 72, "sumi_network_vtable.metadata moved");
+static_assert(offsetof(sumi_network_vtable, bias_delta) == 80, "sumi_network_vtable.bias_delta moved");
+static_assert(sizeof(sumi_network_vtable) == 88, "sumi_network_vtable 1.3 layout changed");
+static_assert(sizeof(sumi_file_tensor) == 32, "sumi_file_tensor layout changed");
+static_assert(offsetof(sumi_file_tensor, ndim) == 24, "sumi_file_tensor.ndim moved");
 #endif

@@ -55,7 +55,7 @@ uint32_t host_component_api(int32_t kind) {
 size_t min_vtable_size(int32_t kind) {
   switch (kind) {
     case SUMI_KIND_MODEL: return SUMI_MODEL_VTABLE_SIZE_1_0;  // 1.1 appended training slots
-    case SUMI_KIND_NETWORK: return sizeof(sumi_network_vtable);
+    case SUMI_KIND_NETWORK: return SUMI_NETWORK_VTABLE_SIZE_1_2;  // 1.3 appended probe ... bias_delta
     case SUMI_KIND_OPTIMIZER: return sizeof(sumi_optimizer_vtable);
     case SUMI_KIND_LR_SCHEDULER: return sizeof(sumi_lr_scheduler_vtable);
     case SUMI_KIND_NOISE_SCHEDULER: return sizeof(sumi_noise_scheduler_vtable);

@@ -4,16 +4,22 @@
 // and padding) and lora_up (Linear r->out, or 1x1 Conv2d), registered under kohya's file keys
 // ("<module>.lora_down.weight", "<module>.lora_up.weight", state "<module>.alpha"), so saving
 // the registry writes kohya's file. The output is base + up(down(x)) * multiplier * alpha / r.
-#include "targets.h"
-
 #include <sumi/plugin.hpp>
+#include <sumi/targets.hpp>
 
 #include <cmath>
+#include <cstdio>
+#include <cstdlib>
 #include <map>
 
 namespace sumi::lora {
 
 namespace {
+
+using targets::Settings;
+using targets::Target;
+using targets::choose_targets;
+using sumi::FileTensor;
 
 using sumi::Tensor;
 namespace ops = sumi::ops;
@@ -60,6 +66,18 @@ void kaiming_uniform_sqrt5(const Tensor& w) {
   uniform_(w, -bound, bound);
 }
 
+// Python's str(float): the shortest text that reads back to the same double, ".0" if integral.
+std::string py_float(double v) {
+  char buf[32];
+  for (int prec = 1; prec <= 17; ++prec) {
+    std::snprintf(buf, sizeof buf, "%.*g", prec, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  std::string out = buf;
+  if (out.find_first_of(".einn") == std::string::npos) out += ".0";
+  return out;
+}
+
 struct Module {
   std::string name;
   bool conv = false;
@@ -73,6 +91,7 @@ struct Module {
 class LoraNetwork : public sumi::Network {
  public:
   explicit LoraNetwork(sumi::Context& ctx) : ctx_(ctx) {
+    s_.network = "lora";
     s_.dim = ctx.get_int("dim");
     s_.alpha = ctx.get_double("alpha");
     s_.conv_dim = ctx.get_int("conv_dim");
@@ -285,6 +304,34 @@ class LoraNetwork : public sumi::Network {
   }
 
   void set_training(bool training) override { training_ = training; }
+
+  // ABI 1.3. A kohya LoRA file: every tensor is <module>.lora_down.weight / .lora_up.weight /
+  // .alpha of a plausible shape.
+  std::vector<bool> probe(const std::vector<FileTensor>& tensors, const std::string&) override {
+    std::vector<bool> out;
+    for (const auto& t : tensors) out.push_back(targets::is_lora_tensor(t.name, t.shape));
+    return out;
+  }
+
+  // kohya's create_network_from_weights: the file's modules, each at its own rank (resize_lora's
+  // per-module ranks, files covering only the U-Net or some modules); alphas come with load.
+  void configure_from_weights(const std::vector<FileTensor>& tensors, const std::string&) override {
+    if (!modules_.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "configure_from_weights after attach; it must come first");
+    std::vector<std::string> names;
+    std::vector<std::vector<int64_t>> shapes;
+    for (const auto& t : tensors) {
+      names.push_back(t.name);
+      shapes.push_back(t.shape);
+    }
+    s_.module_dims = targets::lora_file_ranks(names, shapes, s_.network);
+    s_.unet = s_.text_encoder = true;
+  }
+
+  // kohya's ss_network_dim / ss_network_alpha: the configured rank and alpha (alpha as Python's
+  // str of a float, "2.0").
+  std::map<std::string, std::string> metadata() override {
+    return {{"ss_network_dim", std::to_string(s_.dim)}, {"ss_network_alpha", py_float(s_.alpha)}};
+  }
 
  private:
   const Module& module(int64_t index) const {

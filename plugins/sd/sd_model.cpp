@@ -127,6 +127,7 @@ void check_token_free(const ClipTokenizer& tok, const std::string& token, int64_
 }  // namespace
 
 at::Tensor& SdModel::Layer::weight() const { return linear ? linear->weight : conv->weight; }
+at::Tensor& SdModel::Layer::bias() const { return linear ? linear->bias : conv->bias; }
 
 SdModel::SdModel(ModelOptions options) : options_(std::move(options)) {
   if (options_.clip_skip < 1)
@@ -470,6 +471,7 @@ void SdModel::build_module_list() {
       m.in_transformer = role == SUMI_ROLE_UNET ? contains(path, "attentions.")
                                                 : (contains(path, ".self_attn.") || contains(path, ".mlp."));
       m.weight = api().native_wrap(&w);
+      m.bias = layer.bias().defined() ? api().native_wrap(&layer.bias()) : nullptr;
       names_.push_back(name);
       m.name = names_.back().c_str();
       layers_.push_back(layer);
@@ -489,6 +491,8 @@ void SdModel::refresh_module_weights() {
   for (size_t i = 0; i < layers_.size(); ++i) {
     api().tensor_release(infos_[i].weight);
     infos_[i].weight = api().native_wrap(&layers_[i].weight());
+    if (infos_[i].bias) api().tensor_release(infos_[i].bias);
+    infos_[i].bias = layers_[i].bias().defined() ? api().native_wrap(&layers_[i].bias()) : nullptr;
   }
 }
 
@@ -497,7 +501,10 @@ void SdModel::release_module_list() {
     if (l.linear) l.linear->adapter = nullptr;
     if (l.conv) l.conv->adapter = nullptr;
   }
-  for (auto& m : infos_) api().tensor_release(m.weight);
+  for (auto& m : infos_) {
+    api().tensor_release(m.weight);
+    if (m.bias) api().tensor_release(m.bias);
+  }
   infos_.clear();
   layers_.clear();
   names_.clear();
@@ -542,6 +549,20 @@ void SdModel::merge_network(void* self, const sumi_network_vtable* vt, const int
     if (!delta.sizes().equals(w.sizes()))
       throw std::runtime_error(std::string("network weight_delta for '") + infos_[i].name + "' has the wrong shape");
     w.add_(delta.to(w.device(), w.scalar_type()));
+    // ABI 1.3: a network that changes the bias too (output scaling) gives its delta.
+    if (!SUMI_HAS_FIELD(vt, sumi_network_vtable, bias_delta) || !vt->bias_delta) continue;
+    sumi_tensor bd = nullptr;
+    if (vt->bias_delta(self, static_cast<int64_t>(i), &bd) != SUMI_OK)
+      throw std::runtime_error(network_error("bias_delta", infos_[i].name));
+    if (!bd) continue;
+    at::Tensor bdelta = *static_cast<const at::Tensor*>(api().native_tensor(bd));
+    api().tensor_release(bd);
+    at::Tensor& b = layers_[i].bias();
+    if (!b.defined())
+      throw std::runtime_error(std::string("network bias_delta for '") + infos_[i].name + "', a layer without a bias");
+    if (!bdelta.sizes().equals(b.sizes()))
+      throw std::runtime_error(std::string("network bias_delta for '") + infos_[i].name + "' has the wrong shape");
+    b.add_(bdelta.to(b.device(), b.scalar_type()));
   }
 }
 

@@ -139,6 +139,7 @@ class SdModel {
     nn::Linear* linear = nullptr;
     nn::Conv2d* conv = nullptr;
     at::Tensor& weight() const;
+    at::Tensor& bias() const;  // undefined when the layer has none
   };
   // One token of added vectors: ids and rows per text encoder.
   struct AddedToken {

@@ -6,6 +6,11 @@
 #include "core/host_api.h"
 #include "core/tensor_handle.h"
 #include "../common/plugin_test.h"
+#include "app/network_settings.h"
+
+#include <deque>
+#include <string>
+#include <vector>
 
 using sumi::host::UserError;
 using sumi::test::plugins;
@@ -54,9 +59,9 @@ TEST_CASE("unknown plugin name lists what is available") {
 TEST_CASE("refusals: versions, native build, missing entry, failing entry") {
   sumi::host::PluginManager pm;
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_newer_minor")),
-                       doctest::Contains("needs sumi ABI 1.3, newer than this host's 1.2"), UserError);
+                       doctest::Contains("needs sumi ABI 1.4, newer than this host's 1.3"), UserError);
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_other_major")),
-                       doctest::Contains("was built for sumi ABI 2.2, but this host speaks ABI 1.2"), UserError);
+                       doctest::Contains("was built for sumi ABI 2.3, but this host speaks ABI 1.3"), UserError);
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_native_mismatch")),
                        doctest::Contains("native plugin built for libtorch 0.0.1-not-this-torch"), UserError);
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_no_entry")),
@@ -113,8 +118,8 @@ TEST_CASE("a model built against ABI 1.1 loads; the 1.2 describe slot is absent 
   CHECK(sumi::host::last_error() == "abi11_model computes nothing");
 }
 
-TEST_CASE("this host speaks ABI 1.2 and a current model exposes the training and describe slots") {
-  CHECK(sumi::host::host_api()->abi_minor == 2);
+TEST_CASE("this host speaks ABI 1.3 and a current model exposes the training and describe slots") {
+  CHECK(sumi::host::host_api()->abi_minor == 3);
   sumi::host::Registry reg;
   auto ref = plugins().find(SUMI_KIND_MODEL, "null");
   sumi::host::Component c(ref, "model", reg, {});
@@ -183,4 +188,74 @@ TEST_CASE("registry: one namespace per component, duplicates refused") {
   CHECK(groups[0].first == "unet");
   CHECK(groups[0].second[0].requires_grad());
   CHECK_FALSE(reg.find("optimizer", "a.step")->tensor.requires_grad());
+}
+
+namespace {
+
+// Three modules in this host's (ABI 1.3) layout, names "mod0".. ("mod" is what abi12_network checks).
+std::vector<sumi_module_info> three_modules() {
+  static std::deque<std::string> names{"mod0", "mod1", "mod2"};
+  std::vector<sumi_module_info> out(3);
+  for (size_t i = 0; i < 3; ++i) {
+    out[i] = sumi_module_info{};
+    out[i].struct_size = sizeof(sumi_module_info);
+    out[i].name = names[i].c_str();
+    out[i].kind = i == 1 ? SUMI_MODULE_CONV2D : SUMI_MODULE_LINEAR;
+    out[i].in_features = out[i].out_features = 4;
+    out[i].kernel[0] = out[i].kernel[1] = 1;
+  }
+  return out;
+}
+
+}  // namespace
+
+TEST_CASE("a network built against ABI 1.2 loads, gets 1.2-sized module records and no 1.3 slot is called") {
+  sumi::host::Registry reg;
+  auto ref = plugins().find(SUMI_KIND_NETWORK, sumi::test::test_plugin("test_abi_1_2_header"));
+  CHECK(ref.library->descriptor->abi_minor == 2);
+  sumi::host::Component c(ref, "network", reg, {});
+  const auto& vt = c.vtable<sumi_network_vtable>();
+  CHECK(c.vtable_size() == SUMI_NETWORK_VTABLE_SIZE_1_2);
+  CHECK(SUMI_HAS_FIELD(&vt, sumi_network_vtable, set_training));
+  CHECK_FALSE(SUMI_HAS_FIELD(&vt, sumi_network_vtable, probe));
+  CHECK_FALSE(SUMI_HAS_FIELD(&vt, sumi_network_vtable, bias_delta));
+  // The host repacks this host's 112-byte records into ABI 1.2's 104-byte ones.
+  const auto mods = three_modules();
+  std::vector<int32_t> selected;
+  sumi::app::attach_modules(c, mods, selected);
+  CHECK(selected == std::vector<int32_t>{1, 0, 1});
+  // Handed the current layout directly, the old network sees the wrong records and says so.
+  std::vector<int32_t> sel(3, 0);
+  CHECK(vt.attach(c.self(), mods.data(), 3, sel.data()) == SUMI_ERR_ABI);
+  // No probe, configure_from_weights or metadata: the host asks nothing and writes nothing.
+  sumi::app::WeightsFile f;
+  f.path = "x.safetensors";
+  f.names = {"a.lora_down.weight"};
+  f.shapes = {{4, 4}};
+  f.metadata_json = "{}";
+  CHECK_FALSE(sumi::app::probe_network(c, f).has_value());
+  CHECK_FALSE(sumi::app::configure_network_from_file(c, f));
+  CHECK(sumi::app::network_metadata_of(c).empty());
+}
+
+TEST_CASE("a current network (lora) has the 1.3 slots: probe, configure_from_weights, metadata, bias_delta") {
+  sumi::host::Registry reg;
+  auto ref = plugins().find(SUMI_KIND_NETWORK, "lora");
+  sumi::host::Component c(ref, "network", reg, sumi::host::make_config(*ref.component, {{"dim", "8"}, {"alpha", "4"}}));
+  const auto& vt = c.vtable<sumi_network_vtable>();
+  CHECK(c.vtable_size() == sizeof(sumi_network_vtable));
+  REQUIRE(SUMI_HAS_FIELD(&vt, sumi_network_vtable, bias_delta));
+  sumi::app::WeightsFile f;
+  f.path = "x.safetensors";
+  f.names = {"mod0.lora_down.weight", "mod0.lora_up.weight", "mod0.alpha", "mod0.hada_w1_a", "mod2.lora_up.weight"};
+  f.shapes = {{2, 4}, {4, 2}, {}, {4, 2}, {4, 2, 3, 3}};
+  f.metadata_json = "{}";
+  const auto u = sumi::app::probe_network(c, f);
+  REQUIRE(u.has_value());
+  CHECK(*u == std::vector<int32_t>{1, 1, 1, 0, 0});  // LoHa key and a 3x3 lora_up are not LoRA tensors
+  // kohya's metadata of the configured network: alpha as Python's str of a float.
+  CHECK(sumi::app::network_metadata_of(c) ==
+        std::map<std::string, std::string>{{"ss_network_dim", "8"}, {"ss_network_alpha", "4.0"}});
+  // A file with a foreign tensor is refused by configure_from_weights, naming it.
+  CHECK_THROWS_WITH_AS(sumi::app::configure_network_from_file(c, f), doctest::Contains("'mod0.hada_w1_a'"), UserError);
 }

@@ -2,7 +2,8 @@
 // LoRA fixture: merging into the weights gives sd-scripts' merged UNet outputs (the `lora.*`
 // goldens) and the image of runtime application; two networks at once are the sum of their
 // deltas (the fixture twice at 0.5 + 0.5 equals it once at 1, merged or not), also from the CLI;
-// a LoRA file's rank and coverage become the plugin's settings.
+// without --network_module the plugin is chosen by the file's keys and takes its ranks and
+// coverage from the file (per module).
 #include <doctest/doctest.h>
 
 #include "../common/test_data.h"
@@ -21,6 +22,7 @@
 #include <ATen/Parallel.h>
 
 #include <filesystem>
+#include <set>
 
 namespace {
 
@@ -123,28 +125,117 @@ TEST_CASE("set_multipliers changes runtime networks between batches") {
   CHECK_THROWS_AS(merged.stack->set_multipliers({0.5}), sumi::host::UserError);
 }
 
-TEST_CASE("a LoRA file's rank and coverage set the lora plugin as gen_img reads them") {
-  CHECK(sumi::app::lora_settings_from_file(fixture("tiny-sd1.lora.safetensors")) ==
-        std::map<std::string, std::string>{{"dim", "4"}});
-  // The fixture cut to rank 2 and to its U-Net part: dim 2, U-Net only, and it loads.
-  sumi::io::NamedTensors cut;
-  for (auto& [k, t] : sumi::io::load_all(fixture("tiny-sd1.lora.safetensors"))) {
-    if (k.rfind("lora_unet_", 0) != 0) continue;
-    const bool down = k.find(".lora_down.") != std::string::npos, up = k.find(".lora_up.") != std::string::npos;
-    cut.emplace_back(k, down ? t.narrow(0, 0, 2).contiguous() : up ? t.narrow(1, 0, 2).contiguous() : t);
-  }
-  const std::string path = std::string(SUMI_BUILD_DIR) + "/test_gen_networks_rank2.safetensors";
-  sumi::io::save_tensors(path, cut);
-  const auto settings = sumi::app::lora_settings_from_file(path);
-  CHECK(settings == std::map<std::string, std::string>{{"dim", "2"}, {"train_unet_only", "true"}});
+namespace {
+
+// A model plus the network chosen for `file` by probe and configured from it, as sumi generate
+// does without --network_module.
+struct Probed {
   sumi::host::Registry reg;
-  auto model = sumi::test::make(SUMI_KIND_MODEL, "sd1", reg, {{"dtype", "fp32"}}, "model");
-  model->check(model->vtable<sumi_model_vtable>().load(model->self(), fixture("tiny-sd1.safetensors").c_str()), "load");
-  auto net = sumi::test::make(SUMI_KIND_NETWORK, "lora", reg, settings, "network");
-  const auto selected = sumi::app::prepare_network(*model, *net, path, 1.0, false);
-  int64_t n = 0;
-  for (auto s : selected) n += s;
-  CHECK(n == 192);  // the fixture's U-Net modules
+  std::unique_ptr<sumi::host::Component> model, net;
+  std::string chosen;
+  std::vector<int32_t> selected;
+  explicit Probed(const std::string& file) {
+    at::set_num_threads(2);
+    model = sumi::test::make(SUMI_KIND_MODEL, "sd1", reg, {{"dtype", "fp32"}}, "model");
+    model->check(model->vtable<sumi_model_vtable>().load(model->self(), fixture("tiny-sd1.safetensors").c_str()), "load");
+    const auto f = sumi::app::read_weights_file(file);
+    chosen = sumi::app::find_network_component(sumi::test::plugins(), f);
+    net = sumi::test::make(SUMI_KIND_NETWORK, chosen, reg, {}, "network");
+    REQUIRE(sumi::app::configure_network_from_file(*net, f));
+    selected = sumi::app::prepare_network(*model, *net, file, 1.0, false);
+  }
+  int64_t count() const {
+    int64_t n = 0;
+    for (auto s : selected) n += s;
+    return n;
+  }
+};
+
+}  // namespace
+
+TEST_CASE("without --network_module the file's keys choose the plugin, which takes ranks and coverage from it") {
+  SUBCASE("the kohya LoRA: lora, rank 4, LierLa's 210 modules") {
+    Probed p(fixture("tiny-sd1.lora.safetensors"));
+    CHECK(p.chosen == "lora");
+    CHECK(p.count() == 210);
+  }
+  SUBCASE("a LoRA-FA file (lora and lora_fa both read it; its ss_network_module picks lora_fa) gives kohya's outputs") {
+    Probed p(fixture("networks/tiny-sd1.lora_fa_c3lier.safetensors"));
+    CHECK(p.chosen == "lora_fa");
+    CHECK(p.count() == 295);  // C3Lier: 18 text + 277 U-Net, conv_dim from the file's 3x3 tensors
+    sumi::app::NetworkStack stack(*p.model);
+    stack.add(std::move(p.net), std::move(p.selected));
+    stack.apply();
+    std::map<std::string, at::Tensor> g;
+    for (auto& [k, t] : sumi::io::load_all(fixture("networks/tiny-sd1.lora_fa_c3lier.golden.safetensors"))) g[k] = t.to(at::kFloat);
+    for (int t : {1, 500, 999}) {
+      std::vector<sumi_tensor> hs = {sumi::host::make_handle(g.at("unet.in.sample")),
+                                     sumi::host::make_handle(at::full({2}, static_cast<double>(t))),
+                                     sumi::host::make_handle(g.at("unet.in.encoder_hidden_states"))};
+      sumi_tensor out = nullptr;
+      p.model->check(p.model->vtable<sumi_model_vtable>().denoise(p.model->self(), hs[0], hs[1], hs[2], nullptr, nullptr, &out),
+                     "denoise");
+      CHECK(rel(sumi::host::unwrap(out), g.at("mul1.0.unet.out.t" + std::to_string(t))) < 1e-4);
+      for (auto h : hs) sumi::host::release_handle(h);
+      sumi::host::release_handle(out);
+    }
+  }
+  SUBCASE("resize_lora --dynamic_method output: per-module ranks 2, 3 and 4, each merged as kohya (alpha / its rank)") {
+    const std::string file = fixture("tools/tiny-sd1.lora2.resize-sv_ratio2.safetensors");
+    Probed p(file);
+    CHECK(p.chosen == "lora");
+    CHECK(p.count() == 295);
+    std::map<std::string, at::Tensor> w;
+    for (auto& [k, t] : sumi::io::load_all(file)) w[k] = t.to(at::kFloat);
+    const auto mods = sumi::app::model_modules(*p.model);
+    std::set<int64_t> ranks;
+    at::NoGradGuard no_grad;
+    for (size_t i = 0; i < mods.size(); ++i) {
+      if (!p.selected[i]) continue;
+      const std::string m = mods[i].name;
+      const at::Tensor down = w.at(m + ".lora_down.weight"), up = w.at(m + ".lora_up.weight");
+      const int64_t r = down.size(0);
+      ranks.insert(r);
+      const double scale = w.at(m + ".alpha").item<double>() / static_cast<double>(r);
+      at::Tensor want = down.dim() == 2 ? up.matmul(down)
+                        : down.size(2) == 1 ? up.flatten(1).matmul(down.flatten(1)).view({up.size(0), down.size(1), 1, 1})
+                                            : at::conv2d(down.permute({1, 0, 2, 3}), up).permute({1, 0, 2, 3});
+      sumi_tensor d = nullptr;
+      p.net->check(p.net->vtable<sumi_network_vtable>().weight_delta(p.net->self(), static_cast<int64_t>(i), &d), "weight_delta");
+      CAPTURE(m);
+      CHECK(rel(sumi::host::unwrap(d), want * scale) < 1e-5);
+      sumi::host::release_handle(d);
+    }
+    CHECK(ranks == std::set<int64_t>{2, 3, 4});
+  }
+  SUBCASE("a file covering only the U-Net, cut to rank 2: U-Net modules only") {
+    sumi::io::NamedTensors cut;
+    for (auto& [k, t] : sumi::io::load_all(fixture("tiny-sd1.lora.safetensors"))) {
+      if (k.rfind("lora_unet_", 0) != 0) continue;
+      const bool down = k.find(".lora_down.") != std::string::npos, up = k.find(".lora_up.") != std::string::npos;
+      cut.emplace_back(k, down ? t.narrow(0, 0, 2).contiguous() : up ? t.narrow(1, 0, 2).contiguous() : t);
+    }
+    const std::string path = std::string(SUMI_BUILD_DIR) + "/test_gen_networks_rank2.safetensors";
+    sumi::io::save_tensors(path, cut);
+    Probed p(path);
+    CHECK(p.count() == 192);  // the fixture's U-Net modules
+  }
+}
+
+TEST_CASE("a file no network plugin reads is refused naming the tensors not understood") {
+  sumi::io::NamedTensors t;
+  t.emplace_back("lora_unet_x.lora_down.weight", at::zeros({2, 4}));
+  t.emplace_back("lora_unet_x.lora_up.weight", at::zeros({4, 2}));
+  t.emplace_back("lora_unet_x.hada_w1_a", at::zeros({4, 2}));
+  const std::string path = std::string(SUMI_BUILD_DIR) + "/test_gen_networks_loha.safetensors";
+  sumi::io::save_tensors(path, t);
+  const auto f = sumi::app::read_weights_file(path);
+  CHECK_THROWS_WITH_AS(sumi::app::find_network_component(sumi::test::plugins(), f),
+                       doctest::Contains("1 of its 3 tensors are understood by none"), sumi::host::UserError);
+  CHECK_THROWS_WITH_AS(sumi::app::find_network_component(sumi::test::plugins(), f), doctest::Contains("lora_unet_x.hada_w1_a"),
+                       sumi::host::UserError);
+  CHECK_THROWS_WITH_AS(sumi::app::read_weights_file(fixture("tiny-sd1.yaml")), doctest::Contains("only .safetensors"),
+                       sumi::host::UserError);
 }
 
 TEST_CASE("sumi generate: two LoRAs at 0.5 merged from the command line == one at 1 at runtime") {
@@ -166,4 +257,24 @@ TEST_CASE("sumi generate: two LoRAs at 0.5 merged from the command line == one a
   CHECK(text["parameters"].find("Lora: tiny-sd1.lora, tiny-sd1.lora") != std::string::npos);
   const at::Tensor want = sumi::app::to_uint8_hwc(Rig({1.0}, false).image().image).to(at::kInt);
   CHECK((got - want).abs().max().item<int64_t>() <= 1);
+}
+
+TEST_CASE("sumi generate --network_weights F without --network_module: the file's keys pick lora, the image is the same") {
+  namespace fs = std::filesystem;
+  const fs::path out = fs::path(SUMI_BUILD_DIR) / "test_gen_networks_probe_cli";
+  fs::remove_all(out);
+  CHECK(sumi::app::cmd_generate({"--ckpt", fixture("tiny-sd1"), "--plugin-dir", SUMI_PLUGIN_DIR, "--outdir", out.string(), "--W",
+                                 "64", "--H", "64", "--steps", "6", "--sampler", "euler", "--seed", "3", "--threads", "2",
+                                 "--prompt", "a photo of a cat", "--network_weights", fixture("tiny-sd1.lora.safetensors")}) == 0);
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(out)) files.push_back(e.path());
+  REQUIRE(files.size() == 1);
+  const at::Tensor got = sumi::app::read_image(files[0].string()).to(at::kInt);
+  const at::Tensor want = sumi::app::to_uint8_hwc(Rig({1.0}, false).image().image).to(at::kInt);
+  CHECK((got - want).abs().max().item<int64_t>() <= 1);
+  // --network_module counts must match the files when given at all.
+  CHECK_THROWS_WITH_AS(sumi::app::cmd_generate({"--ckpt", fixture("tiny-sd1"), "--plugin-dir", SUMI_PLUGIN_DIR, "--outdir",
+                                                out.string(), "--prompt", "x", "--network_module", "lora", "--network_weights",
+                                                fixture("tiny-sd1.lora.safetensors"), fixture("tiny-sd1.lora.safetensors")}),
+                       doctest::Contains("leave --network_module out"), sumi::host::UserError);
 }

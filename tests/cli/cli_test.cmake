@@ -45,6 +45,12 @@ sumi(0 plugins show sgd)
 expect("nesterov +bool")
 sumi(2 plugins show nope)
 expect("no plugin component named 'nope'")
+# The forms --network_module takes: kohya's module path and a library path.
+sumi(0 plugins show networks.lora_fa)
+expect("network 'lora_fa' ")
+expect("conv_dim +int")
+sumi(0 plugins show ${PLUGINS}/sumi_lora_fa.so)
+expect("network 'lora_fa' ")
 # --optimizer_args without --optimizer_type: kohya's default AdamW takes them.
 sumi(0 plan --recipe ${DATA}/fit-default-optimizer.toml --optimizer_args "weight_decay=0.1" "betas=0.9,0.99")
 expect("optimizer.type = \"adamw\"")

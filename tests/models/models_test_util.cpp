@@ -127,10 +127,10 @@ std::string load_error(const std::string& family, const std::string& path, std::
   return "";
 }
 
-std::unique_ptr<TestNetwork> attach_lora(const std::vector<sumi_module_info>& modules,
-                                         const std::map<std::string, std::string>& config) {
+std::unique_ptr<TestNetwork> attach_network(const std::string& network, const std::vector<sumi_module_info>& modules,
+                                            const std::map<std::string, std::string>& config) {
   auto n = std::make_unique<TestNetwork>();
-  n->net = make(SUMI_KIND_NETWORK, "lora", n->registry, config, "network");
+  n->net = make(SUMI_KIND_NETWORK, network, n->registry, config, "network");
   n->selected.assign(modules.size(), 0);
   n->net->check(n->vt().attach(n->net->self(), modules.data(), static_cast<int64_t>(modules.size()), n->selected.data()),
                 "attach");

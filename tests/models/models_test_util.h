@@ -47,15 +47,20 @@ std::string load_error(const std::string& family, const std::string& path,
 // The family name of a fixture: tiny-sd1 -> sd1, tiny-sd2v -> sd2, tiny-sdxl -> sdxl.
 std::string family_of(const std::string& model);
 
-// A `lora` network plugin instance with its own registry, attached to a model's module list.
+// A network plugin instance with its own registry, attached to a model's module list.
 struct TestNetwork {
   sumi::host::Registry registry;
   std::unique_ptr<sumi::host::Component> net;
   std::vector<int32_t> selected;
   const sumi_network_vtable& vt() const { return net->vtable<sumi_network_vtable>(); }
 };
-std::unique_ptr<TestNetwork> attach_lora(const std::vector<sumi_module_info>& modules,
-                                         const std::map<std::string, std::string>& config);
+// Network component `network` ("lora", "lora_fa", ...) created with `config` and attached.
+std::unique_ptr<TestNetwork> attach_network(const std::string& network, const std::vector<sumi_module_info>& modules,
+                                            const std::map<std::string, std::string>& config);
+inline std::unique_ptr<TestNetwork> attach_lora(const std::vector<sumi_module_info>& modules,
+                                                const std::map<std::string, std::string>& config) {
+  return attach_network("lora", modules, config);
+}
 // Fill the network's parameters from a kohya LoRA file.
 void load_network_file(TestNetwork& n, const std::string& path);
 

@@ -253,3 +253,22 @@ TEST_CASE("docs/recipes.md lists every kohya flag sumi knows") {
     CHECK_MESSAGE(doc.find("| `--" + std::string(f.name) + "` |") != std::string::npos,
                   std::string(f.name));
 }
+
+TEST_CASE("a kohya flag the chosen network plugin has no parameter for names the plugin, not a missing sumi feature") {
+  static const sumi_param_spec kIa3[] = {
+      {sizeof(sumi_param_spec), "train_on_input", SUMI_PARAM_BOOL, "false", "scale the input instead of the output"},
+  };
+  PluginSchemas schemas = test_schemas();
+  schemas["network"] = to_specs(kIa3, std::size(kIa3));
+  Value root = load_recipe(data_file("kohya_equivalent.toml"));
+  apply_kohya_args(root, {"--network_module", "ia3", "--network_dim", "8"});
+  try {
+    resolve_recipe(root, schemas);
+    FAIL("expected an error");
+  } catch (const RecipeError& e) {
+    const std::string msg = e.what();
+    CHECK(msg.find("network 'ia3' has no parameter dim (--network_dim") != std::string::npos);
+    CHECK(msg.find("its parameters: train_on_input") != std::string::npos);
+    CHECK(msg.find("does not support") == std::string::npos);
+  }
+}

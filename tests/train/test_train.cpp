@@ -143,7 +143,7 @@ TEST_CASE("LoRA training on tiny-sd1: kohya keys, metadata, and a lower loss") {
   const auto& md = file->metadata();
   CHECK(md.at("ss_network_module") == "networks.lora");
   CHECK(md.at("ss_network_dim") == "4");
-  CHECK(md.at("ss_network_alpha") == "2");
+  CHECK(md.at("ss_network_alpha") == "2.0");  // the lora plugin's metadata: kohya's str(float), as its files say
   CHECK(md.at("ss_steps") == "30");
   CHECK(md.at("ss_base_model_version") == "sd_v1");
   CHECK(md.at("modelspec.architecture") == "stable-diffusion-v1/lora");

@@ -33,7 +33,8 @@ std::string network_args_json(const std::map<std::string, std::string>& params) 
 
 }  // namespace
 
-Metadata network_metadata(const TrainSettings& s, const RunFacts& run, const ModelDescription& model) {
+Metadata network_metadata(const TrainSettings& s, const RunFacts& run, const ModelDescription& model,
+                          const NetworkFacts* net) {
   const auto& loss = s.loss;
   const auto& noise = s.noise;
   Metadata m{
@@ -91,6 +92,16 @@ Metadata network_metadata(const TrainSettings& s, const RunFacts& run, const Mod
       {"ss_sd_scripts_commit_hash", "sumi 0.1.0"},
       {"ss_resolution", "(" + std::to_string(run.width) + ", " + std::to_string(run.height) + ")"},
   };
+  if (net) {
+    // A library path is not a module name.
+    const std::string& t = s.network_type;
+    if (t.find('/') != std::string::npos || fs::path(t).extension() == ".so") m["ss_network_module"] = "networks." + net->component;
+    if (net->has_metadata) {
+      m.erase("ss_network_dim");
+      m.erase("ss_network_alpha");
+      for (const auto& [k, v] : net->metadata) m[k] = v;
+    }
+  }
   if (!s.no_metadata) return m;
   // train_network.py --no_metadata: only what tools need to filter networks by base model.
   Metadata minimum;

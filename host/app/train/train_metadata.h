@@ -37,7 +37,18 @@ struct RunFacts {
 // kohya's `ss_*` keys for a network trained with `s` (train_network.py's metadata dict). With
 // `s.no_metadata` only kohya's minimum set (SS_METADATA_MINIMUM_KEYS: ss_v2,
 // ss_base_model_version, ss_network_module, ss_network_dim, ss_network_alpha, ss_network_args).
-Metadata network_metadata(const TrainSettings& s, const RunFacts& run, const ModelDescription& model);
+// What the network plugin says of itself (ABI 1.3): its component name and its metadata slot's
+// answer (ss_network_dim / ss_network_alpha / ss_network_args as it has them).
+struct NetworkFacts {
+  std::string component;
+  bool has_metadata = false;  // false for a network built before ABI 1.3
+  Metadata metadata;
+};
+// With `net`, the plugin's own values replace the LoRA-style ss_network_dim / ss_network_alpha
+// (absent when the plugin gives none), and a --network_module given as a library path is written
+// as networks.<component name>.
+Metadata network_metadata(const TrainSettings& s, const RunFacts& run, const ModelDescription& model,
+                          const NetworkFacts* net = nullptr);
 
 // What a modelspec describes (kohya's lora / textual_inversion flags; neither = a checkpoint).
 enum class ModelSpecKind { lora, textual_inversion, checkpoint };

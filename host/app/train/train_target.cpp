@@ -1,6 +1,7 @@
 #include "app/train/train_target.h"
 
 #include "app/app.h"
+#include "app/network_settings.h"
 #include "app/train/network_file.h"
 #include "app/train/settings_check.h"
 #include "core/error.h"
@@ -38,7 +39,12 @@ class NetworkTarget final : public TrainTarget {
   host::Component* network() override { return &*network_; }
   std::string state_name() const override { return s_.network_type; }
   void save(const fs::path& path, const RunFacts& run) override {
-    auto md = network_metadata(s_, run, description_);
+    NetworkFacts facts;
+    facts.component = network_->info().name;
+    const auto& nvt = network_->vtable<sumi_network_vtable>();
+    facts.has_metadata = SUMI_HAS_FIELD(&nvt, sumi_network_vtable, metadata) && nvt.metadata;
+    facts.metadata = network_metadata_of(*network_);
+    auto md = network_metadata(s_, run, description_, &facts);
     for (auto& [k, v] : modelspec_metadata(run_modelspec(s_, ModelSpecKind::lora, run.width, run.height, description_))) md[k] = v;
     save_network(path.string(), registry_, "network", s_.save_precision, md);
   }

@@ -239,6 +239,15 @@ ResolvedSection resolve_section(const Value& section, std::string_view section_n
       const Value& v = *section.find(key);
       if (!v.flag().empty()) {
         std::string where_from = v.origin() == v.flag() ? "" : v.origin() + "; ";
+        if (!plugin.empty() && !plugin_specs.empty()) {
+          // A kohya flag the chosen plugin has no parameter for (e.g. --network_dim for a network
+          // without a rank): the plugin's business, not a missing sumi feature.
+          std::string msg = name + " '" + plugin + "' has no parameter " + key + " (" + v.flag() + ", " +
+                            (where_from.empty() ? "" : where_from) + "maps to " + name + "." + key + "); its parameters:";
+          for (size_t i = 0; i < plugin_specs.size(); ++i) msg += (i ? ", " : " ") + plugin_specs[i].key;
+          errors.push_back(msg);
+          continue;
+        }
         errors.push_back("sumi does not support " + v.flag() + " yet (" + where_from +
                          "it maps to " + name + "." + key + ", which " + declarers + ")");
         continue;

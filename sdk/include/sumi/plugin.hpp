@@ -18,7 +18,9 @@
 
 #include <sumi/tensor.hpp>
 
+#include <cstdio>
 #include <cstring>
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -129,18 +131,73 @@ class NoiseScheduler {
   virtual Tensor alphas_cumprod() = 0;
 };
 
+// A weights file's tensor as probe / configure_from_weights see it (ABI 1.3): name and shape.
+struct FileTensor {
+  std::string name;
+  std::vector<int64_t> shape;
+};
+
+// A JSON object of strings, {"key": "value", ...}, keys in map order; for metadata().
+inline std::string json_object(const std::map<std::string, std::string>& m) {
+  auto quote = [](const std::string& v) {
+    std::string o = "\"";
+    for (char c : v) {
+      switch (c) {
+        case '"': o += "\\\""; break;
+        case '\\': o += "\\\\"; break;
+        case '\n': o += "\\n"; break;
+        case '\t': o += "\\t"; break;
+        case '\r': o += "\\r"; break;
+        default:
+          if (static_cast<unsigned char>(c) < 0x20) {
+            char buf[8];
+            std::snprintf(buf, sizeof buf, "\\u%04x", c);
+            o += buf;
+          } else {
+            o += c;
+          }
+      }
+    }
+    return o + "\"";
+  };
+  std::string out = "{";
+  for (const auto& [k, v] : m) out += (out.size() > 1 ? ", " : "") + quote(k) + ": " + quote(v);
+  return out + "}";
+}
+
 class Network {
  public:
   static constexpr int32_t kind = SUMI_KIND_NETWORK;
   static constexpr uint32_t api = SUMI_NETWORK_API;
   virtual ~Network() = default;
-  // Returns, per module, whether it is wrapped.
+  // Returns, per module, whether it is wrapped. The infos stay valid while the network lives;
+  // their size is the current sumi_module_info's (the host repacks older models' arrays).
   virtual std::vector<bool> attach(const std::vector<const sumi_module_info*>& modules) = 0;
   virtual Tensor forward(int64_t module_index, const Tensor& input, const Tensor& base_output) = 0;
   virtual Tensor weight_delta(int64_t module_index) = 0;
   virtual void set_multiplier(double m) = 0;
   virtual void load(const std::vector<std::string>& names, const std::vector<Tensor>& tensors) = 0;
   virtual void set_training(bool training) = 0;
+  // ABI 1.3, with defaults so a network written before needs no change:
+  // per tensor, whether load would take it (default: none, the network reads no foreign files);
+  virtual std::vector<bool> probe(const std::vector<FileTensor>& tensors, const std::string& metadata_json) {
+    (void)metadata_json;
+    return std::vector<bool>(tensors.size(), false);
+  }
+  // before attach: take ranks / coverage from a weights file (default: nothing, the network's
+  // configuration is the user's and load checks the file against it);
+  virtual void configure_from_weights(const std::vector<FileTensor>& tensors, const std::string& metadata_json) {
+    (void)tensors;
+    (void)metadata_json;
+  }
+  // the ss_* metadata the network writes when saved (default: none);
+  virtual std::map<std::string, std::string> metadata() { return {}; }
+  // the bias delta of a wrapped module at the current multiplier (default: undefined, the bias
+  // stays).
+  virtual Tensor bias_delta(int64_t module_index) {
+    (void)module_index;
+    return Tensor();
+  }
 };
 
 class Model {
@@ -314,8 +371,36 @@ struct NetworkVtable {
             self_of<Impl>(s).load(ns, tv);
           });
         },
-        [](void* s, int32_t training) { return guarded([&] { self_of<Impl>(s).set_training(training != 0); }); }};
+        [](void* s, int32_t training) { return guarded([&] { self_of<Impl>(s).set_training(training != 0); }); },
+        [](void* s, const sumi_file_tensor* ts, int64_t n, const char* meta, int32_t* understood) {
+          return guarded([&] {
+            auto got = self_of<Impl>(s).probe(file_tensors(ts, n), meta ? meta : "{}");
+            for (int64_t i = 0; i < n; ++i) understood[i] = i < static_cast<int64_t>(got.size()) && got[static_cast<size_t>(i)];
+          });
+        },
+        [](void* s, const sumi_file_tensor* ts, int64_t n, const char* meta) {
+          return guarded([&] { self_of<Impl>(s).configure_from_weights(file_tensors(ts, n), meta ? meta : "{}"); });
+        },
+        [](void* s, const char** json) {
+          return guarded([&] {
+            thread_local std::string text;
+            text = json_object(self_of<Impl>(s).metadata());
+            *json = text.c_str();
+          });
+        },
+        [](void* s, int64_t idx, sumi_tensor* out) {
+          return guarded([&] { *out = self_of<Impl>(s).bias_delta(idx).release(); });
+        }};
     return &vt;
+  }
+  static std::vector<FileTensor> file_tensors(const sumi_file_tensor* ts, int64_t n) {
+    std::vector<FileTensor> out;
+    for (int64_t i = 0; i < n; ++i) {
+      const sumi_file_tensor& t = *reinterpret_cast<const sumi_file_tensor*>(reinterpret_cast<const char*>(ts) +
+                                                                              static_cast<size_t>(i) * ts[0].struct_size);
+      out.push_back({t.name ? t.name : "", std::vector<int64_t>(t.shape, t.shape + t.ndim)});
+    }
+    return out;
   }
 };
 

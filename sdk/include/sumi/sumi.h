@@ -18,7 +18,10 @@
  *  - dtypes and devices use DLPack's codes.
  *  - "since 1.0" marks the ABI minor that introduced a field. ABI 1.1 appended the model
  *    vtable's training slots (train_part, add_token, save_token, save); ABI 1.2 its describe,
- *    probe, load_token and convert slots (the host asks the model instead of knowing families).
+ *    probe, load_token and convert slots (the host asks the model instead of knowing families);
+ *    ABI 1.3 the network contract: sumi_module_info's bias, and the network vtable's probe,
+ *    configure_from_weights, metadata and bias_delta slots (the host asks the network instead of
+ *    knowing LoRA).
  */
 #ifndef SUMI_SUMI_H
 #define SUMI_SUMI_H
@@ -31,7 +34,7 @@ extern "C" {
 #endif
 
 #define SUMI_ABI_MAJOR 1
-#define SUMI_ABI_MINOR 2
+#define SUMI_ABI_MINOR 3
 
 #if defined(_WIN32)
 #define SUMI_EXPORT __declspec(dllexport)
@@ -353,13 +356,36 @@ typedef struct sumi_module_info {
   int32_t in_transformer; /* inside a transformer block (kohya's LierLa target set) */
   int32_t reserved;
   sumi_tensor weight;    /* borrowed; the frozen base weight */
+  sumi_tensor bias;      /* borrowed; the frozen base bias, NULL when the layer has none (since 1.3) */
 } sumi_module_info;
 
-/* --- network (adapter): wraps a subset of a model's modules. */
+/* Size of sumi_module_info in ABI 1.0 - 1.2 (before bias). A model's array has the stride of
+ * its elements' struct_size; the host hands a network an array in the layout it was built for. */
+#define SUMI_MODULE_INFO_SIZE_1_2 offsetof(sumi_module_info, bias)
+
+/* One tensor of a weights file as a network's probe / configure_from_weights see it: no data,
+ * only the name (the file's key) and the shape. (since 1.3) */
+typedef struct sumi_file_tensor {
+  size_t struct_size;
+  const char* name;     /* borrowed */
+  const int64_t* shape; /* borrowed, ndim values */
+  int32_t ndim;
+  int32_t reserved;
+} sumi_file_tensor;
+
+/* --- network (adapter): wraps a subset of a model's modules.
+ * Call order (docs/abi.md): create; [probe: on any instance, also one made only to ask];
+ * [configure_from_weights: before attach]; attach (once); load (optional, after attach); set_multiplier,
+ * set_training (any time after attach); forward (run time) or weight_delta + bias_delta (merge);
+ * metadata (after attach, when saving); destroy. `module_index` is always the position in the
+ * array given to attach. */
 typedef struct sumi_network_vtable {
   size_t struct_size;
   /* Choose and set up the modules to adapt. Writes selected[i] = 1 for each wrapped module
-   * and creates its parameters through host->param_create. */
+   * and creates its parameters through host->param_create (registry names become the saved
+   * file's keys). `modules` (and the names and weights it points to) stay valid until the
+   * network is destroyed; the network may keep the borrowed weight handles but must not write
+   * to them. */
   sumi_status (*attach)(void* self, const sumi_module_info* modules, int64_t n_modules,
                         int32_t* selected);
   /* Runtime application: given a wrapped module's input and the frozen layer's output, write
@@ -367,7 +393,8 @@ typedef struct sumi_network_vtable {
   sumi_status (*forward)(void* self, int64_t module_index, sumi_tensor input,
                          sumi_tensor base_output, sumi_tensor* out);
   /* Merge: the weight delta for a wrapped module at the current multiplier (new reference,
-   * same shape as the base weight). */
+   * same shape as the base weight, any floating dtype, on the base weight's device). The host
+   * adds it to the weight (in float32, rounded once); the network's own tensors are unchanged. */
   sumi_status (*weight_delta)(void* self, int64_t module_index, sumi_tensor* out);
   sumi_status (*set_multiplier)(void* self, double multiplier);
   /* Fill parameters from a file's tensors (names as the network's file format has them). */
@@ -375,7 +402,34 @@ typedef struct sumi_network_vtable {
                       int64_t n);
   /* Training mode toggles dropout-style behaviour. */
   sumi_status (*set_training)(void* self, int32_t training);
+  /* --- since 1.3 --- */
+  /* Can this network read a weights file? Given the file's tensors (names and shapes) and its
+   * metadata as a JSON object of strings ("{}" when it has none), writes understood[i] = 1 for
+   * every tensor the network's load would take. The host picks, for a file given without
+   * --network_module, a network that understands every tensor. Needs no attach; must not
+   * create parameters. */
+  sumi_status (*probe)(void* self, const sumi_file_tensor* tensors, int64_t n,
+                       const char* metadata_json, int32_t* understood);
+  /* Before attach, on the instance that will attach and load the file: take from a weights
+   * file what kohya's create_network_from_weights takes (each module's rank, which modules it
+   * covers: U-Net only, text encoder only, 3x3 convolutions, per-module ranks as resize_lora
+   * writes them), replacing the configuration's values for those. attach then wraps exactly
+   * the file's modules. Refuses a file the network cannot read, naming the tensor. */
+  sumi_status (*configure_from_weights)(void* self, const sumi_file_tensor* tensors, int64_t n,
+                                        const char* metadata_json);
+  /* The metadata the network writes into a saved file, as a JSON object of strings: kohya's
+   * ss_network_dim / ss_network_alpha for networks that have them ("{}" for none; the host
+   * writes no LoRA values for a network that gives none). An "ss_network_args" entry replaces
+   * the host's (the user's --network_args). Borrowed until the next call; after attach. */
+  sumi_status (*metadata)(void* self, const char** json);
+  /* Merge, for networks that change a layer's bias (output scaling): the bias delta of a wrapped
+   * module at the current multiplier (new reference, the bias's shape), or *out = NULL when the
+   * network leaves the bias alone. The host adds it to sumi_module_info.bias. */
+  sumi_status (*bias_delta)(void* self, int64_t module_index, sumi_tensor* out);
 } sumi_network_vtable;
+
+/* Size of the network vtable of ABI 1.0 - 1.2 (before probe): the least a network provides. */
+#define SUMI_NETWORK_VTABLE_SIZE_1_2 offsetof(sumi_network_vtable, probe)
 
 /* --- model family (normally native tier). */
 typedef struct sumi_model_vtable {

@@ -5,7 +5,7 @@
 // always qualify; children of ResnetBlock2D / Downsample2D / Upsample2D only when conv_dim or
 // conv_block_dims is given. The model marks the first set with in_transformer; the second set
 // is recognised from the kohya name, since sumi_module_info carries no parent-class field.
-#include "targets.h"
+#include <sumi/targets.hpp>
 
 #include <sumi/tensor.hpp>
 
@@ -13,13 +13,13 @@
 #include <regex>
 #include <set>
 
-namespace sumi::lora {
+namespace sumi::targets {
 
 namespace {
 
 bool starts_with(const std::string& s, const char* p) { return s.rfind(p, 0) == 0; }
 
-[[noreturn]] void invalid(const std::string& msg) { throw Error(SUMI_ERR_INVALID_ARGUMENT, "lora: " + msg); }
+[[noreturn]] void invalid(const Settings& s, const std::string& msg) { throw Error(SUMI_ERR_INVALID_ARGUMENT, s.network + ": " + msg); }
 
 // A child of ResnetBlock2D / Downsample2D / Upsample2D, judged by its kohya name.
 bool in_resnet_or_sampler(const std::string& name, bool sgm) {
@@ -61,7 +61,7 @@ Blocks resolve_blocks(const Settings& s, bool sgm) {
                            : "an SD1/SD2 U-Net (12 down + 1 mid + 12 up)";
   auto check_len = [&](size_t got, const char* key) {
     if (got != n)
-      invalid(std::string(key) + " has " + std::to_string(got) + " values but " + family + " needs " +
+      invalid(s, std::string(key) + " has " + std::to_string(got) + " values but " + family + " needs " +
               std::to_string(n) + ", one per block in kohya's numbering");
   };
   Blocks b;
@@ -79,9 +79,9 @@ Blocks resolve_blocks(const Settings& s, bool sgm) {
     b.conv_alphas.assign(n, s.conv_alpha);
   }
   for (auto d : b.dims)
-    if (d < 0) invalid("block_dims has a negative rank (" + join(b.dims) + "); use 0 to leave a block out");
+    if (d < 0) invalid(s, "block_dims has a negative rank (" + join(b.dims) + "); use 0 to leave a block out");
   for (auto d : b.conv_dims)
-    if (d < 0) invalid("conv_block_dims has a negative rank (" + join(b.conv_dims) + "); use 0 to leave a block out");
+    if (d < 0) invalid(s, "conv_block_dims has a negative rank (" + join(b.conv_dims) + "); use 0 to leave a block out");
   return b;
 }
 
@@ -127,17 +127,18 @@ bool uses_sgm_names(const std::vector<const sumi_module_info*>& modules) {
 
 std::vector<Target> choose_targets(const std::vector<const sumi_module_info*>& modules, const Settings& s) {
   const bool sgm = uses_sgm_names(modules);
-  const bool block_mode = !s.block_dims.empty();
+  const bool block_mode = !s.block_dims.empty() && s.module_dims.empty();
   Blocks blocks;
   if (block_mode) blocks = resolve_blocks(s, sgm);
   // kohya adds the ResNet/sampler containers whenever a conv rank is configured at all.
-  const bool conv_containers = s.conv_dim >= 0 || !blocks.conv_dims.empty();
+  const bool from_file = !s.module_dims.empty();
+  const bool conv_containers = s.conv_dim >= 0 || !blocks.conv_dims.empty() || from_file;
 
   std::vector<Target> out;
   std::set<std::string> seen;
   for (size_t i = 0; i < modules.size(); ++i) {
     const sumi_module_info& m = *modules[i];
-    if (!m.name || !*m.name) invalid("module " + std::to_string(i) + " of the model has no name");
+    if (!m.name || !*m.name) invalid(s, "module " + std::to_string(i) + " of the model has no name");
     const std::string name = m.name;
     const bool unet = m.role == SUMI_ROLE_UNET;
     if (unet ? !s.unet : !s.text_encoder) continue;
@@ -148,10 +149,15 @@ std::vector<Target> choose_targets(const std::vector<const sumi_module_info*>& m
     const bool linear_like = m.kind == SUMI_MODULE_LINEAR || (m.kernel[0] == 1 && m.kernel[1] == 1);
     int64_t dim = 0;
     double alpha = 0;
-    if (unet && block_mode) {
+    if (from_file) {
+      auto it = s.module_dims.find(name);
+      if (it == s.module_dims.end()) continue;
+      dim = it->second;
+      alpha = static_cast<double>(dim);  // the file's alpha comes with its tensors (load)
+    } else if (unet && block_mode) {
       const int b = block_index(name, sgm);
       if (b < 0 || b >= static_cast<int>(blocks.dims.size()))
-        invalid("block_dims: module '" + name + "' belongs to no block of kohya's numbering (" +
+        invalid(s, "block_dims: module '" + name + "' belongs to no block of kohya's numbering (" +
                 (sgm ? "SGM" : "diffusers") + " names); block_dims needs the model's standard module names");
       if (linear_like) {
         dim = blocks.dims[static_cast<size_t>(b)];
@@ -168,7 +174,7 @@ std::vector<Target> choose_targets(const std::vector<const sumi_module_info*>& m
       alpha = s.conv_alpha;
     }
     if (dim <= 0) continue;  // kohya skips rank 0
-    if (!seen.insert(name).second) invalid("the model lists module '" + name + "' twice; kohya names must be unique");
+    if (!seen.insert(name).second) invalid(s, "the model lists module '" + name + "' twice; kohya names must be unique");
     out.push_back({i, dim, alpha == 0 ? static_cast<double>(dim) : alpha});
   }
   std::stable_sort(out.begin(), out.end(), [&](const Target& a, const Target& b) {
@@ -177,4 +183,52 @@ std::vector<Target> choose_targets(const std::vector<const sumi_module_info*>& m
   return out;
 }
 
-}  // namespace sumi::lora
+std::string lora_key_module(const std::string& key, std::string* part) {
+  for (const char* suffix : {".lora_down.weight", ".lora_up.weight", ".alpha"}) {
+    const std::string sfx = suffix;
+    if (key.size() > sfx.size() && key.compare(key.size() - sfx.size(), sfx.size(), sfx) == 0) {
+      if (part) *part = sfx;
+      return key.substr(0, key.size() - sfx.size());
+    }
+  }
+  return "";
+}
+
+bool is_lora_tensor(const std::string& key, const std::vector<int64_t>& shape) {
+  std::string part;
+  if (lora_key_module(key, &part).empty()) return false;
+  if (part == ".alpha") {
+    int64_t n = 1;
+    for (auto d : shape) n *= d;
+    return n == 1;
+  }
+  if (shape.size() != 2 && shape.size() != 4) return false;
+  if (part == ".lora_up.weight" && shape.size() == 4) return shape[2] == 1 && shape[3] == 1;
+  return true;
+}
+
+std::map<std::string, int64_t> lora_file_ranks(const std::vector<std::string>& names, const std::vector<std::vector<int64_t>>& shapes,
+                                               const std::string& network) {
+  std::map<std::string, int64_t> out;
+  for (size_t i = 0; i < names.size(); ++i) {
+    const std::vector<int64_t> none;
+    const auto& shape = i < shapes.size() ? shapes[i] : none;
+    if (!is_lora_tensor(names[i], shape))
+      throw Error(SUMI_ERR_INVALID_ARGUMENT, network + ": the file's tensor '" + names[i] +
+                                                 "' is not a kohya LoRA tensor (expected <module>.lora_down.weight, "
+                                                 "<module>.lora_up.weight or <module>.alpha); is this a LoRA of another kind?");
+    std::string part;
+    const std::string mod = lora_key_module(names[i], &part);
+    if (part == ".lora_down.weight") out[mod] = shape[0];
+  }
+  for (size_t i = 0; i < names.size(); ++i) {
+    std::string part;
+    const std::string mod = lora_key_module(names[i], &part);
+    if (part == ".lora_up.weight" && !out.count(mod))
+      throw Error(SUMI_ERR_INVALID_ARGUMENT, network + ": the file has '" + names[i] + "' but no " + mod + ".lora_down.weight");
+  }
+  if (out.empty()) throw Error(SUMI_ERR_INVALID_ARGUMENT, network + ": the file has no lora_down weights; it is not a kohya LoRA file");
+  return out;
+}
+
+}  // namespace sumi::targets
