@@ -58,6 +58,7 @@ struct Module {
   Tensor oft_blocks, alpha;
   Tensor eye;              // [B, n, n] identities, float32, on the parameters' device
   double constraint = 0;   // alpha * out
+  mutable Tensor cached;   // R for inference (no grad, not training), until something changes
 };
 
 class OftNetwork : public sumi::Network {
@@ -121,7 +122,15 @@ class OftNetwork : public sumi::Network {
     (void)input;
     const Module& m = module(index);
     if (multiplier_ == 0.0) return base;
-    Tensor r = rotation(m);
+    // Generation calls every layer once per step with the same R; kohya recomputes it (an
+    // inverse per block) each time, which costs more than the layer itself on small latents.
+    Tensor r;
+    if (!training_ && !sumi::api().grad_mode_enabled()) {
+      if (!m.cached.defined()) m.cached = rotation(m);
+      r = m.cached;
+    } else {
+      r = rotation(m);
+    }
     if (r.dtype() != base.dtype()) r = ops::to(r, base.dtype());
     if (base.dim() == 4) {
       Tensor y = ops::matmul(ops::permute(base, {0, 2, 3, 1}), r);
@@ -143,7 +152,10 @@ class OftNetwork : public sumi::Network {
     return ops::reshape(merged - w2, shape);
   }
 
-  void set_multiplier(double mult) override { multiplier_ = mult; }
+  void set_multiplier(double mult) override {
+    multiplier_ = mult;
+    drop_cache();
+  }
 
   void load(const std::vector<std::string>& names, const std::vector<Tensor>& tensors) override {
     if (modules_.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "load before attach: the network does not know its modules yet");
@@ -171,6 +183,7 @@ class OftNetwork : public sumi::Network {
                                    " wrapped modules (first: '" + missing.front() + "'); " + hint);
 
     NoGradGuard no_grad;
+    drop_cache();
     for (const auto& [mod, fm] : file.modules) {
       Module& m = modules_[by_name_.at(mod)];
       ops::copy_(m.oft_blocks, fm.blocks);
@@ -181,9 +194,17 @@ class OftNetwork : public sumi::Network {
     }
   }
 
-  void set_training(bool training) override { (void)training; }  // OFT has no dropout
+  // OFT has no dropout; the flag only decides whether R may be cached (parameters change while training).
+  void set_training(bool training) override {
+    training_ = training;
+    drop_cache();
+  }
 
  private:
+  void drop_cache() {
+    for (Module& m : modules_) m.cached = Tensor();
+  }
+
   // R = block_diag(m R_b + (1 - m) I), float32, [out, out].
   Tensor rotation(const Module& m) const {
     static const Op clamp_max("aten::clamp_max", "");
@@ -210,6 +231,7 @@ class OftNetwork : public sumi::Network {
   sumi::Context ctx_;
   Settings s_;
   double multiplier_ = 1.0;
+  bool training_ = true;  // until the host says otherwise, never cache
   std::vector<Module> modules_;
   std::vector<int64_t> slot_;  // model module index -> modules_ index, -1 when not wrapped
   std::map<std::string, size_t> by_name_;

@@ -65,6 +65,8 @@ TEST_CASE("oft: kohya's files at run time and merged give sd-scripts' goldens") 
     auto m = load_model(family_of(c.model), model_file(c.model));
     auto n = attach_network("oft", m->modules(), with(kOft, c.args));
     load_file(*n, net_fixture(c.kase + ".safetensors"));
+    // As generation does: inference mode, where R is computed once per multiplier.
+    n->net->check(n->vt().set_training(n->net->self(), 0), "set_training");
     apply(*m, n.get());
     for (const char* mul : {"1.0", "0.5"}) {
       CAPTURE(mul);
