@@ -188,6 +188,14 @@ TEST_CASE("lycoris: a fresh LoHa / LoKr on tiny-sd1 has kohya's LoRA modules wit
   }
 }
 
+TEST_CASE("lycoris: on tiny-sdxl the modules are kohya's LoRA set with both text encoders (lora_te1_, lora_te2_)") {
+  auto m = load_model("sdxl", fixture("tiny-sdxl.safetensors"));
+  const auto mods = m->modules();
+  CHECK(registry_keys(*attach_network("loha", mods, {{"dim", "4"}})) == expected_keys(fixture("tiny-sdxl.lora_keys.lierla.txt"), false, 4, 0));
+  CHECK(registry_keys(*attach_network("lokr", mods, {{"dim", "4"}, {"conv_dim", "2"}})) ==
+        expected_keys(fixture("tiny-sdxl.lora_keys.c3lier.txt"), true, 4, 2));
+}
+
 TEST_CASE("lycoris: LoKr splits dimensions by LyCORIS's factorization and chooses full or low-rank factors as it does") {
   // Splits as LyCORIS's code computes them. Its docstring's table says 360 -> (8, 45) at -1 and
   // (12, 30) at 16, but the code gives (18, 20) and (15, 24); files follow the code.
@@ -317,7 +325,7 @@ TEST_CASE("lycoris: on tiny-sd1, merged equals run time and a saved file reloads
       if (k.find(".alpha") == std::string::npos) t.copy_(at::randn(t.sizes()) * 0.3);
       saved.emplace_back(k, t.clone());
     }
-    const std::string path = "lycoris_" + std::string(algo) + "_roundtrip.safetensors";
+    const std::string path = scratch("lycoris_" + std::string(algo) + "_roundtrip.safetensors");
     sumi::io::save_tensors(path, saved);
     const at::Tensor base_te = m->encode_text(prompts).first;
     const at::Tensor base_unet = unet_out(*m, kase, 500);
