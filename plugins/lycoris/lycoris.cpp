@@ -129,6 +129,7 @@ struct Module {
   // parameters by file suffix ("hada_w1_a", "lokr_w2", ...), and the alpha buffer
   std::map<std::string, Tensor> p;
   Tensor alpha;
+  mutable Tensor cached;  // m * dW for inference (no grad, set_training(false)), until something changes
 };
 
 // W[p, q, ...] = sum_ab t[a, b, ...] wa[a, p] wb[b, q]  (LyCORIS's rebuild_tucker)
@@ -225,6 +226,9 @@ class LycorisNetwork : public sumi::Network {
   Tensor forward(int64_t index, const Tensor& input, const Tensor& base) override {
     const Module& m = module(index);
     if (training_ && module_dropout_ > 0 && uniform01() < module_dropout_) return base;
+    // Generation calls every layer once per step with the same dW; LyCORIS rebuilds it each time.
+    const bool cache = cache_ok_ && !sumi::api().grad_mode_enabled();
+    if (cache && m.cached.defined()) return apply(m, m.cached, input, base);
     Tensor dw = delta(m);
     if (training_ && rank_dropout_ > 0) {
       static const Op rand("aten::rand", "");
@@ -235,17 +239,24 @@ class LycorisNetwork : public sumi::Network {
       dw = dw * ops::reshape(keep, view);
     }
     dw = dw * multiplier_;
-    Tensor x = input.dtype() == dw.dtype() ? input : ops::to(input, dw.dtype());
-    Tensor y = m.conv ? ops::conv2d(x, dw, Tensor(), m.stride, m.padding) : ops::linear(x, dw);
-    if (y.dtype() != base.dtype()) y = ops::to(y, base.dtype());
-    return base + y;
+    if (cache) m.cached = dw;
+    return apply(m, dw, input, base);
   }
 
   Tensor weight_delta(int64_t index) override { return delta(module(index)) * multiplier_; }
 
-  void set_multiplier(double mult) override { multiplier_ = mult; }
+  void set_multiplier(double mult) override {
+    multiplier_ = mult;
+    drop_cache();
+  }
 
-  void set_training(bool training) override { training_ = training; }
+  // Also decides whether dW may be cached: only after the host said "not training" (the
+  // parameters do not change until it says otherwise or loads a file).
+  void set_training(bool training) override {
+    training_ = training;
+    cache_ok_ = !training;
+    drop_cache();
+  }
 
   void load(const std::vector<std::string>& names, const std::vector<Tensor>& tensors) override {
     if (modules_.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "load before attach: the network does not know its modules yet");
@@ -302,6 +313,7 @@ class LycorisNetwork : public sumi::Network {
       fail(SUMI_ERR_NOT_FOUND, "the file has no weights for " + std::to_string(missing.size()) + " of the " + std::to_string(modules_.size()) +
                                    " wrapped modules (first: '" + missing.front() + "'); " + coverage_hint(file));
 
+    drop_cache();
     NoGradGuard no_grad;
     for (const auto& [mod, parts] : file) {
       Module& m = modules_[by_name_.at(mod)];
@@ -317,6 +329,17 @@ class LycorisNetwork : public sumi::Network {
   }
 
  private:
+  static Tensor apply(const Module& m, const Tensor& dw, const Tensor& input, const Tensor& base) {
+    Tensor x = input.dtype() == dw.dtype() ? input : ops::to(input, dw.dtype());
+    Tensor y = m.conv ? ops::conv2d(x, dw, Tensor(), m.stride, m.padding) : ops::linear(x, dw);
+    if (y.dtype() != base.dtype()) y = ops::to(y, base.dtype());
+    return base + y;
+  }
+
+  void drop_cache() {
+    for (Module& m : modules_) m.cached = Tensor();
+  }
+
   const char* algo_name() const { return algo_ == Algo::loha ? "LoHa" : "LoKr"; }
 
   std::string layout_hint() const {
@@ -442,7 +465,7 @@ class LycorisNetwork : public sumi::Network {
   bool decompose_both_ = false, use_tucker_ = false, rank_dropout_scale_ = false;
   double rank_dropout_ = 0, module_dropout_ = 0;
   double multiplier_ = 1.0;
-  bool training_ = false;
+  bool training_ = false, cache_ok_ = false;
   std::vector<Module> modules_;
   std::vector<int64_t> slot_;
   std::map<std::string, size_t> by_name_;

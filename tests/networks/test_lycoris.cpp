@@ -352,6 +352,13 @@ TEST_CASE("lycoris: on tiny-sd1, merged equals run time and a saved file reloads
     apply(*ml, nl.get());
     CHECK(at::equal(ml->encode_text(prompts).first, te));
     CHECK(at::equal(unet_out(*ml, kase, 500), unet));
+    // Not training, grad off: dW is cached per multiplier and dropped when it changes.
+    nl->net->check(nl->vt().set_training(nl->net->self(), 0), "set_training");
+    for (int rep = 0; rep < 2; ++rep) CHECK(at::equal(unet_out(*ml, kase, 500), unet));
+    set_multiplier(*nl, 0.0);
+    CHECK(rel_err(unet_out(*ml, kase, 500), base_unet) < 1e-6);
+    set_multiplier(*nl, 0.8);
+    CHECK(at::equal(unet_out(*ml, kase, 500), unet));
     std::remove(path.c_str());
   }
 }
