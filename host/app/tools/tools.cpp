@@ -16,6 +16,7 @@ const Tool kTools[] = {
     {"svd_merge_lora", cmd_svd_merge_lora},
     {"merge_models", cmd_merge_models},
     {"extract_lora_from_models", cmd_extract_lora_from_models},
+    {"extract_lora_from_dylora", cmd_extract_lora_from_dylora},
 };
 }  // namespace
 
@@ -36,6 +37,7 @@ const char* tools_usage() {
          "  merge_lora / sdxl_merge_lora       LoRAs into a checkpoint (--sd_model) or into one LoRA\n"
          "  svd_merge_lora --models --ratios --new_rank   LoRAs into one LoRA of a new rank by SVD\n"
          "  extract_lora_from_models --model_org --model_tuned   a LoRA from two checkpoints\n"
+         "  extract_lora_from_dylora --model --save_to --unit   LoRAs of ranks unit, 2*unit, ... from a DyLoRA\n"
          "  merge_models --models --ratios --output   a weighted sum of checkpoints\n";
 }
 

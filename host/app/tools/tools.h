@@ -15,6 +15,7 @@ int cmd_sdxl_merge_lora(const std::vector<std::string>& args);
 int cmd_svd_merge_lora(const std::vector<std::string>& args);
 int cmd_merge_models(const std::vector<std::string>& args);
 int cmd_extract_lora_from_models(const std::vector<std::string>& args);
+int cmd_extract_lora_from_dylora(const std::vector<std::string>& args);
 
 // Runs `command` if it is a tool: sets `rc` and returns true; false for any other name.
 bool run_tool(const std::string& command, const std::vector<std::string>& args, int& rc);
