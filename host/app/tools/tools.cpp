@@ -16,6 +16,9 @@ const Tool kTools[] = {
     {"svd_merge_lora", cmd_svd_merge_lora},
     {"merge_models", cmd_merge_models},
     {"extract_lora_from_models", cmd_extract_lora_from_models},
+    {"merge_captions_to_metadata", cmd_merge_captions_to_metadata},
+    {"merge_dd_tags_to_metadata", cmd_merge_dd_tags_to_metadata},
+    {"clean_captions_and_tags", cmd_clean_captions_and_tags},
 };
 }  // namespace
 
@@ -36,7 +39,9 @@ const char* tools_usage() {
          "  merge_lora / sdxl_merge_lora       LoRAs into a checkpoint (--sd_model) or into one LoRA\n"
          "  svd_merge_lora --models --ratios --new_rank   LoRAs into one LoRA of a new rank by SVD\n"
          "  extract_lora_from_models --model_org --model_tuned   a LoRA from two checkpoints\n"
-         "  merge_models --models --ratios --output   a weighted sum of checkpoints\n";
+         "  merge_models --models --ratios --output   a weighted sum of checkpoints\n"
+         "  merge_captions_to_metadata / merge_dd_tags_to_metadata DIR OUT_JSON   caption / tag files into metadata\n"
+         "  clean_captions_and_tags IN_JSON OUT_JSON   kohya's caption and tag clean-up of a metadata file\n";
 }
 
 }  // namespace sumi::app::tools

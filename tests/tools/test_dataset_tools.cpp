@@ -1,0 +1,250 @@
+// kohya's dataset preparation scripts as sumi commands (merge_captions_to_metadata, ...):
+// the files they write, byte for byte where kohya's output is fixed (metadata JSON as
+// json.dumps(indent=2) writes it), run in-process on small folders the tests make.
+#include <doctest/doctest.h>
+
+#include "app/tools/caption_cleaning.h"
+#include "app/tools/dataset_files.h"
+#include "app/tools/tools.h"
+#include "core/error.h"
+
+#include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
+
+namespace fs = std::filesystem;
+
+namespace {
+
+// A fresh, empty scratch folder for one test.
+fs::path workdir(const std::string& name) {
+  const fs::path dir = fs::path(SUMI_BUILD_DIR) / "tests" / "tools" / "dataset_work" / name;
+  fs::remove_all(dir);
+  fs::create_directories(dir);
+  return dir;
+}
+
+void write(const fs::path& p, const std::string& text) {
+  fs::create_directories(p.parent_path());
+  std::ofstream f(p, std::ios::binary);
+  f << text;
+}
+
+std::string read(const fs::path& p) {
+  std::ifstream f(p, std::ios::binary);
+  return std::string((std::istreambuf_iterator<char>(f)), std::istreambuf_iterator<char>());
+}
+
+// Runs `sumi <tool> args...` in-process; returns its stdout.
+std::string run(const std::string& tool, const std::vector<std::string>& args) {
+  std::ostringstream out;
+  auto* old = std::cout.rdbuf(out.rdbuf());
+  int rc = -1;
+  bool found = false;
+  try {
+    found = sumi::app::tools::run_tool(tool, args, rc);
+  } catch (...) {
+    std::cout.rdbuf(old);
+    throw;
+  }
+  std::cout.rdbuf(old);
+  REQUIRE(found);
+  REQUIRE(rc == 0);
+  return out.str();
+}
+
+// The message of the UserError `sumi <tool> args...` throws ("" if none).
+std::string error_of(const std::string& tool, const std::vector<std::string>& args) {
+  std::ostringstream out;
+  auto* old = std::cout.rdbuf(out.rdbuf());
+  std::string msg;
+  try {
+    int rc = 0;
+    sumi::app::tools::run_tool(tool, args, rc);
+  } catch (const sumi::host::UserError& e) {
+    msg = e.what();
+  }
+  std::cout.rdbuf(old);
+  return msg;
+}
+
+bool has(const std::string& text, const std::string& part) { return text.find(part) != std::string::npos; }
+
+// Empty files are enough for the metadata tools: they only list the images.
+void touch(const fs::path& p) { write(p, ""); }
+
+}  // namespace
+
+TEST_CASE("merge_captions_to_metadata: stems as keys, whole stripped caption files, kohya's JSON layout") {
+  const fs::path d = workdir("merge_captions");
+  touch(d / "img" / "b.png");
+  touch(d / "img" / "a.jpg");
+  touch(d / "img" / "c.Png");  // not one of kohya's extensions (glob is case-sensitive)
+  touch(d / "img" / "notes.txt");
+  write(d / "img" / "a.caption", "  a photo of a cat\r\nsecond line\n\n");
+  write(d / "img" / "b.caption", "caf\xc3\xa9 \xe3\x80\x80\"quoted\"\x7f\xe3\x80\x80");  // é, U+3000 stripped as str.strip
+  const std::string out = (d / "meta.json").string();
+  const std::string log = run("merge_captions_to_metadata", {(d / "img").string(), out, "--debug"});
+  CHECK(read(out) ==
+        "{\n"
+        "  \"a\": {\n"
+        "    \"caption\": \"a photo of a cat\\nsecond line\"\n"
+        "  },\n"
+        "  \"b\": {\n"
+        "    \"caption\": \"caf\\u00e9 \\u3000\\\"quoted\\\"\\u007f\"\n"
+        "  }\n"
+        "}");
+  CHECK(has(log, "found 2 images."));
+  CHECK(has(log, "new metadata will be created"));
+  CHECK(has(log, "a a photo of a cat\nsecond line\n"));  // --debug: key and caption
+
+  SUBCASE("out_json that exists is updated in place, other keys and order kept") {
+    write(out, "{\"z\": {\"tags\": \"x\", \"train_resolution\": [512, 768]}, \"b\": {\"tags\": \"t\", \"caption\": \"old\"}}");
+    const std::string log2 = run("merge_captions_to_metadata", {(d / "img").string(), out});
+    CHECK(has(log2, "loading existing metadata: " + out));
+    CHECK(read(out) ==
+          "{\n"
+          "  \"z\": {\n"
+          "    \"tags\": \"x\",\n"
+          "    \"train_resolution\": [\n"
+          "      512,\n"
+          "      768\n"
+          "    ]\n"
+          "  },\n"
+          "  \"b\": {\n"
+          "    \"tags\": \"t\",\n"
+          "    \"caption\": \"caf\\u00e9 \\u3000\\\"quoted\\\"\\u007f\"\n"
+          "  },\n"
+          "  \"a\": {\n"
+          "    \"caption\": \"a photo of a cat\\nsecond line\"\n"
+          "  }\n"
+          "}");
+  }
+  SUBCASE("--in_json is read, out_json written, the input untouched") {
+    const std::string in = (d / "in.json").string();
+    write(in, "{\"a\": {\"tags\": \"1girl\"}}");
+    const std::string out2 = (d / "out2.json").string();
+    run("merge_captions_to_metadata", {(d / "img").string(), out2, "--in_json", in, "--caption_extention", ".caption"});
+    CHECK(read(in) == "{\"a\": {\"tags\": \"1girl\"}}");
+    CHECK(read(out2) ==
+          "{\n  \"a\": {\n    \"tags\": \"1girl\",\n    \"caption\": \"a photo of a cat\\nsecond line\"\n  },\n"
+          "  \"b\": {\n    \"caption\": \"caf\\u00e9 \\u3000\\\"quoted\\\"\\u007f\"\n  }\n}");
+  }
+}
+
+TEST_CASE("merge_dd_tags_to_metadata: --recursive --full_path keys are str(Path), sorted part by part") {
+  const fs::path d = workdir("merge_tags");
+  const std::string root = (d / "data").string();
+  touch(d / "data" / "x.png");
+  touch(d / "data" / "a" / "y.webp");
+  touch(d / "data" / "a-b.jpg");
+  write(d / "data" / "x.txt", "1girl, solo\n");
+  write(d / "data" / "a" / "y.txt", "cat");
+  write(d / "data" / "a-b.txt", "dog");
+  write(d / "data" / "a-b.tags", "other");
+  write(d / "data" / "x.tags", "xt");
+  const std::string out = (d / "tags.json").string();
+  run("merge_dd_tags_to_metadata", {root + "//", out, "--full_path", "--recursive"});
+  // Path("<root>//") is "<root>"; Python sorts ("a", "y.webp") before ("a-b.jpg",).
+  CHECK(read(out) == "{\n  \"" + root + "/a/y.webp\": {\n    \"tags\": \"cat\"\n  },\n  \"" + root +
+                         "/a-b.jpg\": {\n    \"tags\": \"dog\"\n  },\n  \"" + root + "/x.png\": {\n    \"tags\": \"1girl, solo\"\n  }\n}");
+  // Without --recursive only the top folder; --caption_extension picks the tag files.
+  const std::string out2 = (d / "tags2.json").string();
+  run("merge_dd_tags_to_metadata", {root, out2, "--caption_extension", ".tags", "--full_path"});
+  CHECK(read(out2) == "{\n  \"" + root + "/a-b.jpg\": {\n    \"tags\": \"other\"\n  },\n  \"" + root +
+                          "/x.png\": {\n    \"tags\": \"xt\"\n  }\n}");
+}
+
+TEST_CASE("merge tools: bad input is refused naming the file or flag") {
+  const fs::path d = workdir("merge_errors");
+  touch(d / "img" / "a.png");
+  const std::string out = (d / "m.json").string();
+  std::string e = error_of("merge_captions_to_metadata", {(d / "img").string(), out});
+  CHECK(has(e, (d / "img" / "a.caption").string()));
+  CHECK(has(e, "caption file of"));
+  CHECK(!fs::exists(out));
+  e = error_of("merge_dd_tags_to_metadata", {(d / "img").string(), out, "--recursive"});
+  CHECK(has(e, "--recursive needs --full_path"));
+  e = error_of("merge_dd_tags_to_metadata", {(d / "img").string(), out, "--caption_extension", "txt"});
+  CHECK(has(e, "--caption_extension 'txt'"));
+  e = error_of("merge_dd_tags_to_metadata", {(d / "nope").string(), out});
+  CHECK(has(e, "train_data_dir"));
+  CHECK(has(e, "is not a folder"));
+  write(d / "img" / "a.txt", "\xff\xfe tags");
+  e = error_of("merge_dd_tags_to_metadata", {(d / "img").string(), out});
+  CHECK(has(e, "is not UTF-8"));
+  write(d / "img" / "a.txt", "tags");
+  write(out, "[1, 2]");
+  e = error_of("merge_dd_tags_to_metadata", {(d / "img").string(), out});
+  CHECK(has(e, "out_json '" + out + "' is not kohya's metadata"));
+  e = error_of("merge_dd_tags_to_metadata", {(d / "img").string(), out, "--in_json", (d / "missing.json").string()});
+  CHECK(has(e, "--in_json"));
+  CHECK(has(e, "missing.json"));
+  e = error_of("merge_dd_tags_to_metadata", {(d / "img").string(), out, "--tag_extension", ".txt"});
+  CHECK(has(e, "unknown option '--tag_extension'"));
+}
+
+TEST_CASE("clean_tags: kohya's rules") {
+  using sumi::app::tools::clean_tags;
+  // Underscores, but not in ^_^.
+  CHECK(clean_tags("long_hair, ^_^, smile").tags == "long hair, ^_^, smile");
+  // DeepDanbooru rating tail cut.
+  CHECK(clean_tags("1girl, solo, rating:safe").tags == "1girl, solo");
+  auto r = clean_tags("1girl, rating:safe, rating:questionable");
+  CHECK(r.tags == "1girl");
+  CHECK(r.multiple_ratings);
+  CHECK(r.rating_report == "1girl, rating:safe, rating:questionable");
+  // Single word dropped when a longer tag ends with it.
+  CHECK(clean_tags("shirt, white shirt, skirt").tags == "white shirt, skirt");
+  CHECK(clean_tags("hair ornament, red hair ornament, hat").tags == "red hair ornament, hat");
+  CHECK(clean_tags("shirt, skirt").tags == "shirt, skirt");
+  // One person: colour tags stay even when several.
+  CHECK(clean_tags("1girl, blonde hair, blue hair, blue eyes, red eyes").tags == "1girl, blonde hair, blue hair, blue eyes, red eyes");
+  // Several people: two eye colours / hair colours go; the single hair length stays.
+  CHECK(clean_tags("2girls, long hair, blonde hair, black hair, blue eyes, red eyes, smile").tags == "2girls, long hair, smile");
+  // Two hair lengths both go; one hair style alone stays; two styles go.
+  CHECK(clean_tags("2girls, long hair, short hair, ponytail, smile").tags == "2girls, ponytail, smile");
+  CHECK(clean_tags("multiple boys, twintails, hair bun, sidelocks").tags == "multiple boys");
+  CHECK(clean_tags("2girls, long sleeves, sleeveless").tags == "2girls");
+  // A single hair colour with several people stays.
+  CHECK(clean_tags("2girls, pink hair, long hair").tags == "2girls, pink hair, long hair");
+  // \w is Unicode: "é" is a word character.
+  CHECK(clean_tags("2girls, bleu_clair hair, rouge hair").tags == "2girls, bleu clair hair, rouge hair");
+  CHECK(clean_tags("2girls, d\xc3\xa9j\xc3\xa0 hair, rouge hair").tags == "2girls");
+  CHECK(clean_tags("").tags == "");
+}
+
+TEST_CASE("clean_caption: kohya's replacement list, each until stable") {
+  using sumi::app::tools::clean_caption;
+  CHECK(clean_caption("an anime anime girl with a young woman") == "an girl with a girl");
+  CHECK(clean_caption("a cartoon drawing of cartoon women and people") == "a drawing of girls and girls");
+  CHECK(clean_caption("a lady and a person") == "a girl and a girl");
+  CHECK(clean_caption("girl girl girl") == "girl");
+}
+
+TEST_CASE("clean_captions_and_tags: the metadata file cleaned, missing fields reported") {
+  const fs::path d = workdir("clean");
+  const std::string in = (d / "in.json").string(), out = (d / "out.json").string();
+  write(in, R"({"a": {"caption": "an anime girl", "tags": "2girls, blue_eyes, red_eyes, smile"}, "b": {"caption": "a woman"}, "c": {"tags": null, "train_resolution": [512, 512]}})");
+  const std::string log = run("clean_captions_and_tags", {in, out, "--debug"});
+  CHECK(read(out) ==
+        "{\n  \"a\": {\n    \"caption\": \"an girl\",\n    \"tags\": \"2girls, smile\"\n  },\n"
+        "  \"b\": {\n    \"caption\": \"a girl\"\n  },\n"
+        "  \"c\": {\n    \"tags\": null,\n    \"train_resolution\": [\n      512,\n      512\n    ]\n  }\n}");
+  CHECK(has(log, "FROM: 2girls, blue_eyes, red_eyes, smile\nTO:   2girls, smile\n"));
+  CHECK(has(log, "image does not have tags: b\n"));
+  CHECK(has(log, "image does not have caption: c\n"));
+  // kohya's old three-argument form: train_data_dir in_json out_json.
+  const std::string out3 = (d / "out3.json").string();
+  const std::string log3 = run("clean_captions_and_tags", {d.string(), in, out3});
+  CHECK(has(log3, "train_data_dir argument is removed"));
+  CHECK(read(out3) == read(out));
+  // Errors name the file.
+  std::string e = error_of("clean_captions_and_tags", {(d / "none.json").string(), out});
+  CHECK(has(e, "none.json"));
+  write(in, R"({"a": {"tags": 3}})");
+  e = error_of("clean_captions_and_tags", {in, out});
+  CHECK(has(e, "\"a\".tags is not a string"));
+}
+
