@@ -5,8 +5,11 @@
 
 #include "app/tools/caption_cleaning.h"
 #include "app/tools/dataset_files.h"
+#include "app/tools/image_tools.h"
 #include "app/tools/tools.h"
 #include "core/error.h"
+
+#include <OpenImageIO/imageio.h>
 
 #include <filesystem>
 #include <fstream>
@@ -246,5 +249,154 @@ TEST_CASE("clean_captions_and_tags: the metadata file cleaned, missing fields re
   write(in, R"({"a": {"tags": 3}})");
   e = error_of("clean_captions_and_tags", {in, out});
   CHECK(has(e, "\"a\".tags is not a string"));
+}
+
+namespace {
+
+sumi::app::tools::GrayImage read_gray(const std::string& path) {
+  const sumi::datasets::Image rgb = sumi::datasets::read_image(path);
+  sumi::app::tools::GrayImage g;
+  g.width = rgb.width;
+  g.height = rgb.height;
+  for (size_t i = 0; i < rgb.rgb.size(); i += 3) g.pixels.push_back(rgb.rgb[i]);
+  return g;
+}
+
+std::string dataset_data(const std::string& name) { return std::string(SUMI_TEST_DATA) + "/tools/dataset/" + name; }
+
+void write_rgb(const fs::path& path, const sumi::datasets::Image& img) {
+  auto out = OIIO::ImageOutput::create(path.string());
+  REQUIRE(out);
+  REQUIRE(out->open(path.string(), OIIO::ImageSpec(img.width, img.height, 3, OIIO::TypeDesc::UINT8)));
+  REQUIRE(out->write_image(OIIO::TypeDesc::UINT8, img.rgb.data()));
+  out->close();
+}
+
+sumi::datasets::Image solid(int w, int h, uint8_t r, uint8_t g, uint8_t b) {
+  sumi::datasets::Image img;
+  img.width = w;
+  img.height = h;
+  for (int i = 0; i < w * h; ++i) img.rgb.insert(img.rgb.end(), {r, g, b});
+  return img;
+}
+
+}  // namespace
+
+TEST_CASE("canny: cv2.cvtColor + cv2.Canny's output exactly (OpenCV 4.6 goldens)") {
+  using namespace sumi::app::tools;
+  const auto input = sumi::datasets::read_image(dataset_data("canny_input.png"));
+  const GrayImage gray = to_gray(input);
+  CHECK(gray.pixels == read_gray(dataset_data("gray_ref.png")).pixels);
+  for (auto [t1, t2] : {std::pair{32, 224}, std::pair{100, 50}, std::pair{10, 60}}) {
+    INFO("thresholds " << t1 << " " << t2);
+    const GrayImage want = read_gray(dataset_data("canny_" + std::to_string(t1) + "_" + std::to_string(t2) + ".png"));
+    const GrayImage got = canny(gray, t1, t2);
+    REQUIRE(got.width == want.width);
+    REQUIRE(got.height == want.height);
+    int diff = 0;
+    for (size_t i = 0; i < got.pixels.size(); ++i) diff += got.pixels[i] != want.pixels[i];
+    CHECK(diff == 0);
+  }
+  // The command: a one-channel image of the input's size.
+  const fs::path d = workdir("canny");
+  const std::string out = (d / "edges.png").string();
+  CHECK(has(run("canny", {"--input", dataset_data("canny_input.png"), "--output", out}), "done!"));
+  auto in = OIIO::ImageInput::open(out);
+  REQUIRE(in);
+  CHECK(in->spec().nchannels == 1);
+  CHECK(in->spec().width == 48);
+  CHECK(in->spec().height == 40);
+  in->close();
+  CHECK(read_gray(out).pixels == read_gray(dataset_data("canny_32_224.png")).pixels);
+  // A step edge: one pixel wide, on the dark side's last column (OpenCV's tie rule).
+  GrayImage step;
+  step.width = 8;
+  step.height = 4;
+  for (int y = 0; y < 4; ++y)
+    for (int x = 0; x < 8; ++x) step.pixels.push_back(x < 4 ? 0 : 255);
+  const GrayImage e = canny(step, 32, 224);
+  for (int y = 0; y < 4; ++y)
+    for (int x = 0; x < 8; ++x) CHECK(e.pixels[y * 8 + x] == (x == 3 ? 255 : 0));
+  CHECK(canny(step, 1020, 1021).pixels == std::vector<uint8_t>(32, 0));  // |dx| = 4*255 = 1020 is not above 1020
+  // Errors name the flag / file.
+  CHECK(has(error_of("canny", {"--output", out}), "--input is required"));
+  CHECK(has(error_of("canny", {"--input", (d / "none.png").string(), "--output", out}), "none.png"));
+  CHECK(has(error_of("canny", {"--input", out, "--output", out}), "is the input image"));
+  CHECK(has(error_of("canny", {"--input", dataset_data("canny_input.png"), "--output", out, "--thres1", "a"}), "--thres1 'a'"));
+}
+
+TEST_CASE("resize_plan: kohya's area scaling, truncation and divisible crop") {
+  using sumi::app::tools::resize_plan;
+  // 1000x600 to 512x512: s = sqrt(262144/600000) -> 660x396, divisible by 8 -> 656x392.
+  auto p = resize_plan({1000, 600}, 512 * 512, 8);
+  CHECK(p.resized);
+  CHECK(p.scaled == sumi::datasets::Size{660, 396});
+  CHECK(p.cropped == sumi::datasets::Size{656, 392});
+  // Small enough: not scaled, only cropped.
+  p = resize_plan({300, 201}, 512 * 512, 2);
+  CHECK(!p.resized);
+  CHECK(p.scaled == sumi::datasets::Size{300, 201});
+  CHECK(p.cropped == sumi::datasets::Size{300, 200});
+}
+
+TEST_CASE("resize_images_to_resolution: cascading sizes, kohya's names, copies, centre crop") {
+  const fs::path d = workdir("resize");
+  const fs::path src = d / "src", dst = d / "dst";
+  fs::create_directories(src);
+  // 1000x600, left half red, right half blue.
+  auto img = solid(1000, 600, 255, 0, 0);
+  for (int y = 0; y < 600; ++y)
+    for (int x = 500; x < 1000; ++x) img.pixel(x, y)[0] = 0, img.pixel(x, y)[2] = 255;
+  write_rgb(src / "photo.png", img);
+  write_rgb(src / "small.bmp", solid(30, 21, 10, 200, 30));
+  write(src / "photo.caption", "a photo");
+  write(src / "photo.txt", "tags");
+  write(src / "readme.md", "notes");
+  const std::string log = run("resize_images_to_resolution",
+                              {src.string(), dst.string(), "--max_resolution", "512x512, 256x256", "--divisible_by", "8",
+                               "--save_as_png", "--copy_associated_files"});
+  auto size_of = [](const fs::path& p) {
+    auto in = OIIO::ImageInput::open(p.string());
+    REQUIRE(in);
+    const auto s = sumi::datasets::Size{in->spec().width, in->spec().height};
+    in->close();
+    return s;
+  };
+  // 1000x600 -> 660x396 -> crop 656x392; then 256x256 of 656x392: s = sqrt(65536/257152) -> 331x197 -> 328x192.
+  CHECK(size_of(dst / "photo+512x512.png") == sumi::datasets::Size{656, 392});
+  CHECK(size_of(dst / "photo+256x256.png") == sumi::datasets::Size{328, 192});
+  CHECK(has(log, "Resized image: photo.png with size 392x656 as photo+512x512.png\n"));
+  CHECK(has(log, "Resized image: photo.png with size 192x328 as photo+256x256.png\n"));
+  // Not shrunk, only cropped to multiples of 8 (30x21 -> 24x16), saved at each resolution.
+  CHECK(size_of(dst / "small+512x512.png") == sumi::datasets::Size{24, 16});
+  CHECK(has(log, "Saved image: small.bmp with size 16x24 as small+512x512.png\n"));
+  const auto small = sumi::datasets::read_image((dst / "small+256x256.png").string());
+  CHECK((int)small.pixel(5, 5)[1] == 200);
+  // The colours stay where they were: the centre crop keeps the halves.
+  const auto big = sumi::datasets::read_image((dst / "photo+512x512.png").string());
+  CHECK((int)big.pixel(10, 100)[0] == 255);
+  CHECK((int)big.pixel(10, 100)[2] == 0);
+  CHECK((int)big.pixel(645, 100)[2] == 255);
+  // Other files copied as they are, and renamed per resolution with --copy_associated_files.
+  CHECK(read(dst / "readme.md") == "notes");
+  CHECK(read(dst / "photo.caption") == "a photo");
+  CHECK(read(dst / "photo+512x512.caption") == "a photo");
+  CHECK(read(dst / "photo+256x256.txt") == "tags");
+  CHECK(!fs::exists(dst / "small+512x512.caption"));
+  CHECK(read(src / "photo.caption") == "a photo");
+  // JPEG by default.
+  const fs::path dst2 = d / "dst2";
+  run("resize_images_to_resolution", {src.string(), dst2.string(), "--max_resolution", "128x128", "--interpolation", "lanczos4"});
+  CHECK(size_of(dst2 / "photo+128x128.jpg") == sumi::datasets::Size{165, 99});
+  // Errors.
+  CHECK(has(error_of("resize_images_to_resolution", {src.string(), dst2.string(), "--max_resolution", "512"}),
+            "'512' is not WIDTHxHEIGHT"));
+  CHECK(has(error_of("resize_images_to_resolution", {src.string(), dst2.string(), "--divisible_by", "0"}),
+            "--divisible_by must be at least 1"));
+  CHECK(has(error_of("resize_images_to_resolution", {src.string(), src.string()}), "is the source folder"));
+  CHECK(has(error_of("resize_images_to_resolution", {src.string(), dst2.string(), "--interpolation", "linear"}),
+            "--interpolation 'linear' is not one of area, cubic, lanczos4"));
+  write(src / "broken.png", "not a png");
+  CHECK(has(error_of("resize_images_to_resolution", {src.string(), dst2.string()}), "broken.png"));
 }
 

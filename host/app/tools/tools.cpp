@@ -19,6 +19,8 @@ const Tool kTools[] = {
     {"merge_captions_to_metadata", cmd_merge_captions_to_metadata},
     {"merge_dd_tags_to_metadata", cmd_merge_dd_tags_to_metadata},
     {"clean_captions_and_tags", cmd_clean_captions_and_tags},
+    {"resize_images_to_resolution", cmd_resize_images_to_resolution},
+    {"canny", cmd_canny},
 };
 }  // namespace
 
@@ -41,7 +43,9 @@ const char* tools_usage() {
          "  extract_lora_from_models --model_org --model_tuned   a LoRA from two checkpoints\n"
          "  merge_models --models --ratios --output   a weighted sum of checkpoints\n"
          "  merge_captions_to_metadata / merge_dd_tags_to_metadata DIR OUT_JSON   caption / tag files into metadata\n"
-         "  clean_captions_and_tags IN_JSON OUT_JSON   kohya's caption and tag clean-up of a metadata file\n";
+         "  clean_captions_and_tags IN_JSON OUT_JSON   kohya's caption and tag clean-up of a metadata file\n"
+         "  resize_images_to_resolution SRC DST   images shrunk to at most --max_resolution areas\n"
+         "  canny --input --output             a Canny edge image (cv2.Canny)\n";
 }
 
 }  // namespace sumi::app::tools
