@@ -9,6 +9,11 @@
 #include "app/tools/tools.h"
 #include "core/error.h"
 
+#include <sumi/datasets/config.h>
+#include <sumi/datasets/dataset.h>
+#include <sumi/datasets/latent_cache.h>
+#include <sumi/datasets/npz.h>
+
 #include <OpenImageIO/imageio.h>
 
 #include <filesystem>
@@ -400,3 +405,108 @@ TEST_CASE("resize_images_to_resolution: cascading sizes, kohya's names, copies, 
   CHECK(has(error_of("resize_images_to_resolution", {src.string(), dst2.string()}), "broken.png"));
 }
 
+namespace {
+
+// A picture with some structure (so the VAE sees more than a flat colour).
+sumi::datasets::Image pattern(int w, int h, int seed) {
+  sumi::datasets::Image img = solid(w, h, 0, 0, 0);
+  for (int y = 0; y < h; ++y)
+    for (int x = 0; x < w; ++x) {
+      auto* p = img.pixel(x, y);
+      p[0] = static_cast<uint8_t>((x * 7 + seed * 40) % 256);
+      p[1] = static_cast<uint8_t>((y * 5 + seed * 90) % 256);
+      p[2] = static_cast<uint8_t>(((x ^ y) * 3) % 256);
+    }
+  return img;
+}
+
+std::string fixture(const std::string& name) { return std::string(SUMI_TEST_DATA) + "/fixtures/" + name; }
+
+}  // namespace
+
+TEST_CASE("prepare_buckets_latents: kohya's buckets in the metadata, .npz latents the trainer's cache reuses") {
+  namespace ds = sumi::datasets;
+  const fs::path d = workdir("prepare");
+  const fs::path img = d / "img";
+  fs::create_directories(img);
+  write_rgb(img / "wide.png", pattern(96, 64, 1));
+  write_rgb(img / "square.png", pattern(64, 64, 2));
+  write_rgb(img / "tall.png", pattern(40, 120, 3));
+  for (const char* n : {"wide", "square", "tall"}) write(img / (std::string(n) + ".caption"), std::string("a ") + n + " picture");
+  const std::string in = (d / "captions.json").string(), out = (d / "meta.json").string();
+  run("merge_captions_to_metadata", {img.string(), in});
+  const std::vector<std::string> common{img.string(), in, out, fixture("tiny-sd1.safetensors"), "--max_resolution", "64,64",
+                                        "--min_bucket_reso", "32", "--max_bucket_reso", "128", "--bucket_reso_steps", "32",
+                                        "--batch_size", "2", "--flip_aug", "--plugin-dir", SUMI_PLUGIN_DIR};
+  const std::string log = run("prepare_buckets_latents", common);
+  // kohya's buckets for 64x64 with steps 32 in [32, 128]: (32,96) (32,128) (64,64) (96,32) (128,32);
+  // 96x64 (ar 1.5) goes to (64,64), 40x120 to (32,96), entries in the input's key order.
+  CHECK(read(out) ==
+        "{\n"
+        "  \"square\": {\n    \"caption\": \"a square picture\",\n    \"train_resolution\": [\n      64,\n      64\n    ]\n  },\n"
+        "  \"tall\": {\n    \"caption\": \"a tall picture\",\n    \"train_resolution\": [\n      32,\n      96\n    ]\n  },\n"
+        "  \"wide\": {\n    \"caption\": \"a wide picture\",\n    \"train_resolution\": [\n      64,\n      64\n    ]\n  }\n"
+        "}");
+  CHECK(has(log, "found 3 images.\n"));
+  CHECK(has(log, "bucket 0 (32, 96): 1\nbucket 2 (64, 64): 2\n"));
+  CHECK(has(log, "mean ar error: 0.16666666666666666\n"));
+  CHECK(has(log, "latents: 3 encoded, 0 kept"));
+
+  // The .npz beside each image, in kohya's layout.
+  struct Want {
+    const char* name;
+    ds::Size bucket, original;
+  };
+  for (const Want& w : {Want{"wide", {64, 64}, {96, 64}}, Want{"square", {64, 64}, {64, 64}}, Want{"tall", {32, 96}, {40, 120}}}) {
+    INFO(w.name);
+    const fs::path npz = img / (std::string(w.name) + ".npz");
+    const auto members = ds::read_npz(npz);
+    std::vector<std::string> names;
+    for (const auto& [n, a] : members) names.push_back(n);
+    CHECK(names == std::vector<std::string>{"latents", "original_size", "crop_ltrb", "latents_flipped"});
+    const auto* lat = ds::find_member(members, "latents");
+    CHECK(lat->dtype == "<f4");
+    CHECK(lat->shape == std::vector<int64_t>{4, w.bucket.height / 8, w.bucket.width / 8});
+    CHECK(ds::find_member(members, "original_size")->to_doubles() == std::vector<double>{double(w.original.width), double(w.original.height)});
+    const auto c = ds::read_cached_latents(npz, {w.bucket, w.original, ds::sdxl_crop_ltrb(w.bucket, w.original), true});
+    REQUIRE(c.has_value());
+    double sum = 0;
+    for (float v : c->latents) sum += std::abs(v);
+    CHECK(sum > 0);
+    CHECK(c->flipped.size() == c->latents.size());
+    CHECK(c->flipped != c->latents);
+  }
+
+  // The trainer's fine-tuning dataset with the same bucket settings finds every cache valid.
+  ds::CliOptions cli{{"train_data_dir", img.string()}, {"in_json", out}, {"resolution", std::string("64,64")},
+                     {"enable_bucket", true}, {"min_bucket_reso", 32LL}, {"max_bucket_reso", 128LL},
+                     {"bucket_reso_steps", 32LL}, {"flip_aug", true}, {"caption_extension", std::string(".caption")}};
+  const auto group = ds::config_from_arguments(cli);
+  const auto dataset = ds::Dataset::build(group.datasets.at(0));
+  REQUIRE(dataset.items().size() == 3);
+  for (size_t i = 0; i < dataset.items().size(); ++i) {
+    std::string why;
+    INFO(dataset.items()[i].path.string());
+    CHECK(ds::read_cached_latents(ds::latents_npz_path(dataset.items()[i].path), ds::latent_key(dataset, i), &why).has_value());
+    CHECK(why.empty());
+  }
+
+  // --skip_existing keeps matching files; without it every image is encoded again.
+  const auto before = read(img / "tall.npz");
+  auto skip = common;
+  skip.push_back("--skip_existing");
+  CHECK(has(run("prepare_buckets_latents", skip), "latents: 0 encoded, 3 kept"));
+  CHECK(read(img / "tall.npz") == before);
+  CHECK(has(run("prepare_buckets_latents", common), "latents: 3 encoded, 0 kept"));
+
+  // Errors name the argument.
+  auto bad = common;
+  bad[1] = (d / "none.json").string();
+  CHECK(has(error_of("prepare_buckets_latents", bad), "in_json '" + bad[1] + "' does not exist"));
+  bad = common;
+  bad[5] = "64x64";
+  CHECK(has(error_of("prepare_buckets_latents", bad), "--max_resolution '64x64' is not 'width,height'"));
+  bad = common;
+  bad.insert(bad.end(), {"--mixed_precision", "fp16"});
+  CHECK(has(error_of("prepare_buckets_latents", bad), "--mixed_precision fp16"));
+}

@@ -21,6 +21,7 @@ const Tool kTools[] = {
     {"clean_captions_and_tags", cmd_clean_captions_and_tags},
     {"resize_images_to_resolution", cmd_resize_images_to_resolution},
     {"canny", cmd_canny},
+    {"prepare_buckets_latents", cmd_prepare_buckets_latents},
 };
 }  // namespace
 
@@ -45,7 +46,8 @@ const char* tools_usage() {
          "  merge_captions_to_metadata / merge_dd_tags_to_metadata DIR OUT_JSON   caption / tag files into metadata\n"
          "  clean_captions_and_tags IN_JSON OUT_JSON   kohya's caption and tag clean-up of a metadata file\n"
          "  resize_images_to_resolution SRC DST   images shrunk to at most --max_resolution areas\n"
-         "  canny --input --output             a Canny edge image (cv2.Canny)\n";
+         "  canny --input --output             a Canny edge image (cv2.Canny)\n"
+         "  prepare_buckets_latents DIR IN_JSON OUT_JSON MODEL   buckets into metadata, latents into .npz\n";
 }
 
 }  // namespace sumi::app::tools
