@@ -8,6 +8,7 @@
 #include "app/tools/image_tools.h"
 #include "app/tools/tools.h"
 #include "core/error.h"
+#include "sumi/io/safetensors.h"
 
 #include <sumi/datasets/config.h>
 #include <sumi/datasets/dataset.h>
@@ -509,4 +510,32 @@ TEST_CASE("prepare_buckets_latents: kohya's buckets in the metadata, .npz latent
   bad = common;
   bad.insert(bad.end(), {"--mixed_precision", "fp16"});
   CHECK(has(error_of("prepare_buckets_latents", bad), "--mixed_precision fp16"));
+}
+
+TEST_CASE("convert_diffusers20_original_sd: sumi convert with kohya's flags and precision rules") {
+  const fs::path d = workdir("convert");
+  const std::string folder = (d / "diffusers").string(), back = (d / "back.safetensors").string();
+  // Checkpoint -> Diffusers (no extension): float32.
+  run("convert_diffusers20_original_sd", {"--v1", fixture("tiny-sd1.safetensors"), folder, "--plugin-dir", SUMI_PLUGIN_DIR});
+  CHECK(fs::is_directory(fs::path(folder) / "unet"));
+  // Diffusers -> checkpoint with --fp16: every floating tensor float16.
+  const std::string log = run("convert_diffusers20_original_sd", {folder, back, "--fp16", "--plugin-dir", SUMI_PLUGIN_DIR});
+  CHECK(has(log, "converting and saving as checkpoint in fp16: " + back));
+  CHECK(has(log, "model saved."));
+  auto f = sumi::io::SafetensorsFile::open(back);
+  size_t n = 0;
+  for (const auto& t : f->tensors())
+    if (t.dtype.rfind("F", 0) == 0 || t.dtype == "BF16") {
+      CHECK(t.dtype == "F16");
+      ++n;
+    }
+  CHECK(n > 0);
+  // Errors.
+  CHECK(has(error_of("convert_diffusers20_original_sd", {"--v1", "--v2", fixture("tiny-sd1.safetensors"), back}), "--v1 and --v2"));
+  CHECK(has(error_of("convert_diffusers20_original_sd", {fixture("tiny-sd1.safetensors"), (d / "x.ckpt").string()}),
+            "sumi writes .safetensors"));
+  CHECK(has(error_of("convert_diffusers20_original_sd", {fixture("tiny-sd1.safetensors"), folder, "--bf16"}),
+            "a Diffusers folder is saved in the precision it is loaded in"));
+  CHECK(has(error_of("convert_diffusers20_original_sd", {fixture("tiny-sd1.safetensors"), folder, "--reference_model", "x"}),
+            "--reference_model is not supported"));
 }

@@ -22,6 +22,7 @@ const Tool kTools[] = {
     {"resize_images_to_resolution", cmd_resize_images_to_resolution},
     {"canny", cmd_canny},
     {"prepare_buckets_latents", cmd_prepare_buckets_latents},
+    {"convert_diffusers20_original_sd", cmd_convert_diffusers20_original_sd},
 };
 }  // namespace
 
@@ -47,7 +48,8 @@ const char* tools_usage() {
          "  clean_captions_and_tags IN_JSON OUT_JSON   kohya's caption and tag clean-up of a metadata file\n"
          "  resize_images_to_resolution SRC DST   images shrunk to at most --max_resolution areas\n"
          "  canny --input --output             a Canny edge image (cv2.Canny)\n"
-         "  prepare_buckets_latents DIR IN_JSON OUT_JSON MODEL   buckets into metadata, latents into .npz\n";
+         "  prepare_buckets_latents DIR IN_JSON OUT_JSON MODEL   buckets into metadata, latents into .npz\n"
+         "  convert_diffusers20_original_sd SRC DST   sumi convert with kohya's flags (--v2 --fp16 ...)\n";
 }
 
 }  // namespace sumi::app::tools
