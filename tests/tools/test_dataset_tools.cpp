@@ -17,6 +17,7 @@
 
 #include <OpenImageIO/imageio.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <iostream>
@@ -71,8 +72,11 @@ std::string error_of(const std::string& tool, const std::vector<std::string>& ar
   try {
     int rc = 0;
     sumi::app::tools::run_tool(tool, args, rc);
-  } catch (const sumi::host::UserError& e) {
+  } catch (const std::exception& e) {  // UserError, or the dataset layer's ConfigError
     msg = e.what();
+  } catch (...) {
+    std::cout.rdbuf(old);
+    throw;
   }
   std::cout.rdbuf(old);
   return msg;
@@ -538,4 +542,69 @@ TEST_CASE("convert_diffusers20_original_sd: sumi convert with kohya's flags and 
             "a Diffusers folder is saved in the precision it is loaded in"));
   CHECK(has(error_of("convert_diffusers20_original_sd", {fixture("tiny-sd1.safetensors"), folder, "--reference_model", "x"}),
             "--reference_model is not supported"));
+}
+
+TEST_CASE("cache_latents: a training command line's datasets, latents in the trainer's .npz") {
+  namespace ds = sumi::datasets;
+  const fs::path d = workdir("cache_latents");
+  const fs::path sub = d / "train" / "2_cat";
+  fs::create_directories(sub);
+  write_rgb(sub / "a.png", pattern(64, 64, 4));
+  write_rgb(sub / "b.png", pattern(80, 48, 5));
+  const std::vector<std::string> args{"--pretrained_model_name_or_path", fixture("tiny-sd1.safetensors"), "--train_data_dir",
+                                      (d / "train").string(), "--resolution", "64,64", "--enable_bucket", "--min_bucket_reso",
+                                      "32", "--max_bucket_reso", "128", "--bucket_reso_steps", "32", "--cache_latents_to_disk",
+                                      "--vae_batch_size", "2", "--plugin-dir", SUMI_PLUGIN_DIR};
+  CHECK(has(run("cache_latents", args), "Finished caching latents: 2 encoded, 0 skipped"));
+  // The keys the trainer computes for this dataset accept the files.
+  const auto group = ds::config_from_arguments({{"train_data_dir", (d / "train").string()}, {"resolution", std::string("64,64")},
+                                                {"enable_bucket", true}, {"min_bucket_reso", 32LL}, {"max_bucket_reso", 128LL},
+                                                {"bucket_reso_steps", 32LL}});
+  const auto dataset = ds::Dataset::build(group.datasets.at(0));
+  REQUIRE(dataset.items().size() == 2);
+  for (size_t i = 0; i < 2; ++i) {
+    std::string why;
+    const auto c = ds::read_cached_latents(ds::latents_npz_path(dataset.items()[i].path), ds::latent_key(dataset, i), &why);
+    CHECK(c.has_value());
+    CHECK(why.empty());
+  }
+  const auto before = read(sub / "b.npz");
+  auto skip = args;
+  skip.push_back("--skip_existing");
+  const std::string log = run("cache_latents", skip);
+  CHECK(has(log, "Skipping " + (sub / "a.npz").string() + " because it already exists."));
+  CHECK(has(log, "0 encoded, 2 skipped"));
+  CHECK(read(sub / "b.npz") == before);
+  // kohya's script requires --cache_latents_to_disk; color_aug cannot be cached.
+  auto no_disk = args;
+  no_disk.erase(std::find(no_disk.begin(), no_disk.end(), "--cache_latents_to_disk"));
+  CHECK(has(error_of("cache_latents", no_disk), "--cache_latents_to_disk is required"));
+  auto aug = args;
+  aug.push_back("--color_aug");
+  CHECK(has(error_of("cache_latents", aug), "color_aug"));
+}
+
+TEST_CASE("cache_text_encoder_outputs: SDXL captions into <stem>_te_outputs.npz the trainer reads") {
+  namespace ds = sumi::datasets;
+  const fs::path d = workdir("cache_te");
+  const fs::path sub = d / "train" / "1_dog";
+  fs::create_directories(sub);
+  write_rgb(sub / "a.png", pattern(64, 64, 6));
+  write(sub / "a.caption", "a dog");
+  const std::vector<std::string> args{"--pretrained_model_name_or_path", fixture("tiny-sdxl.safetensors"), "--train_data_dir",
+                                      (d / "train").string(), "--resolution", "64,64", "--cache_text_encoder_outputs_to_disk",
+                                      "--sdxl", "--plugin-dir", SUMI_PLUGIN_DIR};
+  CHECK(has(run("cache_text_encoder_outputs", args), "1 encoded"));
+  const auto m = ds::read_npz(sub / "a_te_outputs.npz");
+  std::vector<std::string> names;
+  for (const auto& [n, a] : m) names.push_back(n);
+  CHECK(names == std::vector<std::string>{"hidden_state1", "hidden_state2", "pool2", "caption"});
+  CHECK(ds::find_member(m, "hidden_state1")->shape.size() == 2);
+  CHECK(has(run("cache_text_encoder_outputs", args), "0 encoded, 1 reused"));
+  auto no_sdxl = args;
+  no_sdxl.erase(std::find(no_sdxl.begin(), no_sdxl.end(), "--sdxl"));
+  CHECK(has(error_of("cache_text_encoder_outputs", no_sdxl), "--sdxl is required"));
+  auto sd1 = args;
+  sd1[1] = fixture("tiny-sd1.safetensors");
+  CHECK(has(error_of("cache_text_encoder_outputs", sd1), "--sdxl, but the model is sd1"));
 }

@@ -22,6 +22,8 @@ const Tool kTools[] = {
     {"resize_images_to_resolution", cmd_resize_images_to_resolution},
     {"canny", cmd_canny},
     {"prepare_buckets_latents", cmd_prepare_buckets_latents},
+    {"cache_latents", cmd_cache_latents},
+    {"cache_text_encoder_outputs", cmd_cache_text_encoder_outputs},
     {"convert_diffusers20_original_sd", cmd_convert_diffusers20_original_sd},
 };
 }  // namespace
@@ -49,6 +51,7 @@ const char* tools_usage() {
          "  resize_images_to_resolution SRC DST   images shrunk to at most --max_resolution areas\n"
          "  canny --input --output             a Canny edge image (cv2.Canny)\n"
          "  prepare_buckets_latents DIR IN_JSON OUT_JSON MODEL   buckets into metadata, latents into .npz\n"
+         "  cache_latents / cache_text_encoder_outputs [training flags]   the trainer's disk caches, made ahead\n"
          "  convert_diffusers20_original_sd SRC DST   sumi convert with kohya's flags (--v2 --fp16 ...)\n";
 }
 

@@ -22,6 +22,8 @@ int cmd_clean_captions_and_tags(const std::vector<std::string>& args);
 int cmd_resize_images_to_resolution(const std::vector<std::string>& args);
 int cmd_canny(const std::vector<std::string>& args);
 int cmd_prepare_buckets_latents(const std::vector<std::string>& args);
+int cmd_cache_latents(const std::vector<std::string>& args);
+int cmd_cache_text_encoder_outputs(const std::vector<std::string>& args);
 // `sumi convert` with the flags of kohya's tools/convert_diffusers20_original_sd.py.
 int cmd_convert_diffusers20_original_sd(const std::vector<std::string>& args);
 
