@@ -17,6 +17,15 @@ const Tool kTools[] = {
     {"merge_models", cmd_merge_models},
     {"extract_lora_from_models", cmd_extract_lora_from_models},
     {"extract_lora_from_dylora", cmd_extract_lora_from_dylora},
+    {"merge_captions_to_metadata", cmd_merge_captions_to_metadata},
+    {"merge_dd_tags_to_metadata", cmd_merge_dd_tags_to_metadata},
+    {"clean_captions_and_tags", cmd_clean_captions_and_tags},
+    {"resize_images_to_resolution", cmd_resize_images_to_resolution},
+    {"canny", cmd_canny},
+    {"prepare_buckets_latents", cmd_prepare_buckets_latents},
+    {"cache_latents", cmd_cache_latents},
+    {"cache_text_encoder_outputs", cmd_cache_text_encoder_outputs},
+    {"convert_diffusers20_original_sd", cmd_convert_diffusers20_original_sd},
 };
 }  // namespace
 
@@ -38,7 +47,14 @@ const char* tools_usage() {
          "  svd_merge_lora --models --ratios --new_rank   LoRAs into one LoRA of a new rank by SVD\n"
          "  extract_lora_from_models --model_org --model_tuned   a LoRA from two checkpoints\n"
          "  extract_lora_from_dylora --model --save_to --unit   LoRAs of ranks unit, 2*unit, ... from a DyLoRA\n"
-         "  merge_models --models --ratios --output   a weighted sum of checkpoints\n";
+         "  merge_models --models --ratios --output   a weighted sum of checkpoints\n"
+         "  merge_captions_to_metadata / merge_dd_tags_to_metadata DIR OUT_JSON   caption / tag files into metadata\n"
+         "  clean_captions_and_tags IN_JSON OUT_JSON   kohya's caption and tag clean-up of a metadata file\n"
+         "  resize_images_to_resolution SRC DST   images shrunk to at most --max_resolution areas\n"
+         "  canny --input --output             a Canny edge image (cv2.Canny)\n"
+         "  prepare_buckets_latents DIR IN_JSON OUT_JSON MODEL   buckets into metadata, latents into .npz\n"
+         "  cache_latents / cache_text_encoder_outputs [training flags]   the trainer's disk caches, made ahead\n"
+         "  convert_diffusers20_original_sd SRC DST   sumi convert with kohya's flags (--v2 --fp16 ...)\n";
 }
 
 }  // namespace sumi::app::tools
