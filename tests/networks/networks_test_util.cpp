@@ -22,30 +22,6 @@ const at::Tensor& net_golden(const std::string& kase, const std::string& key) {
   return it->second;
 }
 
-std::unique_ptr<TestNetwork> attach_network(const std::string& name, const std::vector<sumi_module_info>& modules,
-                                            const std::map<std::string, std::string>& config) {
-  auto n = std::make_unique<TestNetwork>();
-  n->net = make(SUMI_KIND_NETWORK, name, n->registry, config, "network");
-  n->selected.assign(modules.size(), 0);
-  n->net->check(n->vt().attach(n->net->self(), modules.data(), static_cast<int64_t>(modules.size()), n->selected.data()),
-                "attach");
-  return n;
-}
-
-void load_file(TestNetwork& n, const std::string& path) {
-  std::vector<std::string> names;
-  std::vector<const char*> cnames;
-  std::vector<sumi_tensor> hs;
-  for (auto& [k, t] : io::load_all(path)) {
-    names.push_back(k);
-    hs.push_back(host::make_handle(t));
-  }
-  for (auto& s : names) cnames.push_back(s.c_str());
-  const sumi_status st = n.vt().load(n.net->self(), cnames.data(), hs.data(), static_cast<int64_t>(hs.size()));
-  for (auto h : hs) host::host_api()->tensor_release(h);
-  n.net->check(st, "load");
-}
-
 std::vector<std::string> registry_keys(const TestNetwork& n) {
   std::vector<std::string> out;
   for (const auto& e : n.registry.entries()) {

@@ -17,11 +17,8 @@ std::string net_fixture(const std::string& name);
 // A golden of fixtures/networks/<case>.golden.safetensors (float32).
 const at::Tensor& net_golden(const std::string& kase, const std::string& key);
 
-// Network plugin `name` created with `config` and attached to `modules`.
-std::unique_ptr<TestNetwork> attach_network(const std::string& name, const std::vector<sumi_module_info>& modules,
-                                            const std::map<std::string, std::string>& config);
-// Fills the network from a file through its load slot; throws the plugin's message on refusal.
-void load_file(TestNetwork& n, const std::string& path);
+// attach_network (a plugin by name, attached to modules) and load_network_file (a file through
+// the load slot) are models_test_util.h's.
 // "key<TAB>[shape]<TAB>dtype" of the network's registry entries, sorted.
 std::vector<std::string> registry_keys(const TestNetwork& n);
 // The rows of a fixture key list, sorted (the '#' header skipped).

@@ -78,7 +78,7 @@ TEST_CASE("dylora: kohya's file and its extracted rank-4 file give sd-scripts' g
     CAPTURE(c.file);
     auto m = load_model("sd1", fixture("tiny-sd1.safetensors"));
     auto n = attach_network("dylora", m->modules(), with(kDy, {{"dim", c.dim}}));
-    load_file(*n, net_fixture(c.file));
+    load_network_file(*n, net_fixture(c.file));
     apply(*m, n.get());
     for (const char* mul : {"1.0", "0.5"}) {
       CAPTURE(mul);
@@ -94,7 +94,7 @@ TEST_CASE("dylora: kohya's file and its extracted rank-4 file give sd-scripts' g
     }
     auto mm = load_model("sd1", fixture("tiny-sd1.safetensors"));
     auto nm = attach_network("dylora", mm->modules(), with(kDy, {{"dim", c.dim}}));
-    load_file(*nm, net_fixture(c.file));
+    load_network_file(*nm, net_fixture(c.file));
     merge(*mm, *nm);
     CHECK(rel_err(mm->encode_text(prompts).first, net_golden(kase, c.prefix + "mul1.0.te.last_hidden_state")) < 1e-4);
     for (int t : {1, 500, 999}) CHECK(rel_err(unet_out(*mm, kase, t), net_golden(kase, c.prefix + "mul1.0.unet.out.t" + std::to_string(t))) < 1e-4);
@@ -174,12 +174,12 @@ TEST_CASE("dylora: refuses what kohya refuses or would ignore, naming the settin
         std::string::npos);
   {
     auto n = attach_network("dylora", mods, with(kDy, {{"dim", "4"}}));
-    const std::string e = error_of([&] { load_file(*n, net_fixture("tiny-sd1.dylora.safetensors")); });
+    const std::string e = error_of([&] { load_network_file(*n, net_fixture("tiny-sd1.dylora.safetensors")); });
     CHECK(e.find("[8, 32]") != std::string::npos);
     CHECK(e.find("rank is 8") != std::string::npos);
   }
   {
     auto n = attach_network("dylora", mods, kDy);
-    CHECK(error_of([&] { load_file(*n, net_fixture("tiny-sd1.oft.safetensors")); }).find("not a kohya LoRA / DyLoRA key") != std::string::npos);
+    CHECK(error_of([&] { load_network_file(*n, net_fixture("tiny-sd1.oft.safetensors")); }).find("not a kohya LoRA / DyLoRA key") != std::string::npos);
   }
 }

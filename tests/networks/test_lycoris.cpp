@@ -338,7 +338,7 @@ TEST_CASE("lycoris: on tiny-sd1, merged equals run time and a saved file reloads
     // Merged: W += weight_delta, no network at run time.
     auto mm = load_model("sd1", fixture("tiny-sd1.safetensors"));
     auto nm = attach_network("lycoris.kohya", mm->modules(), cfg);
-    load_file(*nm, path);
+    load_network_file(*nm, path);
     set_multiplier(*nm, 0.8);
     merge(*mm, *nm);
     CHECK(rel_err(mm->encode_text(prompts).first, te) < 1e-4);
@@ -347,7 +347,7 @@ TEST_CASE("lycoris: on tiny-sd1, merged equals run time and a saved file reloads
     // Reloaded at run time.
     auto ml = load_model("sd1", fixture("tiny-sd1.safetensors"));
     auto nl = attach_network("lycoris.kohya", ml->modules(), cfg);
-    load_file(*nl, path);
+    load_network_file(*nl, path);
     set_multiplier(*nl, 0.8);
     apply(*ml, nl.get());
     CHECK(at::equal(ml->encode_text(prompts).first, te));

@@ -64,7 +64,7 @@ TEST_CASE("oft: kohya's files at run time and merged give sd-scripts' goldens") 
     CAPTURE(c.kase);
     auto m = load_model(family_of(c.model), model_file(c.model));
     auto n = attach_network("oft", m->modules(), with(kOft, c.args));
-    load_file(*n, net_fixture(c.kase + ".safetensors"));
+    load_network_file(*n, net_fixture(c.kase + ".safetensors"));
     // As generation does: inference mode, where R is computed once per multiplier.
     n->net->check(n->vt().set_training(n->net->self(), 0), "set_training");
     apply(*m, n.get());
@@ -87,7 +87,7 @@ TEST_CASE("oft: kohya's files at run time and merged give sd-scripts' goldens") 
       CAPTURE(mul);
       auto mm = load_model(family_of(c.model), model_file(c.model));
       auto nm = attach_network("oft", mm->modules(), with(kOft, c.args));
-      load_file(*nm, net_fixture(c.kase + ".safetensors"));
+      load_network_file(*nm, net_fixture(c.kase + ".safetensors"));
       nm->net->check(nm->vt().set_multiplier(nm->net->self(), std::stod(mul)), "set_multiplier");
       merge(*mm, *nm);
       for (int t : {1, 500, 999}) {
@@ -122,7 +122,7 @@ TEST_CASE("oft: training gradients reach oft_blocks from zero, and the multiplie
   at::NoGradGuard no_grad;
   auto m0 = load_model("sd1", model_file("tiny-sd1"));
   auto n0 = attach_network("oft", m0->modules(), kOft);
-  load_file(*n0, net_fixture("tiny-sd1.oft.safetensors"));
+  load_network_file(*n0, net_fixture("tiny-sd1.oft.safetensors"));
   apply(*m0, n0.get());
   n0->net->check(n0->vt().set_multiplier(n0->net->self(), 0.0), "set_multiplier");
   CHECK(rel_err(unet_out(*m0, "tiny-sd1.oft", 1), net_golden("tiny-sd1.oft", "base.unet.out.t1")) < 1e-4);
@@ -134,26 +134,26 @@ TEST_CASE("oft: refuses what it cannot do, naming the setting") {
   // A file made with enable_conv, loaded into the attention-only set (kohya's loader drops 85 modules silently).
   {
     auto n = attach_network("oft", mods, kOft);
-    const std::string e = error_of([&] { load_file(*n, net_fixture("tiny-sd1.oft_conv.safetensors")); });
+    const std::string e = error_of([&] { load_network_file(*n, net_fixture("tiny-sd1.oft_conv.safetensors")); });
     CHECK(e.find("enable_conv") != std::string::npos);
     CHECK(e.find("oft_unet_down_blocks_0_") != std::string::npos);
   }
   // The other way round: wrapped modules the file does not have.
   {
     auto n = attach_network("oft", mods, with(kOft, {{"enable_conv", "true"}}));
-    CHECK(error_of([&] { load_file(*n, net_fixture("tiny-sd1.oft.safetensors")); }).find("no weights for 85 of the 213") != std::string::npos);
+    CHECK(error_of([&] { load_network_file(*n, net_fixture("tiny-sd1.oft.safetensors")); }).find("no weights for 85 of the 213") != std::string::npos);
   }
   // The file's number of blocks differs from dim.
   {
     auto n = attach_network("oft", mods, with(kOft, {{"dim", "2"}}));
-    const std::string e = error_of([&] { load_file(*n, net_fixture("tiny-sd1.oft.safetensors")); });
+    const std::string e = error_of([&] { load_network_file(*n, net_fixture("tiny-sd1.oft.safetensors")); });
     CHECK(e.find("[4, 8, 8]") != std::string::npos);
     CHECK(e.find("network_dim") != std::string::npos);
   }
   // A LoRA file is not an OFT file.
   {
     auto n = attach_network("oft", mods, kOft);
-    CHECK(error_of([&] { load_file(*n, fixture("tiny-sd1.lora.safetensors")); }).find("not a kohya OFT key") != std::string::npos);
+    CHECK(error_of([&] { load_network_file(*n, fixture("tiny-sd1.lora.safetensors")); }).find("not a kohya OFT key") != std::string::npos);
   }
   CHECK(error_of([&] { attach_network("oft", mods, with(kOft, {{"dim", "5"}})); }).find("does not divide") != std::string::npos);
   CHECK(error_of([&] { attach_network("oft", mods, with(kOft, {{"train_text_encoder_only", "true"}})); }).find("only the U-Net") !=

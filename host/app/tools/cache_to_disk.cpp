@@ -8,6 +8,7 @@
 #include "app/tools/tools.h"
 
 #include "app/app.h"
+#include "app/model_description.h"
 #include "app/model_file.h"
 #include "app/train/latent_cache.h"
 #include "app/train/dataset_options.h"
@@ -233,7 +234,8 @@ int cmd_cache_text_encoder_outputs(const std::vector<std::string>& argv) {
                           "(and its script asserts --sdxl)");
   // The trainer's cache: a file made from the same caption is kept (its outputs would be the
   // same), any other is written; `skip_existing` changes nothing more.
-  const auto cache = TextEncoderCache::create(r.data, r.cli, r.family, false, *r.model, r.mixed_precision == "bf16", "network");
+  const auto cache = TextEncoderCache::create(r.data, r.cli, describe(*r.model).text_encoder_output_cache, false, *r.model,
+                                             r.mixed_precision == "bf16", "network");
   std::cout << cache->summary() << "\n";
   return 0;
 }
