@@ -1,5 +1,7 @@
 #include "generation.h"
 
+#include "model_description.h"
+
 #include "core/error.h"
 #include "core/handle_scope.h"
 #include "core/op_bridge.h"
@@ -19,6 +21,17 @@ namespace {
 using Handle = host::OwnedHandle;
 
 }  // namespace
+
+Generator::Generator(host::Component& model, host::Component& scheduler, int64_t vae_batch_size)
+    : model_(model), scheduler_(scheduler), vae_batch_size_(vae_batch_size) {
+  const ModelDescription d = describe(model);
+  latent_channels_ = d.latent_channels;
+  vae_factor_ = d.vae_scale_factor;
+  added_conditioning_ = d.added_conditioning;
+  if (latent_channels_ < 1 || vae_factor_ < 1)
+    throw host::UserError(std::string("model '") + model.info().name + "' describes latents of " + std::to_string(latent_channels_) +
+                          " channels at 1/" + std::to_string(vae_factor_) + " scale; expected positive numbers");
+}
 
 ImageResult Generator::run(const ImageRequest& r, bool progress) { return run_batch({r}, progress).front(); }
 
@@ -112,224 +125,273 @@ class GlobalRngAs {
 
 }  // namespace
 
-std::vector<ImageResult> Generator::run_batch(const std::vector<ImageRequest>& rs, bool progress) {
-  check_batch(rs);
-  const ImageRequest& r = rs.front();
-  const int64_t B = static_cast<int64_t>(rs.size());
-  if (r.width % 8 || r.height % 8 || r.width <= 0 || r.height <= 0)
-    throw host::UserError("image size must be a positive multiple of 8, got " + size_text(r.width, r.height));
-  if (r.steps <= 0) throw host::UserError("steps must be positive, got " + std::to_string(r.steps));
-  const auto& mvt = model_.vtable<sumi_model_vtable>();
-  const auto& svt = scheduler_.vtable<sumi_noise_scheduler_vtable>();
-  host::HandleScope keep;
+// One denoising batch in the making: what each part of run_batch hands the next.
+struct Generator::Batch {
+  const std::vector<ImageRequest>& rs;
+  const ImageRequest& r;  // the first request: what the batch shares
+  int64_t B;
+  host::HandleScope keep;  // borrowed handles that live as long as the batch
+  // Conditioning, [uncond..., cond...].
+  at::Tensor context, pooled, added;
+  // The sampler's schedule.
+  at::Tensor timesteps, sigmas;
+  double sigma0 = 1.0;
+  bool sigma_space = false;
+  // The random streams, one per image, and what is drawn from them up front.
+  std::vector<int64_t> shape;
+  std::vector<at::Generator> gens;
+  at::Tensor noise0;
+  std::vector<at::Tensor> step_noises;  // gen_img's `noises`, consumed from index 0 whatever the first step
+  at::Tensor i2i_noise;
+  // img2img: the encoded start images and the first timestep index sampled.
+  at::Tensor init_latents;
+  int64_t start = 0;
+  at::Tensor latents, mask;
 
-  at::NoGradGuard no_grad;
-  // Conditioning: [uncond..., cond...] as diffusers batches it, from ONE encode_text call so
-  // that a weighted encoder gives every prompt of the batch, and each negative, one chunk count.
+  Batch(const std::vector<ImageRequest>& requests) : rs(requests), r(requests.front()), B(static_cast<int64_t>(requests.size())) {}
+  bool img2img() const { return r.init_image.defined() || r.init_latents.defined(); }
+  // One draw per image from its own stream, as gen_img's per-image torch.manual_seed loop.
+  at::Tensor draw() {
+    std::vector<at::Tensor> parts;
+    for (auto& g : gens) parts.push_back(at::randn(shape, g, at::TensorOptions().dtype(at::kFloat)));
+    return parts.size() == 1 ? parts.front() : at::cat(parts);
+  }
+};
+
+void Generator::encode_prompts(Batch& b) {
+  const auto& mvt = model_.vtable<sumi_model_vtable>();
+  const auto& rs = b.rs;
+  // One encode_text call, so that a weighted encoder gives every prompt of the batch, and each
+  // negative, one chunk count.
   Handle text, pooled;
   std::vector<const char*> texts;
   for (const auto& q : rs) texts.push_back(q.negative_prompt.c_str());
   for (const auto& q : rs) texts.push_back(q.prompt.c_str());
-  model_.check(mvt.encode_text(model_.self(), texts.data(), 2 * B, &text.h, &pooled.h), "encode_text");
-  at::Tensor context = text.get();
-  at::Tensor pooled_all = pooled.get();
-  if (context.size(0) != 2 * B)
-    throw std::runtime_error("encode_text returned " + std::to_string(context.size(0)) + " rows for " +
-                             std::to_string(2 * B) + " prompts");
-  if (r.zero_empty_negative) {
-    // SDXL: an empty negative prompt is zero conditioning, as diffusers does it.
-    context = context.clone();
-    if (pooled_all.defined()) pooled_all = pooled_all.clone();
-    for (int64_t i = 0; i < B; ++i) {
+  model_.check(mvt.encode_text(model_.self(), texts.data(), 2 * b.B, &text.h, &pooled.h), "encode_text");
+  b.context = text.get();
+  b.pooled = pooled.get();
+  if (b.context.size(0) != 2 * b.B)
+    throw std::runtime_error("encode_text returned " + std::to_string(b.context.size(0)) + " rows for " +
+                             std::to_string(2 * b.B) + " prompts");
+  if (b.r.zero_empty_negative) {
+    // An empty negative prompt is zero conditioning, as diffusers' SDXL pipelines do it.
+    b.context = b.context.clone();
+    if (b.pooled.defined()) b.pooled = b.pooled.clone();
+    for (int64_t i = 0; i < b.B; ++i) {
       if (!rs[static_cast<size_t>(i)].negative_prompt.empty()) continue;
-      context[i].zero_();
-      if (pooled_all.defined()) pooled_all[i].zero_();
+      b.context[i].zero_();
+      if (b.pooled.defined()) b.pooled[i].zero_();
     }
   }
-  at::Tensor added;
-  if (pooled_all.defined()) {
-    // SDXL size/crop conditioning: original size, crop top-left, target size.
-    added = at::tensor({static_cast<double>(r.height), static_cast<double>(r.width), 0.0, 0.0,
-                        static_cast<double>(r.height), static_cast<double>(r.width)},
-                       at::kFloat)
-                .repeat({2 * B, 1});
+  // The model's added conditioning (describe): for generation the original and target size are
+  // the request's, the crop none.
+  if (!added_conditioning_.empty()) {
+    std::vector<double> row;
+    for (const auto& name : added_conditioning_) {
+      if (name == "original_height" || name == "target_height") row.push_back(static_cast<double>(b.r.height));
+      else if (name == "original_width" || name == "target_width") row.push_back(static_cast<double>(b.r.width));
+      else if (name == "crop_top" || name == "crop_left") row.push_back(0.0);
+      else throw host::UserError("the model asks for added conditioning '" + name + "', which generation cannot provide");
+    }
+    b.added = at::tensor(row, at::kFloat).repeat({2 * b.B, 1});
   }
+}
 
-  scheduler_.check(svt.set_timesteps(scheduler_.self(), r.steps), "set_timesteps");
+void Generator::plan_timesteps(Batch& b) {
+  const auto& svt = scheduler_.vtable<sumi_noise_scheduler_vtable>();
+  scheduler_.check(svt.set_timesteps(scheduler_.self(), b.r.steps), "set_timesteps");
   Handle ts, sg;
   scheduler_.check(svt.timesteps(scheduler_.self(), &ts.h), "timesteps");
-  const at::Tensor timesteps = ts.get().to(at::kDouble).contiguous();
-  double sigma0 = 1.0;
-  scheduler_.check(svt.init_noise_sigma(scheduler_.self(), &sigma0), "init_noise_sigma");
+  b.timesteps = ts.get().to(at::kDouble).contiguous();
+  scheduler_.check(svt.init_noise_sigma(scheduler_.self(), &b.sigma0), "init_noise_sigma");
   scheduler_.check(svt.sigmas(scheduler_.self(), &sg.h), "sigmas");
-  const at::Tensor sigmas = sg.get().defined() ? sg.get().to(at::kDouble).contiguous() : at::Tensor();
+  b.sigmas = sg.get().defined() ? sg.get().to(at::kDouble).contiguous() : at::Tensor();
   // diffusers' sigma samplers (init sigma > 1) noise in sigma space, x0 + sigma * noise; the
   // plugins' add_noise is the DDPM form for every sampler (docs/schedulers.md), which is what
   // diffusers uses for ddim/ddpm/pndm and the DPM-Solvers. Same choice as diffusers' add_noise.
-  const bool sigma_space = sigmas.defined() && sigmas.numel() > 0 && sigma0 > 1.0;
+  b.sigma_space = b.sigmas.defined() && b.sigmas.numel() > 0 && b.sigma0 > 1.0;
+}
 
-  // One CPU stream per image, seeded with its seed, drawn in gen_img's order (process_batch):
-  // torch.manual_seed(seed); the start latents; steps * noises_per_step sampler noises; and for
-  // img2img the noise the start image is noised with. Text-to-image draws the sampler noises
-  // lazily, step by step, which is the same stream.
-  const std::vector<int64_t> shape{1, 4, r.height / 8, r.width / 8};
-  std::vector<at::Generator> gens;
-  for (const auto& q : rs) gens.push_back(at::make_generator<at::CPUGeneratorImpl>(q.seed));
-  auto draw = [&] {
-    std::vector<at::Tensor> parts;
-    for (auto& g : gens) parts.push_back(at::randn(shape, g, at::TensorOptions().dtype(at::kFloat)));
-    return parts.size() == 1 ? parts.front() : at::cat(parts);
-  };
-  const at::Tensor noise0 = draw();
-  const bool img2img = r.init_image.defined() || r.init_latents.defined();
-  if (r.mask.defined() && !img2img) throw host::UserError("inpainting needs an init image (a mask alone was given)");
-  std::vector<at::Tensor> step_noises;  // gen_img's `noises`, consumed from index 0 whatever the first step
-  at::Tensor i2i_noise;
-  if (img2img) {
-    if (!(r.strength > 0 && r.strength <= 1))
-      throw host::UserError("strength must be in (0, 1], got " + std::to_string(r.strength));
-    const int64_t n = r.steps * noises_per_step(scheduler_);
-    for (int64_t j = 0; j < n; ++j) step_noises.push_back(draw());
-    i2i_noise = draw();
+// One CPU stream per image, seeded with its seed, drawn in gen_img's order (process_batch):
+// torch.manual_seed(seed); the start latents; steps * noises_per_step sampler noises; and for
+// img2img the noise the start image is noised with. Text-to-image draws the sampler noises
+// lazily, step by step, which is the same stream.
+void Generator::draw_noises(Batch& b) {
+  const ImageRequest& r = b.r;
+  b.shape = {1, latent_channels_, r.height / vae_factor_, r.width / vae_factor_};
+  for (const auto& q : b.rs) b.gens.push_back(at::make_generator<at::CPUGeneratorImpl>(q.seed));
+  b.noise0 = b.draw();
+  if (r.mask.defined() && !b.img2img()) throw host::UserError("inpainting needs an init image (a mask alone was given)");
+  if (!b.img2img()) return;
+  if (!(r.strength > 0 && r.strength <= 1)) throw host::UserError("strength must be in (0, 1], got " + std::to_string(r.strength));
+  const int64_t n = r.steps * noises_per_step(scheduler_);
+  for (int64_t j = 0; j < n; ++j) b.step_noises.push_back(b.draw());
+  b.i2i_noise = b.draw();
+}
+
+// The start image noised to the timestep at `index`.
+at::Tensor Generator::noised(Batch& b, int64_t index) {
+  if (b.sigma_space) return b.init_latents + b.i2i_noise * b.sigmas[index].item<double>();
+  const auto& svt = scheduler_.vtable<sumi_noise_scheduler_vtable>();
+  Handle out;
+  const at::Tensor t = at::full({b.B}, static_cast<int64_t>(std::llround(b.timesteps[index].item<double>())), at::kLong);
+  scheduler_.check(svt.add_noise(scheduler_.self(), b.keep(b.init_latents), b.keep(b.i2i_noise), b.keep(t), &out.h), "add_noise");
+  return out.get().to(at::kFloat);
+}
+
+// img2img: each request's start latents (given, or its image encoded as gen_img does).
+at::Tensor Generator::encode_start_images(Batch& b) {
+  const auto& mvt = model_.vtable<sumi_model_vtable>();
+  const auto& rs = b.rs;
+  const ImageRequest& r = b.r;
+  const int64_t lh = r.height / vae_factor_, lw = r.width / vae_factor_;
+  std::vector<at::Tensor> per_image(rs.size());
+  std::vector<size_t> to_encode;
+  for (size_t k = 0; k < rs.size(); ++k) {
+    const ImageRequest& q = rs[k];
+    if (q.init_latents.defined()) {
+      per_image[k] = q.init_latents.to(at::kFloat);
+      if (per_image[k].dim() != 4 || per_image[k].size(0) != 1 || per_image[k].size(2) != lh || per_image[k].size(3) != lw)
+        throw host::UserError("init latents must be [1, C, " + std::to_string(lh) + ", " + std::to_string(lw) + "] for a " +
+                              size_text(r.width, r.height) + " request");
+      continue;
+    }
+    if (!q.init_image.defined() || q.init_image.dim() != 4 || q.init_image.size(0) != 1 || q.init_image.size(1) != 3 ||
+        q.init_image.size(2) != r.height || q.init_image.size(3) != r.width) {
+      std::string got;
+      if (q.init_image.defined())
+        for (auto v : q.init_image.sizes()) got += (got.empty() ? "" : ", ") + std::to_string(v);
+      throw host::UserError("init image must be [1, 3, " + std::to_string(r.height) + ", " + std::to_string(r.width) +
+                            "], got [" + got + "]; resize it to the request size (to_model_image)");
+    }
+    to_encode.push_back(k);
   }
+  if (!to_encode.empty()) {
+    // gen_img: latent_dist.sample(generator=None) * scaling factor, drawn from the global RNG
+    // where the seeding loop left it (after the batch's last image's draws); one image
+    // encoded and repeated when every image of the batch is the same one; vae_batch_size
+    // slices encoded (and drawn) one after another.
+    bool all_same = true;
+    for (size_t k : to_encode) all_same = all_same && same_image(rs[k].init_image, rs[to_encode.front()].init_image);
+    std::vector<at::Tensor> images;
+    for (size_t k : to_encode) {
+      images.push_back(rs[k].init_image.to(at::kFloat));
+      if (all_same) break;
+    }
+    const at::Tensor all = images.size() == 1 ? images.front() : at::cat(images);
+    const int64_t n = all.size(0);
+    const int64_t slice = vae_batch_size_ > 0 ? std::min(vae_batch_size_, n) : n;
+    std::vector<at::Tensor> parts;
+    {
+      GlobalRngAs global(b.gens.back(), rs.back().seed);
+      for (int64_t from = 0; from < n; from += slice) {
+        const at::Tensor in = all.narrow(0, from, std::min(slice, n - from)).contiguous();
+        Handle enc;
+        model_.check(mvt.vae_encode(model_.self(), b.keep(in), 1, &enc.h), "vae_encode");
+        parts.push_back(enc.get().to(at::kFloat));
+      }
+    }
+    const at::Tensor encoded = parts.size() == 1 ? parts.front() : at::cat(parts);
+    int64_t next = 0;
+    for (size_t k : to_encode) per_image[k] = encoded.narrow(0, all_same ? 0 : next++, 1);
+  }
+  return per_image.size() == 1 ? per_image.front() : at::cat(per_image);
+}
 
-  at::Tensor init_latents;
-  int64_t start = 0;
-  auto noised = [&](int64_t index) {
-    if (sigma_space) return init_latents + i2i_noise * sigmas[index].item<double>();
-    Handle out;
-    const at::Tensor t = at::full({B}, static_cast<int64_t>(std::llround(timesteps[index].item<double>())), at::kLong);
-    scheduler_.check(svt.add_noise(scheduler_.self(), keep(init_latents), keep(i2i_noise), keep(t), &out.h),
-                     "add_noise");
-    return out.get().to(at::kFloat);
-  };
-  at::Tensor latents;
-  if (img2img) {
-    std::vector<at::Tensor> per_image(rs.size());
-    std::vector<size_t> to_encode;
-    for (size_t k = 0; k < rs.size(); ++k) {
-      const ImageRequest& q = rs[k];
-      if (q.init_latents.defined()) {
-        per_image[k] = q.init_latents.to(at::kFloat);
-        if (per_image[k].dim() != 4 || per_image[k].size(0) != 1 || per_image[k].size(2) != r.height / 8 ||
-            per_image[k].size(3) != r.width / 8)
-          throw host::UserError("init latents must be [1, C, " + std::to_string(r.height / 8) + ", " +
-                                std::to_string(r.width / 8) + "] for a " + size_text(r.width, r.height) + " request");
-        continue;
-      }
-      if (!q.init_image.defined() || q.init_image.dim() != 4 || q.init_image.size(0) != 1 || q.init_image.size(1) != 3 ||
-          q.init_image.size(2) != r.height || q.init_image.size(3) != r.width) {
-        std::string got;
-        if (q.init_image.defined())
-          for (auto v : q.init_image.sizes()) got += (got.empty() ? "" : ", ") + std::to_string(v);
-        throw host::UserError("init image must be [1, 3, " + std::to_string(r.height) + ", " + std::to_string(r.width) +
-                              "], got [" + got + "]; resize it to the request size (to_model_image)");
-      }
-      to_encode.push_back(k);
-    }
-    if (!to_encode.empty()) {
-      // gen_img: latent_dist.sample(generator=None) * scaling factor, drawn from the global RNG
-      // where the seeding loop left it (after the batch's last image's draws); one image
-      // encoded and repeated when every image of the batch is the same one; vae_batch_size
-      // slices encoded (and drawn) one after another.
-      bool all_same = true;
-      for (size_t k : to_encode) all_same = all_same && same_image(rs[k].init_image, rs[to_encode.front()].init_image);
-      std::vector<at::Tensor> images;
-      for (size_t k : to_encode) {
-        images.push_back(rs[k].init_image.to(at::kFloat));
-        if (all_same) break;
-      }
-      const at::Tensor all = images.size() == 1 ? images.front() : at::cat(images);
-      const int64_t n = all.size(0);
-      const int64_t slice = vae_batch_size_ > 0 ? std::min(vae_batch_size_, n) : n;
-      std::vector<at::Tensor> parts;
-      {
-        GlobalRngAs global(gens.back(), rs.back().seed);
-        for (int64_t from = 0; from < n; from += slice) {
-          const at::Tensor in = all.narrow(0, from, std::min(slice, n - from)).contiguous();
-          Handle enc;
-          model_.check(mvt.vae_encode(model_.self(), keep(in), 1, &enc.h), "vae_encode");
-          parts.push_back(enc.get().to(at::kFloat));
-        }
-      }
-      const at::Tensor encoded = parts.size() == 1 ? parts.front() : at::cat(parts);
-      int64_t next = 0;
-      for (size_t k : to_encode) per_image[k] = encoded.narrow(0, all_same ? 0 : next++, 1);
-    }
-    init_latents = per_image.size() == 1 ? per_image.front() : at::cat(per_image);
+void Generator::start_latents(Batch& b) {
+  const ImageRequest& r = b.r;
+  if (!b.img2img()) {
+    b.latents = b.noise0 * b.sigma0;
+  } else {
+    b.init_latents = encode_start_images(b);
     // gen_img's PipelineLike forces the scheduler's steps_offset to 1, so init_timestep =
     // min(int(steps * strength) + 1, steps); the start image is noised to
     // timesteps[-init_timestep] and sampling runs timesteps[steps - init_timestep + 1:] (one
     // entry later than the noise level: legacy diffusers img2img). Two-call samplers
     // (2n - 1 timesteps) keep gen_img's step counts, aligned to whole steps.
-    const int64_t n_ts = timesteps.numel();
-    const int64_t init_timestep =
-        std::min(static_cast<int64_t>(static_cast<double>(r.steps) * r.strength) + 1, r.steps);
+    const int64_t n_ts = b.timesteps.numel();
+    const int64_t init_timestep = std::min(static_cast<int64_t>(static_cast<double>(r.steps) * r.strength) + 1, r.steps);
     int64_t noise_index = n_ts - init_timestep;
-    start = r.steps - init_timestep + 1;
+    b.start = r.steps - init_timestep + 1;
     if (n_ts == 2 * r.steps - 1 && r.steps > 1) {
       auto entry = [](int64_t step) { return step > 0 ? 2 * step - 1 : 0; };
       noise_index = entry(r.steps - init_timestep);
-      start = entry(start);
+      b.start = entry(b.start);
     }
-    if (start >= n_ts)
+    if (b.start >= n_ts)
       throw host::UserError("strength " + std::to_string(r.strength) + " with " + std::to_string(r.steps) +
                             " steps leaves no sampling step (gen_img runs int(steps * strength) of them); raise "
                             "--strength or --steps");
-    latents = noised(noise_index);
-  } else {
-    latents = noise0 * sigma0;
+    b.latents = noised(b, noise_index);
   }
-  at::Tensor mask;
   if (r.mask.defined()) {
     std::vector<at::Tensor> ms;
-    for (const auto& q : rs) ms.push_back(at::upsample_nearest2d(q.mask.to(at::kFloat), {r.height / 8, r.width / 8}));
-    mask = ms.size() == 1 ? ms.front() : at::cat(ms);
+    for (const auto& q : b.rs)
+      ms.push_back(at::upsample_nearest2d(q.mask.to(at::kFloat), {r.height / vae_factor_, r.width / vae_factor_}));
+    b.mask = ms.size() == 1 ? ms.front() : at::cat(ms);
   }
+}
+
+void Generator::denoise(Batch& b, bool progress) {
+  const auto& mvt = model_.vtable<sumi_model_vtable>();
+  const auto& svt = scheduler_.vtable<sumi_noise_scheduler_vtable>();
+  const ImageRequest& r = b.r;
   // One guidance scale for the batch is a scalar multiply (as a single run does); mixed scales
   // broadcast per image.
   bool one_scale = true;
-  for (const auto& q : rs) one_scale = one_scale && q.scale == r.scale;
+  for (const auto& q : b.rs) one_scale = one_scale && q.scale == r.scale;
   at::Tensor scales;
   if (!one_scale) {
     std::vector<float> v;
-    for (const auto& q : rs) v.push_back(static_cast<float>(q.scale));
-    scales = at::tensor(v, at::kFloat).view({B, 1, 1, 1});
+    for (const auto& q : b.rs) v.push_back(static_cast<float>(q.scale));
+    scales = at::tensor(v, at::kFloat).view({b.B, 1, 1, 1});
   }
-
-  sumi_progress* bar = progress ? host::progress_begin("sampling", timesteps.numel() - start) : nullptr;
-  for (int64_t i = start; i < timesteps.numel(); ++i) {
-    const double t = timesteps[i].item<double>();
-    const at::Tensor x2 = at::cat({latents, latents});
+  sumi_progress* bar = progress ? host::progress_begin("sampling", b.timesteps.numel() - b.start) : nullptr;
+  for (int64_t i = b.start; i < b.timesteps.numel(); ++i) {
+    const double t = b.timesteps[i].item<double>();
+    const at::Tensor x2 = at::cat({b.latents, b.latents});
     Handle scaled, out, next;
     host::HandleScope step_keep;  // this step's borrowed handles
     scheduler_.check(svt.scale_model_input(scheduler_.self(), step_keep(x2), i, &scaled.h), "scale_model_input");
-    const at::Tensor tt = at::full({2 * B}, t, at::kFloat);
-    model_.check(mvt.denoise(model_.self(), step_keep(scaled.get()), step_keep(tt), step_keep(context),
-                             step_keep(pooled_all), step_keep(added), &out.h),
+    const at::Tensor tt = at::full({2 * b.B}, t, at::kFloat);
+    model_.check(mvt.denoise(model_.self(), step_keep(scaled.get()), step_keep(tt), step_keep(b.context), step_keep(b.pooled),
+                             step_keep(b.added), &out.h),
                  "denoise");
     const auto parts = out.get().chunk(2);
     const at::Tensor guided =
         one_scale ? parts[0] + r.scale * (parts[1] - parts[0]) : parts[0] + scales * (parts[1] - parts[0]);
     // Ancestral samplers take this noise; deterministic ones ignore it. gen_img's noise manager
     // hands out its pre-drawn noises in order from the first step sampled.
-    const size_t m = static_cast<size_t>(i - start);
-    const at::Tensor noise = m < step_noises.size() ? step_noises[m] : draw();
-    scheduler_.check(svt.step(scheduler_.self(), step_keep(guided), i, step_keep(latents), step_keep(noise),
-                              &next.h),
-                     "step");
-    latents = next.get();
+    const size_t m = static_cast<size_t>(i - b.start);
+    const at::Tensor noise = m < b.step_noises.size() ? b.step_noises[m] : b.draw();
+    scheduler_.check(svt.step(scheduler_.self(), step_keep(guided), i, step_keep(b.latents), step_keep(noise), &next.h), "step");
+    b.latents = next.get();
     // Legacy inpainting (diffusers' StableDiffusionInpaintPipelineLegacy, sd-scripts gen_img for
     // ordinary models): keep the original, noised with the img2img noise to this step's
     // timestep, outside the mask.
-    if (mask.defined()) latents = noised(i) * (1 - mask) + latents * mask;
+    if (b.mask.defined()) b.latents = noised(b, i) * (1 - b.mask) + b.latents * b.mask;
     if (bar) host::progress_update(bar, 1, nullptr);
   }
   if (bar) host::progress_end(bar);
+}
 
-  const at::Tensor images = decode(latents);
+std::vector<ImageResult> Generator::run_batch(const std::vector<ImageRequest>& rs, bool progress) {
+  check_batch(rs);
+  const ImageRequest& r = rs.front();
+  if (r.width % vae_factor_ || r.height % vae_factor_ || r.width <= 0 || r.height <= 0)
+    throw host::UserError("image size must be a positive multiple of " + std::to_string(vae_factor_) + ", got " +
+                          size_text(r.width, r.height));
+  if (r.steps <= 0) throw host::UserError("steps must be positive, got " + std::to_string(r.steps));
+  at::NoGradGuard no_grad;
+  Batch b(rs);
+  encode_prompts(b);
+  plan_timesteps(b);
+  draw_noises(b);
+  start_latents(b);
+  denoise(b, progress);
+  const at::Tensor images = decode(b.latents);
   std::vector<ImageResult> out;
-  for (int64_t k = 0; k < B; ++k) out.push_back({latents.narrow(0, k, 1), images.narrow(0, k, 1)});
+  for (int64_t k = 0; k < b.B; ++k) out.push_back({b.latents.narrow(0, k, 1), images.narrow(0, k, 1)});
   return out;
 }
 
@@ -393,7 +455,7 @@ std::vector<ImageResult> Generator::run_highres_batch(const std::vector<ImageReq
     b.seed = r.seed + 1;
     b.mask = at::Tensor();
     if (h.latents_upscaling) {
-      b.init_latents = at::upsample_bilinear2d(ones[k].latents, {r.height / 8, r.width / 8}, false);
+      b.init_latents = at::upsample_bilinear2d(ones[k].latents, {r.height / vae_factor_, r.width / vae_factor_}, false);
     } else {
       // gen_img hands the second stage the first stage's 8-bit images, resized (PIL, 8-bit out).
       const auto eight_bit = [](const at::Tensor& x) { return (x / 2 + 0.5).clamp(0, 1).mul(255).round().div(255).mul(2).sub(1); };

@@ -58,8 +58,8 @@ struct ImageResult {
 class Generator {
  public:
   // `vae_batch_size`: decode at most this many images at once (0 = the whole batch).
-  Generator(host::Component& model, host::Component& scheduler, int64_t vae_batch_size = 0)
-      : model_(model), scheduler_(scheduler), vae_batch_size_(vae_batch_size) {}
+  // The model must be loaded: its describe gives the latent shape and the added conditioning.
+  Generator(host::Component& model, host::Component& scheduler, int64_t vae_batch_size = 0);
   ImageResult run(const ImageRequest& r, bool progress = true);
   // One denoising batch: cond and uncond of every request in one denoise call [2B, ...]. The
   // requests must share size, steps, strength, and whether they are img2img / inpainting;
@@ -72,11 +72,22 @@ class Generator {
                                              bool progress = true, std::vector<ImageResult>* first = nullptr);
 
  private:
+  // run_batch's parts, in order (generation.cpp).
+  struct Batch;
+  void encode_prompts(Batch& b);
+  void plan_timesteps(Batch& b);
+  void draw_noises(Batch& b);
+  at::Tensor encode_start_images(Batch& b);
+  void start_latents(Batch& b);
+  at::Tensor noised(Batch& b, int64_t index);
+  void denoise(Batch& b, bool progress);
   at::Tensor decode(const at::Tensor& latents);
 
   host::Component& model_;
   host::Component& scheduler_;
   int64_t vae_batch_size_ = 0;
+  int64_t latent_channels_ = 4, vae_factor_ = 8;
+  std::vector<std::string> added_conditioning_;
 };
 
 // The loaded model's description (the ABI 1.2 describe slot) as JSON text; "{}" for a model

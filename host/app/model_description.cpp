@@ -25,6 +25,8 @@ ModelDescription describe(host::Component& model) {
   try {
     j = nlohmann::json::parse(describe_model(model));
     d.prediction_type = j.value("prediction_type", d.prediction_type);
+    d.latent_channels = j.value("latent_channels", d.latent_channels);
+    d.vae_scale_factor = j.value("vae_scale_factor", d.vae_scale_factor);
     if (j.contains("text_encoders")) d.text_encoders = j["text_encoders"].get<std::vector<std::string>>();
     if (j.contains("default_resolution") && j["default_resolution"].size() == 2) {
       d.default_width = j["default_resolution"][0].get<int64_t>();

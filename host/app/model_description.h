@@ -16,6 +16,8 @@ namespace sumi::app {
 
 struct ModelDescription {
   std::string prediction_type = "epsilon";
+  // Latents: channels and the VAE's down-scaling factor (image size / latent size).
+  int64_t latent_channels = 4, vae_scale_factor = 8;
   // Names of the model's text encoders, in order ("text_encoder", "text_encoder_2", ...): the
   // parts train_part accepts besides "unet".
   std::vector<std::string> text_encoders;

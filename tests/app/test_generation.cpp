@@ -8,6 +8,7 @@
 
 #include "../common/plugin_test.h"
 #include "app/generation.h"
+#include "app/model_description.h"
 #include "app/image_io.h"
 #include "sumi/io/safetensors_torch.h"
 
@@ -169,10 +170,12 @@ TEST_CASE("describe: what the host needs to know of a loaded model") {
     int64_t resolution;
     size_t encoders;
     const char* arch;
+    const char* base_version;  // kohya's ss_base_model_version
+    bool sgm_lora;             // modelspec.implementation of its LoRA files: generative-models
   };
-  for (const Want w : {Want{"tiny-sd1", "sd1", "epsilon", 0.18215, 512, 1, "stable-diffusion-v1"},
-                       Want{"tiny-sd2v", "sd2", "v_prediction", 0.18215, 768, 1, "stable-diffusion-v2-768-v"},
-                       Want{"tiny-sdxl", "sdxl", "epsilon", 0.13025, 1024, 2, "stable-diffusion-xl-v1-base"}}) {
+  for (const Want& w : {Want{"tiny-sd1", "sd1", "epsilon", 0.18215, 512, 1, "stable-diffusion-v1", "sd_v1", false},
+                       Want{"tiny-sd2v", "sd2", "v_prediction", 0.18215, 768, 1, "stable-diffusion-v2-768-v", "sd_v2_768_v", false},
+                       Want{"tiny-sdxl", "sdxl", "epsilon", 0.13025, 1024, 2, "stable-diffusion-xl-v1-base", "sdxl_base_v1-0", true}}) {
     CAPTURE(w.model);
     for (const std::string& path : {fixture(w.model), fixture(std::string(w.model) + ".safetensors")}) {
       Loaded m(w.family, path);
@@ -186,6 +189,18 @@ TEST_CASE("describe: what the host needs to know of a loaded model") {
       CHECK(d.at("text_encoders").size() == w.encoders);
       CHECK(d.at("modelspec_architecture") == w.arch);
       CHECK(d.at("scheduler").at("steps_offset") == 1);
+      // What the trainer and the metadata writer ask instead of knowing the family.
+      const auto md = sumi::app::describe(*m.c);
+      CHECK(md.kohya_base_model_version == w.base_version);
+      CHECK(md.kohya_v2 == (std::string(w.family) == "sd2"));
+      CHECK(md.modelspec_lora_implementation == (w.sgm_lora ? "https://github.com/Stability-AI/generative-models" : "diffusers"));
+      CHECK(md.text_encoder_output_cache == w.sgm_lora);
+      CHECK(md.kohya_trains_text_encoder == !w.sgm_lora);
+      CHECK(md.added_conditioning.size() == (w.sgm_lora ? 6u : 0u));
+      CHECK(static_cast<bool>(md.block_lr) == w.sgm_lora);
+      CHECK(md.latent_channels == 4);
+      CHECK(md.vae_scale_factor == 8);
+      CHECK(md.default_width == w.resolution);
     }
   }
 }
