@@ -261,6 +261,21 @@ TEST_CASE("dim_from_weights: the network takes the modules and per-module ranks 
     REQUIRE(saved.count(key));
     CHECK(saved.at(key).sizes() == t.sizes());
   }
+  // --network_weights alone continues from the file: after one step at a tiny rate the network is
+  // the file's (a fresh initialisation would differ by far more).
+  auto cont = small_run(dataset, out / "d");
+  cont.network_weights = a.output_file;
+  cont.learning_rate = 1e-7;
+  cont.max_train_steps = 1;
+  const auto d = sumi::app::train_network(cont, {SUMI_PLUGIN_DIR}, false);
+  const auto start = sumi::test::load_map(a.output_file);
+  const auto continued = sumi::test::load_map(d.output_file);
+  REQUIRE(continued.size() == start.size());
+  for (const auto& [key, t] : start) {
+    CAPTURE(key);
+    REQUIRE(continued.count(key));
+    CHECK((continued.at(key) - t).abs().max().item<double>() < 1e-5);
+  }
   // dim_from_weights without a file is refused naming both.
   auto third = small_run(dataset, out / "c");
   third.dim_from_weights = true;
