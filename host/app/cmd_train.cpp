@@ -119,6 +119,8 @@ int cmd_train(const std::vector<std::string>& args) {
     s.network_type = net.get_string("type");
     s.network_params = plugin_params(net);
     if (net.has("weights")) s.network_weights = net.get_string("weights");
+    s.dim_from_weights = net.has("dim_from_weights") && net.get_bool("dim_from_weights");
+    if (net.has("scale_weight_norms")) s.scale_weight_norms = net.get_double("scale_weight_norms");
     s.network_multiplier = net.get_double("multiplier");
   }
   if (train.has("token_string")) s.token_string = train.get_string("token_string");

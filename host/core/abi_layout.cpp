@@ -5,7 +5,8 @@
 #include <cstddef>
 
 #if defined(__LP64__)
-static_assert(sizeof(sumi_host_api) == 320, "sumi_host_api layout changed");
+static_assert(sizeof(sumi_host_api) == 328, "sumi_host_api layout changed");
+static_assert(offsetof(sumi_host_api, param_group_lr_scale) == 320, "sumi_host_api.param_group_lr_scale moved (1.3)");
 static_assert(offsetof(sumi_host_api, last_error) == 16, "sumi_host_api.last_error moved");
 static_assert(offsetof(sumi_host_api, op_call) == 160, "sumi_host_api.op_call moved");
 static_assert(offsetof(sumi_host_api, autograd_apply) == 208, "sumi_host_api.autograd_apply moved");
@@ -53,7 +54,8 @@ static_assert(offsetof(sumi_network_vtable, probe) == 56, "sumi_network_vtable.p
 static_assert(offsetof(sumi_network_vtable, configure_from_weights) == 64, "sumi_network_vtable.configure_from_weights moved");
 static_assert(offsetof(sumi_network_vtable, metadata) == 72, "sumi_network_vtable.metadata moved");
 static_assert(offsetof(sumi_network_vtable, bias_delta) == 80, "sumi_network_vtable.bias_delta moved");
-static_assert(sizeof(sumi_network_vtable) == 88, "sumi_network_vtable 1.3 layout changed");
+static_assert(offsetof(sumi_network_vtable, apply_max_norm) == 88, "sumi_network_vtable.apply_max_norm moved");
+static_assert(sizeof(sumi_network_vtable) == 96, "sumi_network_vtable 1.3 layout changed");
 static_assert(sizeof(sumi_file_tensor) == 32, "sumi_file_tensor layout changed");
 static_assert(offsetof(sumi_file_tensor, ndim) == 24, "sumi_file_tensor.ndim moved");
 #endif

@@ -11,6 +11,7 @@
 #include <ATen/autocast_mode.h>
 #include <torch/csrc/autograd/custom_function.h>
 
+#include <cmath>
 #include <cstring>
 
 struct sumi_autograd_ctx_s {
@@ -345,6 +346,15 @@ sumi_status state_find(sumi_context* ctx, const char* name, sumi_tensor* out) {
   }
 }
 
+sumi_status param_group_lr_scale(sumi_context* ctx, const char* group, double scale) {
+  return guarded([&] {
+    if (!(scale >= 0) || !std::isfinite(scale))
+      throw UserError("param_group_lr_scale: the scale of group '" + std::string(group ? group : "") + "' of '" + ctx->component +
+                      "' must be a finite number >= 0, got " + std::to_string(scale));
+    registry_of(ctx).set_lr_scale(ctx->component, group ? group : "", scale);
+  });
+}
+
 // ---------------------------------------------------------------- native tier
 void* native_tensor(sumi_tensor t) { return t ? static_cast<void*>(&t->tensor) : nullptr; }
 sumi_tensor native_wrap(const void* at_tensor) {
@@ -396,6 +406,7 @@ sumi_host_api make_table() {
   t.state_find = &state_find;
   t.native_tensor = &native_tensor;
   t.native_wrap = &native_wrap;
+  t.param_group_lr_scale = &param_group_lr_scale;
   return t;
 }
 

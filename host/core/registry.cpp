@@ -52,3 +52,18 @@ std::vector<std::pair<std::string, std::vector<at::Tensor>>> Registry::param_gro
 }
 
 }  // namespace sumi::host
+
+namespace sumi::host {
+
+void Registry::set_lr_scale(const std::string& component, const std::string& group, double scale) {
+  std::lock_guard<std::mutex> lock(mu_);
+  lr_scale_[{component, group}] = scale;
+}
+
+double Registry::lr_scale(const std::string& component, const std::string& group) const {
+  std::lock_guard<std::mutex> lock(mu_);
+  auto it = lr_scale_.find({component, group});
+  return it == lr_scale_.end() ? 1.0 : it->second;
+}
+
+}  // namespace sumi::host

@@ -37,11 +37,15 @@ class Registry {
   std::vector<RegistryEntry> entries() const;
   // Trainable parameters of a component grouped by group name, groups in first-seen order.
   std::vector<std::pair<std::string, std::vector<at::Tensor>>> param_groups(const std::string& component) const;
+  // The learning-rate multiplier of a component's group (param_group_lr_scale; 1 when unset).
+  void set_lr_scale(const std::string& component, const std::string& group, double scale);
+  double lr_scale(const std::string& component, const std::string& group) const;
 
  private:
   mutable std::mutex mu_;
   std::vector<RegistryEntry> entries_;
   std::map<std::string, size_t> index_;
+  std::map<std::pair<std::string, std::string>, double> lr_scale_;
 };
 
 // One typed configuration value (SUMI_PARAM_* in `type`).

@@ -7,6 +7,7 @@
 #include <sumi/plugin.hpp>
 #include <sumi/targets.hpp>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -133,12 +134,25 @@ class LoraNetwork : public sumi::Network {
     check_p(dropout_, "dropout", true);
     check_p(rank_dropout_, "rank_dropout", false);  // its rescale divides by 1 - p
     check_p(module_dropout_, "module_dropout", true);
+    const double threshold = ctx.get_double("block_lr_zero_threshold");
+    lr_weights_ = targets::block_lr_weights(ctx.get_string("down_lr_weight"), ctx.get_string("mid_lr_weight"),
+                                            ctx.get_string("up_lr_weight"), threshold, s_.network);
+    if (!lr_weights_.set && threshold != 0)
+      fail(SUMI_ERR_INVALID_ARGUMENT, "block_lr_zero_threshold is given without down_lr_weight, mid_lr_weight or up_lr_weight; "
+                                      "it only applies to those weights");
+    if (lr_weights_.set && !s_.unet)
+      fail(SUMI_ERR_INVALID_ARGUMENT, "down/mid/up_lr_weight weight the U-Net's blocks, but train_text_encoder_only trains no U-Net module");
   }
 
   std::vector<bool> attach(const std::vector<const sumi_module_info*>& infos) override {
     if (!modules_.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "attach called twice; a network wraps one model");
     std::vector<bool> selected(infos.size(), false);
     slot_.assign(infos.size(), -1);
+    const bool sgm = targets::uses_sgm_names(infos);
+    if (lr_weights_.set && sgm)
+      fail(SUMI_ERR_UNSUPPORTED, "down_lr_weight / mid_lr_weight / up_lr_weight follow kohya's SD1/SD2 block numbering (12 down, mid, 12 up); "
+                                 "this model's U-Net (SDXL names) has no such blocks in kohya's LoRA");
+    std::map<std::string, double> group_scale;
     for (const Target& t : choose_targets(infos, s_)) {
       const sumi_module_info& info = *infos[t.index];
       Module m;
@@ -162,11 +176,22 @@ class LoraNetwork : public sumi::Network {
       if (weight.defined() && weight.sizes() != m.base_shape)
         fail(SUMI_ERR_INVALID_ARGUMENT, "module '" + m.name + "': its weight is " + shape_str(weight.sizes()) +
                                             " but its description says " + shape_str(m.base_shape));
-      const char* group = info.role == SUMI_ROLE_UNET ? "unet" : "text_encoder";
+      std::string group = info.role == SUMI_ROLE_UNET ? "unet" : "text_encoder";
+      // kohya's prepare_optimizer_params with block lr weights: one group per U-Net block, its
+      // rate the U-Net's times the block's weight (modules outside every block stay in "unet").
+      if (lr_weights_.set && info.role == SUMI_ROLE_UNET) {
+        const int block = targets::block_index(m.name, false);
+        if (block >= 0) {
+          char buf[32];
+          std::snprintf(buf, sizeof buf, "unet_block%02d", block);
+          group = buf;
+          group_scale[group] = lr_weights_.weight(block);
+        }
+      }
       Tensor down0 = zeros_on(weight, down_shape);
       kaiming_uniform_sqrt5(down0);
-      m.down = ctx_.param(m.name + ".lora_down.weight", down0, group);
-      m.up = ctx_.param(m.name + ".lora_up.weight", zeros_on(weight, up_shape), group);
+      m.down = ctx_.param(m.name + ".lora_down.weight", down0, group.c_str());
+      m.up = ctx_.param(m.name + ".lora_up.weight", zeros_on(weight, up_shape), group.c_str());
       Tensor a0 = zeros_on(weight, {});
       fill_(a0, t.alpha);
       m.alpha = ctx_.state(m.name + ".alpha", a0);
@@ -175,6 +200,7 @@ class LoraNetwork : public sumi::Network {
       modules_.push_back(std::move(m));
       selected[t.index] = true;
     }
+    for (const auto& [group, scale] : group_scale) ctx_.param_group_lr_scale(group, scale);
     return selected;
   }
 
@@ -207,6 +233,37 @@ class LoraNetwork : public sumi::Network {
 
   Tensor weight_delta(int64_t index) override {
     const Module& m = module(index);
+    return multiplier_ * up_down(m) * m.scale;
+  }
+
+  // kohya's apply_max_norm_regularization: each module's delta up @ down * alpha / dim has its
+  // norm clamped to max_norm by scaling up and down by sqrt(ratio) each; a norm below max / 2
+  // counts as max / 2 (ratio 1). The reported norms are the deltas' after scaling.
+  MaxNorm apply_max_norm(double max_norm) override {
+    if (!(max_norm > 0)) fail(SUMI_ERR_INVALID_ARGUMENT, "scale_weight_norms must be > 0, got " + std::to_string(max_norm));
+    NoGradGuard no_grad;
+    MaxNorm r;
+    if (modules_.empty()) return r;
+    double sum = 0;
+    for (Module& m : modules_) {
+      const double norm = ops::norm(up_down(m) * m.scale).item();
+      const double clamped = std::max(norm, max_norm / 2);
+      const double ratio = std::min(clamped, max_norm) / clamped;
+      if (ratio != 1.0) {
+        ++r.keys_scaled;
+        ops::mul_(m.up, std::sqrt(ratio));
+        ops::mul_(m.down, std::sqrt(ratio));
+      }
+      const double scaled = norm * ratio;
+      sum += scaled;
+      r.max_norm = std::max(r.max_norm, scaled);
+    }
+    r.mean_norm = sum / static_cast<double>(modules_.size());
+    return r;
+  }
+
+  // up @ down in the base weight's shape (no multiplier, no alpha / dim).
+  static Tensor up_down(const Module& m) {
     Tensor w;
     if (!m.conv) {
       w = ops::matmul(m.up, m.down);
@@ -219,7 +276,7 @@ class LoraNetwork : public sumi::Network {
       w = ops::conv2d(ops::permute(m.down, {1, 0, 2, 3}), m.up);
       w = ops::contiguous(ops::permute(w, {1, 0, 2, 3}));
     }
-    return multiplier_ * w * m.scale;
+    return w;
   }
 
   void set_multiplier(double mult) override { multiplier_ = mult; }
@@ -344,6 +401,7 @@ class LoraNetwork : public sumi::Network {
   sumi::Context ctx_;
   Settings s_;
   double dropout_ = 0, rank_dropout_ = 0, module_dropout_ = 0;
+  targets::BlockLrWeights lr_weights_;
   double multiplier_ = 1.0;
   bool training_ = false;
   std::vector<Module> modules_;
@@ -363,6 +421,10 @@ const sumi_param_spec kParams[] = {
     sumi::param("block_alphas", SUMI_PARAM_DOUBLE_LIST, "", "Per-block alpha matching block_dims (default: alpha for every block)."),
     sumi::param("conv_block_dims", SUMI_PARAM_INT_LIST, "", "Per-block rank of the 3x3 convolutions (needs block_dims; default: conv_dim for every block)."),
     sumi::param("conv_block_alphas", SUMI_PARAM_DOUBLE_LIST, "", "Per-block alpha of the 3x3 convolutions (default: conv_alpha)."),
+    sumi::param("down_lr_weight", SUMI_PARAM_STRING, "", "Learning-rate weights of the U-Net's 12 down blocks (shallow to deep): comma-separated, or cosine / sine / linear / reverse_linear / zeros with an optional +offset (kohya)."),
+    sumi::param("mid_lr_weight", SUMI_PARAM_STRING, "", "Learning-rate weight of the U-Net's mid block (kohya)."),
+    sumi::param("up_lr_weight", SUMI_PARAM_STRING, "", "Learning-rate weights of the U-Net's 12 up blocks, as down_lr_weight (kohya)."),
+    sumi::param("block_lr_zero_threshold", SUMI_PARAM_DOUBLE, "0", "Block weights not above this are 0: those blocks are not trained (kohya)."),
     sumi::param("train_unet_only", SUMI_PARAM_BOOL, "false", "Wrap only U-Net modules (kohya network_train_unet_only)."),
     sumi::param("train_text_encoder_only", SUMI_PARAM_BOOL, "false", "Wrap only text-encoder modules (kohya network_train_text_encoder_only)."),
 };

@@ -10,6 +10,8 @@
 #include <sumi/tensor.hpp>
 
 #include <algorithm>
+#include <cmath>
+#include <cstdlib>
 #include <regex>
 #include <set>
 
@@ -229,6 +231,85 @@ std::map<std::string, int64_t> lora_file_ranks(const std::vector<std::string>& n
   }
   if (out.empty()) throw Error(SUMI_ERR_INVALID_ARGUMENT, network + ": the file has no lora_down weights; it is not a kohya LoRA file");
   return out;
+}
+
+namespace {
+
+constexpr int kLrBlocks = 12;  // kohya's LoRANetwork.NUM_OF_BLOCKS
+
+double parse_number(const std::string& text, const std::string& what) {
+  const char* b = text.c_str();
+  char* end = nullptr;
+  const double v = std::strtod(b, &end);
+  std::string rest = end ? std::string(end) : std::string();
+  rest.erase(0, rest.find_first_not_of(" \t"));
+  if (end == b || !rest.empty() || !std::isfinite(v)) throw Error(SUMI_ERR_INVALID_ARGUMENT, what + ": '" + text + "' is not a number");
+  return v;
+}
+
+}  // namespace
+
+std::vector<double> block_lr_weight_list(const std::string& text, const std::string& key, const std::string& network) {
+  const std::string what = network + ": " + key;
+  std::vector<double> out;
+  if (text.find(',') != std::string::npos) {
+    size_t start = 0;
+    while (true) {
+      const size_t comma = text.find(',', start);
+      std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+      item.erase(0, item.find_first_not_of(" \t"));
+      item.erase(item.find_last_not_of(" \t") + 1);
+      out.push_back(item.empty() ? 0.0 : parse_number(item, what));
+      if (comma == std::string::npos) break;
+      start = comma + 1;
+    }
+  } else {
+    const size_t plus = text.find('+');
+    const std::string name = text.substr(0, plus);
+    const double offset = plus == std::string::npos ? 0.0 : parse_number(text.substr(plus + 1), what + " (the +offset)");
+    const double pi = std::acos(-1.0);
+    for (int k = 0; k < kLrBlocks; ++k) {
+      const double up = static_cast<double>(k) / (kLrBlocks - 1);               // 0 .. 1
+      const double down = static_cast<double>(kLrBlocks - 1 - k) / (kLrBlocks - 1);  // 1 .. 0
+      if (name == "cosine") out.push_back(std::sin(pi * down / 2) + offset);
+      else if (name == "sine") out.push_back(std::sin(pi * up / 2) + offset);
+      else if (name == "linear") out.push_back(up + offset);
+      else if (name == "reverse_linear") out.push_back(down + offset);
+      else if (name == "zeros") out.push_back(0.0 + offset);
+      else
+        throw Error(SUMI_ERR_INVALID_ARGUMENT, what + " is '" + text +
+                                                   "': expected comma-separated weights (one value needs a comma: '0.5,') or a preset "
+                                                   "cosine, sine, linear, reverse_linear, zeros with an optional +offset ('sine+0.5')");
+    }
+  }
+  if (out.size() > static_cast<size_t>(kLrBlocks))
+    throw Error(SUMI_ERR_INVALID_ARGUMENT, what + " has " + std::to_string(out.size()) + " values; kohya's LoRA has " +
+                                               std::to_string(kLrBlocks) + " blocks per side");
+  out.resize(kLrBlocks, 1.0);  // kohya fills a short list with 1
+  return out;
+}
+
+double BlockLrWeights::weight(int block) const {
+  if (block < 0) return 1.0;
+  if (block < kLrBlocks) return down.empty() ? 1.0 : down[static_cast<size_t>(block)];
+  if (block == kLrBlocks) return mid;
+  return up.empty() ? 1.0 : up[static_cast<size_t>(block - kLrBlocks - 1)];
+}
+
+BlockLrWeights block_lr_weights(const std::string& down, const std::string& mid, const std::string& up, double zero_threshold,
+                                const std::string& network) {
+  BlockLrWeights w;
+  if (down.empty() && mid.empty() && up.empty()) return w;
+  if (!std::isfinite(zero_threshold))
+    throw Error(SUMI_ERR_INVALID_ARGUMENT, network + ": block_lr_zero_threshold must be a number");
+  w.set = true;
+  auto cut = [&](double v) { return v > zero_threshold ? v : 0.0; };
+  if (!down.empty()) w.down = block_lr_weight_list(down, "down_lr_weight", network);
+  if (!up.empty()) w.up = block_lr_weight_list(up, "up_lr_weight", network);
+  if (!mid.empty()) w.mid = cut(parse_number(mid, network + ": mid_lr_weight"));
+  for (double& v : w.down) v = cut(v);
+  for (double& v : w.up) v = cut(v);
+  return w;
 }
 
 }  // namespace sumi::targets

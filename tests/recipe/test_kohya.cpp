@@ -4,6 +4,7 @@
 #include "sumi/recipe/kohya.h"
 #include "sumi/recipe/load.h"
 #include "sumi/recipe/plan.h"
+#include "sumi/recipe/schema.h"
 #include "sumi/recipe/sections.h"
 #include <fstream>
 #include <iterator>
@@ -67,6 +68,17 @@ TEST_CASE("--optimizer_args key=value items become optimizer keys") {
 
   Value n = kohya({"--network_args", "conv_dim=4", "block_dims=2,4,8"});
   CHECK(at(n, "network", "conv_dim").as_int() == 4);
+  // A string parameter (lora's down_lr_weight...) gets the item's own text, as kohya's module
+  // receives it: "0" stays "0", "1,,0.5" keeps its empty entry.
+  Value w = kohya({"--network_args", "mid_lr_weight=0", "up_lr_weight=1,,0.5", "down_lr_weight= sine+0.5 "});
+  Value text;
+  REQUIRE(convert_value(at(w, "network", "mid_lr_weight"), SUMI_PARAM_STRING, text));
+  CHECK(text.as_string() == "0");
+  REQUIRE(convert_value(at(w, "network", "up_lr_weight"), SUMI_PARAM_STRING, text));
+  CHECK(text.as_string() == "1,,0.5");
+  REQUIRE(convert_value(at(w, "network", "down_lr_weight"), SUMI_PARAM_STRING, text));
+  CHECK(text.as_string() == "sine+0.5");
+  CHECK(!convert_value(Value::integer(3, "a recipe"), SUMI_PARAM_STRING, text));  // a file's number stays a number
   CHECK_THROWS_WITH_AS(kohya({"--optimizer_args", "weight_decay"}),
                        has("--optimizer_args expects key=value"), RecipeError);
 }

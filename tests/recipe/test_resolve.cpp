@@ -30,9 +30,14 @@ TEST_CASE("host schema table") {
   CHECK(opt[1].type == SUMI_PARAM_DOUBLE);
   CHECK(*opt[1].default_value == "2e-6");
   auto net = host_schema("network");
-  REQUIRE(net.size() == 3);
+  REQUIRE(net.size() == 5);
   CHECK(net[2].key == "weights");
   CHECK(net[2].optional);
+  CHECK(net[3].key == "dim_from_weights");  // kohya's --dim_from_weights
+  CHECK(net[3].type == SUMI_PARAM_BOOL);
+  CHECK(net[4].key == "scale_weight_norms");  // kohya's --scale_weight_norms
+  CHECK(net[4].type == SUMI_PARAM_DOUBLE);
+  CHECK(net[4].optional);
   CHECK(host_schema("sample")[0].key == "prompts");  // a prompt file, as kohya's --sample_prompts
   CHECK(host_schema("lr_scheduler")[0].default_value == std::optional<std::string>("\"constant\""));
   CHECK(host_schema("train")[1].key == "seed");

@@ -64,6 +64,23 @@ ParamGroups build_param_groups(const TrainSettings& s, host::Registry& registry,
   out.groups = registry.param_groups(trained);
   std::map<std::string, double> group_lr;
   if (!s.block_lr.empty()) out.groups = split_unet_blocks(std::move(out.groups), s, registry, trained, *model.block_lr, group_lr);
+  // A component's per-group learning-rate scales (param_group_lr_scale, e.g. kohya's LoRA
+  // down/mid/up_lr_weight): a group at scale 0 is not trained, as kohya leaves it out of the
+  // optimizer; its tensors stay registered and saved.
+  std::map<std::string, double> group_scale;
+  {
+    decltype(out.groups) kept;
+    for (auto& g : out.groups) {
+      const double scale = registry.lr_scale(trained, g.first);
+      if (scale == 0) {
+        for (auto& p : g.second) p.requires_grad_(false);
+        continue;
+      }
+      group_scale[g.first] = scale;
+      kept.push_back(std::move(g));
+    }
+    out.groups = std::move(kept);
+  }
   if (out.groups.empty())
     throw host::UserError(s.mode == TrainMode::network ? "the network adapts no module of this model: nothing to train"
                                                        : "the model registered no trainable parameters: nothing to train");
@@ -86,6 +103,7 @@ ParamGroups build_param_groups(const TrainSettings& s, host::Registry& registry,
     if (gname == first_te && s.text_encoder_lr1) lr = *s.text_encoder_lr1;
     if (!second_te.empty() && gname == second_te && s.text_encoder_lr2) lr = *s.text_encoder_lr2;
     if (group_lr.count(gname)) lr = group_lr.at(gname);
+    lr *= group_scale.at(gname);
     out.base_lrs.push_back(lr);
     out.all.insert(out.all.end(), params.begin(), params.end());
   }

@@ -7,6 +7,7 @@
 #include "app/train/train_metadata.h"
 #include "core/error.h"
 
+#include <cmath>
 #include <string>
 
 namespace sumi::app {
@@ -65,6 +66,12 @@ void check_mode_keys(const TrainSettings& s) {
     throw host::UserError("[optimizer] text_encoder_lr1 / text_encoder_lr2 (--learning_rate_te1/2) set the rates of a model's "
                           "text encoders one by one in DreamBooth / fine-tuning (sdxl_train.py); this run is " +
                           std::string(mode_name(mode)) + ": use text_encoder_lr");
+  if (!(s.scale_weight_norms >= 0) || !std::isfinite(s.scale_weight_norms))
+    throw host::UserError("[network] scale_weight_norms (--scale_weight_norms) must be a number > 0 (0 = off), got " +
+                          std::to_string(s.scale_weight_norms));
+  if (s.scale_weight_norms > 0 && mode != TrainMode::network)
+    throw host::UserError(std::string("[network] scale_weight_norms (--scale_weight_norms) limits a network's weight norms; this run is ") +
+                          mode_name(mode));
   if (!s.block_lr.empty() && mode != TrainMode::dreambooth)
     throw host::UserError("[optimizer] block_lr (--block_lr) sets per-block rates of the UNet in DreamBooth / fine-tuning "
                           "(sdxl_train.py, for SDXL); this run is " + std::string(mode_name(mode)));

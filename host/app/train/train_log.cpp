@@ -59,6 +59,10 @@ void TrainLog::step(int64_t step, double current, double average, std::optional<
   if (d_lr) writer_->add_scalar("lr/d*lr", *d_lr, step);
 }
 
+void TrainLog::scalar(const std::string& tag, double value, int64_t step) {
+  if (writer_) writer_->add_scalar(tag, value, step);
+}
+
 void TrainLog::epoch(int epoch, double average) {
   if (writer_) writer_->add_scalar("loss/epoch", average, epoch);
 }

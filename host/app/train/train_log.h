@@ -52,6 +52,8 @@ class TrainLog {
   // that group trains), and lr/d*lr for D-adaptation / Prodigy, at the global step.
   void step(int64_t step, double current, double average, std::optional<double> lr_textencoder,
             std::optional<double> lr_unet, std::optional<double> d_lr = std::nullopt);
+  // One more scalar of this step (kohya's max_norm/* with --scale_weight_norms).
+  void scalar(const std::string& tag, double value, int64_t step);
   // loss/epoch at step = epoch (1-based), as kohya logs it after each epoch.
   void epoch(int epoch, double average);
   void flush();

@@ -32,6 +32,15 @@ class NetworkTarget final : public TrainTarget {
       : s_(s), registry_(registry), description_(description) {
     auto ref = pm.find(SUMI_KIND_NETWORK, s.network_type);
     network_.emplace(ref, "network", registry, host::make_config(*ref.component, s.network_params));
+    // kohya's --dim_from_weights (create_network_from_weights): the file's modules and ranks.
+    if (s.dim_from_weights) {
+      if (s.network_weights.empty())
+        throw host::UserError("[network] dim_from_weights (--dim_from_weights) takes the ranks from the weights file: give [network] "
+                              "weights (--network_weights)");
+      if (!configure_network_from_file(*network_, read_weights_file(s.network_weights)))
+        throw host::UserError("[network] dim_from_weights (--dim_from_weights): network '" + s.network_type +
+                              "' cannot take its ranks from a file (its plugin predates ABI 1.3's configure_from_weights)");
+    }
     attach_network(model, *network_, s.network_weights, s.network_multiplier, true);
   }
   const char* component() const override { return "network"; }

@@ -40,6 +40,7 @@
 #include <ATen/ATen.h>
 
 #include <chrono>
+#include <cstddef>
 #include <cmath>
 #include <cstdio>
 #include <filesystem>
@@ -437,13 +438,37 @@ void Trainer::optimizer_step(double micro_loss) {
   for (const auto& p : groups_.all)
     if (p.grad().defined()) p.grad().zero_();
   ++at_.step;
+  // kohya's --scale_weight_norms: the network's max-norm rule after the step.
+  std::string norms;
+  if (s_.scale_weight_norms > 0) {
+    host::Component* net = target_->network();
+    if (!net) throw host::UserError("[network] scale_weight_norms (--scale_weight_norms) needs a network to train");
+    const auto& vt = net->vtable<sumi_network_vtable>();
+    if (vt.struct_size < offsetof(sumi_network_vtable, apply_max_norm) + sizeof(void*) || !vt.apply_max_norm)
+      throw host::UserError("[network] scale_weight_norms (--scale_weight_norms): network '" + s_.network_type +
+                            "' has no max-norm rule (its plugin predates ABI 1.3's apply_max_norm)");
+    at::NoGradGuard ng;
+    int64_t keys = 0;
+    double mean = 0, max = 0;
+    net->check(vt.apply_max_norm(net->self(), s_.scale_weight_norms, &keys, &mean, &max), "apply_max_norm (--scale_weight_norms)");
+    result_.keys_scaled.push_back(keys);
+    result_.average_key_norms.push_back(mean);
+    result_.max_key_norms.push_back(max);
+    char buf[96];
+    std::snprintf(buf, sizeof buf, "keys_scaled=%lld, average_key_norm=%.4g, ", static_cast<long long>(keys), mean);
+    norms = buf;
+    tlog_->scalar("max_norm/keys_scaled", static_cast<double>(keys), at_.step);
+    tlog_->scalar("max_norm/average_key_norm", mean, at_.step);
+    tlog_->scalar("max_norm/max_key_norm", max, at_.step);
+  }
   const double avr_loss = recorder_.moving_average();
   result_.losses.push_back(accum_loss_);
   result_.lrs.push_back(lrs.front());
   result_.average_losses.push_back(avr_loss);
   log_micro_batch(micro_loss);
-  char postfix[96];
-  std::snprintf(postfix, sizeof postfix, "avr_loss=%.4f, loss=%.4f, lr=%.2e, epoch=%d", avr_loss, accum_loss_, lrs.front(), at_.epoch);
+  char postfix[192];
+  std::snprintf(postfix, sizeof postfix, "%savr_loss=%.4f, loss=%.4f, lr=%.2e, epoch=%d", norms.c_str(), avr_loss, accum_loss_, lrs.front(),
+                at_.epoch);
   accum_loss_ = 0;
   if (bar_) host::progress_update(bar_, 1, postfix);
   sample(at_.step, std::nullopt);

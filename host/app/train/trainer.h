@@ -59,6 +59,10 @@ struct TrainSettings {
   std::map<std::string, std::string> network_params;
   std::string network_weights;
   double network_multiplier = 1.0;
+  // kohya's --dim_from_weights: the network takes its modules and ranks from network_weights.
+  bool dim_from_weights = false;
+  // kohya's --scale_weight_norms: after each step the network's max-norm rule (0 = off).
+  double scale_weight_norms = 0;
   // [optimizer]
   std::string optimizer_type;
   std::map<std::string, std::string> optimizer_params;
@@ -131,6 +135,9 @@ struct TrainResult {
   std::vector<std::string> samples;  // sample images written, in order
   int64_t steps = 0;
   int64_t skipped_steps = 0;   // fp16: optimizer steps skipped for inf/NaN gradients
+  // --scale_weight_norms, per optimizer step: kohya's keys_scaled, average and max key norm.
+  std::vector<int64_t> keys_scaled;
+  std::vector<double> average_key_norms, max_key_norms;
 };
 
 // The engine's entry: runs the training of `s.mode` (a network, DreamBooth / fine-tuning, Textual

@@ -30,6 +30,10 @@ const HostKeyRow kHostKeys[] = {
      "strength the network is applied with"},
     {"network", "weights", SUMI_PARAM_STRING, nullptr, kOptional,
      "initial network weights to load before training"},
+    {"network", "dim_from_weights", SUMI_PARAM_BOOL, nullptr, kOptional,
+     "create the network with the modules and ranks of the weights file (kohya --dim_from_weights)"},
+    {"network", "scale_weight_norms", SUMI_PARAM_DOUBLE, nullptr, kOptional,
+     "max norm of each module's weight delta, applied after every step (kohya --scale_weight_norms)"},
 
     // kohya's default optimizer (--optimizer_type "" means AdamW).
     {"optimizer", "type", SUMI_PARAM_STRING, "\"adamw\"", kRequired, "optimizer plugin (e.g. \"adamw\")"},

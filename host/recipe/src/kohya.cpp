@@ -104,7 +104,14 @@ void put_key_value(Value& root, const std::string& section, const std::string& i
   if (key.empty())
     throw RecipeError((origin == "--" + flag ? origin : origin + ": " + flag) +
                       " expects key=value items (e.g. weight_decay=0.01), found '" + item + "'");
-  section_table(root, section, origin).set(key, parse_value_text(item.substr(eq + 1), origin));
+  Value v = parse_value_text(item.substr(eq + 1), origin);
+  if (v.kind() != Value::Kind::String) {
+    std::string text = item.substr(eq + 1);
+    text.erase(0, text.find_first_not_of(" \t"));
+    text.erase(text.find_last_not_of(" \t") + 1);
+    v.set_source_text(text);
+  }
+  section_table(root, section, origin).set(key, std::move(v));
 }
 
 void apply_special(Value& root, const KohyaFlag& f, const Value& v, Layer& layer) {

@@ -131,6 +131,10 @@ bool convert_value(const Value& v, int type, Value& out) {
     case SUMI_PARAM_INT: return to_int(v, out);
     case SUMI_PARAM_DOUBLE: return to_double(v, out);
     case SUMI_PARAM_STRING:
+      if (v.kind() != Value::Kind::String && !v.source_text().empty()) {
+        out = Value::string(v.source_text(), v.origin());  // the key=value item's own text
+        return true;
+      }
       if (v.kind() != Value::Kind::String) return false;
       out = v;
       return true;

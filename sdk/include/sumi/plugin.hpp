@@ -18,6 +18,7 @@
 
 #include <sumi/tensor.hpp>
 
+#include <cstddef>
 #include <cstdio>
 #include <cstring>
 #include <map>
@@ -78,6 +79,13 @@ class Context {
     sumi_tensor t = nullptr;
     check(api().param_create(c_, name.c_str(), init.get(), group, &t));
     return Tensor::adopt(t);
+  }
+  // ABI 1.3: the learning rate of parameter group `group` is the base rate times `scale`; 0 =
+  // the group is not trained (still saved). Throws on a host older than 1.3.
+  void param_group_lr_scale(const std::string& group, double scale) {
+    if (api().struct_size < offsetof(sumi_host_api, param_group_lr_scale) + sizeof(void*))
+      throw Error(SUMI_ERR_UNSUPPORTED, "the host is older than ABI 1.3 and has no per-group learning rates");
+    check(api().param_group_lr_scale(c_, group.c_str(), scale));
   }
   // Persistent non-trainable state (saved with --save_state, restored on --resume).
   Tensor state(const std::string& name, const Tensor& init) {
@@ -197,6 +205,15 @@ class Network {
   virtual Tensor bias_delta(int64_t module_index) {
     (void)module_index;
     return Tensor();
+  }
+  // kohya's --scale_weight_norms after a step (default: unsupported).
+  struct MaxNorm {
+    int64_t keys_scaled = 0;
+    double mean_norm = 0, max_norm = 0;
+  };
+  virtual MaxNorm apply_max_norm(double max_norm) {
+    (void)max_norm;
+    throw Error(SUMI_ERR_UNSUPPORTED, "this network has no max-norm regularisation (--scale_weight_norms)");
   }
 };
 
@@ -390,6 +407,14 @@ struct NetworkVtable {
         },
         [](void* s, int64_t idx, sumi_tensor* out) {
           return guarded([&] { *out = self_of<Impl>(s).bias_delta(idx).release(); });
+        },
+        [](void* s, double max_norm, int64_t* keys_scaled, double* mean_norm, double* max_key_norm) {
+          return guarded([&] {
+            const auto r = self_of<Impl>(s).apply_max_norm(max_norm);
+            *keys_scaled = r.keys_scaled;
+            *mean_norm = r.mean_norm;
+            *max_key_norm = r.max_norm;
+          });
         }};
     return &vt;
   }

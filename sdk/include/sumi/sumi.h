@@ -250,6 +250,14 @@ typedef struct sumi_host_api {
   void* (*native_tensor)(sumi_tensor t);
   /* wrap an at::Tensor* (copied: the caller keeps its own) into a new reference. */
   sumi_tensor (*native_wrap)(const void* at_tensor);
+
+  /* --- per-group learning rates (since 1.3) ---
+   * The learning rate of this component's parameter group `group` (as given to param_create)
+   * becomes its base rate (unet_lr / text_encoder_lr / learning_rate) times `scale` (>= 0,
+   * default 1; the last call wins). Scale 0: the group is not trained (its parameters get no
+   * gradient and are not given to the optimizer) but stays in the registry and is saved.
+   * Call it before training starts (create / attach). */
+  sumi_status (*param_group_lr_scale)(sumi_context* ctx, const char* group, double scale);
 } sumi_host_api;
 
 /* ---------------------------------------------------------------- parameter schema ---- */
@@ -426,6 +434,13 @@ typedef struct sumi_network_vtable {
    * module at the current multiplier (new reference, the bias's shape), or *out = NULL when the
    * network leaves the bias alone. The host adds it to sumi_module_info.bias. */
   sumi_status (*bias_delta)(void* self, int64_t module_index, sumi_tensor* out);
+  /* kohya's --scale_weight_norms (max-norm regularisation), called after each optimizer step
+   * with grad mode off: scales each wrapped module's trained tensors in place so that the norm
+   * of its weight delta (at multiplier 1) is at most `max_norm`; writes how many modules were
+   * scaled (kohya's keys_scaled) and the mean and largest norm after scaling.
+   * SUMI_ERR_UNSUPPORTED (or a NULL slot) when the network has no such rule. (appended in 1.3) */
+  sumi_status (*apply_max_norm)(void* self, double max_norm, int64_t* keys_scaled,
+                                double* mean_norm, double* max_key_norm);
 } sumi_network_vtable;
 
 /* Size of the network vtable of ABI 1.0 - 1.2 (before probe): the least a network provides. */

@@ -60,6 +60,30 @@ bool uses_sgm_names(const std::vector<const sumi_module_info*>& modules);
 // invalid block lists.
 std::vector<Target> choose_targets(const std::vector<const sumi_module_info*>& modules, const Settings& s);
 
+// ---- kohya's block-wise learning rates (networks/lora.py down_lr_weight / mid_lr_weight /
+// up_lr_weight / block_lr_zero_threshold), for SD1/SD2 U-Nets (diffusers names).
+
+// A weight list as kohya reads it: "a,b,c" (empty entries are 0, a list shorter than 12 is
+// filled with 1), or a preset "cosine", "sine", "linear", "reverse_linear", "zeros" with an
+// optional "+offset" added to every value ("sine+.5"). 12 values, the down (or up) blocks
+// from the shallowest to the deepest. Throws sumi::Error naming `key` on anything else
+// (kohya ignores an unknown preset with a printed message; sumi refuses it).
+std::vector<double> block_lr_weight_list(const std::string& text, const std::string& key, const std::string& network);
+
+struct BlockLrWeights {
+  bool set = false;            // any of the three given: the U-Net is split into block groups
+  std::vector<double> down;    // 12 values or empty (all 1)
+  double mid = 1.0;
+  std::vector<double> up;      // 12 values or empty (all 1)
+  // kohya's get_lr_weight: the weight of block_index() `block` (-1 and unset parts: 1).
+  double weight(int block) const;
+};
+
+// kohya's parse_block_lr_kwargs: empty strings are "not given"; weights not above
+// `zero_threshold` become 0 (those blocks are not trained).
+BlockLrWeights block_lr_weights(const std::string& down, const std::string& mid, const std::string& up, double zero_threshold,
+                                const std::string& network);
+
 // ---- kohya's LoRA file format ("<module>.lora_down.weight", "<module>.lora_up.weight",
 // "<module>.alpha"), shared by lora, lora_fa, DyLoRA's output and resized LoRAs.
 

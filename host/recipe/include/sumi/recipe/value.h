@@ -44,6 +44,11 @@ class Value {
   // validation say "sumi does not support --xyz yet" instead of "unknown key".
   const std::string& flag() const { return flag_; }
   void set_flag(std::string flag) { flag_ = std::move(flag); }
+  // The text of a --network_args / --optimizer_args item a typed value was read from ("" when
+  // it came otherwise): a string parameter given "0" or "1,,0.5" there gets exactly that text,
+  // as kohya's modules receive their args as strings.
+  const std::string& source_text() const { return source_text_; }
+  void set_source_text(std::string text) { source_text_ = std::move(text); }
 
   // Scalar access; each throws RecipeError (naming the origin) on the wrong kind.
   bool as_bool() const;
@@ -87,6 +92,7 @@ class Value {
   std::vector<std::string> keys_;  // table keys
   std::string origin_;
   std::string flag_;
+  std::string source_text_;
 };
 
 // Canonical text of a double: shortest round-tripping form, always recognisable as a float.
