@@ -250,6 +250,8 @@ int cmd_generate(const std::vector<std::string>& args) {
       "network_mul", po::value(&network_mul)->multitoken(), "network multipliers, one per network (default 1)")(
       "network_args", po::value(&network_args)->multitoken(), "per network: \"key=value;key=value\" settings of its plugin")(
       "network_merge", "merge the networks into the model's weights once instead of applying them at each step")(
+      "network_pre_calc", "merge the networks into the weights (kept base copies restore them when a prompt's --am changes the multipliers, then they merge again)")(
+      "network_show_meta", "print each network file's metadata (ss_*, modelspec.*) before loading it")(
       "textual_inversion_embeddings", po::value(&ti_files)->multitoken(), "Textual Inversion embedding files")(
       "plugin-dir", po::value(&plugin_dirs)->composing(), "extra plugin folder")(
       "threads", po::value(&threads), "CPU threads (0 = all cores)")(
@@ -318,6 +320,16 @@ int cmd_generate(const std::vector<std::string>& args) {
     if (!fs::exists(w)) throw host::UserError("sumi generate: --network_weights '" + w + "' does not exist");
   const bool merge = vm.count("network_merge") > 0;
   if (merge && network_weights.empty()) throw host::UserError("sumi generate: --network_merge needs --network_weights");
+  // gen_img's --network_pre_calc merges each batch at its multipliers, restoring the base weights
+  // between; networks merged by --network_merge are not in its list, so the two together would
+  // leave --network_pre_calc without effect: refused.
+  const bool pre_calc = vm.count("network_pre_calc") > 0;
+  if (pre_calc && network_weights.empty()) throw host::UserError("sumi generate: --network_pre_calc needs --network_weights");
+  if (pre_calc && merge)
+    throw host::UserError("sumi generate: --network_pre_calc and --network_merge both merge the networks; give one "
+                          "(--network_merge once, --network_pre_calc again whenever --am changes the multipliers)");
+  const bool show_meta = vm.count("network_show_meta") > 0;
+  if (show_meta && network_weights.empty()) throw host::UserError("sumi generate: --network_show_meta needs --network_weights");
   // The model plugin's textual_inversion_embeddings key is one comma-separated string.
   std::string ti_list;
   for (const auto& f : ti_files) {
@@ -376,6 +388,15 @@ int cmd_generate(const std::vector<std::string>& args) {
     const bool safetensors = fs::path(network_weights[i]).extension() == ".safetensors";
     std::optional<WeightsFile> file;
     if (safetensors || network_modules.empty()) file = read_weights_file(network_weights[i]);
+    if (show_meta) {
+      // gen_img prints a .safetensors file's metadata; other formats carry none.
+      if (!file || file->metadata.empty()) {
+        std::cout << "metadata for: " << network_weights[i] << ": none\n";
+      } else {
+        std::cout << "metadata for: " << network_weights[i] << ":\n";
+        for (const auto& [k, v] : file->metadata) std::cout << "  " << k << " = " << v << "\n";
+      }
+    }
     auto ref = pm.find(SUMI_KIND_NETWORK, network_modules.empty() ? find_network_component(pm, *file) : network_modules[i]);
     auto given = i < network_args.size() ? network_args_of(network_args[i], i) : std::map<std::string, std::string>{};
     auto net = std::make_unique<host::Component>(ref, "network" + std::to_string(i), registry,
@@ -387,7 +408,13 @@ int cmd_generate(const std::vector<std::string>& args) {
     networks.add(std::move(net), std::move(selected));
   }
   if (merge) networks.merge();
-  else networks.apply();
+  else if (pre_calc) {
+    std::vector<double> muls;
+    for (size_t i = 0; i < network_weights.size(); ++i) muls.push_back(i < network_mul.size() ? network_mul[i] : 1.0);
+    networks.pre_calc(muls);
+  } else {
+    networks.apply();
+  }
 
   register_sampler_names(pm);
   std::vector<prompt::PromptSpec> specs =

@@ -30,11 +30,22 @@ void NetworkStack::set_multipliers(const std::vector<double>& multipliers) {
   if (multipliers.size() != nets_.size())
     throw std::logic_error("NetworkStack::set_multipliers: " + std::to_string(multipliers.size()) + " values for " +
                            std::to_string(nets_.size()) + " networks");
+  if (pre_calc_ && multipliers == merged_muls_) return;
   for (size_t i = 0; i < nets_.size(); ++i) {
     const double m = multipliers[i];
     const auto& nvt = nets_[i].component->vtable<sumi_network_vtable>();
     nets_[i].component->check(nvt.set_multiplier(nets_[i].component->self(), m), "set_multiplier");
   }
+  if (!pre_calc_) return;
+  // kohya's restore_weights + pre_calculation: back to the base weights, then merged again.
+  const std::vector<sumi_module_info> mods = model_modules(model_);
+  at::NoGradGuard no_grad;
+  for (const auto& [i, saved] : backup_) {
+    host::unwrap(mods[static_cast<size_t>(i)].weight).copy_(saved.first);
+    if (saved.second.defined()) host::unwrap(mods[static_cast<size_t>(i)].bias).copy_(saved.second);
+  }
+  add_deltas("--network_pre_calc");
+  merged_muls_ = multipliers;
 }
 
 sumi_status NetworkStack::forward(void* self, int64_t module_index, sumi_tensor input, sumi_tensor base_output,
@@ -76,13 +87,39 @@ void NetworkStack::apply() {
   applied_ = true;
 }
 
-void NetworkStack::merge() {
-  if (merged_) throw std::logic_error("NetworkStack::merge twice");
+void NetworkStack::detach() {
+  if (!applied_) return;
   const auto& mvt = model_.vtable<sumi_model_vtable>();
-  if (applied_) {
-    model_.check(mvt.set_network(model_.self(), nullptr, nullptr, nullptr), "set_network");
-    applied_ = false;
-  }
+  model_.check(mvt.set_network(model_.self(), nullptr, nullptr, nullptr), "set_network");
+  applied_ = false;
+}
+
+void NetworkStack::merge() {
+  if (merged_ || pre_calc_) throw std::logic_error("NetworkStack::merge twice");
+  detach();
+  add_deltas("--network_merge");
+  merged_ = true;
+}
+
+void NetworkStack::pre_calc(const std::vector<double>& multipliers) {
+  if (merged_ || pre_calc_) throw std::logic_error("NetworkStack::pre_calc after a merge");
+  detach();
+  const std::vector<sumi_module_info> mods = model_modules(model_);
+  for (const Net& net : nets_)
+    for (size_t i = 0; i < mods.size(); ++i) {
+      if (!net.selected.at(i) || backup_.count(static_cast<int64_t>(i))) continue;
+      if (!mods[i].weight)
+        throw host::UserError(std::string("--network_pre_calc: the model gives no base weight for module '") + mods[i].name +
+                              "'; apply the network at runtime instead (drop --network_pre_calc)");
+      at::Tensor b = mods[i].bias ? host::unwrap(mods[i].bias).clone() : at::Tensor();
+      backup_[static_cast<int64_t>(i)] = {host::unwrap(mods[i].weight).clone(), b};
+    }
+  pre_calc_ = true;
+  set_multipliers(multipliers);
+}
+
+void NetworkStack::add_deltas(const char* flag) {
+  const std::string f = flag;
   const std::vector<sumi_module_info> mods = model_modules(model_);
   const auto n = static_cast<int64_t>(mods.size());
   at::NoGradGuard no_grad;
@@ -91,15 +128,15 @@ void NetworkStack::merge() {
     for (int64_t i = 0; i < n; ++i) {
       if (!net.selected.at(static_cast<size_t>(i))) continue;
       if (!mods[i].weight)
-        throw host::UserError(std::string("--network_merge: the model gives no base weight for module '") + mods[i].name +
-                              "'; apply the network at runtime instead (drop --network_merge)");
+        throw host::UserError(std::string(f + ": the model gives no base weight for module '") + mods[i].name +
+                              "'; apply the network at runtime instead (drop " + f + ")");
       sumi_tensor d = nullptr;
       net.component->check(nvt.weight_delta(net.component->self(), i, &d), "weight_delta");
       const at::Tensor delta = host::unwrap(d);
       at::Tensor w = host::unwrap(mods[i].weight);  // shares the model's storage
       if (!delta.sizes().equals(w.sizes())) {
         host::release_handle(d);
-        throw host::UserError(std::string("--network_merge: the network's delta for module '") + mods[i].name +
+        throw host::UserError(std::string(f + ": the network's delta for module '") + mods[i].name +
                               "' does not have the shape of its weight");
       }
       // Added in float32, then rounded once to the weight's dtype.
@@ -113,20 +150,19 @@ void NetworkStack::merge() {
       const at::Tensor bdelta = host::unwrap(bd);
       if (!mods[i].bias) {
         host::release_handle(bd);
-        throw host::UserError(std::string("--network_merge: the network changes the bias of module '") + mods[i].name +
-                              "', which has none (or the model, built before ABI 1.3, does not give it); drop --network_merge");
+        throw host::UserError(std::string(f + ": the network changes the bias of module '") + mods[i].name +
+                              "', which has none (or the model, built before ABI 1.3, does not give it); drop " + f);
       }
       at::Tensor b = host::unwrap(mods[i].bias);
       if (!bdelta.sizes().equals(b.sizes())) {
         host::release_handle(bd);
-        throw host::UserError(std::string("--network_merge: the network's bias delta for module '") + mods[i].name +
+        throw host::UserError(std::string(f + ": the network's bias delta for module '") + mods[i].name +
                               "' does not have the shape of its bias");
       }
       b.copy_(b.to(at::kFloat).add_(bdelta.to(b.device(), at::kFloat)));
       host::release_handle(bd);
     }
   }
-  merged_ = true;
 }
 
 }  // namespace sumi::app

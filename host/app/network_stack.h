@@ -6,6 +6,9 @@
 
 #include "core/component.h"
 
+#include <ATen/core/Tensor.h>
+
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -23,7 +26,8 @@ class NetworkStack {
   size_t size() const { return nets_.size(); }
   host::Component& network(size_t i) { return *nets_.at(i).component; }
 
-  // One multiplier per network.
+  // One multiplier per network. After pre_calc(): restores the base weights and merges the
+  // networks again at these multipliers (nothing when they are the ones merged already).
   void set_multipliers(const std::vector<double>& multipliers);
   // Routes the model's wrapped modules through every network, in the order added.
   void apply();
@@ -31,6 +35,10 @@ class NetworkStack {
   // forward (the model runs plain, merged weights). Done once: merging again would add twice.
   void merge();
   bool merged() const { return merged_; }
+  // gen_img's --network_pre_calc: keeps a copy of every wrapped module's weight and bias, then
+  // merges as merge() does; unlike merge(), set_multipliers (a prompt's --am) may change the
+  // multipliers later, each change restoring the copies and merging again.
+  void pre_calc(const std::vector<double>& multipliers);
 
  private:
   struct Net {
@@ -40,9 +48,17 @@ class NetworkStack {
   static sumi_status forward(void* self, int64_t module_index, sumi_tensor input, sumi_tensor base_output,
                              sumi_tensor* out);
 
+  // Adds every network's weight (and bias) delta at its current multiplier to the model.
+  void add_deltas(const char* flag);
+  void detach();
+
   host::Component& model_;
   std::vector<Net> nets_;
-  bool applied_ = false, merged_ = false;
+  bool applied_ = false, merged_ = false, pre_calc_ = false;
+  // --network_pre_calc: module index -> its base weight and bias (undefined when none), and the
+  // multipliers merged now.
+  std::map<int64_t, std::pair<at::Tensor, at::Tensor>> backup_;
+  std::vector<double> merged_muls_;
 };
 
 }  // namespace sumi::app

@@ -21,7 +21,11 @@
 
 #include <ATen/Parallel.h>
 
+#include <algorithm>
 #include <filesystem>
+#include <fstream>
+#include <iostream>
+#include <sstream>
 #include <set>
 
 namespace {
@@ -277,4 +281,77 @@ TEST_CASE("sumi generate --network_weights F without --network_module: the file'
                                                 out.string(), "--prompt", "x", "--network_module", "lora", "--network_weights",
                                                 fixture("tiny-sd1.lora.safetensors"), fixture("tiny-sd1.lora.safetensors")}),
                        doctest::Contains("leave --network_module out"), sumi::host::UserError);
+}
+
+namespace {
+
+// The images of one `sumi generate` run on tiny-sd1 with the fixture LoRA, in file-name order.
+std::vector<at::Tensor> generate_images(const std::string& dir, std::vector<std::string> extra) {
+  namespace fs = std::filesystem;
+  const fs::path out = fs::path(SUMI_BUILD_DIR) / dir;
+  fs::remove_all(out);
+  std::vector<std::string> args{"--ckpt", fixture("tiny-sd1"), "--plugin-dir", SUMI_PLUGIN_DIR, "--outdir", out.string(), "--W",
+                                "64", "--H", "64", "--steps", "6", "--sampler", "euler", "--seed", "3", "--threads", "2",
+                                "--network_weights", fixture("tiny-sd1.lora.safetensors")};
+  args.insert(args.end(), extra.begin(), extra.end());
+  REQUIRE(sumi::app::cmd_generate(args) == 0);
+  std::vector<fs::path> files;
+  for (const auto& e : fs::directory_iterator(out)) files.push_back(e.path());
+  std::sort(files.begin(), files.end());
+  std::vector<at::Tensor> images;
+  for (const auto& f : files) images.push_back(sumi::app::read_image(f.string()).to(at::kInt));
+  return images;
+}
+
+}  // namespace
+
+TEST_CASE("sumi generate --network_pre_calc: merged per batch at its multipliers, restored when --am changes them") {
+  namespace fs = std::filesystem;
+  // Two prompts: the first at --am 0.5, the second at --network_mul's 1; pre_calc restores the
+  // base weights and merges again between them.
+  const fs::path prompts = fs::path(SUMI_BUILD_DIR) / "test_gen_pre_calc_prompts.txt";
+  {
+    std::ofstream f(prompts);
+    f << "a photo of a cat --am 0.5\na photo of a cat\n";
+  }
+  const auto runtime = generate_images("test_gen_pre_calc_runtime", {"--from_file", prompts.string()});
+  const auto pre = generate_images("test_gen_pre_calc", {"--from_file", prompts.string(), "--network_pre_calc"});
+  REQUIRE(runtime.size() == 2);
+  REQUIRE(pre.size() == 2);
+  for (size_t i = 0; i < 2; ++i) CHECK((runtime[i] - pre[i]).abs().max().item<int64_t>() <= 1);
+  // The single-prompt image at multiplier 1 equals the runtime reference.
+  const auto one = generate_images("test_gen_pre_calc_one", {"--prompt", "a photo of a cat", "--network_pre_calc"});
+  REQUIRE(one.size() == 1);
+  const at::Tensor want = sumi::app::to_uint8_hwc(Rig({1.0}, false).image().image).to(at::kInt);
+  CHECK((one[0] - want).abs().max().item<int64_t>() <= 1);
+
+  const std::vector<std::string> base{"--ckpt", fixture("tiny-sd1"), "--plugin-dir", SUMI_PLUGIN_DIR, "--prompt", "x"};
+  auto with = [&](std::vector<std::string> extra) {
+    auto a = base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    return a;
+  };
+  CHECK_THROWS_WITH_AS(sumi::app::cmd_generate(with({"--network_pre_calc"})), doctest::Contains("--network_pre_calc needs --network_weights"),
+                       sumi::host::UserError);
+  CHECK_THROWS_WITH_AS(sumi::app::cmd_generate(with({"--network_weights", fixture("tiny-sd1.lora.safetensors"), "--network_pre_calc",
+                                                     "--network_merge"})),
+                       doctest::Contains("--network_pre_calc and --network_merge"), sumi::host::UserError);
+}
+
+TEST_CASE("sumi generate --network_show_meta prints the file's metadata as gen_img does") {
+  CHECK_THROWS_WITH_AS(sumi::app::cmd_generate({"--ckpt", fixture("tiny-sd1"), "--prompt", "x", "--network_show_meta"}),
+                       doctest::Contains("--network_show_meta needs --network_weights"), sumi::host::UserError);
+  std::ostringstream captured;
+  auto* old = std::cout.rdbuf(captured.rdbuf());
+  try {
+    generate_images("test_gen_show_meta", {"--prompt", "a photo of a cat", "--network_show_meta"});
+  } catch (...) {
+    std::cout.rdbuf(old);
+    throw;
+  }
+  std::cout.rdbuf(old);
+  const std::string text = captured.str();
+  CHECK(text.find("metadata for: " + fixture("tiny-sd1.lora.safetensors") + ":") != std::string::npos);
+  CHECK(text.find("  ss_network_module = networks.lora\n") != std::string::npos);
+  CHECK(text.find("  ss_network_alpha = 2.0\n") != std::string::npos);
 }
