@@ -130,7 +130,8 @@ std::string normalise_name(int32_t kind, std::string s) {
   if (kind == SUMI_KIND_OPTIMIZER) {
     // kohya matches --optimizer_type case-insensitively and imports any other name as
     // module.Class: torch.optim.AdamW, prodigyopt.Prodigy, dadaptation.DAdaptAdam,
-    // dadaptation.experimental.DAdaptAdanIP, transformers.optimization.Adafactor.
+    // dadaptation.experimental.DAdaptAdanIP, transformers.optimization.Adafactor,
+    // bitsandbytes.optim.AdamW8bit.
     if (const auto dot = s.rfind('.'); dot != std::string::npos) s = s.substr(dot + 1);
     std::transform(s.begin(), s.end(), s.begin(), [](unsigned char c) { return std::tolower(c); });
     if (s == "dadaptation") s = "dadaptadampreprint";  // kohya's DAdaptation is the preprint's Adam
@@ -294,9 +295,6 @@ ComponentRef PluginManager::find(int32_t kind, const std::string& spec) {
   msg += names.empty() ? std::string("; none are installed") : "; available: ";
   for (size_t i = 0; i < names.size(); ++i) msg += (i ? ", " : "") + names[i];
   msg += ". Hint: `sumi plugins` lists what is installed; add directories with --plugin-dir or $SUMI_PLUGIN_PATH";
-  if (kind == SUMI_KIND_OPTIMIZER && name.size() > 4 && name.compare(name.size() - 4, 4, "8bit") == 0)
-    msg += ". The bitsandbytes 8-bit optimizers (AdamW8bit, Lion8bit, SGDNesterov8bit, Paged*) are not implemented: use "
-           "their 32-bit counterparts adamw, lion or sgd (momentum=0.9), which kohya's 8-bit versions approximate";
   for (const auto& r : refusals) msg += "\n  refused while searching: " + r;
   throw UserError(msg);
 }

@@ -99,11 +99,13 @@ static const sumi_param_spec kAdamWParams[] = {
     sumi::param("amsgrad", SUMI_PARAM_BOOL, "false", "Use the AMSGrad variant."),
 };
 
-SUMI_PLUGIN("sumi_optimizers", "0.2.0",
+SUMI_PLUGIN("sumi_optimizers", "0.3.0",
             sumi::component<sumi::optim::Sgd>("sgd", "Stochastic gradient descent, as torch.optim.SGD.", kSgdParams),
             sumi::component<sumi::optim::AdamW>("adamw", "Adam with decoupled weight decay, as torch.optim.AdamW.",
                                                 kAdamWParams),
             sumi::optim::lion_component(), sumi::optim::prodigy_component(), sumi::optim::adafactor_component(),
             sumi::optim::dadapt_adam_component(), sumi::optim::dadapt_adam_preprint_component(),
             sumi::optim::dadapt_adagrad_component(), sumi::optim::dadapt_adan_component(),
-            sumi::optim::dadapt_adan_ip_component(), sumi::optim::dadapt_lion_component(), sumi::optim::dadapt_sgd_component())
+            sumi::optim::dadapt_adan_ip_component(), sumi::optim::dadapt_lion_component(), sumi::optim::dadapt_sgd_component(),
+            sumi::optim::adamw8bit_component(), sumi::optim::pagedadamw8bit_component(), sumi::optim::lion8bit_component(),
+            sumi::optim::pagedlion8bit_component(), sumi::optim::sgdnesterov8bit_component())

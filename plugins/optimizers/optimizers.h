@@ -94,7 +94,7 @@ class AdamW : public Optimizer {
   std::vector<std::vector<Entry>> groups_;
 };
 
-// The components defined in their own files (lion.cpp, prodigy.cpp, adafactor.cpp, dadapt_*.cpp).
+// The components defined in their own files (lion.cpp, prodigy.cpp, adafactor.cpp, dadapt_*.cpp, bnb8bit.cpp).
 sumi_component lion_component();
 sumi_component prodigy_component();
 sumi_component adafactor_component();
@@ -105,5 +105,11 @@ sumi_component dadapt_adan_component();
 sumi_component dadapt_adan_ip_component();
 sumi_component dadapt_lion_component();
 sumi_component dadapt_sgd_component();
+// bitsandbytes' 8-bit optimizers (bnb8bit.cpp).
+sumi_component adamw8bit_component();
+sumi_component pagedadamw8bit_component();
+sumi_component lion8bit_component();
+sumi_component pagedlion8bit_component();
+sumi_component sgdnesterov8bit_component();
 
 }  // namespace sumi::optim

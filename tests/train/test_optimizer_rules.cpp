@@ -1,5 +1,6 @@
 // kohya's rules between optimizer and learning rates (app/train/optimizer_rules.h): the scheduler
-// relative-step Adafactor needs, and the start-up refusals where kohya's run would crash.
+// relative-step Adafactor needs, and the start-up refusals where kohya's run would crash; and
+// optimizers through a whole run (logged values, an 8-bit optimizer's state across --resume).
 #include <doctest/doctest.h>
 
 #include "train_test_util.h"
@@ -87,4 +88,55 @@ TEST_CASE("Prodigy logs kohya's lr/d*lr; relative-step Adafactor logs the rate i
     CHECK(v >= 1e-5f);  // 1e-2 x at least eps2 = 1e-3
     CHECK(v != 1e-3f);
   }
+}
+
+TEST_CASE("kohya's AdamW8bit trains a LoRA with 8-bit state and resumes from --save_state bit-exactly") {
+  namespace fs = std::filesystem;
+  const auto dataset = sumi::test::example_dataset("sumi_optrules_8bit", 2);
+  const fs::path out = fs::temp_directory_path() / "sumi_optrules_8bit_out";
+  fs::remove_all(out);
+  auto s = sumi::test::fixture_run(TrainMode::network, dataset, out);
+  s.network_type = "lora";
+  s.network_params = {{"dim", "8"}, {"alpha", "4"}};  // the largest LoRA tensors reach 8192 elements: 8-bit state
+  s.optimizer_type = "bitsandbytes.optim.AdamW8bit";
+  s.learning_rate = 1e-3;
+  s.max_train_steps = 4;
+  s.seed = 5;
+  auto full = s;
+  full.output_dir = (out / "full").string();
+  const auto a = sumi::app::train_network(full, {SUMI_PLUGIN_DIR}, false);
+  REQUIRE(a.losses.size() == 4);
+
+  auto part = s;
+  part.output_dir = (out / "part").string();
+  part.save_every_n_steps = 2;
+  part.save_state = true;
+  sumi::app::train_network(part, {SUMI_PLUGIN_DIR}, false);
+  const fs::path state = out / "part" / "out-step00000002-state";
+  REQUIRE(fs::exists(state / "train_state.safetensors"));
+  int quantized = 0, absmax = 0;
+  for (const auto& [name, t] : sumi::io::load_all((state / "train_state.safetensors").string())) {
+    if (name.rfind("optimizer/", 0) != 0) continue;
+    if (t.scalar_type() == at::kByte) ++quantized;
+    if (name.find(".absmax") != std::string::npos) ++absmax;
+  }
+  CHECK(quantized > 0);
+  CHECK(absmax == quantized);  // absmax1 / absmax2 beside each uint8 state1 / state2
+
+  auto resumed = s;
+  resumed.output_dir = (out / "resumed").string();
+  resumed.resume = state.string();
+  const auto c = sumi::app::train_network(resumed, {SUMI_PLUGIN_DIR}, false);
+  REQUIRE(c.losses.size() == 2);
+  for (size_t i = 0; i < 2; ++i) CHECK(c.losses[i] == a.losses[i + 2]);
+  const auto fa = sumi::test::load_map(a.output_file), fc = sumi::test::load_map(c.output_file);
+  REQUIRE(fa.size() == fc.size());
+  for (const auto& [k, t] : fa) CHECK(at::equal(t, fc.at(k)));
+
+  // The same state with float32 optimizer state (min_8bit_size above every tensor) is refused.
+  auto other = resumed;
+  other.optimizer_params = {{"min_8bit_size", std::to_string(int64_t{1} << 40)}};
+  CHECK_THROWS_WITH(sumi::app::train_network(other, {SUMI_PLUGIN_DIR}, false), doctest::Contains("is Byte in the state and Float in this run"));
+  fs::remove_all(out);
+  fs::remove_all(dataset);
 }

@@ -111,6 +111,12 @@ std::optional<TrainPosition> Checkpoints::resume(std::mt19937_64& data_rng, Grad
     if (it == saved.end()) throw host::UserError("--resume " + s_.resume + ": the state has no '" + e.key() + "'");
     if (!it->second.sizes().equals(e.tensor.sizes()))
       throw host::UserError("--resume " + s_.resume + ": '" + e.key() + "' has another shape than this run's");
+    // Floating-point state converts (a precision change); codes do not (an 8-bit optimizer's
+    // uint8 state against float32 state: its min_8bit_size differs).
+    if (it->second.scalar_type() != e.tensor.scalar_type() && !(it->second.is_floating_point() && e.tensor.is_floating_point()))
+      throw host::UserError("--resume " + s_.resume + ": '" + e.key() + "' is " + std::string(c10::toString(it->second.scalar_type())) +
+                            " in the state and " + c10::toString(e.tensor.scalar_type()) +
+                            " in this run (were the optimizer's arguments, e.g. min_8bit_size, different?)");
     e.tensor.copy_(it->second);
   }
   {
