@@ -22,27 +22,14 @@ namespace sumi::dylora {
 
 namespace {
 
+using sumi::shape_str;
+using sumi::ops::zeros_on;
+using sumi::ops::fill_;
+
 using sumi::Tensor;
 namespace ops = sumi::ops;
 
 [[noreturn]] void fail(sumi_status code, const std::string& msg) { throw Error(code, "dylora: " + msg); }
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-Tensor zeros_on(const Tensor& like, std::vector<int64_t> shape) {
-  if (!like.defined()) return ops::zeros(std::move(shape));
-  static const Op new_zeros("aten::new_zeros", "");
-  return new_zeros({like, std::move(shape), dtype::f32});
-}
-
-void fill_(const Tensor& t, double v) {
-  static const Op op("aten::fill_", "Scalar");
-  op({t, v});
-}
 
 // kaiming_uniform_(a = sqrt(5)): U(-1/sqrt(fan_in), 1/sqrt(fan_in)), fan_in = in * k * k. kohya
 // initialises each rank row separately, with the same fan_in, so one call on the whole tensor

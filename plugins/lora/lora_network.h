@@ -32,6 +32,11 @@ namespace sumi::lora {
 
 namespace {
 
+using sumi::shape_str;
+using sumi::ops::zeros_on;
+using sumi::ops::fill_;
+using sumi::ops::uniform_;
+
 using targets::Settings;
 using targets::Target;
 using targets::choose_targets;
@@ -42,28 +47,6 @@ namespace ops = sumi::ops;
 
 [[noreturn]] void fail(sumi_status code, const std::string& msg) { throw Error(code, SUMI_LORA_NAME ": " + msg); }
 
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
-
-// Zeros of `shape` (float32) on the device of `like` (CPU when it is undefined).
-Tensor zeros_on(const Tensor& like, std::vector<int64_t> shape) {
-  if (!like.defined()) return ops::zeros(std::move(shape));
-  static const Op new_zeros("aten::new_zeros", "");
-  return new_zeros({like, std::move(shape), dtype::f32});
-}
-
-void uniform_(const Tensor& t, double lo, double hi) {
-  static const Op op("aten::uniform_", "");
-  op({t, lo, hi});
-}
-
-void fill_(const Tensor& t, double v) {
-  static const Op op("aten::fill_", "Scalar");
-  op({t, v});
-}
 
 // One draw from U[0, 1) on the CPU generator, as torch.rand(1).
 double rand_scalar() {

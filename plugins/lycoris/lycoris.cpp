@@ -39,33 +39,20 @@ namespace sumi::lycoris {
 
 namespace {
 
+using sumi::shape_str;
+using sumi::ops::zeros_on;
+using sumi::ops::fill_;
+
 using sumi::Tensor;
 namespace ops = sumi::ops;
 
 [[noreturn]] void fail(sumi_status code, const std::string& msg) { throw Error(code, "lycoris: " + msg); }
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
-}
 
 std::string num(double v) {
   std::string s = std::to_string(v);
   s.erase(s.find_last_not_of('0') + 1);
   if (!s.empty() && s.back() == '.') s.pop_back();
   return s;
-}
-
-Tensor zeros_on(const Tensor& like, std::vector<int64_t> shape) {
-  if (!like.defined()) return ops::zeros(std::move(shape));
-  static const Op new_zeros("aten::new_zeros", "");
-  return new_zeros({like, std::move(shape), dtype::f32});
-}
-
-void fill_(const Tensor& t, double v) {
-  static const Op op("aten::fill_", "Scalar");
-  op({t, v});
 }
 
 void normal_(const Tensor& t, double std) {

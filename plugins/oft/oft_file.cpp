@@ -14,6 +14,8 @@ namespace sumi::oft {
 
 namespace {
 
+using sumi::shape_str;
+
 constexpr const char* kLoraUnet = "lora_unet_";
 constexpr const char* kOftUnet = "oft_unet_";
 
@@ -23,12 +25,6 @@ bool starts_with(const std::string& s, const std::string& p) { return s.rfind(p,
 
 bool sgm_path(const std::string& path) {
   return starts_with(path, "input_blocks_") || starts_with(path, "middle_block_") || starts_with(path, "output_blocks_");
-}
-
-std::string shape_str(const std::vector<int64_t>& s) {
-  std::string out = "[";
-  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
-  return out + "]";
 }
 
 }  // namespace

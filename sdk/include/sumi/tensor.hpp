@@ -365,7 +365,22 @@ inline void lerp_(const Tensor& x, const Tensor& end, double weight) {
 }
 inline void copy_(const Tensor& dst, const Tensor& src) { SUMI_OP_("aten::copy_", "")({dst, src, false}); }
 inline void zero_(const Tensor& x) { SUMI_OP_("aten::zero_", "")({x}); }
+inline void fill_(const Tensor& x, double v) { SUMI_OP_("aten::fill_", "Scalar")({x, v}); }
+// Draws U[lo, hi) into x from the host's generator (torch's nn.init.uniform_).
+inline void uniform_(const Tensor& x, double lo, double hi) { SUMI_OP_("aten::uniform_", "")({x, lo, hi}); }
+// Zeros of `shape` (float32) on the device of `like`; on the CPU when `like` is undefined.
+inline Tensor zeros_on(const Tensor& like, std::vector<int64_t> shape) {
+  if (!like.defined()) return zeros(std::move(shape));
+  return SUMI_OP_("aten::new_zeros", "")({like, std::move(shape), dtype::f32});
+}
 }  // namespace ops
+
+// "[2, 3]": a shape for messages.
+inline std::string shape_str(const std::vector<int64_t>& s) {
+  std::string out = "[";
+  for (size_t i = 0; i < s.size(); ++i) out += (i ? ", " : "") + std::to_string(s[i]);
+  return out + "]";
+}
 
 inline Tensor operator+(const Tensor& a, const Tensor& b) { return ops::add(a, b); }
 inline Tensor operator+(const Tensor& a, double b) { return ops::add(a, b); }
