@@ -54,6 +54,47 @@ TEST_CASE("attention: a smaller chunk (the model's mem_eff_attn option) computes
   CHECK(rel_err(b, reference(q, k, v, false)) < 1e-5);
 }
 
+TEST_CASE("attention: bf16 training gradients (probabilities recomputed in backward) match float64 autograd") {
+  // The reduced-precision training path for large score matrices (here 2*4*2048*1024 = 2^24
+  // elements, the threshold) keeps only q, k, v and recomputes the probabilities chunk
+  // by chunk in backward. Its gradients are compared with float64 autograd through the plain
+  // formula; the bound is what bf16 autograd through that same formula reaches on these inputs
+  // (measured here, so it follows the CPU's kernels), with a small margin.
+  at::manual_seed(7);
+  const auto q0 = at::randn({2, 4, 2048, 16}), k0 = at::randn({2, 4, 1024, 16}), v0 = at::randn({2, 4, 1024, 16});
+  const auto w = at::randn({2, 4, 2048, 16});  // loss = sum(out * w)
+  auto grads = [&](at::ScalarType dt, bool plain, const AttentionOptions& opt) {
+    auto q = q0.to(dt).requires_grad_(), k = k0.to(dt).requires_grad_(), v = v0.to(dt).requires_grad_();
+    at::Tensor out;
+    if (plain) {
+      const auto s = at::matmul(q, k.transpose(-1, -2)) / std::sqrt(16.0);
+      out = at::matmul(at::softmax(s, -1), v);
+    } else {
+      out = scaled_dot_product_attention(q, k, v, opt);
+    }
+    (out.to(at::kDouble) * w.to(at::kDouble)).sum().backward();
+    return std::vector<at::Tensor>{out.detach(), q.grad(), k.grad(), v.grad()};
+  };
+  const auto want = grads(at::kDouble, true, {});
+  const auto bf16_plain = grads(at::kBFloat16, true, {});
+  AttentionOptions chunked;
+  chunked.chunk_elements = 2 * 4 * 1024 * 600;  // 600 query rows per chunk: 4 chunks, the last partial
+  for (const AttentionOptions& opt : {AttentionOptions{}, chunked}) {
+    const auto got = grads(at::kBFloat16, false, opt);
+    for (size_t i = 0; i < got.size(); ++i) {
+      CAPTURE(i);
+      CHECK((got[i].scalar_type() == at::kBFloat16));
+      const double bound = 2.0 * rel_err(bf16_plain[i], want[i]) + 1e-3;
+      CHECK(rel_err(got[i], want[i]) < bound);
+    }
+  }
+  // Only q trainable (a LoRA on to_q alone): the same dq, no gradient asked of k or v.
+  auto q = q0.to(at::kBFloat16).requires_grad_();
+  (scaled_dot_product_attention(q, k0.to(at::kBFloat16), v0.to(at::kBFloat16), chunked).to(at::kDouble) *
+   w.to(at::kDouble)).sum().backward();
+  CHECK(rel_err(q.grad(), want[1]) < 2.0 * rel_err(bf16_plain[1], want[1]) + 1e-3);
+}
+
 TEST_CASE("attention: rejects tensors that are not [B, H, L, D]") {
   CHECK_THROWS_AS(scaled_dot_product_attention(at::zeros({2, 3, 4}), at::zeros({2, 3, 4}), at::zeros({2, 3, 4})),
                   std::invalid_argument);
