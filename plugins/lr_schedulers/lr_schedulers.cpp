@@ -24,7 +24,15 @@ double progress(const sumi_lr_query& q) {
 class Constant : public sumi::LrScheduler {
  public:
   explicit Constant(sumi::Context&) {}
-  double factor(const sumi_lr_query&) override { return 1.0; }
+  // kohya (get_scheduler_fix) raises "constant does not require `num_warmup_steps`" for a
+  // warm-up with constant; refused the same way rather than silently ignored.
+  double factor(const sumi_lr_query& q) override {
+    if (q.warmup_steps > 0)
+      throw sumi::Error(SUMI_ERR_INVALID_ARGUMENT, "constant lr_scheduler: --lr_warmup_steps " + std::to_string(q.warmup_steps) +
+                                                       " has no effect with it (kohya refuses it too); use --lr_scheduler "
+                                                       "constant_with_warmup for a warm-up, or pass --lr_warmup_steps 0");
+    return 1.0;
+  }
 };
 
 class ConstantWithWarmup : public sumi::LrScheduler {

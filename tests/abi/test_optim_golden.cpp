@@ -274,6 +274,17 @@ TEST_CASE("lr schedulers equal kohya's get_scheduler_fix values (lr_schedulers.j
 
 TEST_CASE("the adafactor lr scheduler refuses a warm-up (as kohya), piecewise_constant a malformed rule") {
   sumi::host::Registry reg;
+  {
+    // constant with a warm-up: kohya raises ("does not require num_warmup_steps"); so does sumi.
+    auto constant = sumi::test::make(SUMI_KIND_LR_SCHEDULER, "constant", reg, {}, "lr_scheduler");
+    sumi_lr_query q{sizeof(sumi_lr_query), 0, 10, 3, 1e-3};
+    double f = -1;
+    CHECK(constant->vtable<sumi_lr_scheduler_vtable>().factor(constant->self(), &q, &f) != SUMI_OK);
+    CHECK(std::string(sumi::host::host_api()->last_error()).find("constant_with_warmup") != std::string::npos);
+    q.warmup_steps = 0;
+    CHECK(constant->vtable<sumi_lr_scheduler_vtable>().factor(constant->self(), &q, &f) == SUMI_OK);
+    CHECK(f == 1.0);
+  }
   auto sched = sumi::test::make(SUMI_KIND_LR_SCHEDULER, "adafactor", reg, {}, "lr_scheduler");
   sumi_lr_query q{sizeof(sumi_lr_query), 0, 10, 2, 1e-3};
   double f = -1;
