@@ -12,6 +12,14 @@ namespace {
 
 constexpr double kPi = 3.14159265358979323846;
 
+// Schedulers without a warm-up refuse one (kohya's get_scheduler_fix raises for them): names
+// the scheduler, says why and that --lr_warmup_steps 0 is what they take.
+void refuse_warmup(const sumi_lr_query& q, const char* scheduler, const std::string& why) {
+  if (q.warmup_steps > 0)
+    throw sumi::Error(SUMI_ERR_INVALID_ARGUMENT, std::string(scheduler) + " lr_scheduler: --lr_warmup_steps " +
+                                                     std::to_string(q.warmup_steps) + " " + why + "; or pass --lr_warmup_steps 0");
+}
+
 double warmup(const sumi_lr_query& q) {
   return static_cast<double>(q.step) / static_cast<double>(std::max<int64_t>(1, q.warmup_steps));
 }
@@ -27,10 +35,7 @@ class Constant : public sumi::LrScheduler {
   // kohya (get_scheduler_fix) raises "constant does not require `num_warmup_steps`" for a
   // warm-up with constant; refused the same way rather than silently ignored.
   double factor(const sumi_lr_query& q) override {
-    if (q.warmup_steps > 0)
-      throw sumi::Error(SUMI_ERR_INVALID_ARGUMENT, "constant lr_scheduler: --lr_warmup_steps " + std::to_string(q.warmup_steps) +
-                                                       " has no effect with it (kohya refuses it too); use --lr_scheduler "
-                                                       "constant_with_warmup for a warm-up, or pass --lr_warmup_steps 0");
+    refuse_warmup(q, "constant", "has no effect with it (kohya refuses it too); use --lr_scheduler constant_with_warmup for a warm-up");
     return 1.0;
   }
 };
@@ -156,10 +161,7 @@ class AdafactorSchedule : public sumi::LrScheduler {
  public:
   explicit AdafactorSchedule(sumi::Context&) {}
   double factor(const sumi_lr_query& q) override {
-    if (q.warmup_steps > 0)
-      throw sumi::Error(SUMI_ERR_INVALID_ARGUMENT, "adafactor lr_scheduler: --lr_warmup_steps " + std::to_string(q.warmup_steps) +
-                                                       " is not supported (Adafactor's relative step has its own warm-up, "
-                                                       "warmup_init=True); pass --lr_warmup_steps 0");
+    refuse_warmup(q, "adafactor", "is not supported (Adafactor's relative step has its own warm-up, warmup_init=True)");
     return 1.0;
   }
 };
