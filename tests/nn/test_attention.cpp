@@ -95,6 +95,23 @@ TEST_CASE("attention: bf16 training gradients (probabilities recomputed in backw
   CHECK(rel_err(q.grad(), want[1]) < 2.0 * rel_err(bf16_plain[1], want[1]) + 1e-3);
 }
 
+TEST_CASE("attention: bf16 inference in cache-sized blocks per head matches float64 within bf16 autograd-free rounding") {
+  // 2 x 4 heads x 1000 x 600 = 4.8M score elements and more: the blocked path (512-row blocks:
+  // 512 + 488 rows per head, then 2600 rows over 1500 keys: 699-row cap 512, five blocks + a tail).
+  at::manual_seed(11);
+  for (const auto& [lq, lk] : {std::pair<int64_t, int64_t>{1000, 600}, {2600, 1500}}) {
+    CAPTURE(lq);
+    const auto q = at::randn({2, 4, lq, 32}), k = at::randn({2, 4, lk, 32}), v = at::randn({2, 4, lk, 32});
+    const auto want = reference(q, k, v, false);
+    const auto qb = q.to(at::kBFloat16), kb = k.to(at::kBFloat16), vb = v.to(at::kBFloat16);
+    // The bound: the plain bf16 formula's own error on these inputs, with a margin.
+    const auto plain = at::matmul(at::softmax(at::matmul(qb, kb.transpose(-1, -2)) / std::sqrt(32.0), -1), vb);
+    const auto got = scaled_dot_product_attention(qb, kb, vb);
+    CHECK((got.scalar_type() == at::kBFloat16));
+    CHECK(rel_err(got, want) < 2.0 * rel_err(plain, want) + 1e-3);
+  }
+}
+
 TEST_CASE("attention: rejects tensors that are not [B, H, L, D]") {
   CHECK_THROWS_AS(scaled_dot_product_attention(at::zeros({2, 3, 4}), at::zeros({2, 3, 4}), at::zeros({2, 3, 4})),
                   std::invalid_argument);
