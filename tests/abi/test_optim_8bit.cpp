@@ -697,7 +697,6 @@ TEST_CASE("8-bit optimizer arguments bitsandbytes refuses, or sumi does not have
       {"adamw8bit", {{"betas", "0.9,1.0"}}, "each beta must be in [0, 1)"},
       {"adamw8bit", {{"eps", "-1e-8"}}, "eps must be >= 0"},
       {"adamw8bit", {{"weight_decay", "-0.1"}}, "weight_decay must be >= 0"},
-      {"adamw8bit", {{"block_wise", "False"}}, "block_wise=False is not supported"},
       {"adamw8bit", {{"min_8bit_size", "-1"}}, "min_8bit_size must be >= 0"},
       {"adamw8bit", {{"nonsense", "1"}}, "has no parameter 'nonsense'"},
       {"pagedadamw8bit", {{"is_paged", "True"}}, "has no parameter 'is_paged'"},
