@@ -287,8 +287,9 @@ TEST_CASE("block_wise=False: 8-bit state of about 2 (Adam) or 1 byte per paramet
   // requantization, relative to the max it is quantized against, carried with weight beta1^k), holds
   // for Adam and SGD: one max per tensor makes a tensor's small values coarser, which the L2 distance
   // hardly sees. Lion is another matter: its non-blockwise kernels quantize against the new_max1 of
-  // two steps before (0 at the first two steps, so every code lands on an end of the map: the
-  // momentum starts as +-max for every element, and beta2 = 0.99 forgets that slowly). Two
+  // two steps before (0 at the first two steps, so every code lands on an end of the map, and later
+  // a max that trails the momentum's, so nearly every code stays there: the momentum keeps little
+  // more than its sign; see the edge test below). Two
   // sign-descent trajectories of equal steps are less than 2 apart in this measure; what is
   // asserted is that Lion's stays well inside that, under 1.
   const std::vector<C> cases = {
@@ -424,4 +425,36 @@ TEST_CASE("block_wise=False with float16 parameters stays close to float32 param
     const double d = (lo.params[0].to(at::kFloat) - hi.params[0]).abs().max().item<double>();
     CHECK(d <= 0.01 * hi.params[0].abs().max().item<double>());  // float16 keeps 11 bits: a rounding per store
   }
+}
+
+TEST_CASE("block_wise=False keeps the kernels' behaviour at the edges: Lion's first codes, a NaN gradient") {
+  auto gen = at::make_generator<at::CPUGeneratorImpl>(31);
+  // Lion quantizes against new_max1 as the last swap left it: 0 at steps 1 and 2, so every code is
+  // an end of the map (255 for a positive momentum, 0 for a negative one). Later it quantizes against
+  // the max of two steps before, which trails the momentum's: most codes stay at the ends.
+  Opt lion("lion8bit", kStatic);
+  lion.group("unet", {at::randn({8192}, gen)});
+  int64_t later = 0;
+  for (int k = 1; k <= 20; ++k) {
+    CAPTURE(k);
+    lion.step({at::randn({8192}, gen) * 1e-2}, {1e-4});
+    const at::Tensor c = lion.state("unet.0.state1");
+    const int64_t ends = ((c == 0) | (c == 255)).sum().item<int64_t>();
+    if (k <= 2) CHECK(ends == 8192);
+    if (k > 2) later += ends;
+  }
+  MESSAGE("lion8bit block_wise=False: codes at the map's ends at steps 3-20: " << static_cast<double>(later) / (18 * 8192));
+  CHECK(later > 18 * 8192 * 9 / 10);  // the momentum keeps little more than its sign (the trajectory test's distance)
+  // No NaN guard in the non-blockwise Adam kernel (the block-wise one has one): a NaN gradient
+  // element makes its parameter NaN; the max ignores it (fmaxf), the other elements step on.
+  Opt adam("adamw8bit", kStatic);
+  adam.group("unet", {at::randn({4096}, gen)});
+  at::Tensor g = at::randn({4096}, gen) * 1e-2;
+  g[10] = std::numeric_limits<float>::quiet_NaN();
+  adam.step({g}, {1e-3});
+  const at::Tensor p = adam.params[0].detach();
+  CHECK(std::isnan(p[10].item<float>()));
+  CHECK(at::isfinite(p.slice(0, 11)).all().item<bool>());
+  CHECK(std::isfinite(adam.state("unet.0.max1").item<float>()));
+  CHECK(std::isfinite(adam.state("unet.0.max2").item<float>()));
 }
