@@ -624,7 +624,8 @@ const sumi_param_spec kPagedLionParams[] = {SUMI_BNB_LION_PARAMS};
 const sumi_param_spec kSgdParams[] = {
     sumi::param("momentum", SUMI_PARAM_DOUBLE, "0.9", "Heavy-ball momentum (required > 0; kohya adds 0.9)."),
     sumi::param("dampening", SUMI_PARAM_DOUBLE, "0", "Ignored, as bitsandbytes' SGD8bit ignores it (a warning if set)."),
-    sumi::param("weight_decay", SUMI_PARAM_DOUBLE, "0", "Added to the gradient (coupled)."),
+    sumi::param("weight_decay", SUMI_PARAM_DOUBLE, "0",
+                "Added to the gradient (coupled). With block_wise=False, no effect on 8-bit tensors (bitsandbytes' kernel)."),
     sumi::param("nesterov", SUMI_PARAM_BOOL, "false", "Ignored, as bitsandbytes' SGD8bit ignores it (a warning if True)."),
     SUMI_BNB_COMMON_PARAMS};
 
