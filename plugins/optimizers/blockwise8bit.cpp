@@ -63,12 +63,14 @@ Map make_map(const Tensor& code, bool is_signed) {
   // Encoding table over the top 16 bits of x's float32 pattern (sign, exponent, 7 mantissa bits):
   // every x of a cell gets code lo, or lo + 1 where x lies above the one bucket boundary inside the
   // cell (a cell is at most 2^-7 of its values wide, the dynamic maps' boundaries lie farther apart;
-  // checked here). Cells of NaN (and of inf, which x = s / absmax never is) give 0: the kernel's
-  // search fails every comparison with NaN and ends there.
+  // checked here). Cells of NaN give 0: the kernel's search fails every comparison with NaN and
+  // ends there. The cells of +-inf (x = s * (1 / max) with max 0, in the non-blockwise kernels;
+  // never x = s / absmax) give the end codes the search reaches, 255 and 0, after the sign rule.
   std::vector<float> lo(65536), bound(65536, std::numeric_limits<float>::infinity());
   for (uint32_t cell = 0; cell < 65536; ++cell) {
     if (((cell >> 7) & 0xFF) == 0xFF) {
-      lo[cell] = 0;
+      const bool inf = (cell & 0x7F) == 0, neg = cell & 0x8000;
+      lo[cell] = inf ? static_cast<float>(fix(neg ? size_t{0} : size_t{255}, neg)) : 0.0f;
       continue;
     }
     const bool neg = cell & 0x8000;
@@ -127,17 +129,46 @@ Tensor block_absmax(const Tensor& s) {
   return amax({ops::abs(s), std::vector<int64_t>{1}, false});
 }
 
-Tensor encode(const Map& m, const Tensor& s, const Tensor& absmax) {
+namespace {
+
+// The table lookup of make_map: the code of each element of the flat float32 `x`, NaN -> 0.
+Tensor lookup(const Map& m, const Tensor& x) {
   static const Op view_dtype("aten::view", "dtype");
   static const Op rshift("aten::bitwise_right_shift", "Tensor_Scalar");
   static const Op bitwise_and("aten::bitwise_and", "Scalar");
   static const Op index_select("aten::index_select");
   static const Op add("aten::add", "Tensor");
-  static const Op amin("aten::amin");
   static const Op gt("aten::gt", "Tensor");
-  const Tensor x = view(ops::div(s, unsqueeze(absmax, 1)), {-1});
   const Tensor cell = bitwise_and({rshift({view_dtype({x, dtype::i32}), int64_t{16}}), int64_t{0xFFFF}});
-  Tensor q = add({index_select({m.table_code, int64_t{0}, cell}), gt({x, index_select({m.table_bound, int64_t{0}, cell})}), int64_t{1}});
+  return add({index_select({m.table_code, int64_t{0}, cell}), gt({x, index_select({m.table_bound, int64_t{0}, cell})}), int64_t{1}});
+}
+
+}  // namespace
+
+Tensor encode_scaled(const Map& m, const Tensor& s, float inv_max) {
+  static const Op isnan("aten::isnan");
+  static const Op any("aten::any");
+  static const Op signbit("aten::signbit");
+  const Tensor flat_s = view(s, {-1});
+  const Tensor x = ops::mul(flat_s, inv_max);
+  Tensor q = lookup(m, x);
+  if (m.is_signed) {
+    // x = NaN (0 * inf: max 0; or a NaN state): the kernel's code 0, then the sign rule with s's
+    // sign bit: 255 unless s is negative. (Unsigned: 0, as the table gives.)
+    const Tensor nan = isnan({x});
+    if (any({nan}).item() != 0) {
+      const Tensor zero = ops::to(Tensor::from_data(std::vector<float>{0.0f}, {}), dtype::u8);
+      const Tensor top = ops::to(Tensor::from_data(std::vector<float>{255.0f}, {}), dtype::u8);
+      q = ops::where(nan, ops::where(signbit({flat_s}), zero, top), q);
+    }
+  }
+  return q;
+}
+
+Tensor encode(const Map& m, const Tensor& s, const Tensor& absmax) {
+  static const Op amin("aten::amin");
+  const Tensor x = view(ops::div(s, unsqueeze(absmax, 1)), {-1});
+  Tensor q = lookup(m, x);
   if (m.is_signed && amin({absmax, std::vector<int64_t>{}, false}).item() == 0) {
     // An all-zero block: x = 0 / 0, the kernel's code 0, then the sign rule with s's sign: +0 -> 255.
     static const Op isnan("aten::isnan");

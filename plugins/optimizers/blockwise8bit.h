@@ -2,7 +2,8 @@
 // 8-bit optimizers (bnb8bit.cpp): the dynamic quantization map of functional.create_dynamic_map,
 // and the decode / encode of a run of 2048-element blocks as the block-wise 8-bit optimizer kernels
 // (kOptimizerStatic8bit{1,2}StateBlockwise) do it: dequantize with the block's absmax, update in
-// float32, requantize against the block's new absmax.
+// float32, requantize against the block's new absmax. encode_scaled is the same quantizer as the
+// non-blockwise kernels (block_wise=False) use it, against one max per tensor.
 //
 // Everything runs as ATen ops through the host, so it works on whatever device the state lives on.
 #pragma once
@@ -51,6 +52,13 @@ Tensor block_absmax(const Tensor& s);
 // as the kernel's unsigned char does). Returns uint8 codes, flattened. A lookup in a table over
 // the float32 bit pattern of s / absmax, one comparison per element.
 Tensor encode(const Map& m, const Tensor& s, const Tensor& absmax);
+
+// Quantize `s` (any shape, float32) as bitsandbytes' non-blockwise kernels do (dQuantize of
+// s * inv_max, inv_max = 1.0f / max computed once per tensor): the same nearest-code / tie /
+// sign rules as encode, x = +-inf (max 0) giving the end codes 255 / 0 and x = NaN (0 * inf)
+// giving, in a signed map, 255 unless s is negative (code 0 and the sign rule). Returns uint8
+// codes, flattened.
+Tensor encode_scaled(const Map& m, const Tensor& s, float inv_max);
 
 // Small ATen helpers the optimizers share.
 Tensor view(const Tensor& t, std::vector<int64_t> shape);

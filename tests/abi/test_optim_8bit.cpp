@@ -3,7 +3,7 @@
 // a port of the kernel's quantize_2D, small tensors against bnb's 32-bit kernel formulas (and the
 // fixtures' goldens where those coincide), large tensors against the same optimizer with float32
 // state (trajectory distance, state bytes per parameter), resume, and refusals.
-#include "optim_golden_util.h"
+#include "optim_8bit_util.h"
 
 #include <ATen/ATen.h>
 
@@ -13,72 +13,9 @@
 namespace {
 
 using namespace sumi::test::optim;
+using namespace sumi::test::optim8;
 
 enum class Algo { adam, lion, momentum };
-
-// ---- a plugin run on arbitrary tensors
-
-struct Opt {
-  sumi::host::Registry reg;
-  std::unique_ptr<sumi::host::Component> opt;
-  std::vector<at::Tensor> params;
-
-  Opt(const std::string& name, const std::map<std::string, std::string>& cfg) {
-    opt = sumi::test::make(SUMI_KIND_OPTIMIZER, name, reg, cfg, "optimizer");
-  }
-  // Adds a group; the parameters are fresh leaves copied from `init`.
-  void group(const std::string& name, const std::vector<at::Tensor>& init) {
-    std::vector<sumi_tensor> hs;
-    for (const auto& t : init) {
-      params.push_back(t.clone().requires_grad_(true));
-      hs.push_back(sumi::host::make_handle(params.back()));
-    }
-    const sumi_status s = opt->vtable<sumi_optimizer_vtable>().add_param_group(opt->self(), name.c_str(), hs.data(),
-                                                                               static_cast<int64_t>(hs.size()));
-    for (auto h : hs) sumi::host::host_api()->tensor_release(h);
-    opt->check(s, "add_param_group");
-  }
-  void step(const std::vector<at::Tensor>& grads, const std::vector<double>& lrs) {
-    for (size_t i = 0; i < params.size(); ++i) params[i].mutable_grad() = grads[i].clone();
-    opt->check(opt->vtable<sumi_optimizer_vtable>().step(opt->self(), lrs.data(), static_cast<int64_t>(lrs.size())), "step");
-  }
-  at::Tensor state(const std::string& name) const {
-    const auto* e = reg.find("optimizer", name);
-    REQUIRE_MESSAGE(e != nullptr, "no optimizer state '" << name << "'");
-    return e->tensor;
-  }
-  // Bytes of the registry entries named "<prefix>*".
-  int64_t state_bytes(const std::string& prefix) const {
-    int64_t n = 0;
-    for (const auto& e : reg.entries())
-      if (e.name.rfind(prefix, 0) == 0) n += static_cast<int64_t>(e.tensor.nbytes());
-    return n;
-  }
-};
-
-std::vector<float> to_vec(const at::Tensor& t) {
-  const at::Tensor c = t.detach().to(at::kFloat).contiguous();
-  return std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel());
-}
-
-// ---- bitsandbytes, transcribed
-
-// functional.create_dynamic_map(signed), run with libtorch (the ATen linspace PyTorch runs).
-std::vector<float> bnb_dynamic_map(bool is_signed) {
-  std::vector<float> data;
-  for (int i = 0; i < 7; ++i) {
-    const int64_t items = is_signed ? (int64_t{1} << i) + 1 : (int64_t{1} << (i + 1)) + 1;
-    const at::Tensor boundaries = at::linspace(0.1, 1, items);
-    const at::Tensor means = (boundaries.slice(0, 0, -1) + boundaries.slice(0, 1)) / 2.0;
-    for (float v : to_vec(means * std::pow(10.0, -6 + i))) data.push_back(v);
-    if (is_signed)
-      for (float v : to_vec(means * -std::pow(10.0, -6 + i))) data.push_back(v);
-  }
-  data.push_back(0.0f);
-  data.push_back(1.0f);
-  std::sort(data.begin(), data.end());
-  return data;
-}
 
 // csrc/kernels.cu quantize_2D<SIGNED> (QUAD 3) followed, for state1, by the kernel's sign rule.
 unsigned char bnb_quantize(const std::vector<float>& code, bool is_signed, float s, float absmax, bool sign_rule = true) {
@@ -760,7 +697,6 @@ TEST_CASE("8-bit optimizer arguments bitsandbytes refuses, or sumi does not have
       {"adamw8bit", {{"betas", "0.9,1.0"}}, "each beta must be in [0, 1)"},
       {"adamw8bit", {{"eps", "-1e-8"}}, "eps must be >= 0"},
       {"adamw8bit", {{"weight_decay", "-0.1"}}, "weight_decay must be >= 0"},
-      {"adamw8bit", {{"block_wise", "False"}}, "block_wise=False is not supported"},
       {"adamw8bit", {{"min_8bit_size", "-1"}}, "min_8bit_size must be >= 0"},
       {"adamw8bit", {{"nonsense", "1"}}, "has no parameter 'nonsense'"},
       {"pagedadamw8bit", {{"is_paged", "True"}}, "has no parameter 'is_paged'"},

@@ -137,6 +137,69 @@ TEST_CASE("kohya's AdamW8bit trains a LoRA with 8-bit state and resumes from --s
   auto other = resumed;
   other.optimizer_params = {{"min_8bit_size", std::to_string(int64_t{1} << 40)}};
   CHECK_THROWS_WITH(sumi::app::train_network(other, {SUMI_PLUGIN_DIR}, false), doctest::Contains("is Byte in the state and Float in this run"));
+  // And with block_wise=False (one max per tensor, not one absmax per block), naming the layout.
+  other.optimizer_params = {{"block_wise", "False"}};
+  CHECK_THROWS_WITH(sumi::app::train_network(other, {SUMI_PLUGIN_DIR}, false),
+                    doctest::Contains("the state has no 'optimizer/block_wise=False'"));
+  fs::remove_all(out);
+  fs::remove_all(dataset);
+}
+
+TEST_CASE("AdamW8bit with block_wise=False trains, resumes bit-exactly, and its state does not resume block-wise") {
+  namespace fs = std::filesystem;
+  const auto dataset = sumi::test::example_dataset("sumi_optrules_8bit_static", 2);
+  const fs::path out = fs::temp_directory_path() / "sumi_optrules_8bit_static_out";
+  fs::remove_all(out);
+  auto s = sumi::test::fixture_run(TrainMode::network, dataset, out);
+  s.network_type = "lora";
+  s.network_params = {{"dim", "8"}, {"alpha", "4"}};
+  s.optimizer_type = "AdamW8bit";
+  s.optimizer_params = {{"block_wise", "False"}};
+  s.learning_rate = 1e-3;
+  s.max_train_steps = 4;
+  s.seed = 5;
+  auto full = s;
+  full.output_dir = (out / "full").string();
+  const auto a = sumi::app::train_network(full, {SUMI_PLUGIN_DIR}, false);
+  REQUIRE(a.losses.size() == 4);
+
+  auto part = s;
+  part.output_dir = (out / "part").string();
+  part.save_every_n_steps = 2;
+  part.save_state = true;
+  sumi::app::train_network(part, {SUMI_PLUGIN_DIR}, false);
+  const fs::path state = out / "part" / "out-step00000002-state";
+  REQUIRE(fs::exists(state / "train_state.safetensors"));
+  int quantized = 0, maxes = 0, absmax = 0, marker = 0;
+  for (const auto& [name, t] : sumi::io::load_all((state / "train_state.safetensors").string())) {
+    if (name.rfind("optimizer/", 0) != 0) continue;
+    if (t.scalar_type() == at::kByte && t.dim() > 0) ++quantized;
+    if (name.size() > 5 && (name.compare(name.size() - 5, 5, ".max1") == 0 || name.compare(name.size() - 5, 5, ".max2") == 0)) {
+      ++maxes;
+      CHECK(t.numel() == 1);
+    }
+    absmax += name.find(".absmax") != std::string::npos;
+    marker += name == "optimizer/block_wise=False";
+  }
+  CHECK(quantized > 0);
+  CHECK(maxes == quantized);  // max1 / max2 (and new_max1 / new_max2) beside each uint8 state1 / state2
+  CHECK(absmax == 0);
+  CHECK(marker == 1);
+
+  auto resumed = s;
+  resumed.output_dir = (out / "resumed").string();
+  resumed.resume = state.string();
+  const auto c = sumi::app::train_network(resumed, {SUMI_PLUGIN_DIR}, false);
+  REQUIRE(c.losses.size() == 2);
+  for (size_t i = 0; i < 2; ++i) CHECK(c.losses[i] == a.losses[i + 2]);
+  const auto fa = sumi::test::load_map(a.output_file), fc = sumi::test::load_map(c.output_file);
+  REQUIRE(fa.size() == fc.size());
+  for (const auto& [k, t] : fa) CHECK(at::equal(t, fc.at(k)));
+
+  // The same state resumed block-wise: refused, naming the per-block absmax it lacks.
+  auto other = resumed;
+  other.optimizer_params = {};
+  CHECK_THROWS_WITH(sumi::app::train_network(other, {SUMI_PLUGIN_DIR}, false), doctest::Contains(".absmax1'"));
   fs::remove_all(out);
   fs::remove_all(dataset);
 }
