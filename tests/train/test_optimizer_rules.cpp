@@ -200,6 +200,8 @@ TEST_CASE("AdamW8bit with block_wise=False trains, resumes bit-exactly, and its 
   auto other = resumed;
   other.optimizer_params = {};
   CHECK_THROWS_WITH(sumi::app::train_network(other, {SUMI_PLUGIN_DIR}, false), doctest::Contains(".absmax1'"));
+  CHECK_THROWS_WITH(sumi::app::train_network(other, {SUMI_PLUGIN_DIR}, false),
+                    doctest::Contains("other --optimizer_args (e.g. block_wise, min_8bit_size)"));
   fs::remove_all(out);
   fs::remove_all(dataset);
 }

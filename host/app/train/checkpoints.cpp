@@ -108,9 +108,15 @@ std::optional<TrainPosition> Checkpoints::resume(std::mt19937_64& data_rng, Grad
   for (const auto& e : registry_.entries()) {
     if (!in_state(e)) continue;
     auto it = saved.find(e.key());
-    if (it == saved.end()) throw host::UserError("--resume " + s_.resume + ": the state has no '" + e.key() + "'");
+    // The registry entries a run creates follow from its plugins and their arguments: a missing
+    // or reshaped entry means the state was saved with other ones.
+    const std::string hint = e.component == "optimizer"
+                                 ? "; was it saved with another --optimizer_type or other --optimizer_args (e.g. block_wise, "
+                                   "min_8bit_size)?"
+                                 : "; was it saved with other --network_module / --network_args or another model?";
+    if (it == saved.end()) throw host::UserError("--resume " + s_.resume + ": the state has no '" + e.key() + "'" + hint);
     if (!it->second.sizes().equals(e.tensor.sizes()))
-      throw host::UserError("--resume " + s_.resume + ": '" + e.key() + "' has another shape than this run's");
+      throw host::UserError("--resume " + s_.resume + ": '" + e.key() + "' has another shape than this run's" + hint);
     // Floating-point state converts (a precision change); codes do not (an 8-bit optimizer's
     // uint8 state against float32 state: its min_8bit_size differs).
     if (it->second.scalar_type() != e.tensor.scalar_type() && !(it->second.is_floating_point() && e.tensor.is_floating_point()))
