@@ -4,10 +4,9 @@
 #include <cctype>
 #include <cmath>
 
-#include <OpenImageIO/imagebuf.h>
-#include <OpenImageIO/imagebufalgo.h>
 #include <OpenImageIO/imageio.h>
 
+#include "sumi/datasets/cv_resize.h"
 #include "sumi/datasets/random.h"
 
 namespace sumi::datasets {
@@ -71,23 +70,6 @@ Image read_image(const fs::path& p) {
   return img;
 }
 
-namespace {
-ImageBuf to_buf(const Image& img) {
-  ImageSpec spec(img.width, img.height, 3, TypeDesc::UINT8);
-  ImageBuf buf(spec);
-  buf.set_pixels(ROI::All(), TypeDesc::UINT8, img.rgb.data());
-  return buf;
-}
-Image from_buf(const ImageBuf& buf, Size size) {
-  Image out;
-  out.width = size.width;
-  out.height = size.height;
-  out.rgb.resize(static_cast<std::size_t>(size.width) * size.height * 3);
-  buf.get_pixels(ROI(0, size.width, 0, size.height, 0, 1, 0, 3), TypeDesc::UINT8, out.rgb.data());
-  return out;
-}
-}  // namespace
-
 std::optional<Interpolation> parse_interpolation(const std::string& name) {
   if (name == "lanczos") return Interpolation::Lanczos;
   if (name == "nearest") return Interpolation::Nearest;
@@ -97,27 +79,33 @@ std::optional<Interpolation> parse_interpolation(const std::string& name) {
   return std::nullopt;
 }
 
-Image resize_image(const Image& img, Size size, Interpolation how) {
-  if (size.width == img.width && size.height == img.height) return img;
-  if (size.width <= 0 || size.height <= 0) throw std::invalid_argument("resize to empty size " + to_string(size));
-  if (how == Interpolation::Default)
-    how = img.width >= size.width && img.height >= size.height ? Interpolation::Area : Interpolation::Lanczos;
-  ImageBuf src = to_buf(img);
-  ImageBuf dst(ImageSpec(size.width, size.height, 3, TypeDesc::UINT8));
-  bool ok;
-  if (how == Interpolation::Nearest) {
-    ok = ImageBufAlgo::resample(dst, src, false);
-  } else {
-    // OpenImageIO widens these filters by the scale factor when shrinking, so "box" averages
-    // the covered source pixels like OpenCV's INTER_AREA.
-    const char* filter = how == Interpolation::Area     ? "box"
-                         : how == Interpolation::Linear ? "triangle"
-                         : how == Interpolation::Cubic  ? "catmull-rom"
-                                                        : "lanczos3";
-    ok = ImageBufAlgo::resize(dst, src, filter, 0.0f);
+CvInterpolation cv_interpolation(Interpolation how, Size from, Size to) {
+  switch (how) {
+    case Interpolation::Default:
+      // kohya's resize_image: area when neither side grows, else lanczos.
+      return from.width >= to.width && from.height >= to.height ? CvInterpolation::Area : CvInterpolation::Lanczos4;
+    case Interpolation::Lanczos: return CvInterpolation::Lanczos4;
+    case Interpolation::Nearest: return CvInterpolation::NearestExact;  // kohya's get_cv2_interpolation
+    case Interpolation::Linear: return CvInterpolation::Linear;
+    case Interpolation::Cubic: return CvInterpolation::Cubic;
+    case Interpolation::Area: return CvInterpolation::Area;
   }
-  if (!ok) throw std::runtime_error("resize to " + to_string(size) + " failed: " + dst.geterror());
-  return from_buf(dst, size);
+  return CvInterpolation::Area;
+}
+
+Image resize_image(const Image& img, Size size, Interpolation how) {
+  return resize_image(img, size, cv_interpolation(how, {img.width, img.height}, size));
+}
+
+Image resize_image(const Image& img, Size size, CvInterpolation how) {
+  if (size.width <= 0 || size.height <= 0) throw std::invalid_argument("resize to empty size " + to_string(size));
+  if (size.width == img.width && size.height == img.height) return img;
+  Image out;
+  out.width = size.width;
+  out.height = size.height;
+  out.rgb.resize(static_cast<std::size_t>(size.width) * size.height * 3);
+  cv_resize(img.rgb.data(), img.width, img.height, 3, out.rgb.data(), size.width, size.height, how);
+  return out;
 }
 
 Image crop_image(const Image& img, CropOffset at, Size size) {

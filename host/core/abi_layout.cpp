@@ -45,7 +45,7 @@ static_assert(offsetof(sumi_model_vtable, describe) == 96, "sumi_model_vtable.de
 static_assert(offsetof(sumi_model_vtable, probe) == 104, "sumi_model_vtable.probe moved");
 static_assert(offsetof(sumi_model_vtable, load_token) == 112, "sumi_model_vtable.load_token moved");
 static_assert(offsetof(sumi_model_vtable, convert) == 120, "sumi_model_vtable.convert moved");
-static_assert(sizeof(sumi_model_vtable) == 128, "sumi_model_vtable 1.2 layout changed");
+static_assert(SUMI_MODEL_VTABLE_SIZE_1_2 == 128, "sumi_model_vtable 1.2 layout changed");
 // ABI 1.3: the network contract, appended (module bias; probe, configure_from_weights, metadata,
 // bias_delta) and the file-tensor description it passes.
 static_assert(offsetof(sumi_module_info, bias) == 104, "sumi_module_info.bias moved");
@@ -57,5 +57,9 @@ static_assert(offsetof(sumi_network_vtable, bias_delta) == 80, "sumi_network_vta
 static_assert(offsetof(sumi_network_vtable, apply_max_norm) == 88, "sumi_network_vtable.apply_max_norm moved");
 static_assert(sizeof(sumi_network_vtable) == 96, "sumi_network_vtable 1.3 layout changed");
 static_assert(sizeof(sumi_file_tensor) == 32, "sumi_file_tensor layout changed");
+// ABI 1.3: the model's token-level text encoding, appended.
+static_assert(offsetof(sumi_model_vtable, encode_tokens) == 128, "sumi_model_vtable.encode_tokens moved");
+static_assert(offsetof(sumi_model_vtable, token_text) == 136, "sumi_model_vtable.token_text moved");
+static_assert(sizeof(sumi_model_vtable) == 144, "sumi_model_vtable 1.3 layout changed");
 static_assert(offsetof(sumi_file_tensor, ndim) == 24, "sumi_file_tensor.ndim moved");
 #endif

@@ -88,6 +88,8 @@ class SdComponent : public sumi::Model {
     model_.save(path, float_type(dtype), overwrite);
   }
   std::string describe() override { return model_.describe(); }
+  Tensor encode_tokens(const Tensor& ids) override { return wrap(model_.encode_token_ids(unwrap(ids))); }
+  std::string token_text(int64_t id) override { return model_.token_text(id); }
   std::string probe(const std::string& path) override {
     const ModelFamily found = sumi::sd::detect_family(path);
     if (found != F)

@@ -316,6 +316,16 @@ std::string SdModel::describe() const {
   // diffusers' SDXL pipelines encode an empty negative prompt as zeros (force_zeros_for_empty_prompt).
   j["force_zeros_for_empty_prompt"] = fam == ModelFamily::sdxl;
   j["text_encoders"] = te2_ ? nlohmann::json{"text_encoder", "text_encoder_2"} : nlohmann::json{"text_encoder"};
+  // For encode_tokens / token_text: the (first) tokenizer's ids. special_token_ids as
+  // transformers' all_special_ids (BOS, EOS = UNK, the pad token).
+  {
+    const ClipTokenizer& t = tokenizer();
+    std::vector<int> special{t.bos(), t.eos(), t.pad_id()};
+    std::sort(special.begin(), special.end());
+    special.erase(std::unique(special.begin(), special.end()), special.end());
+    j["tokenizer"] = {{"vocab_size", t.vocab_size()}, {"bos_token_id", t.bos()}, {"eos_token_id", t.eos()},
+                      {"special_token_ids", special}};
+  }
   // kohya's sai_model_spec architecture names.
   j["modelspec_architecture"] = fam == ModelFamily::sdxl ? "stable-diffusion-xl-v1-base"
                                 : fam == ModelFamily::sd2 ? (v ? "stable-diffusion-v2-768-v" : "stable-diffusion-v2-512")
@@ -407,6 +417,88 @@ std::pair<at::Tensor, at::Tensor> SdModel::encode_ids(const at::Tensor& ids, con
   if (options_.clip_skip == 1) return {out.last_hidden_state, at::Tensor()};
   const auto& h = out.hidden_states[out.hidden_states.size() - static_cast<size_t>(options_.clip_skip)];
   return {te_->final_layer_norm(h), at::Tensor()};
+}
+
+at::Tensor SdModel::encode_token_ids(const at::Tensor& ids) const {
+  if (!loaded()) throw std::logic_error("encode_tokens before load");
+  if (ids.dim() != 2 || ids.size(0) < 1 || ids.size(1) < 1 || ids.size(1) > ClipTokenizer::kModelMaxLength)
+    throw std::invalid_argument("encode_tokens: expected token ids [batch, 1.." + std::to_string(ClipTokenizer::kModelMaxLength) +
+                                "], got " + std::to_string(ids.dim()) + " dimensions");
+  const at::Tensor ids_long = ids.to(at::kLong);
+  const int64_t lo = ids_long.min().item<int64_t>(), hi = ids_long.max().item<int64_t>();
+  const auto n = static_cast<int64_t>(tokenizer().size());
+  if (lo < 0 || hi >= n)
+    throw std::invalid_argument("encode_tokens: token id " + std::to_string(lo < 0 ? lo : hi) + " is outside the vocabulary (0.." +
+                                std::to_string(n - 1) + ")");
+  // SDXL's tokenizers share their ids; only their padding differs, and nothing is padded here.
+  return encode_ids(ids_long, options_.family == ModelFamily::sdxl ? ids_long : at::Tensor()).first;
+}
+
+namespace {
+// UTF-8 with each maximal invalid subsequence replaced by U+FFFD (Python's errors="replace").
+std::string utf8_replace_invalid(const std::string& s) {
+  std::string out;
+  const auto* p = reinterpret_cast<const unsigned char*>(s.data());
+  const std::size_t n = s.size();
+  for (std::size_t i = 0; i < n;) {
+    const unsigned c = p[i];
+    std::size_t len = c < 0x80 ? 1 : (c >= 0xC2 && c <= 0xDF) ? 2 : (c >= 0xE0 && c <= 0xEF) ? 3 : (c >= 0xF0 && c <= 0xF4) ? 4 : 0;
+    std::size_t ok = len == 0 ? 0 : 1;  // bytes of a valid prefix
+    for (; ok < len && i + ok < n; ++ok) {
+      const unsigned b = p[i + ok];
+      unsigned lo = 0x80, hi = 0xBF;  // the second byte's narrower ranges
+      if (ok == 1 && c == 0xE0) lo = 0xA0;
+      if (ok == 1 && c == 0xED) hi = 0x9F;
+      if (ok == 1 && c == 0xF0) lo = 0x90;
+      if (ok == 1 && c == 0xF4) hi = 0x8F;
+      if (b < lo || b > hi) break;
+    }
+    if (len != 0 && ok == len) {
+      out.append(s, i, len);
+      i += len;
+    } else {
+      out += "\xEF\xBF\xBD";
+      i += ok == 0 ? 1 : ok;
+    }
+  }
+  return out;
+}
+// Python's str.strip(): the white space it removes, at both ends.
+std::string strip_unicode_space(const std::string& s) {
+  static const char* const spaces[] = {" ", "\t", "\n", "\v", "\f", "\r", "\x1c", "\x1d", "\x1e", "\x1f",
+                                       "\xC2\x85", "\xC2\xA0", "\xE1\x9A\x80", "\xE2\x80\xA8", "\xE2\x80\xA9",
+                                       "\xE2\x80\xAF", "\xE2\x81\x9F", "\xE3\x80\x80"};
+  auto space_at = [&](std::size_t i, bool from_end) -> std::size_t {
+    for (const char* sp : spaces) {
+      const std::size_t l = std::char_traits<char>::length(sp);
+      if (from_end ? (i >= l && s.compare(i - l, l, sp) == 0) : s.compare(i, l, sp) == 0) return l;
+    }
+    // U+2000..U+200A
+    if (!from_end && i + 3 <= s.size() && s.compare(i, 2, "\xE2\x80") == 0 && static_cast<unsigned char>(s[i + 2]) <= 0x8A) return 3;
+    if (from_end && i >= 3 && s.compare(i - 3, 2, "\xE2\x80") == 0 && static_cast<unsigned char>(s[i - 1]) <= 0x8A) return 3;
+    return 0;
+  };
+  std::size_t b = 0, e = s.size();
+  while (b < e) {
+    const std::size_t l = space_at(b, false);
+    if (l == 0) break;
+    b += l;
+  }
+  while (e > b) {
+    const std::size_t l = space_at(e, true);
+    if (l == 0) break;
+    e -= l;
+  }
+  return s.substr(b, e - b);
+}
+}  // namespace
+
+std::string SdModel::token_text(int64_t id) const {
+  const ClipTokenizer& t = tokenizer();
+  if (id < 0 || id >= static_cast<int64_t>(t.vocab_size()))
+    throw std::invalid_argument("token_text: id " + std::to_string(id) + " is outside the vocabulary (0.." +
+                                std::to_string(t.vocab_size() - 1) + ")");
+  return strip_unicode_space(utf8_replace_invalid(t.decode({static_cast<int>(id)}, false)));
 }
 
 at::Tensor SdModel::denoise(const at::Tensor& latents, const at::Tensor& timesteps, const at::Tensor& cond,

@@ -81,6 +81,13 @@ class SdModel {
   // The same from token ids [B, L] (already framed with BOS/EOS/padding); `ids2` for SDXL's
   // second encoder (padded with "!"). For long-prompt chunking by the caller.
   std::pair<at::Tensor, at::Tensor> encode_ids(const at::Tensor& ids, const at::Tensor& ids2 = {}) const;
+  // The conditioning of raw token ids [B, T] (T <= 77, used as given: no framing), as
+  // encode_ids computes it; SDXL's second encoder gets the same ids. Throws
+  // std::invalid_argument on a bad shape or an id outside the vocabulary (added tokens included).
+  at::Tensor encode_token_ids(const at::Tensor& ids) const;
+  // The text of a vocabulary token as transformers' convert_tokens_to_string gives it (bytes as
+  // UTF-8 with U+FFFD for invalid sequences, "</w>" a space, white space trimmed).
+  std::string token_text(int64_t id) const;
 
   // UNet output; SDXL needs `pooled` [B, P] and `added` time ids [B, 6].
   at::Tensor denoise(const at::Tensor& latents, const at::Tensor& timesteps, const at::Tensor& cond,

@@ -110,6 +110,7 @@ TEST_CASE("a model built against ABI 1.1 loads; the 1.2 describe slot is absent 
   CHECK(c.vtable_size() == SUMI_MODEL_VTABLE_SIZE_1_1);
   CHECK(SUMI_HAS_FIELD(&vt, sumi_model_vtable, save));
   CHECK_FALSE(SUMI_HAS_FIELD(&vt, sumi_model_vtable, describe));
+  CHECK_FALSE(SUMI_HAS_FIELD(&vt, sumi_model_vtable, encode_tokens));
   CHECK_THROWS_WITH_AS(c.require_slot(SUMI_HAS_FIELD(&vt, sumi_model_vtable, describe), "describe", "1.2"),
                        doctest::Contains("has no 'describe' (added in ABI 1.2; the plugin was built for ABI 1.1)"),
                        UserError);
@@ -118,7 +119,7 @@ TEST_CASE("a model built against ABI 1.1 loads; the 1.2 describe slot is absent 
   CHECK(sumi::host::last_error() == "abi11_model computes nothing");
 }
 
-TEST_CASE("this host speaks ABI 1.3 and a current model exposes the training and describe slots") {
+TEST_CASE("this host speaks ABI 1.3 and a current model exposes the training, describe and token slots") {
   CHECK(sumi::host::host_api()->abi_minor == 3);
   sumi::host::Registry reg;
   auto ref = plugins().find(SUMI_KIND_MODEL, "null");
@@ -135,6 +136,15 @@ TEST_CASE("this host speaks ABI 1.3 and a current model exposes the training and
   const char* json = nullptr;
   CHECK(vt.describe(c.self(), &json) == SUMI_OK);
   CHECK(std::string(json) == "{}");
+  // ABI 1.3's token-level text encoding (lora_interrogator): present, refused by the skin's
+  // defaults for a model without a tokenizer.
+  REQUIRE(SUMI_HAS_FIELD(&vt, sumi_model_vtable, token_text));
+  const char* text = nullptr;
+  CHECK(vt.token_text(c.self(), 5, &text) == SUMI_ERR_UNSUPPORTED);
+  CHECK(sumi::host::last_error().find("has no token texts") != std::string::npos);
+  sumi_tensor cond = nullptr;
+  CHECK(vt.encode_tokens(c.self(), nullptr, &cond) == SUMI_ERR_UNSUPPORTED);
+  CHECK(cond == nullptr);
 }
 
 TEST_CASE("a plugin that returns an error or throws is reported, and the host goes on") {

@@ -160,12 +160,20 @@ TEST_CASE("resize_interpolation: area averages, nearest picks, default follows k
   CHECK(area.pixel(0, 0)[0] == 30);
   CHECK(area.pixel(1, 0)[0] == 120);
   CHECK(resize_image(img, {2, 1}).rgb == area.rgb);  // shrinking both sides: area by default
+  // "nearest" is kohya's cv2.INTER_NEAREST_EXACT: of the two source pixels under each output
+  // pixel at an integer factor, OpenCV picks the first.
   auto nearest = resize_image(img, {3, 1}, Interpolation::Nearest);
-  for (int x = 0; x < 3; ++x) {
-    const int v = nearest.pixel(x, 0)[0];
-    CHECK((v == 0 || v == 30 || v == 60 || v == 90 || v == 120 || v == 150));
-  }
-  CHECK(resize_image(img, {12, 2}).width == 12);  // enlarging: lanczos by default
+  CHECK(nearest.pixel(0, 0)[0] == 0);
+  CHECK(nearest.pixel(1, 0)[0] == 60);
+  CHECK(nearest.pixel(2, 0)[0] == 120);
+  // Enlarging either side: lanczos (INTER_LANCZOS4) by default; the names map as kohya's
+  // get_cv2_interpolation maps them.
+  CHECK(cv_interpolation(Interpolation::Default, {6, 1}, {12, 2}) == CvInterpolation::Lanczos4);
+  CHECK(cv_interpolation(Interpolation::Default, {6, 4}, {5, 5}) == CvInterpolation::Lanczos4);
+  CHECK(cv_interpolation(Interpolation::Default, {6, 4}, {6, 4}) == CvInterpolation::Area);
+  CHECK(resize_image(img, {12, 2}).rgb == resize_image(img, {12, 2}, CvInterpolation::Lanczos4).rgb);
+  CHECK(cv_interpolation(Interpolation::Linear, {1, 1}, {1, 1}) == CvInterpolation::Linear);
+  CHECK(cv_interpolation(Interpolation::Cubic, {1, 1}, {1, 1}) == CvInterpolation::Cubic);
   CHECK(parse_interpolation("bicubic") == Interpolation::Cubic);
   CHECK(parse_interpolation("box") == Interpolation::Area);
   CHECK_FALSE(parse_interpolation("hamming"));

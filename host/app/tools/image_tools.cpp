@@ -256,9 +256,10 @@ int cmd_resize_images_to_resolution(const std::vector<std::string>& argv) {
   fs::create_directories(dst, ec);
   if (ec) args.fail("cannot create dst_img_folder '" + dst.string() + "': " + ec.message());
   const std::string interpolation = args.str("interpolation");
-  const ds::Interpolation how = interpolation == "cubic"      ? ds::Interpolation::Cubic
-                                : interpolation == "lanczos4" ? ds::Interpolation::Lanczos
-                                                              : ds::Interpolation::Area;
+  // cv2.INTER_CUBIC / INTER_LANCZOS4 / INTER_AREA, as the script passes them to cv2.resize.
+  const ds::CvInterpolation how = interpolation == "cubic"      ? ds::CvInterpolation::Cubic
+                                  : interpolation == "lanczos4" ? ds::CvInterpolation::Lanczos4
+                                                                : ds::CvInterpolation::Area;
   const std::string out_ext = args.on("save_as_png") ? ".png" : ".jpg";
 
   std::vector<std::string> names;

@@ -32,9 +32,11 @@ std::string model_family(const std::string& path, const std::string& flag, const
 }
 
 PluginModel::PluginModel(host::PluginManager& pm, host::Registry& registry, const std::string& family,
-                         const std::string& path, const std::string& ns) {
+                         const std::string& path, const std::string& ns, const std::map<std::string, std::string>& config) {
   auto ref = pm.find(SUMI_KIND_MODEL, family);
-  model_ = std::make_unique<host::Component>(ref, ns, registry, host::make_config(*ref.component, {{"dtype", "fp32"}}));
+  auto given = config;
+  given["dtype"] = "fp32";
+  model_ = std::make_unique<host::Component>(ref, ns, registry, host::make_config(*ref.component, given));
   const auto& mvt = model_->vtable<sumi_model_vtable>();
   model_->check(mvt.load(model_->self(), path.c_str()), ("load " + path).c_str());
   const sumi_module_info* mods = nullptr;

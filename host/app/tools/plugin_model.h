@@ -10,6 +10,7 @@
 
 #include <ATen/core/Tensor.h>
 
+#include <map>
 #include <memory>
 #include <optional>
 #include <string>
@@ -32,9 +33,10 @@ std::string model_family(const std::string& path, const std::string& flag, const
 
 class PluginModel {
  public:
-  // Loads `path` with the family's model plugin, weights in float32.
+  // Loads `path` with the family's model plugin, weights in float32; `config` sets more of the
+  // plugin's parameters (e.g. clip_skip).
   PluginModel(host::PluginManager& pm, host::Registry& registry, const std::string& family, const std::string& path,
-              const std::string& ns);
+              const std::string& ns, const std::map<std::string, std::string>& config = {});
   ~PluginModel();
   const std::vector<ModelModule>& modules() const { return modules_; }
   const ModelModule* find(const std::string& name) const;

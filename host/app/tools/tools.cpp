@@ -26,6 +26,7 @@ const Tool kTools[] = {
     {"cache_latents", cmd_cache_latents},
     {"cache_text_encoder_outputs", cmd_cache_text_encoder_outputs},
     {"convert_diffusers20_original_sd", cmd_convert_diffusers20_original_sd},
+    {"lora_interrogator", cmd_lora_interrogator},
 };
 }  // namespace
 
@@ -47,6 +48,7 @@ const char* tools_usage() {
          "  svd_merge_lora --models --ratios --new_rank   LoRAs into one LoRA of a new rank by SVD\n"
          "  extract_lora_from_models --model_org --model_tuned   a LoRA from two checkpoints\n"
          "  extract_lora_from_dylora --model --save_to --unit   LoRAs of ranks unit, 2*unit, ... from a DyLoRA\n"
+         "  lora_interrogator --sd_model --model   the tokens a LoRA's text-encoder part reacts to\n"
          "  merge_models --models --ratios --output   a weighted sum of checkpoints\n"
          "  merge_captions_to_metadata / merge_dd_tags_to_metadata DIR OUT_JSON   caption / tag files into metadata\n"
          "  clean_captions_and_tags IN_JSON OUT_JSON   kohya's caption and tag clean-up of a metadata file\n"

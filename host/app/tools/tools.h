@@ -21,6 +21,7 @@ int cmd_merge_captions_to_metadata(const std::vector<std::string>& args);
 int cmd_merge_dd_tags_to_metadata(const std::vector<std::string>& args);
 int cmd_clean_captions_and_tags(const std::vector<std::string>& args);
 int cmd_resize_images_to_resolution(const std::vector<std::string>& args);
+int cmd_lora_interrogator(const std::vector<std::string>& args);
 int cmd_canny(const std::vector<std::string>& args);
 int cmd_prepare_buckets_latents(const std::vector<std::string>& args);
 int cmd_cache_latents(const std::vector<std::string>& args);

@@ -273,6 +273,14 @@ class Model {
     (void)overwrite;
     throw Error(SUMI_ERR_UNSUPPORTED, "this model cannot convert checkpoints (convert '" + src + "')");
   }
+  // ABI 1.3: the conditioning of raw token ids [B, T] (sumi.h, encode_tokens) and a token's text.
+  virtual Tensor encode_tokens(const Tensor& ids) {
+    (void)ids;
+    throw Error(SUMI_ERR_UNSUPPORTED, "this model cannot encode raw token ids (encode_tokens)");
+  }
+  virtual std::string token_text(int64_t id) {
+    throw Error(SUMI_ERR_UNSUPPORTED, "this model has no token texts (token_text " + std::to_string(id) + ")");
+  }
 };
 
 class Tagger {
@@ -501,6 +509,16 @@ struct ModelVtable {
         },
         [](void* s, const char* src, const char* dst, const sumi_dtype* dtype, int32_t overwrite) {
           return guarded([&] { self_of<Impl>(s).convert(str(src), str(dst), opt(dtype), overwrite != 0); });
+        },
+        [](void* s, sumi_tensor ids, sumi_tensor* cond) {
+          return guarded([&] { *cond = self_of<Impl>(s).encode_tokens(Tensor::borrow(ids)).release(); });
+        },
+        [](void* s, int64_t id, const char** text) {
+          return guarded([&] {
+            thread_local std::string t;
+            t = self_of<Impl>(s).token_text(id);
+            *text = t.c_str();
+          });
         }};
     return &vt;
   }

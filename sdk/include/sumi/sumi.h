@@ -21,7 +21,8 @@
  *    probe, load_token and convert slots (the host asks the model instead of knowing families);
  *    ABI 1.3 the network contract: sumi_module_info's bias, and the network vtable's probe,
  *    configure_from_weights, metadata and bias_delta slots (the host asks the network instead of
- *    knowing LoRA).
+ *    knowing LoRA), and the model vtable's encode_tokens and token_text (token-level text
+ *    encoding for kohya's lora_interrogator).
  */
 #ifndef SUMI_SUMI_H
 #define SUMI_SUMI_H
@@ -527,12 +528,28 @@ typedef struct sumi_model_vtable {
    * is replaced (atomically) only if `overwrite`. (since 1.2) */
   sumi_status (*convert)(void* self, const char* src, const char* dst, const sumi_dtype* dtype,
                          int32_t overwrite);
+
+  /* --- token-level text encoding (appended in 1.3). A host reads these only when struct_size
+   * covers them; a NULL slot or SUMI_ERR_UNSUPPORTED means the model has none. */
+  /* The conditioning of raw token ids: `ids` (borrowed) [B, T] int64 ids of the model's (first)
+   * tokenizer, used as given (no BOS / EOS / padding added; T at most the encoder's positions);
+   * `*cond` (new reference) [B, T, C], what encode_text computes from such ids (clip_skip
+   * applies; no prompt weighting). describe's "tokenizer" object gives "vocab_size",
+   * "bos_token_id", "eos_token_id" and "special_token_ids". */
+  sumi_status (*encode_tokens)(void* self, sumi_tensor ids, sumi_tensor* cond);
+  /* The text of token `id` (0 <= id < vocab_size) as the tokenizer reads it back: the token's
+   * bytes as UTF-8 (invalid sequences as U+FFFD), "</w>" as a space, surrounding white space
+   * trimmed (transformers' convert_tokens_to_string). Borrowed: valid until the next call on
+   * the same thread. */
+  sumi_status (*token_text)(void* self, int64_t id, const char** text);
 } sumi_model_vtable;
 
 /* Size of the model vtable of ABI 1.0 (before train_part): the least a model must provide. */
 #define SUMI_MODEL_VTABLE_SIZE_1_0 offsetof(sumi_model_vtable, train_part)
 /* Size of the model vtable of ABI 1.1 (before describe). */
 #define SUMI_MODEL_VTABLE_SIZE_1_1 offsetof(sumi_model_vtable, describe)
+/* Size of the model vtable of ABI 1.2 (before encode_tokens). */
+#define SUMI_MODEL_VTABLE_SIZE_1_2 offsetof(sumi_model_vtable, encode_tokens)
 
 /* --- tagger: image -> tags. */
 typedef void (*sumi_tag_sink)(void* user, const char* tag, double score);

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "sumi/datasets/bucket.h"
+#include "sumi/datasets/cv_resize.h"
 
 namespace sumi::datasets {
 
@@ -40,15 +41,18 @@ Size read_image_size(const std::filesystem::path& p);
 Image read_image(const std::filesystem::path& p);
 
 // kohya's resize_interpolation names: "lanczos", "nearest", "bilinear"/"linear",
-// "bicubic"/"cubic", "area"/"box". Default: area when both sides shrink, else lanczos.
+// "bicubic"/"cubic", "area"/"box". Default: area when neither side grows, else lanczos.
 enum class Interpolation { Default, Lanczos, Nearest, Linear, Cubic, Area };
 // nullopt for an unknown name.
 std::optional<Interpolation> parse_interpolation(const std::string& name);
 
-// Resample to `size` with OpenImageIO filters standing in for kohya's OpenCV ones (area: box,
-// lanczos: lanczos3, linear: triangle, cubic: catmull-rom): sizes are exact, pixels differ
-// slightly from OpenCV's.
+// The OpenCV interpolation kohya's get_cv2_interpolation picks for a name (lanczos:
+// INTER_LANCZOS4, nearest: INTER_NEAREST_EXACT, linear: INTER_LINEAR, cubic: INTER_CUBIC,
+// area: INTER_AREA), Default resolved for a `from` -> `to` resize.
+CvInterpolation cv_interpolation(Interpolation how, Size from, Size to);
+// Resample to `size` as cv2.resize does (sumi/datasets/cv_resize.h): the same pixels.
 Image resize_image(const Image& img, Size size, Interpolation how = Interpolation::Default);
+Image resize_image(const Image& img, Size size, CvInterpolation how);
 Image crop_image(const Image& img, CropOffset at, Size size);
 void flip_horizontal(Image& img);
 
