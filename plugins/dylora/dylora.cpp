@@ -220,6 +220,11 @@ class DyloraNetwork : public sumi::Network {
 
   void set_training(bool training) override { training_ = training; }
 
+  // kohya's ss_network_dim / ss_network_alpha (the unit is in ss_network_args, as given).
+  std::map<std::string, std::string> metadata() override {
+    return {{"ss_network_dim", std::to_string(s_.dim)}, {"ss_network_alpha", sumi::py_float(s_.alpha)}};
+  }
+
  private:
   const Module& module(int64_t index) const {
     if (index < 0 || index >= static_cast<int64_t>(slot_.size()) || slot_[static_cast<size_t>(index)] < 0)

@@ -316,6 +316,11 @@ class LycorisNetwork : public sumi::Network {
     }
   }
 
+  // kohya's ss_network_dim / ss_network_alpha (train_network.py writes them for LyCORIS too).
+  std::map<std::string, std::string> metadata() override {
+    return {{"ss_network_dim", std::to_string(s_.dim)}, {"ss_network_alpha", sumi::py_float(s_.alpha)}};
+  }
+
  private:
   static Tensor apply(const Module& m, const Tensor& dw, const Tensor& input, const Tensor& base) {
     Tensor x = input.dtype() == dw.dtype() ? input : ops::to(input, dw.dtype());

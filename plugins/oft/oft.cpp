@@ -180,6 +180,11 @@ class OftNetwork : public sumi::Network {
     }
   }
 
+  // kohya's ss_network_dim / ss_network_alpha: the number of blocks and the constraint.
+  std::map<std::string, std::string> metadata() override {
+    return {{"ss_network_dim", std::to_string(s_.dim)}, {"ss_network_alpha", sumi::py_float(s_.alpha)}};
+  }
+
   // OFT has no dropout; the flag only decides whether R may be cached (parameters change while training).
   void set_training(bool training) override {
     training_ = training;

@@ -20,6 +20,7 @@
 
 #include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -144,6 +145,19 @@ struct FileTensor {
   std::string name;
   std::vector<int64_t> shape;
 };
+
+// Python's str(float), as kohya's metadata holds numbers: the shortest text that reads back to
+// the same double, ".0" when integral ("2.0", "0.001", "1e-05").
+inline std::string py_float(double v) {
+  char buf[32];
+  for (int prec = 1; prec <= 17; ++prec) {
+    std::snprintf(buf, sizeof buf, "%.*g", prec, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  std::string out = buf;
+  if (out.find_first_of(".einn") == std::string::npos) out += ".0";
+  return out;
+}
 
 // A JSON object of strings, {"key": "value", ...}, keys in map order; for metadata().
 inline std::string json_object(const std::map<std::string, std::string>& m) {
