@@ -146,6 +146,11 @@ int cmd_train(const std::vector<std::string>& args) {
   s.family = m.get_string("type");
   s.model_params = plugin_params(m);
   s.v_parameterization = m.has("v_parameterization") && m.get_bool("v_parameterization");
+  if (m.has("base_weights")) s.base_weights = m.get_string_list("base_weights");
+  if (m.has("base_weights_multiplier")) s.base_weights_multiplier = m.get_double_list("base_weights_multiplier");
+  if ((m.has("base_weights") || m.has("base_weights_multiplier")) && !network_mode)
+    throw host::UserError("[model] base_weights (--base_weights) is train_network.py's: network files merged into the model before a "
+                          "network is trained; this run is " + mode_name + " (merge them first with `sumi merge_lora --sd_model`)");
   s.mode = parse_train_mode(mode_name);
   if (network_mode) {
     const auto net = resolve(root, "network", schemas);
