@@ -25,6 +25,8 @@
 // Training: rank_dropout zeroes output rows of dW (each kept with probability 1 - p; divided by
 // the kept fraction with rank_dropout_scale); module_dropout skips the whole update of a layer
 // for a forward with probability p. Both draw from the host's seeded generator.
+#include "presets.h"
+
 #include <sumi/targets.hpp>
 
 #include <sumi/plugin.hpp>
@@ -195,7 +197,8 @@ class LycorisNetwork : public sumi::Network {
     const bool te_only = ctx.get_bool("train_text_encoder_only");
     if (s_.dim < 1) fail(SUMI_ERR_INVALID_ARGUMENT, "dim is " + std::to_string(s_.dim) + "; the rank must be at least 1");
     if (conv_dim == 0 || conv_dim < -1)
-      fail(SUMI_ERR_INVALID_ARGUMENT, "conv_dim is " + std::to_string(conv_dim) + "; give a rank >= 1 to wrap the 3x3 convolutions, or leave it out (-1)");
+      fail(SUMI_ERR_INVALID_ARGUMENT, "conv_dim is " + std::to_string(conv_dim) + "; give a rank >= 1 for the k x k convolutions, or leave it "
+                                      "out (-1: dim, as LyCORIS); a preset without convolutions (attn-mlp, full-lin, ...) leaves them out");
     if (factor_ == 0 || factor_ < -1)
       fail(SUMI_ERR_INVALID_ARGUMENT, "factor is " + std::to_string(factor_) + "; it is -1 (most balanced split) or a positive split size");
     check_algo_settings();
@@ -206,12 +209,14 @@ class LycorisNetwork : public sumi::Network {
       if (v < 0 || v >= 1) fail(SUMI_ERR_INVALID_ARGUMENT, std::string(key) + " is " + num(v) + "; a probability in [0, 1)");
     if (rank_dropout_scale_ && rank_dropout_ == 0)
       fail(SUMI_ERR_INVALID_ARGUMENT, "rank_dropout_scale is set without rank_dropout; it would do nothing");
-    if (use_tucker_ && conv_dim == -1)
-      fail(SUMI_ERR_INVALID_ARGUMENT, "use_tucker applies to the 3x3 convolutions, which are wrapped only with conv_dim; give conv_dim");
+    preset_set_ = &find_preset(ctx.get_string("preset"));
+    if (use_tucker_ && !preset_set_->enable_conv)
+      fail(SUMI_ERR_INVALID_ARGUMENT, std::string("use_tucker applies to k x k convolutions, which preset ") + preset_set_->name +
+                                          " does not wrap; use preset full, unet-only or unet-convblock-only");
     if (unet_only && te_only)
       fail(SUMI_ERR_INVALID_ARGUMENT, "train_unet_only and train_text_encoder_only are both set; that would train nothing");
     if (conv_alpha == -1) conv_alpha = s_.alpha;  // LyCORIS: conv_alpha defaults to network_alpha
-    s_.conv_dim = conv_dim;
+    s_.conv_dim = conv_dim == -1 ? s_.dim : conv_dim;  // LyCORIS's kohya wrapper: conv_dim defaults to network_dim
     s_.conv_alpha = conv_alpha;
     s_.unet = !te_only;
     s_.text_encoder = !unet_only;
@@ -224,7 +229,7 @@ class LycorisNetwork : public sumi::Network {
                                       "algo=lora / LoCon, is not supported: use --network_module networks.lora with conv_dim)");
     std::vector<bool> selected(infos.size(), false);
     slot_.assign(infos.size(), -1);
-    for (const targets::Target& t : targets::choose_targets(infos, s_)) {
+    for (const Target& t : targets_of(infos)) {
       const sumi_module_info& info = *infos[t.index];
       Module m;
       m.name = info.name;
@@ -240,7 +245,6 @@ class LycorisNetwork : public sumi::Network {
       if (weight.defined() && weight.sizes() != m.base_shape)
         fail(SUMI_ERR_INVALID_ARGUMENT, "module '" + m.name + "': its weight is " + shape_str(weight.sizes()) +
                                             " but its description says " + shape_str(m.base_shape));
-      // targets.h gives alpha 0 as the rank already; LyCORIS does the same.
       create(m, t.dim, t.alpha, weight, info.role == SUMI_ROLE_UNET ? "unet" : "text_encoder");
       slot_[t.index] = static_cast<int64_t>(modules_.size());
       by_name_[m.name] = modules_.size();
@@ -443,6 +447,34 @@ class LycorisNetwork : public sumi::Network {
     for (Module& m : modules_) m.cached = Tensor();
   }
 
+  struct Target {
+    size_t index;
+    int64_t dim;
+    double alpha;
+  };
+
+  // The modules to wrap: a configured file's modules exactly (any Linear / Conv2d of the model
+  // named in it, at the file's rank; alphas come with load), else the preset's, Linear and 1x1
+  // convs at dim / alpha and k x k convs at conv_dim / conv_alpha (alpha 0 means the rank).
+  std::vector<Target> targets_of(const std::vector<const sumi_module_info*>& infos) const {
+    std::vector<Target> out;
+    if (!s_.module_dims.empty()) {
+      for (size_t i = 0; i < infos.size(); ++i) {
+        const sumi_module_info& m = *infos[i];
+        if ((m.kind != SUMI_MODULE_LINEAR && m.kind != SUMI_MODULE_CONV2D) || !m.name) continue;
+        auto it = s_.module_dims.find(m.name);
+        if (it != s_.module_dims.end()) out.push_back({i, it->second, static_cast<double>(it->second)});
+      }
+      return out;
+    }
+    for (const Choice& c : choose_modules(infos, *preset_set_, s_.unet, s_.text_encoder)) {
+      const int64_t dim = c.conv_rank ? s_.conv_dim : s_.dim;
+      const double alpha = c.conv_rank ? s_.conv_alpha : s_.alpha;
+      out.push_back({c.index, dim, alpha == 0 ? static_cast<double>(dim) : alpha});
+    }
+    return out;
+  }
+
   const char* algo_name() const { return algo_ == Algo::loha ? "LoHa" : algo_ == Algo::lokr ? "LoKr" : "LoHa / LoKr (no algo yet)"; }
 
   void check_algo_settings() const {
@@ -612,6 +644,7 @@ class LycorisNetwork : public sumi::Network {
 
   sumi::Context ctx_;
   std::string preset_;  // "loha" / "lokr" for the aliases, "" for lycoris.kohya
+  const Preset* preset_set_ = nullptr;  // LyCORIS's module preset (network_args preset)
   Algo algo_ = Algo::none;
   std::map<std::string, FileParts> file_;  // configure_from_weights: each module's layout as the file has it
   targets::Settings s_;
@@ -642,7 +675,8 @@ class LokrNetwork : public LycorisNetwork {
   sumi::param("algo", SUMI_PARAM_STRING, ALGO_DEFAULT, ALGO_HELP),                                                                     \
       sumi::param("dim", SUMI_PARAM_INT, "4", "Rank of the linear and 1x1-conv layers (network_dim)."),                                \
       sumi::param("alpha", SUMI_PARAM_DOUBLE, "1", "Scale numerator: dW is multiplied by alpha / dim; 0 means alpha = dim (network_alpha)."), \
-      sumi::param("conv_dim", SUMI_PARAM_INT, "-1", "Wrap the U-Net's 3x3 convolutions too, at this rank (kohya's C3Lier set; -1 = not wrapped)."), \
+      sumi::param("preset", SUMI_PARAM_STRING, "full", "LyCORIS's module preset: full, full-lin, attn-mlp, attn-only, unet-only, unet-transformer-only, unet-convblock-only."), \
+      sumi::param("conv_dim", SUMI_PARAM_INT, "-1", "Rank of the k x k convolutions the preset wraps (-1 = dim, as LyCORIS)."), \
       sumi::param("conv_alpha", SUMI_PARAM_DOUBLE, "-1", "Alpha of the 3x3 convolutions (-1 = alpha)."),                               \
       sumi::param("factor", SUMI_PARAM_INT, "-1", "LoKr: split size of LyCORIS's factorization (-1 = the most balanced split)."),       \
       sumi::param("decompose_both", SUMI_PARAM_BOOL, "false", "LoKr: also make the small Kronecker factor low-rank (w1_a @ w1_b)."),    \
