@@ -456,8 +456,13 @@ int cmd_generate(const std::vector<std::string>& args) {
   const std::string stamp = timestamp();
   const int64_t vae_batch_size =
       vae_batch <= 0 ? 0 : vae_batch < 1 ? -1 : static_cast<int64_t>(vae_batch);  // -1: fraction, per batch
-  std::string lora_names;
-  for (const auto& w : network_weights) lora_names += (lora_names.empty() ? "" : ", ") + fs::path(w).stem().string();
+  // The parameters line names each network file with the plugin that applied it ("x (oft)"):
+  // A1111 writes its networks as <lora:...> prompt tags, which sumi's prompts do not carry, so
+  // this is sumi's own field, quoted as A1111 quotes a value holding commas.
+  std::string network_names;
+  for (size_t i = 0; i < network_weights.size(); ++i)
+    network_names += (network_names.empty() ? "" : ", ") + fs::path(network_weights[i]).stem().string() + " (" +
+                     networks.network(i).info().name + ")";
 
   auto write_batch = [&](std::vector<Job>& batch) {
     if (batch.empty()) return;
@@ -495,7 +500,7 @@ int cmd_generate(const std::vector<std::string>& args) {
                << (j.init_name.empty() ? ", Denoising strength: " : ", Hires denoising strength: ") << r.strength;
       if (!hash.empty()) params << ", Model hash: " << hash;
       params << ", Model: " << model_name;
-      if (networks.size()) params << ", Lora: " << lora_names;
+      if (networks.size()) params << ", Networks: \"" << network_names << "\"";
       char name[64];
       std::snprintf(name, sizeof name, "%s_%03lld_%llu.png", stamp.c_str(), static_cast<long long>(j.index),
                     static_cast<unsigned long long>(r.seed));

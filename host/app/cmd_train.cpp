@@ -11,6 +11,7 @@
 #include "train/dataset_options.h"
 #include "train/trainer.h"
 
+#include <sumi/recipe/kohya.h>
 #include <sumi/recipe/load.h>
 #include <sumi/recipe/schema.h>
 
@@ -43,6 +44,38 @@ std::map<std::string, std::string> plugin_params(const recipe::ResolvedSection& 
       default: text = sec.text(e.key);
     }
     out[e.key] = text;
+  }
+  return out;
+}
+
+// kohya's ss_network_module: --network_module as given (the recipe layer keeps it as the type's
+// source text); a recipe's bare plugin name reads as kohya's "networks.<name>", a dotted module
+// or a library path as written.
+std::string kohya_network_module(const recipe::Value& network_table, const std::string& type) {
+  const recipe::Value* v = network_table.find("type");
+  if (v && !v->source_text().empty()) return v->source_text();
+  if (type.find('.') != std::string::npos || type.find('/') != std::string::npos) return type;
+  return "networks." + type;
+}
+
+// kohya's net_kwargs (ss_network_args): the network keys the user gave that no kohya flag of their
+// own sets (--network_dim, --network_alpha, --network_dropout, --network_train_*_only), as their
+// text, in the order given. Schema defaults and host keys are not arguments.
+std::vector<std::pair<std::string, std::string>> kohya_network_args(const recipe::Value& network_table,
+                                                                    const recipe::ResolvedSection& net) {
+  std::set<std::string> own;
+  for (const auto& spec : recipe::host_schema("network")) own.insert(spec.key);
+  for (const auto& f : recipe::kohya_flags()) {
+    const std::string target = f.target;
+    if (f.kind != recipe::KohyaKind::KeyValues && target.rfind("network.", 0) == 0) own.insert(target.substr(8));
+  }
+  std::vector<std::pair<std::string, std::string>> out;
+  for (const auto& key : network_table.keys()) {
+    if (own.count(key) || !net.has(key)) continue;
+    const recipe::Value& v = *network_table.find(key);
+    std::string text = v.kind() == recipe::Value::Kind::String ? v.as_string() : v.source_text();
+    if (text.empty()) text = v.kind() == recipe::Value::Kind::Bool ? (v.as_bool() ? "True" : "False") : v.text();
+    out.emplace_back(key, text);
   }
   return out;
 }
@@ -113,11 +146,18 @@ int cmd_train(const std::vector<std::string>& args) {
   s.family = m.get_string("type");
   s.model_params = plugin_params(m);
   s.v_parameterization = m.has("v_parameterization") && m.get_bool("v_parameterization");
+  if (m.has("base_weights")) s.base_weights = m.get_string_list("base_weights");
+  if (m.has("base_weights_multiplier")) s.base_weights_multiplier = m.get_double_list("base_weights_multiplier");
+  if ((m.has("base_weights") || m.has("base_weights_multiplier")) && !network_mode)
+    throw host::UserError("[model] base_weights (--base_weights) is train_network.py's: network files merged into the model before a "
+                          "network is trained; this run is " + mode_name + " (merge them first with `sumi merge_lora --sd_model`)");
   s.mode = parse_train_mode(mode_name);
   if (network_mode) {
     const auto net = resolve(root, "network", schemas);
     s.network_type = net.get_string("type");
     s.network_params = plugin_params(net);
+    s.network_module = kohya_network_module(*root.find("network"), s.network_type);
+    s.network_args = kohya_network_args(*root.find("network"), net);
     if (net.has("weights")) s.network_weights = net.get_string("weights");
     s.dim_from_weights = net.has("dim_from_weights") && net.get_bool("dim_from_weights");
     if (net.has("scale_weight_norms")) s.scale_weight_norms = net.get_double("scale_weight_norms");

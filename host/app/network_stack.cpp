@@ -1,5 +1,6 @@
 #include "network_stack.h"
 
+#include "app.h"
 #include "network_settings.h"
 
 #include "core/error.h"
@@ -7,7 +8,10 @@
 #include "core/tensor_handle.h"
 
 #include <ATen/ATen.h>
+#include <ATen/CPUGeneratorImpl.h>
 
+#include <cstdio>
+#include <mutex>
 #include <stdexcept>
 
 namespace sumi::app {
@@ -94,10 +98,10 @@ void NetworkStack::detach() {
   applied_ = false;
 }
 
-void NetworkStack::merge() {
+void NetworkStack::merge(const char* flag) {
   if (merged_ || pre_calc_) throw std::logic_error("NetworkStack::merge twice");
   detach();
-  add_deltas("--network_merge");
+  add_deltas(flag);
   merged_ = true;
 }
 
@@ -163,6 +167,39 @@ void NetworkStack::add_deltas(const char* flag) {
       host::release_handle(bd);
     }
   }
+}
+
+void merge_network_files(host::PluginManager& pm, host::Component& model, const std::vector<std::string>& files,
+                         const std::vector<double>& multipliers) {
+  if (multipliers.size() > files.size())
+    throw host::UserError("--base_weights_multiplier: " + std::to_string(multipliers.size()) + " multipliers for " +
+                          std::to_string(files.size()) + " --base_weights files; give one per file (a missing one is 1.0)");
+  if (files.empty()) return;
+  // Creating the base networks draws their initial values (then overwritten by the files) from the
+  // global generator; its state is put back so the run's draws (the trained network's init, noise,
+  // timesteps) are those of a run on a model merged beforehand.
+  at::Generator cpu = at::detail::getDefaultCPUGenerator();
+  at::Tensor rng_state;
+  {
+    std::lock_guard<std::mutex> lock(cpu.mutex());
+    rng_state = cpu.get_state();
+  }
+  host::Registry scratch;  // the merged networks' tensors are not the run's
+  NetworkStack stack(model);
+  for (size_t i = 0; i < files.size(); ++i) {
+    const double mul = i < multipliers.size() ? multipliers[i] : 1.0;
+    const WeightsFile f = read_weights_file(files[i]);
+    auto ref = pm.find(SUMI_KIND_NETWORK, find_network_component(pm, f));
+    auto net = std::make_unique<host::Component>(ref, "base_weights" + std::to_string(i), scratch,
+                                                 host::make_config(*ref.component, {}));
+    configure_network_from_file(*net, f);
+    auto selected = prepare_network(model, *net, files[i], mul, false);
+    std::printf("[train] merging %s (%s) with multiplier %g\n", files[i].c_str(), ref.component->name, mul);
+    stack.add(std::move(net), std::move(selected));
+  }
+  stack.merge("--base_weights");
+  std::lock_guard<std::mutex> lock(cpu.mutex());
+  cpu.set_state(rng_state);
 }
 
 }  // namespace sumi::app

@@ -5,11 +5,13 @@
 #pragma once
 
 #include "core/component.h"
+#include "core/plugin_manager.h"
 
 #include <ATen/core/Tensor.h>
 
 #include <map>
 #include <memory>
+#include <string>
 #include <vector>
 
 namespace sumi::app {
@@ -33,7 +35,8 @@ class NetworkStack {
   void apply();
   // Adds every network's delta to the model's base weights, then detaches them from the
   // forward (the model runs plain, merged weights). Done once: merging again would add twice.
-  void merge();
+  // `flag` names what asked for the merge in errors ("--base_weights").
+  void merge(const char* flag = "--network_merge");
   bool merged() const { return merged_; }
   // gen_img's --network_pre_calc: keeps a copy of every wrapped module's weight and bias, then
   // merges as merge() does; unlike merge(), set_multipliers (a prompt's --am) may change the
@@ -60,5 +63,13 @@ class NetworkStack {
   std::map<int64_t, std::pair<at::Tensor, at::Tensor>> backup_;
   std::vector<double> merged_muls_;
 };
+
+// kohya's --base_weights (train_network.py): each file merged into `model`'s weights at its
+// multiplier (entries missing from `multipliers`: 1.0), by the network plugin whose probe reads it,
+// configured from the file, as sumi generate loads a file without --network_module. The networks
+// live in a scratch registry and are gone afterwards; only the model's weights changed. More
+// multipliers than files, or a file that no plugin reads, is a UserError naming it.
+void merge_network_files(host::PluginManager& pm, host::Component& model, const std::vector<std::string>& files,
+                         const std::vector<double>& multipliers);
 
 }  // namespace sumi::app

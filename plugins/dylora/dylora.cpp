@@ -220,6 +220,41 @@ class DyloraNetwork : public sumi::Network {
 
   void set_training(bool training) override { training_ = training; }
 
+  // ABI 1.3. A DyLoRA file is a kohya LoRA file; what tells it apart is its ss_network_module
+  // (networks.dylora), so without that the lora plugin reads it (the same numbers outside training).
+  std::vector<bool> probe(const std::vector<sumi::FileTensor>& tensors, const std::string& metadata_json) override {
+    const bool dylora = sumi::file_network_module(metadata_json) == "dylora";
+    std::vector<bool> out;
+    for (const auto& t : tensors) out.push_back(dylora && targets::is_lora_tensor(t.name, t.shape));
+    return out;
+  }
+
+  // kohya's create_network_from_weights (dylora.py): the file's modules, each at its own rank
+  // (lora_down's first dimension); alphas come with load. Every rank must be a multiple of unit.
+  void configure_from_weights(const std::vector<sumi::FileTensor>& tensors, const std::string&) override {
+    if (!modules_.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "configure_from_weights after attach; it must come first");
+    std::vector<std::string> names;
+    std::vector<std::vector<int64_t>> shapes;
+    for (const auto& t : tensors) {
+      names.push_back(t.name);
+      shapes.push_back(t.shape);
+    }
+    auto dims = targets::lora_file_ranks(names, shapes, s_.network);
+    if (dims.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "the weights file has no LoRA modules (no *.lora_down.weight tensors)");
+    for (const auto& [mod, r] : dims)
+      if (r % unit_ != 0)
+        fail(SUMI_ERR_INVALID_ARGUMENT, "the file's module '" + mod + "' has rank " + std::to_string(r) + ", not a multiple of unit " +
+                                            std::to_string(unit_) + "; give the unit the file was trained with (network_args unit)");
+    s_.module_dims = std::move(dims);
+    s_.dim = s_.module_dims.begin()->second;
+    s_.unet = s_.text_encoder = true;
+  }
+
+  // kohya's ss_network_dim / ss_network_alpha (the unit is in ss_network_args, as given).
+  std::map<std::string, std::string> metadata() override {
+    return {{"ss_network_dim", std::to_string(s_.dim)}, {"ss_network_alpha", sumi::py_float(s_.alpha)}};
+  }
+
  private:
   const Module& module(int64_t index) const {
     if (index < 0 || index >= static_cast<int64_t>(slot_.size()) || slot_[static_cast<size_t>(index)] < 0)

@@ -67,17 +67,7 @@ void kaiming_uniform_sqrt5(const Tensor& w) {
 }
 #endif
 
-// Python's str(float): the shortest text that reads back to the same double, ".0" if integral.
-std::string py_float(double v) {
-  char buf[32];
-  for (int prec = 1; prec <= 17; ++prec) {
-    std::snprintf(buf, sizeof buf, "%.*g", prec, v);
-    if (std::strtod(buf, nullptr) == v) break;
-  }
-  std::string out = buf;
-  if (out.find_first_of(".einn") == std::string::npos) out += ".0";
-  return out;
-}
+using sumi::py_float;
 
 #if SUMI_LORA_FROZEN_DOWN
 // lora_fa.py's initialisation of lora_down: normal(0, sqrt(2 / (in_dim + rank))), in_dim the

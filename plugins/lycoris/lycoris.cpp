@@ -25,6 +25,8 @@
 // Training: rank_dropout zeroes output rows of dW (each kept with probability 1 - p; divided by
 // the kept fraction with rank_dropout_scale); module_dropout skips the whole update of a layer
 // for a forward with probability p. Both draw from the host's seeded generator.
+#include "presets.h"
+
 #include <sumi/targets.hpp>
 
 #include <sumi/plugin.hpp>
@@ -100,7 +102,44 @@ std::pair<int64_t, int64_t> factorization(int64_t dimension, int64_t factor) {
   return {m, n};
 }
 
-enum class Algo { loha, lokr };
+enum class Algo { none, loha, lokr };
+
+// The tensors of one LyCORIS module as a file names them ("hada_w1_a", ..., "alpha") and their shapes.
+using FileParts = std::map<std::string, std::vector<int64_t>>;
+
+const char* const kLohaParts[] = {"hada_w1_a", "hada_w1_b", "hada_w2_a", "hada_w2_b", "hada_t1", "hada_t2"};
+const char* const kLokrParts[] = {"lokr_w1", "lokr_w1_a", "lokr_w1_b", "lokr_w2", "lokr_w2_a", "lokr_w2_b", "lokr_t2"};
+
+// The algorithm a factor's name belongs to (none for "alpha" and unknown names).
+Algo part_algo(const std::string& part) {
+  for (const char* p : kLohaParts)
+    if (part == p) return Algo::loha;
+  for (const char* p : kLokrParts)
+    if (part == p) return Algo::lokr;
+  return Algo::none;
+}
+
+// "<module>.<part>" of a LyCORIS key with kohya's module prefixes; false for anything else.
+bool split_key(const std::string& key, std::string& module, std::string& part) {
+  const size_t dot = key.rfind('.');
+  if (dot == std::string::npos || dot == 0) return false;
+  module = key.substr(0, dot);
+  part = key.substr(dot + 1);
+  if (module.rfind("lora_unet_", 0) != 0 && module.rfind("lora_te", 0) != 0) return false;
+  return part == "alpha" || part_algo(part) != Algo::none;
+}
+
+// Where a module's factors put its rank (LyCORIS's lora_dim), from their shapes; 0 when every
+// factor is a full matrix (LoKr with lokr_w1 and lokr_w2: the rank is not in the file).
+int64_t file_rank(const FileParts& p) {
+  auto dim0 = [&](const char* k) { return p.count(k) ? p.at(k).at(0) : 0; };
+  if (p.count("hada_t1")) return dim0("hada_t1");
+  if (p.count("hada_w1_b")) return dim0("hada_w1_b");
+  if (p.count("lokr_w1_a")) return p.at("lokr_w1_a").at(1);
+  if (p.count("lokr_t2")) return dim0("lokr_t2");
+  if (p.count("lokr_w2_b")) return dim0("lokr_w2_b");
+  return 0;
+}
 
 struct Module {
   std::string name;
@@ -134,11 +173,11 @@ class LycorisNetwork : public sumi::Network {
     if (!preset.empty() && !algo.empty() && algo != preset)
       fail(SUMI_ERR_INVALID_ARGUMENT, "algo=" + algo + " given to the '" + preset + "' network; drop algo or use --network_module lycoris.kohya");
     if (algo.empty()) algo = preset;
+    preset_ = preset;
+    // No algo yet is allowed until attach: a weights file may still decide it (configure_from_weights).
     if (algo == "loha") algo_ = Algo::loha;
     else if (algo == "lokr") algo_ = Algo::lokr;
-    else if (algo.empty())
-      fail(SUMI_ERR_INVALID_ARGUMENT, "no algo given; sumi's lycoris.kohya supports algo=loha and algo=lokr (LyCORIS's default, "
-                                      "algo=lora / LoCon, is not supported: use --network_module networks.lora with conv_dim)");
+    else if (algo.empty()) algo_ = Algo::none;
     else
       fail(SUMI_ERR_INVALID_ARGUMENT, "algo '" + algo + "' is not supported; sumi's lycoris.kohya supports algo=loha and algo=lokr" +
                                           (algo == "lora" || algo == "locon" ? " (for LoCon use --network_module networks.lora with conv_dim)" : ""));
@@ -158,11 +197,11 @@ class LycorisNetwork : public sumi::Network {
     const bool te_only = ctx.get_bool("train_text_encoder_only");
     if (s_.dim < 1) fail(SUMI_ERR_INVALID_ARGUMENT, "dim is " + std::to_string(s_.dim) + "; the rank must be at least 1");
     if (conv_dim == 0 || conv_dim < -1)
-      fail(SUMI_ERR_INVALID_ARGUMENT, "conv_dim is " + std::to_string(conv_dim) + "; give a rank >= 1 to wrap the 3x3 convolutions, or leave it out (-1)");
+      fail(SUMI_ERR_INVALID_ARGUMENT, "conv_dim is " + std::to_string(conv_dim) + "; give a rank >= 1 for the k x k convolutions, or leave it "
+                                      "out (-1: dim, as LyCORIS); a preset without convolutions (attn-mlp, full-lin, ...) leaves them out");
     if (factor_ == 0 || factor_ < -1)
       fail(SUMI_ERR_INVALID_ARGUMENT, "factor is " + std::to_string(factor_) + "; it is -1 (most balanced split) or a positive split size");
-    if (algo_ == Algo::loha && (factor_ != -1 || decompose_both_))
-      fail(SUMI_ERR_INVALID_ARGUMENT, std::string(factor_ != -1 ? "factor" : "decompose_both") + " is a LoKr setting; algo=loha has none (use algo=lokr)");
+    check_algo_settings();
     if (dropout != 0)
       fail(SUMI_ERR_INVALID_ARGUMENT, "dropout is " + num(dropout) + "; LyCORIS's LoHa / LoKr do not implement it (they only warn), so sumi "
                                       "refuses it; use rank_dropout or module_dropout");
@@ -170,12 +209,14 @@ class LycorisNetwork : public sumi::Network {
       if (v < 0 || v >= 1) fail(SUMI_ERR_INVALID_ARGUMENT, std::string(key) + " is " + num(v) + "; a probability in [0, 1)");
     if (rank_dropout_scale_ && rank_dropout_ == 0)
       fail(SUMI_ERR_INVALID_ARGUMENT, "rank_dropout_scale is set without rank_dropout; it would do nothing");
-    if (use_tucker_ && conv_dim == -1)
-      fail(SUMI_ERR_INVALID_ARGUMENT, "use_tucker applies to the 3x3 convolutions, which are wrapped only with conv_dim; give conv_dim");
+    preset_set_ = &find_preset(ctx.get_string("preset"));
+    if (use_tucker_ && !preset_set_->enable_conv)
+      fail(SUMI_ERR_INVALID_ARGUMENT, std::string("use_tucker applies to k x k convolutions, which preset ") + preset_set_->name +
+                                          " does not wrap; use preset full, unet-only or unet-convblock-only");
     if (unet_only && te_only)
       fail(SUMI_ERR_INVALID_ARGUMENT, "train_unet_only and train_text_encoder_only are both set; that would train nothing");
     if (conv_alpha == -1) conv_alpha = s_.alpha;  // LyCORIS: conv_alpha defaults to network_alpha
-    s_.conv_dim = conv_dim;
+    s_.conv_dim = conv_dim == -1 ? s_.dim : conv_dim;  // LyCORIS's kohya wrapper: conv_dim defaults to network_dim
     s_.conv_alpha = conv_alpha;
     s_.unet = !te_only;
     s_.text_encoder = !unet_only;
@@ -183,9 +224,12 @@ class LycorisNetwork : public sumi::Network {
 
   std::vector<bool> attach(const std::vector<const sumi_module_info*>& infos) override {
     if (!modules_.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "attach called twice; a network wraps one model");
+    if (algo_ == Algo::none)
+      fail(SUMI_ERR_INVALID_ARGUMENT, "no algo given; sumi's lycoris.kohya supports algo=loha and algo=lokr (LyCORIS's default, "
+                                      "algo=lora / LoCon, is not supported: use --network_module networks.lora with conv_dim)");
     std::vector<bool> selected(infos.size(), false);
     slot_.assign(infos.size(), -1);
-    for (const targets::Target& t : targets::choose_targets(infos, s_)) {
+    for (const Target& t : targets_of(infos)) {
       const sumi_module_info& info = *infos[t.index];
       Module m;
       m.name = info.name;
@@ -201,7 +245,6 @@ class LycorisNetwork : public sumi::Network {
       if (weight.defined() && weight.sizes() != m.base_shape)
         fail(SUMI_ERR_INVALID_ARGUMENT, "module '" + m.name + "': its weight is " + shape_str(weight.sizes()) +
                                             " but its description says " + shape_str(m.base_shape));
-      // targets.h gives alpha 0 as the rank already; LyCORIS does the same.
       create(m, t.dim, t.alpha, weight, info.role == SUMI_ROLE_UNET ? "unet" : "text_encoder");
       slot_[t.index] = static_cast<int64_t>(modules_.size());
       by_name_[m.name] = modules_.size();
@@ -316,6 +359,82 @@ class LycorisNetwork : public sumi::Network {
     }
   }
 
+  // ABI 1.3. A LyCORIS file of this network's algorithm(s): <module>.<factor> with kohya's module
+  // prefixes, and each such module's alpha. A file mixing LoHa and LoKr modules is read by none
+  // (its LoKr tensors are left unread, so the host names them).
+  std::vector<bool> probe(const std::vector<sumi::FileTensor>& tensors, const std::string&) override {
+    std::map<std::string, Algo> module_algo;
+    bool loha = false, lokr = false;
+    std::string mod, part;
+    for (const auto& t : tensors)
+      if (split_key(t.name, mod, part) && part != "alpha") {
+        module_algo[mod] = part_algo(part);
+        (part_algo(part) == Algo::loha ? loha : lokr) = true;
+      }
+    const Algo readable = loha ? Algo::loha : Algo::lokr;
+    const bool ok_algo = preset_.empty() || (preset_ == "loha") == (readable == Algo::loha);
+    std::vector<bool> out;
+    for (const auto& t : tensors) {
+      bool yes = false;
+      if (ok_algo && split_key(t.name, mod, part)) {
+        auto it = module_algo.find(mod);
+        const int64_t n = [&] {
+          int64_t k = 1;
+          for (int64_t d : t.shape) k *= d;
+          return k;
+        }();
+        yes = it != module_algo.end() && it->second == readable && (part == "alpha" ? n == 1 : part_algo(part) == readable);
+      }
+      out.push_back(yes);
+    }
+    return out;
+  }
+
+  // LyCORIS's create_lycoris_from_weights: the algorithm (from the factors' names), which modules
+  // (exactly the file's) and each module's layout as the file has it: its rank, LoKr's split
+  // and which factors are full or low-rank, Tucker factors; alphas come with load. The
+  // configuration's dim / conv_dim / factor / decompose_both / use_tucker give way to the file.
+  void configure_from_weights(const std::vector<sumi::FileTensor>& tensors, const std::string&) override {
+    if (!modules_.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "configure_from_weights after attach; it must come first");
+    std::map<std::string, FileParts> file;
+    std::string loha_key, lokr_key;
+    for (const auto& t : tensors) {
+      std::string mod, part;
+      if (!split_key(t.name, mod, part))
+        fail(SUMI_ERR_INVALID_ARGUMENT, "the file's tensor '" + t.name + "' is not a LyCORIS LoHa / LoKr key (expected lora_unet_* / lora_te*"
+                                        " modules with hada_* / lokr_* factors and alpha); is this a network of another kind?");
+      if (!file[mod].emplace(part, t.shape).second) fail(SUMI_ERR_INVALID_ARGUMENT, "the file's tensor '" + t.name + "' is given twice");
+      if (part_algo(part) == Algo::loha && loha_key.empty()) loha_key = t.name;
+      if (part_algo(part) == Algo::lokr && lokr_key.empty()) lokr_key = t.name;
+    }
+    if (!loha_key.empty() && !lokr_key.empty())
+      fail(SUMI_ERR_UNSUPPORTED, "the file mixes LoHa ('" + loha_key + "') and LoKr ('" + lokr_key + "') modules; sumi's network has one algorithm");
+    if (loha_key.empty() && lokr_key.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "the file has no LoHa / LoKr factors (only alphas, or nothing)");
+    const Algo file_algo = loha_key.empty() ? Algo::lokr : Algo::loha;
+    if (algo_ != Algo::none && algo_ != file_algo)
+      fail(SUMI_ERR_INVALID_ARGUMENT, "the file is " + std::string(file_algo == Algo::loha ? "LoHa ('" + loha_key : "LoKr ('" + lokr_key) +
+                                          "') but this network is " + algo_name() + "; use algo=" + (file_algo == Algo::loha ? "loha" : "lokr") +
+                                          " or leave algo out");
+    algo_ = file_algo;
+    check_algo_settings();
+    std::map<std::string, int64_t> dims;
+    for (const auto& [mod, parts] : file) {
+      if (parts.size() == 1 && parts.count("alpha")) fail(SUMI_ERR_INVALID_ARGUMENT, "the file has '" + mod + ".alpha' but no factors of that module");
+      int64_t r = file_rank(parts);
+      if (r == 0) r = 1;  // LoKr with both factors full: scale 1 whatever the rank (see create)
+      dims[mod] = r;
+    }
+    file_ = std::move(file);
+    s_.module_dims = std::move(dims);
+    s_.dim = s_.module_dims.begin()->second;
+    s_.unet = s_.text_encoder = true;
+  }
+
+  // kohya's ss_network_dim / ss_network_alpha (train_network.py writes them for LyCORIS too).
+  std::map<std::string, std::string> metadata() override {
+    return {{"ss_network_dim", std::to_string(s_.dim)}, {"ss_network_alpha", sumi::py_float(s_.alpha)}};
+  }
+
  private:
   static Tensor apply(const Module& m, const Tensor& dw, const Tensor& input, const Tensor& base) {
     Tensor x = input.dtype() == dw.dtype() ? input : ops::to(input, dw.dtype());
@@ -328,7 +447,40 @@ class LycorisNetwork : public sumi::Network {
     for (Module& m : modules_) m.cached = Tensor();
   }
 
-  const char* algo_name() const { return algo_ == Algo::loha ? "LoHa" : "LoKr"; }
+  struct Target {
+    size_t index;
+    int64_t dim;
+    double alpha;
+  };
+
+  // The modules to wrap: a configured file's modules exactly (any Linear / Conv2d of the model
+  // named in it, at the file's rank; alphas come with load), else the preset's, Linear and 1x1
+  // convs at dim / alpha and k x k convs at conv_dim / conv_alpha (alpha 0 means the rank).
+  std::vector<Target> targets_of(const std::vector<const sumi_module_info*>& infos) const {
+    std::vector<Target> out;
+    if (!s_.module_dims.empty()) {
+      for (size_t i = 0; i < infos.size(); ++i) {
+        const sumi_module_info& m = *infos[i];
+        if ((m.kind != SUMI_MODULE_LINEAR && m.kind != SUMI_MODULE_CONV2D) || !m.name) continue;
+        auto it = s_.module_dims.find(m.name);
+        if (it != s_.module_dims.end()) out.push_back({i, it->second, static_cast<double>(it->second)});
+      }
+      return out;
+    }
+    for (const Choice& c : choose_modules(infos, *preset_set_, s_.unet, s_.text_encoder)) {
+      const int64_t dim = c.conv_rank ? s_.conv_dim : s_.dim;
+      const double alpha = c.conv_rank ? s_.conv_alpha : s_.alpha;
+      out.push_back({c.index, dim, alpha == 0 ? static_cast<double>(dim) : alpha});
+    }
+    return out;
+  }
+
+  const char* algo_name() const { return algo_ == Algo::loha ? "LoHa" : algo_ == Algo::lokr ? "LoKr" : "LoHa / LoKr (no algo yet)"; }
+
+  void check_algo_settings() const {
+    if (algo_ == Algo::loha && (factor_ != -1 || decompose_both_))
+      fail(SUMI_ERR_INVALID_ARGUMENT, std::string(factor_ != -1 ? "factor" : "decompose_both") + " is a LoKr setting; algo=loha has none (use algo=lokr)");
+  }
 
   std::string layout_hint() const {
     return std::string("hint: set dim (network_dim) / conv_dim to the file's ranks") +
@@ -373,7 +525,10 @@ class LycorisNetwork : public sumi::Network {
     const int64_t out = m.base_shape[0], in = m.base_shape[1];
     const bool kxk = m.conv && (m.base_shape[2] != 1 || m.base_shape[3] != 1);
     const int64_t kk = m.conv ? m.base_shape[2] * m.base_shape[3] : 1;
-    m.tucker = use_tucker_ && kxk;
+    // A module configured from a file takes the file's layout; otherwise the settings decide it.
+    const auto fit = file_.find(m.name);
+    const FileParts* fp = fit == file_.end() ? nullptr : &fit->second;
+    m.tucker = fp ? (fp->count("hada_t1") || fp->count("lokr_t2")) : use_tucker_ && kxk;
     if (algo_ == Algo::loha) {
       if (m.tucker) {
         for (const char* t : {"hada_t1", "hada_t2"}) add(m, weight, group, t, {dim, dim, m.base_shape[2], m.base_shape[3]});
@@ -384,16 +539,20 @@ class LycorisNetwork : public sumi::Network {
         for (const char* w : {"hada_w1_b", "hada_w2_b"}) add(m, weight, group, w, {dim, in * kk});
       }
     } else {
-      std::tie(m.in_m, m.in_n) = factorization(in, factor_);
-      std::tie(m.out_l, m.out_k) = factorization(out, factor_);
-      m.full_w1 = !(decompose_both_ && static_cast<double>(dim) < std::max(m.out_l, m.in_m) / 2.0);
+      if (fp) {
+        file_split(m, *fp, out, in);
+      } else {
+        std::tie(m.in_m, m.in_n) = factorization(in, factor_);
+        std::tie(m.out_l, m.out_k) = factorization(out, factor_);
+        m.full_w1 = !(decompose_both_ && static_cast<double>(dim) < std::max(m.out_l, m.in_m) / 2.0);
+      }
       if (m.full_w1) {
         add(m, weight, group, "lokr_w1", {m.out_l, m.in_m});
       } else {
         add(m, weight, group, "lokr_w1_a", {m.out_l, dim});
         add(m, weight, group, "lokr_w1_b", {dim, m.in_m});
       }
-      m.full_w2 = static_cast<double>(dim) >= std::max(m.out_k, m.in_n) / 2.0;
+      m.full_w2 = fp ? fp->count("lokr_w2") > 0 : static_cast<double>(dim) >= std::max(m.out_k, m.in_n) / 2.0;
       if (m.full_w2) {
         m.tucker = false;
         if (m.conv) add(m, weight, group, "lokr_w2", {m.out_k, m.in_n, m.base_shape[2], m.base_shape[3]});
@@ -409,9 +568,46 @@ class LycorisNetwork : public sumi::Network {
       if (m.full_w1 && m.full_w2) alpha = static_cast<double>(dim);  // LyCORIS: both full matrices, scale 1
     }
     m.scale = alpha / static_cast<double>(dim);
+    if (fp) check_file_layout(m, *fp);
     Tensor a0 = zeros_on(weight, {});
     fill_(a0, alpha);
     m.alpha = ctx_.state(m.name + ".alpha", a0);
+  }
+
+  // LoKr's split of a module configured from a file: (out_l, in_m) from lokr_w1 or
+  // lokr_w1_a / lokr_w1_b, whether W1 is full from which of them the file has.
+  static void file_split(Module& m, const FileParts& fp, int64_t out, int64_t in) {
+    m.full_w1 = fp.count("lokr_w1") > 0;
+    const char* key = m.full_w1 ? "lokr_w1" : "lokr_w1_a";
+    if (!fp.count(key) || (!m.full_w1 && !fp.count("lokr_w1_b")))
+      fail(SUMI_ERR_INVALID_ARGUMENT, "the file's module '" + m.name + "' has neither lokr_w1 nor lokr_w1_a and lokr_w1_b");
+    const std::vector<int64_t>& a = fp.at(key);
+    const int64_t out_l = a.at(0), in_m = m.full_w1 ? a.at(1) : fp.at("lokr_w1_b").at(1);
+    if (out_l < 1 || in_m < 1 || out % out_l != 0 || in % in_m != 0)
+      fail(SUMI_ERR_INVALID_ARGUMENT, "the file's '" + m.name + "." + key + "' splits the layer's " + std::to_string(out) + " x " +
+                                          std::to_string(in) + " weight as " + std::to_string(out_l) + " x " + std::to_string(in_m) +
+                                          ", which do not divide it; is the file made for another model?");
+    m.out_l = out_l;
+    m.in_m = in_m;
+    m.out_k = out / out_l;
+    m.in_n = in / in_m;
+  }
+
+  // After create from a file: the module has exactly the file's factors at the file's shapes.
+  static void check_file_layout(const Module& m, const FileParts& fp) {
+    for (const auto& [part, shape] : fp) {
+      if (part == "alpha") continue;
+      auto it = m.p.find(part);
+      if (it == m.p.end())
+        fail(SUMI_ERR_INVALID_ARGUMENT, "the file's '" + m.name + "." + part + "' does not fit the module's layout (from the file's factors: " +
+                                            parts_str(m) + ")");
+      if (it->second.sizes() != shape)
+        fail(SUMI_ERR_INVALID_ARGUMENT, "the file's '" + m.name + "." + part + "' has shape " + shape_str(shape) + " but the layer (" +
+                                            shape_str(m.base_shape) + ") with the file's rank " + std::to_string(m.dim) + " needs " +
+                                            shape_str(it->second.sizes()) + "; is the file made for another model?");
+    }
+    for (const auto& [part, t] : m.p)
+      if (!fp.count(part)) fail(SUMI_ERR_INVALID_ARGUMENT, "the file has no '" + m.name + "." + part + "', which its other factors imply");
   }
 
   // dW * scale (without the multiplier), in the layer's weight shape.
@@ -447,7 +643,10 @@ class LycorisNetwork : public sumi::Network {
   }
 
   sumi::Context ctx_;
-  Algo algo_ = Algo::loha;
+  std::string preset_;  // "loha" / "lokr" for the aliases, "" for lycoris.kohya
+  const Preset* preset_set_ = nullptr;  // LyCORIS's module preset (network_args preset)
+  Algo algo_ = Algo::none;
+  std::map<std::string, FileParts> file_;  // configure_from_weights: each module's layout as the file has it
   targets::Settings s_;
   int64_t factor_ = -1;
   bool decompose_both_ = false, use_tucker_ = false, rank_dropout_scale_ = false;
@@ -476,7 +675,8 @@ class LokrNetwork : public LycorisNetwork {
   sumi::param("algo", SUMI_PARAM_STRING, ALGO_DEFAULT, ALGO_HELP),                                                                     \
       sumi::param("dim", SUMI_PARAM_INT, "4", "Rank of the linear and 1x1-conv layers (network_dim)."),                                \
       sumi::param("alpha", SUMI_PARAM_DOUBLE, "1", "Scale numerator: dW is multiplied by alpha / dim; 0 means alpha = dim (network_alpha)."), \
-      sumi::param("conv_dim", SUMI_PARAM_INT, "-1", "Wrap the U-Net's 3x3 convolutions too, at this rank (kohya's C3Lier set; -1 = not wrapped)."), \
+      sumi::param("preset", SUMI_PARAM_STRING, "full", "LyCORIS's module preset: full, full-lin, attn-mlp, attn-only, unet-only, unet-transformer-only, unet-convblock-only."), \
+      sumi::param("conv_dim", SUMI_PARAM_INT, "-1", "Rank of the k x k convolutions the preset wraps (-1 = dim, as LyCORIS)."), \
       sumi::param("conv_alpha", SUMI_PARAM_DOUBLE, "-1", "Alpha of the 3x3 convolutions (-1 = alpha)."),                               \
       sumi::param("factor", SUMI_PARAM_INT, "-1", "LoKr: split size of LyCORIS's factorization (-1 = the most balanced split)."),       \
       sumi::param("decompose_both", SUMI_PARAM_BOOL, "false", "LoKr: also make the small Kronecker factor low-rank (w1_a @ w1_b)."),    \

@@ -14,6 +14,7 @@
 
 #include <sumi/plugin.hpp>
 
+#include <cstdlib>
 #include <map>
 
 namespace sumi::oft {
@@ -178,6 +179,44 @@ class OftNetwork : public sumi::Network {
       fill_(m.alpha, alpha);
       m.constraint = alpha * static_cast<double>(m.out);
     }
+  }
+
+  // ABI 1.3. An OFT file: every tensor is oft_unet_<module>.oft_blocks [B, n, n] or .alpha.
+  std::vector<bool> probe(const std::vector<sumi::FileTensor>& tensors, const std::string&) override {
+    std::vector<bool> out;
+    for (const auto& t : tensors) out.push_back(is_oft_tensor(t.name, t.shape));
+    return out;
+  }
+
+  // kohya's create_network_from_weights: the number of blocks (the first module's), and
+  // enable_conv / enable_all_linear from the modules the file has (kohya looks for in_layers_2 and
+  // _ff_ in the names; sumi sorts every module as choose_targets does, so SDXL's names and the
+  // samplers count too). Each module's constraint comes with load, from its alpha tensor; the
+  // file's ss_network_alpha (when a number) becomes the network's alpha for its metadata.
+  void configure_from_weights(const std::vector<sumi::FileTensor>& tensors, const std::string& metadata_json) override {
+    if (!modules_.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "configure_from_weights after attach; it must come first");
+    std::vector<std::string> names;
+    std::vector<std::vector<int64_t>> shapes;
+    for (const auto& t : tensors) {
+      names.push_back(t.name);
+      shapes.push_back(t.shape);
+    }
+    const FileLayout f = read_layout(names, shapes);
+    if (f.modules.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "the weights file has no OFT modules (no oft_unet_*.oft_blocks tensors)");
+    s_.dim = f.num_blocks;
+    s_.enable_conv = f.enable_conv;
+    s_.enable_all_linear = f.enable_all_linear;
+    const auto meta = sumi::parse_json_object(metadata_json);
+    if (auto it = meta.find("ss_network_alpha"); it != meta.end()) {
+      char* end = nullptr;
+      const double a = std::strtod(it->second.c_str(), &end);
+      if (end && *end == '\0' && end != it->second.c_str() && a > 0) s_.alpha = a;
+    }
+  }
+
+  // kohya's ss_network_dim / ss_network_alpha: the number of blocks and the constraint.
+  std::map<std::string, std::string> metadata() override {
+    return {{"ss_network_dim", std::to_string(s_.dim)}, {"ss_network_alpha", sumi::py_float(s_.alpha)}};
   }
 
   // OFT has no dropout; the flag only decides whether R may be cached (parameters change while training).

@@ -7,6 +7,7 @@
 // with in_transformer; the attention and ResNet children are recognised from the kohya name.
 #include "oft_file.h"
 
+#include <map>
 #include <regex>
 #include <set>
 
@@ -81,52 +82,90 @@ std::vector<size_t> choose_targets(const std::vector<const sumi_module_info*>& m
   return out;
 }
 
-FileLayout read_file(const std::vector<std::string>& names, const std::vector<Tensor>& tensors) {
-  if (names.size() != tensors.size()) invalid("load got " + std::to_string(names.size()) + " names for " + std::to_string(tensors.size()) + " tensors");
+namespace {
+
+// The part of an OFT key (".oft_blocks" / ".alpha") and its module; "" when it is not an OFT key.
+std::string oft_part(const std::string& key, std::string* module) {
+  for (const char* sfx : {".oft_blocks", ".alpha"}) {
+    const std::string p = sfx;
+    if (key.size() > p.size() && key.compare(key.size() - p.size(), p.size(), p) == 0) {
+      const std::string mod = key.substr(0, key.size() - p.size());
+      if (!starts_with(mod, kOftUnet)) return "";
+      if (module) *module = mod;
+      return p;
+    }
+  }
+  return "";
+}
+
+int64_t numel(const std::vector<int64_t>& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+}  // namespace
+
+bool is_oft_tensor(const std::string& key, const std::vector<int64_t>& shape) {
+  const std::string part = oft_part(key, nullptr);
+  if (part == ".alpha") return numel(shape) == 1;
+  return part == ".oft_blocks" && shape.size() == 3 && shape[0] >= 1 && shape[1] == shape[2];
+}
+
+FileLayout read_layout(const std::vector<std::string>& names, const std::vector<std::vector<int64_t>>& shapes) {
+  if (names.size() != shapes.size()) invalid("got " + std::to_string(names.size()) + " names for " + std::to_string(shapes.size()) + " tensors");
   FileLayout f;
-  std::string first_blocks, first_alpha;
+  std::map<std::string, std::set<std::string>> parts;
+  std::string first_blocks;
   for (size_t i = 0; i < names.size(); ++i) {
     const std::string& key = names[i];
-    const Tensor& t = tensors[i];
-    std::string part;
-    for (const char* sfx : {".oft_blocks", ".alpha"}) {
-      const std::string s = sfx;
-      if (key.size() > s.size() && key.compare(key.size() - s.size(), s.size(), s) == 0) part = s;
-    }
-    const std::string mod = part.empty() ? key : key.substr(0, key.size() - part.size());
-    if (part.empty() || !starts_with(mod, kOftUnet))
+    std::string mod;
+    const std::string part = oft_part(key, &mod);
+    if (part.empty())
       invalid("the file's tensor '" + key +
               "' is not a kohya OFT key (expected oft_unet_<module>.oft_blocks or oft_unet_<module>.alpha); "
               "is this a network of another kind (a LoRA file has lora_down / lora_up keys)?");
-    FileModule& fm = f.modules[mod];
-    if (part == ".alpha") {
-      if (t.numel() != 1) invalid("the file's '" + key + "' has shape " + shape_str(t.sizes()) + "; an alpha is one number");
-      if (fm.alpha.defined()) invalid("the file's tensor '" + key + "' is given twice");
-      fm.alpha = t;
-      if (first_alpha.empty() || key < first_alpha) {
-        first_alpha = key;
-        f.alpha = t.item();
-      }
-    } else {
-      const auto s = t.sizes();
-      if (s.size() != 3 || s[1] != s[2] || s[0] < 1)
-        invalid("the file's '" + key + "' has shape " + shape_str(s) + "; OFT blocks are [num_blocks, n, n]");
-      if (fm.blocks.defined()) invalid("the file's tensor '" + key + "' is given twice");
-      fm.blocks = t;
-      if (first_blocks.empty() || key < first_blocks) {
-        first_blocks = key;
-        f.num_blocks = s[0];
-      }
+    if (!is_oft_tensor(key, shapes[i]))
+      invalid("the file's '" + key + "' has shape " + shape_str(shapes[i]) +
+              (part == ".alpha" ? "; an alpha is one number" : "; OFT blocks are [num_blocks, n, n]"));
+    if (!parts[mod].insert(part).second) invalid("the file's tensor '" + key + "' is given twice");
+    f.modules[mod];
+    if (part == ".oft_blocks" && (first_blocks.empty() || key < first_blocks)) {
+      first_blocks = key;
+      f.num_blocks = shapes[i][0];
     }
   }
   bool sgm = false;
   for (const auto& [mod, fm] : f.modules)
     if (sgm_path(mod.substr(std::char_traits<char>::length(kOftUnet)))) sgm = true;
-  for (const auto& [mod, fm] : f.modules) {
-    if (!fm.blocks.defined()) invalid("the file has '" + mod + ".alpha' but no '" + mod + ".oft_blocks'");
+  for (const auto& [mod, p] : parts) {
+    if (!p.count(".oft_blocks")) invalid("the file has '" + mod + ".alpha' but no '" + mod + ".oft_blocks'");
     const std::string path = mod.substr(std::char_traits<char>::length(kOftUnet));
     if (in_resnet_or_sampler(path, sgm)) f.enable_conv = true;
     else if (!is_attention_linear(path)) f.enable_all_linear = true;
+  }
+  return f;
+}
+
+FileLayout read_file(const std::vector<std::string>& names, const std::vector<Tensor>& tensors) {
+  if (names.size() != tensors.size()) invalid("load got " + std::to_string(names.size()) + " names for " + std::to_string(tensors.size()) + " tensors");
+  std::vector<std::vector<int64_t>> shapes;
+  for (const Tensor& t : tensors) shapes.push_back(t.sizes());
+  FileLayout f = read_layout(names, shapes);
+  std::string first_alpha;
+  for (size_t i = 0; i < names.size(); ++i) {
+    std::string mod;
+    const std::string part = oft_part(names[i], &mod);
+    FileModule& fm = f.modules.at(mod);
+    if (part == ".oft_blocks") {
+      fm.blocks = tensors[i];
+      continue;
+    }
+    fm.alpha = tensors[i];
+    if (first_alpha.empty() || names[i] < first_alpha) {
+      first_alpha = names[i];
+      f.alpha = tensors[i].item();
+    }
   }
   return f;
 }

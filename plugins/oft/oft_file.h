@@ -55,6 +55,14 @@ struct FileLayout {
   bool enable_conv = false;                   // a module of a ResNet block or sampler
 };
 
+// Whether a file tensor is one an OFT network loads (a probe's answer): "oft_unet_<module>.oft_blocks"
+// [B, n, n] or "oft_unet_<module>.alpha" (one number).
+bool is_oft_tensor(const std::string& key, const std::vector<int64_t>& shape);
+
+// The layout of a file from its names and shapes only (configure-from-weights): the modules
+// (without tensors), num_blocks and the target flags; alpha stays 0. Throws as read_file.
+FileLayout read_layout(const std::vector<std::string>& names, const std::vector<std::vector<int64_t>>& shapes);
+
 // Sorts a file's tensors into modules. Throws sumi::Error naming the key for anything that is
 // not "<oft module>.oft_blocks" [B, n, n] or "<oft module>.alpha" (one number).
 FileLayout read_file(const std::vector<std::string>& names, const std::vector<Tensor>& tensors);

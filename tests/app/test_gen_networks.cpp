@@ -258,7 +258,7 @@ TEST_CASE("sumi generate: two LoRAs at 0.5 merged from the command line == one a
   REQUIRE(files.size() == 1);
   std::map<std::string, std::string> text;
   const at::Tensor got = sumi::app::read_image(files[0].string(), &text).to(at::kInt);
-  CHECK(text["parameters"].find("Lora: tiny-sd1.lora, tiny-sd1.lora") != std::string::npos);
+  CHECK(text["parameters"].find("Networks: \"tiny-sd1.lora (lora), tiny-sd1.lora (lora)\"") != std::string::npos);
   const at::Tensor want = sumi::app::to_uint8_hwc(Rig({1.0}, false).image().image).to(at::kInt);
   CHECK((got - want).abs().max().item<int64_t>() <= 1);
 }

@@ -55,9 +55,11 @@ set(file ${WORK}/ia3-out/ia3.safetensors)
 if(NOT EXISTS ${file})
   message(FATAL_ERROR "sumi train with the example network wrote no ${file}:\n${OUT}")
 endif()
-# The file carries the network's own metadata and no LoRA rank / alpha.
+# The file carries the network's own metadata and no LoRA rank / alpha; ss_network_module is the
+# --network_module as given (here the library path).
 run(${sumi} show_metadata --model ${file})
-if(NOT OUT MATCHES "ss_network_ia3_form" OR NOT OUT MATCHES "ia3_scale" OR NOT OUT MATCHES "networks.ia3_example"
+string(FIND "${OUT}" "${ia3}" module_at)
+if(NOT OUT MATCHES "ss_network_ia3_form" OR NOT OUT MATCHES "ia3_scale" OR module_at EQUAL -1
    OR OUT MATCHES "ss_network_dim")
   message(FATAL_ERROR "the example network's file lacks its keys or metadata, or has LoRA's:\n${OUT}")
 endif()

@@ -14,6 +14,7 @@
 
 #include <cstdio>
 #include <regex>
+#include <set>
 #include <sstream>
 
 using namespace sumi::test;
@@ -158,6 +159,26 @@ std::vector<std::string> expected_keys(const std::string& lora_list, bool lokr, 
   return out;
 }
 
+// The key rows of a `full` preset network without its modules outside kohya's C3Lier set (conv_in,
+// conv_out, the time embedding), after checking that those four are there.
+std::vector<std::string> without_extra_full_modules(const std::vector<std::string>& rows, bool sgm) {
+  const std::vector<std::string> extra = sgm ? std::vector<std::string>{"input_blocks_0_0.", "out_2.", "time_embed_0.", "time_embed_2."}
+                                             : std::vector<std::string>{"conv_in.", "conv_out.", "time_embedding_linear_1.", "time_embedding_linear_2."};
+  std::vector<std::string> out;
+  std::set<std::string> seen;
+  for (const auto& r : rows) {
+    bool is_extra = false;
+    for (const auto& e : extra)
+      if (r.rfind("lora_unet_" + e, 0) == 0) {
+        is_extra = true;
+        seen.insert(e);
+      }
+    if (!is_extra) out.push_back(r);
+  }
+  CHECK(seen.size() == extra.size());
+  return out;
+}
+
 // LyCORIS's Tucker rebuild: W[p, q, ...] = sum_ij t[i, j, ...] wa[i, p] wb[j, q].
 at::Tensor tucker(const at::Tensor& t, const at::Tensor& wa, const at::Tensor& wb) { return at::einsum("ijkl,ip,jq->pqkl", {t, wa, wb}).contiguous(); }
 
@@ -169,12 +190,17 @@ TEST_CASE("lycoris: a fresh LoHa / LoKr on tiny-sd1 has kohya's LoRA modules wit
   for (const char* algo : {"loha", "lokr"}) {
     CAPTURE(algo);
     const bool lokr = std::string(algo) == "lokr";
-    CHECK(registry_keys(*attach_network("lycoris.kohya", mods, {{"algo", algo}, {"dim", "4"}})) ==
+    // preset attn-mlp is kohya's LoRA set (LierLa); full (LyCORIS's default) is C3Lier plus conv_in,
+    // conv_out and the time embedding, with conv_dim defaulting to dim.
+    CHECK(registry_keys(*attach_network("lycoris.kohya", mods, {{"algo", algo}, {"dim", "4"}, {"preset", "attn-mlp"}})) ==
           expected_keys(net_fixture("tiny-sd1.dylora_keys.txt"), lokr, 4, 0));
-    CHECK(registry_keys(*attach_network("lycoris.kohya", mods, {{"algo", algo}, {"dim", "4"}, {"conv_dim", "2"}})) ==
-          expected_keys(net_fixture("tiny-sd1.dylora_c3lier_keys.txt"), lokr, 4, 2));
+    CHECK(without_extra_full_modules(registry_keys(*attach_network("lycoris.kohya", mods, {{"algo", algo}, {"dim", "4"}, {"conv_dim", "2"}})),
+                                     false) == expected_keys(net_fixture("tiny-sd1.dylora_c3lier_keys.txt"), lokr, 4, 2));
+    CHECK(without_extra_full_modules(registry_keys(*attach_network("lycoris.kohya", mods, {{"algo", algo}, {"dim", "2"}})), false) ==
+          expected_keys(net_fixture("tiny-sd1.dylora_c3lier_keys.txt"), lokr, 2, 2));
     // The sumi aliases are the same network.
-    CHECK(registry_keys(*attach_network(algo, mods, {{"dim", "4"}})) == expected_keys(net_fixture("tiny-sd1.dylora_keys.txt"), lokr, 4, 0));
+    CHECK(registry_keys(*attach_network(algo, mods, {{"dim", "4"}, {"preset", "attn-mlp"}})) ==
+          expected_keys(net_fixture("tiny-sd1.dylora_keys.txt"), lokr, 4, 0));
     // dW starts at zero, as LyCORIS initialises it.
     auto n = attach_network("lycoris.kohya", mods, {{"algo", algo}, {"dim", "4"}, {"conv_dim", "2"}});
     for (size_t i = 0; i < mods.size(); ++i)
@@ -191,8 +217,9 @@ TEST_CASE("lycoris: a fresh LoHa / LoKr on tiny-sd1 has kohya's LoRA modules wit
 TEST_CASE("lycoris: on tiny-sdxl the modules are kohya's LoRA set with both text encoders (lora_te1_, lora_te2_)") {
   auto m = load_model("sdxl", fixture("tiny-sdxl.safetensors"));
   const auto mods = m->modules();
-  CHECK(registry_keys(*attach_network("loha", mods, {{"dim", "4"}})) == expected_keys(fixture("tiny-sdxl.lora_keys.lierla.txt"), false, 4, 0));
-  CHECK(registry_keys(*attach_network("lokr", mods, {{"dim", "4"}, {"conv_dim", "2"}})) ==
+  CHECK(registry_keys(*attach_network("loha", mods, {{"dim", "4"}, {"preset", "attn-mlp"}})) ==
+        expected_keys(fixture("tiny-sdxl.lora_keys.lierla.txt"), false, 4, 0));
+  CHECK(without_extra_full_modules(registry_keys(*attach_network("lokr", mods, {{"dim", "4"}, {"conv_dim", "2"}})), true) ==
         expected_keys(fixture("tiny-sdxl.lora_keys.c3lier.txt"), true, 4, 2));
 }
 
@@ -431,7 +458,13 @@ TEST_CASE("lycoris: refuses other algorithms, ignored options and files of anoth
   CHECK(err("lycoris.kohya", {{"algo", "loha"}, {"dropout", "0.1"}}).find("do not implement it") != std::string::npos);
   CHECK(err("lycoris.kohya", {{"algo", "loha"}, {"factor", "4"}}).find("factor is a LoKr setting") != std::string::npos);
   CHECK(err("lokr", {{"factor", "0"}}).find("factor is 0") != std::string::npos);
-  CHECK(err("lokr", {{"use_tucker", "true"}}).find("give conv_dim") != std::string::npos);
+  CHECK(err("lokr", {{"use_tucker", "true"}, {"preset", "attn-mlp"}}).find("which preset attn-mlp does not wrap") != std::string::npos);
+  for (const char* p : {"ia3", "my_preset.toml", "Full"}) {
+    CAPTURE(p);
+    const std::string e = err("lokr", {{"preset", p}});
+    CHECK(e.find(std::string("preset '") + p + "' is not supported") != std::string::npos);
+    CHECK(e.find("full, full-lin, attn-mlp, attn-only, unet-only, unet-transformer-only, unet-convblock-only") != std::string::npos);
+  }
   CHECK(err("lokr", {{"rank_dropout", "1"}}).find("rank_dropout is 1") != std::string::npos);
   CHECK(err("lokr", {{"rank_dropout_scale", "true"}}).find("without rank_dropout") != std::string::npos);
   CHECK(err("lokr", {{"weight_decompose", "true"}}).find("has no parameter 'weight_decompose'") != std::string::npos);
@@ -455,4 +488,44 @@ TEST_CASE("lycoris: refuses other algorithms, ignored options and files of anoth
   loha2.erase("lora_unet_x_proj_in.hada_w2_b");
   CHECK(error_of([&] { load_tensors(*loha, loha2); }).find("no 'lora_unet_x_proj_in.hada_w2_b'") != std::string::npos);
   CHECK(error_of([&] { load_tensors(*loha, {{"lora_unet_other.hada_w1_a", at::zeros({12, 2})}}); }).find("is not wrapped") != std::string::npos);
+}
+
+TEST_CASE("lycoris: LyCORIS's presets choose their module sets (attn-only, unet-transformer-only, unet-convblock-only, full-lin)") {
+  auto m = load_model("sd1", fixture("tiny-sd1.safetensors"));
+  const auto mods = m->modules();
+  auto wrapped = [&](const std::string& preset) {
+    auto n = attach_network("loha", mods, {{"dim", "2"}, {"preset", preset}});
+    std::vector<const sumi_module_info*> out;
+    for (size_t i = 0; i < mods.size(); ++i)
+      if (n->selected[i]) out.push_back(&mods[i]);
+    return out;
+  };
+  auto ends = [](const std::string& s, const std::string& e) { return s.size() >= e.size() && s.compare(s.size() - e.size(), e.size(), e) == 0; };
+  const auto attn = wrapped("attn-only");
+  CHECK(!attn.empty());
+  for (const auto* i : attn) {
+    const std::string n = i->name;
+    CAPTURE(n);
+    CHECK((n.find("_self_attn_") != std::string::npos || ends(n, "_to_q") || ends(n, "_to_k") || ends(n, "_to_v") || ends(n, "_to_out_0")));
+  }
+  for (const auto* i : wrapped("unet-transformer-only")) CHECK((i->role == SUMI_ROLE_UNET && i->in_transformer));
+  const auto conv = wrapped("unet-convblock-only");
+  std::set<std::string> names;
+  for (const auto* i : conv) {
+    CHECK((i->role == SUMI_ROLE_UNET && !i->in_transformer));
+    names.insert(i->name);
+  }
+  CHECK(names.count("lora_unet_conv_in"));
+  CHECK(names.count("lora_unet_conv_out"));
+  CHECK(names.count("lora_unet_down_blocks_0_resnets_0_conv1"));
+  CHECK(!names.count("lora_unet_time_embedding_linear_1"));
+  // full-lin: no k x k convolution, but the ResNets' time_emb_proj and the time embedding.
+  bool temb = false, proj = false;
+  for (const auto* i : wrapped("full-lin")) {
+    CHECK(!(i->kind == SUMI_MODULE_CONV2D && i->kernel[0] > 1));
+    temb |= std::string(i->name) == "lora_unet_time_embedding_linear_1";
+    proj |= ends(i->name, "_time_emb_proj");
+  }
+  CHECK(temb);
+  CHECK(proj);
 }

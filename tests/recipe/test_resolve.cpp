@@ -197,3 +197,23 @@ TEST_CASE("resolve_recipe reports missing sections' required keys and mistyped s
     CHECK(msg.find("[sample] prompts: expected a string") != std::string::npos);
   }
 }
+
+TEST_CASE("string lists (host keys only): an array of strings, or one string as a one-item list") {
+  Value model = Value::table("t");
+  model.set("type", Value::string("sd1", "t"));
+  model.set("path", Value::string("m.safetensors", "t"));
+  Value files = Value::array("--base_weights");
+  files.push_back(Value::string("a.safetensors", "--base_weights"));
+  files.push_back(Value::string("b.safetensors", "--base_weights"));
+  model.set("base_weights", files);
+  ResolvedSection s = resolve_section(model, "model", host_schema("model"), {});
+  CHECK(s.get_string_list("base_weights") == std::vector<std::string>{"a.safetensors", "b.safetensors"});
+  CHECK(!s.has("base_weights_multiplier"));
+  model.set("base_weights", Value::string("c.safetensors", "recipe.toml:3"));
+  CHECK(resolve_section(model, "model", host_schema("model"), {}).get_string_list("base_weights") ==
+        std::vector<std::string>{"c.safetensors"});
+  Value bad = Value::array("recipe.toml:4");
+  bad.push_back(Value::integer(3, "recipe.toml:4"));
+  model.set("base_weights", bad);
+  CHECK_THROWS_WITH_AS(resolve_section(model, "model", host_schema("model"), {}), doctest::Contains("list of strings"), RecipeError);
+}

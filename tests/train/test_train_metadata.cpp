@@ -132,6 +132,7 @@ TEST_CASE("run metadata: title defaults to output_name; timestep range, clip_ski
   s.output_name = "mylora";
   s.network_type = "lora";
   s.network_params = {{"dim", "8"}, {"alpha", "4"}, {"conv_dim", "2"}};
+  s.network_args = {{"conv_dim", "2"}};
   s.model_params = {{"clip_skip", "1"}};
   auto spec = sumi::app::run_modelspec(s, ModelSpecKind::lora, 64, 96, d);
   CHECK(spec.title == "mylora");
@@ -171,7 +172,7 @@ TEST_CASE("run metadata: title defaults to output_name; timestep range, clip_ski
   CHECK(minimum.at("ss_network_module") == "networks.lora");
   CHECK(minimum.at("ss_network_dim") == "8");
   CHECK(minimum.at("ss_network_alpha") == "4");
-  CHECK(minimum.at("ss_network_args") == "{\"conv_dim\":\"2\"}");
+  CHECK(minimum.at("ss_network_args") == "{\"conv_dim\": \"2\"}");  // json.dumps of the given args
 }
 
 TEST_CASE("trained files carry kohya's metadata: LoRA (full and no_metadata), embedding, checkpoint; diffusers folders none") {
@@ -215,8 +216,9 @@ TEST_CASE("trained files carry kohya's metadata: LoRA (full and no_metadata), em
   std::set<std::string> ss;
   for (const auto& [k, v] : md)
     if (k.rfind("modelspec.", 0) != 0) ss.insert(k);
+  // No --network_args given: no ss_network_args (kohya writes it only for given args).
   CHECK(ss == std::set<std::string>{"ss_v2", "ss_base_model_version", "ss_network_module", "ss_network_dim", "ss_network_alpha",
-                                    "ss_network_args", "sshs_model_hash", "sshs_legacy_hash"});
+                                    "sshs_model_hash", "sshs_legacy_hash"});
   CHECK(md.at("modelspec.title") == "out");
   CHECK(md.at("sshs_model_hash") == sumi::app::safetensors_hashes(rb.output_file).model_hash);
 
@@ -309,4 +311,55 @@ TEST_CASE("sumi train: kohya's metadata flags reach the file; train_network.py's
                     doctest::Contains("training_comment (--training_comment) is train_network.py's"));
   fs::remove_all(out);
   fs::remove_all(dataset);
+}
+
+// Issue 12, item 7: each network's own metadata, as train_network.py writes it for that module.
+TEST_CASE("network metadata per network: the module as given, only the given network_args, dim / alpha from the plugin") {
+  at::set_num_threads(2);
+  const auto dataset = sumi::test::example_dataset("sumi_meta_nets", 1);
+  const fs::path out = fs::temp_directory_path() / "sumi_meta_nets_out";
+  fs::remove_all(out);
+  const std::vector<std::string> base{"--plugin-dir", SUMI_PLUGIN_DIR, "--pretrained_model_name_or_path",
+                                      data("fixtures/tiny-sd1.safetensors"), "--train_data_dir", dataset.string(),
+                                      "--caption_extension", ".txt", "--resolution", "64", "--output_dir", out.string(),
+                                      "--seed", "5", "--max_train_steps", "1", "--optimizer_type", "AdamW"};
+  auto train = [&](std::vector<std::string> extra) {
+    auto a = base;
+    a.insert(a.end(), extra.begin(), extra.end());
+    REQUIRE(sumi::app::cmd_train(a) == 0);
+    return metadata_of((out / (a[a.size() - 1] + ".safetensors")).string());
+  };
+  // OFT: dim = blocks, alpha = the constraint; the args exactly as typed, schema defaults left out;
+  // train_network.py gives every network file the "/lora" model spec (get_sai_model_spec(lora=True)).
+  auto md = train({"--network_module", "networks.oft", "--network_dim", "4", "--network_alpha", "1e-3", "--network_args",
+                   "enable_conv=True", "--output_name", "oft"});
+  CHECK(md.at("ss_network_module") == "networks.oft");
+  CHECK(md.at("ss_network_dim") == "4");
+  CHECK(md.at("ss_network_alpha") == "0.001");
+  CHECK(md.at("ss_network_args") == "{\"enable_conv\": \"True\"}");
+  CHECK(md.at("modelspec.architecture") == "stable-diffusion-v1/lora");
+  // LyCORIS: kohya imports lycoris.kohya; the file says so, not networks.lycoris.kohya.
+  md = train({"--network_module", "lycoris.kohya", "--network_args", "algo=loha", "conv_dim=2", "--output_name", "loha"});
+  CHECK(md.at("ss_network_module") == "lycoris.kohya");
+  CHECK(md.at("ss_network_args") == "{\"algo\": \"loha\", \"conv_dim\": \"2\"}");
+  CHECK(md.at("ss_network_dim") == "4");  // the plugin's rank (kohya writes --network_dim; none given: the default)
+  // A plugin given by path: written as given; no --network_args, no ss_network_args.
+  const std::string path = std::string(SUMI_PLUGIN_DIR) + "/sumi_dylora.so";
+  md = train({"--network_module", path, "--network_dim", "2", "--output_name", "dy"});
+  CHECK(md.at("ss_network_module") == path);
+  CHECK(md.count("ss_network_args") == 0);
+  CHECK(md.at("ss_network_dim") == "2");
+  fs::remove_all(out);
+
+  // A network whose metadata slot gives neither dim nor alpha (an output-scaling adapter): no LoRA values.
+  sumi::app::TrainSettings s;
+  s.network_type = "ia3";
+  s.network_params = {{"dim", "4"}};
+  sumi::app::NetworkFacts facts;
+  facts.component = "ia3";
+  facts.has_metadata = true;
+  const auto m = sumi::app::network_metadata(s, sumi::app::RunFacts{}, sumi::app::ModelDescription{}, &facts);
+  CHECK(m.count("ss_network_dim") == 0);
+  CHECK(m.count("ss_network_alpha") == 0);
+  CHECK(m.at("ss_network_module") == "networks.ia3");
 }

@@ -10,6 +10,7 @@
 #include "app/commands.h"
 #include "app/image_io.h"
 #include "app/model_description.h"
+#include "app/tools/tools.h"
 #include "app/train/trainer.h"
 #include "sumi/io/safetensors_torch.h"
 #include "nn/key_map.h"
@@ -301,4 +302,68 @@ TEST_CASE("sumi train: kohya's defaults and flags — AdamW without --optimizer_
                     doctest::Contains("ControlNet"));
   fs::remove_all(out);
   fs::remove_all(dataset);
+}
+
+// kohya's --base_weights: LoRA files merged into the model before the network is created (by the
+// plugin probe picks, as sumi generate loads a file), so training starts from the merged model.
+TEST_CASE("--base_weights: training from base_weights equals training from the model merged beforehand (sumi merge_lora)") {
+  at::set_num_threads(2);
+  const auto dataset = sumi::test::example_dataset("sumi_base_weights", 1);
+  const fs::path out = fs::temp_directory_path() / "sumi_base_weights_out";
+  fs::remove_all(out);
+  fs::create_directories(out);
+  const std::string lora = sumi::test::fixture("tiny-sd1.lora.safetensors");
+  const std::string merged = (out / "merged.safetensors").string();
+  REQUIRE(sumi::app::tools::cmd_merge_lora({"--plugin-dir", SUMI_PLUGIN_DIR, "--sd_model", sumi::test::fixture("tiny-sd1.safetensors"),
+                                             "--models", lora, lora, "--ratios", "0.7", "1.0", "--save_to", merged}) == 0);
+  auto run = [&](const std::string& name, const std::string& model, std::vector<std::string> base, std::vector<double> muls) {
+    auto s = sumi::test::fixture_run(TrainMode::network, dataset, out / name);
+    s.model_path = model;
+    s.network_type = "lora";
+    s.network_params = {{"dim", "2"}, {"alpha", "1"}};
+    s.base_weights = std::move(base);
+    s.base_weights_multiplier = std::move(muls);
+    s.learning_rate = 1e-3;
+    s.max_train_steps = 2;
+    s.seed = 4;
+    return sumi::app::train_network(s, {SUMI_PLUGIN_DIR}, false);
+  };
+  // The reference went through merge_lora's save and reload; so does the model the base weights
+  // are merged into (merge_lora at ratio 0: the same file round trip without a change), so that
+  // the two runs differ only in where the merge happened.
+  const std::string zero = (out / "zero.safetensors").string();
+  REQUIRE(sumi::app::tools::cmd_merge_lora({"--plugin-dir", SUMI_PLUGIN_DIR, "--sd_model", sumi::test::fixture("tiny-sd1.safetensors"),
+                                             "--models", lora, "--ratios", "0", "--save_to", zero}) == 0);
+  // Two files: 0.7, and the missing second multiplier is 1.0 (kohya's default).
+  const auto from_base = run("base", zero, {lora, lora}, {0.7});
+  const auto from_merged = run("merged", merged, {}, {});
+  const auto plain = run("plain", zero, {}, {});
+  REQUIRE(from_base.losses.size() == 2);
+  for (size_t i = 0; i < 2; ++i) CHECK(from_base.losses[i] == doctest::Approx(from_merged.losses[i]).epsilon(1e-5));
+  CHECK(std::abs(from_base.losses[0] - plain.losses[0]) > 1e-4);  // the merge changes the model
+  const auto a = sumi::test::load_map(from_base.output_file), b = sumi::test::load_map(from_merged.output_file);
+  REQUIRE(a.size() == b.size());
+  for (const auto& [k, t] : a) {
+    CAPTURE(k);
+    CHECK((t.to(at::kFloat) - b.at(k).to(at::kFloat)).abs().max().item<double>() < 1e-5);
+  }
+  // The base file's tensors are not the run's: the saved network has only its own keys.
+  CHECK(a.size() == sumi::test::load_map(plain.output_file).size());
+
+  CHECK_THROWS_WITH(run("bad", sumi::test::fixture("tiny-sd1.safetensors"), {lora}, {0.5, 0.5}),
+                    doctest::Contains("--base_weights_multiplier: 2 multipliers for 1 --base_weights files"));
+  // From the command line; DreamBooth has no such flag.
+  const std::vector<std::string> cli{"--plugin-dir", SUMI_PLUGIN_DIR, "--pretrained_model_name_or_path",
+                                     sumi::test::fixture("tiny-sd1.safetensors"), "--train_data_dir", dataset.string(),
+                                     "--caption_extension", ".txt", "--resolution", "64", "--output_dir", (out / "cli").string(),
+                                     "--max_train_steps", "1", "--base_weights", lora, "--base_weights_multiplier", "0.7"};
+  auto with = [&](std::vector<std::string> extra) {
+    auto v = cli;
+    v.insert(v.end(), extra.begin(), extra.end());
+    return v;
+  };
+  CHECK(sumi::app::cmd_train(with({"--network_module", "networks.lora", "--output_name", "cli"})) == 0);
+  CHECK(fs::exists(out / "cli" / "cli.safetensors"));
+  CHECK_THROWS_WITH(sumi::app::cmd_train(with({})), doctest::Contains("base_weights (--base_weights) is train_network.py's"));
+  fs::remove_all(out);
 }

@@ -23,12 +23,13 @@ std::string param_or(const std::map<std::string, std::string>& m, const std::str
   return it == m.end() ? fallback : it->second;
 }
 
-// kohya's ss_network_args: the network's extra arguments (dim, alpha and dropout have own keys).
-std::string network_args_json(const std::map<std::string, std::string>& params) {
-  nlohmann::json j = nlohmann::json::object();
-  for (const auto& [k, v] : params)
-    if (k != "dim" && k != "alpha" && k != "dropout") j[k] = v;
-  return j.dump();
+// Python's json.dumps of a dict of strings (", " and ": " separators, non-ASCII escaped), as
+// kohya writes ss_network_args.
+std::string py_json_dumps(const std::vector<std::pair<std::string, std::string>>& items) {
+  auto quote = [](const std::string& v) { return nlohmann::json(v).dump(-1, ' ', true); };
+  std::string out = "{";
+  for (const auto& [k, v] : items) out += (out.size() > 1 ? ", " : "") + quote(k) + ": " + quote(v);
+  return out + "}";
 }
 
 }  // namespace
@@ -55,11 +56,10 @@ Metadata network_metadata(const TrainSettings& s, const RunFacts& run, const Mod
       {"ss_gradient_accumulation_steps", std::to_string(s.gradient_accumulation_steps)},
       {"ss_lr_warmup_steps", std::to_string(s.lr_warmup_steps)},
       {"ss_lr_scheduler", s.lr_scheduler_type},
-      {"ss_network_module", "networks." + s.network_type},
+      {"ss_network_module", s.network_module.empty() ? "networks." + s.network_type : s.network_module},
       {"ss_network_dim", param_or(s.network_params, "dim", "4")},
       {"ss_network_alpha", param_or(s.network_params, "alpha", "1")},
       {"ss_network_dropout", param_or(s.network_params, "dropout", "None")},
-      {"ss_network_args", network_args_json(s.network_params)},
       {"ss_mixed_precision", s.mixed_precision},
       {"ss_full_fp16", "False"},
       {"ss_full_bf16", py_bool(s.full_bf16)},
@@ -92,15 +92,14 @@ Metadata network_metadata(const TrainSettings& s, const RunFacts& run, const Mod
       {"ss_sd_scripts_commit_hash", "sumi 0.1.0"},
       {"ss_resolution", "(" + std::to_string(run.width) + ", " + std::to_string(run.height) + ")"},
   };
-  if (net) {
-    // A library path is not a module name.
-    const std::string& t = s.network_type;
-    if (t.find('/') != std::string::npos || fs::path(t).extension() == ".so") m["ss_network_module"] = "networks." + net->component;
-    if (net->has_metadata) {
-      m.erase("ss_network_dim");
-      m.erase("ss_network_alpha");
-      for (const auto& [k, v] : net->metadata) m[k] = v;
-    }
+  // train_network.py writes ss_network_args only when --network_args were given.
+  if (!s.network_args.empty()) m["ss_network_args"] = py_json_dumps(s.network_args);
+  // The plugin's own values (ABI 1.3) replace the LoRA-style dim / alpha; a network that gives
+  // none has neither.
+  if (net && net->has_metadata) {
+    m.erase("ss_network_dim");
+    m.erase("ss_network_alpha");
+    for (const auto& [k, v] : net->metadata) m[k] = v;
   }
   if (!s.no_metadata) return m;
   // train_network.py --no_metadata: only what tools need to filter networks by base model.

@@ -44,9 +44,9 @@ struct NetworkFacts {
   bool has_metadata = false;  // false for a network built before ABI 1.3
   Metadata metadata;
 };
-// With `net`, the plugin's own values replace the LoRA-style ss_network_dim / ss_network_alpha
-// (absent when the plugin gives none), and a --network_module given as a library path is written
-// as networks.<component name>.
+// ss_network_module is s.network_module (--network_module as given), ss_network_args the given
+// s.network_args (absent when none, as kohya). With `net`, the plugin's own values replace the
+// LoRA-style ss_network_dim / ss_network_alpha (absent when the plugin gives none).
 Metadata network_metadata(const TrainSettings& s, const RunFacts& run, const ModelDescription& model,
                           const NetworkFacts* net = nullptr);
 

@@ -2,6 +2,7 @@
 
 #include "app/app.h"
 #include "app/network_settings.h"
+#include "app/network_stack.h"
 #include "app/train/network_file.h"
 #include "app/train/settings_check.h"
 #include "core/error.h"
@@ -30,6 +31,8 @@ class NetworkTarget final : public TrainTarget {
   NetworkTarget(const TrainSettings& s, host::PluginManager& pm, host::Registry& registry, host::Component& model,
                 const ModelDescription& description)
       : s_(s), registry_(registry), description_(description) {
+    // train_network.py merges --base_weights into the model before it creates the network.
+    merge_network_files(pm, model, s.base_weights, s.base_weights_multiplier);
     auto ref = pm.find(SUMI_KIND_NETWORK, s.network_type);
     network_.emplace(ref, "network", registry, host::make_config(*ref.component, s.network_params));
     // kohya's --dim_from_weights (create_network_from_weights): the file's modules and ranks.

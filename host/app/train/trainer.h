@@ -57,8 +57,17 @@ struct TrainSettings {
   // [network] plugin name, its plugin parameters (text values), initial weights, multiplier
   std::string network_type;
   std::map<std::string, std::string> network_params;
+  // What kohya writes of the network: ss_network_module is --network_module as the user gave it
+  // ("networks.lora", "lycoris.kohya", a path; empty: "networks.<network_type>"), ss_network_args
+  // the given --network_args items as text, in order (kohya's net_kwargs; none: no key).
+  std::string network_module;
+  std::vector<std::pair<std::string, std::string>> network_args;
   std::string network_weights;
   double network_multiplier = 1.0;
+  // kohya's --base_weights / --base_weights_multiplier: network files merged into the model before
+  // the network is created, each at its multiplier (missing ones 1.0).
+  std::vector<std::string> base_weights;
+  std::vector<double> base_weights_multiplier;
   // kohya's --dim_from_weights: the network takes its modules and ranks from network_weights.
   bool dim_from_weights = false;
   // kohya's --scale_weight_norms: after each step the network's max-norm rule (0 = off).

@@ -24,6 +24,10 @@ const HostKeyRow kHostKeys[] = {
     {"model", "path", SUMI_PARAM_STRING, nullptr, kRequired,
      "checkpoint file or diffusers folder to load"},
     {"model", "v2", SUMI_PARAM_BOOL, "false", kRequired, "the model is SD 2.x (when the file cannot tell)"},
+    {"model", "base_weights", kParamStringList, nullptr, kOptional,
+     "network files merged into the model before training, each by the plugin whose probe reads it (train_network.py --base_weights)"},
+    {"model", "base_weights_multiplier", SUMI_PARAM_DOUBLE_LIST, nullptr, kOptional,
+     "multiplier of each base_weights file (missing entries 1.0; --base_weights_multiplier)"},
 
     {"network", "type", SUMI_PARAM_STRING, nullptr, kRequired, "network plugin (e.g. \"lora\")"},
     {"network", "multiplier", SUMI_PARAM_DOUBLE, "1.0", kRequired,

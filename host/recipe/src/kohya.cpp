@@ -117,7 +117,10 @@ void put_key_value(Value& root, const std::string& section, const std::string& i
 void apply_special(Value& root, const KohyaFlag& f, const Value& v, Layer& layer) {
   std::string name = f.name;
   if (name == "network_module") {
-    put(root, f.target, Value::string(normalize_network_module(v.as_string()), v.origin()), name);
+    // The name as given stays as the value's source text: kohya's ss_network_module writes it.
+    Value module = Value::string(normalize_network_module(v.as_string()), v.origin());
+    module.set_source_text(v.as_string());
+    put(root, f.target, std::move(module), name);
   } else if (name == "optimizer_type") {
     const std::string& kohya = v.as_string();
     Value& opt = section_table(root, "optimizer", v.origin());

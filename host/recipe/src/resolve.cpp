@@ -44,6 +44,7 @@ const char* param_type_name(int type) {
     case SUMI_PARAM_STRING: return "string";
     case SUMI_PARAM_DOUBLE_LIST: return "list of floats";
     case SUMI_PARAM_INT_LIST: return "list of integers";
+    case kParamStringList: return "list of strings";
   }
   return "unknown type";
 }
@@ -140,6 +141,18 @@ bool convert_value(const Value& v, int type, Value& out) {
       return true;
     case SUMI_PARAM_DOUBLE_LIST: return to_list(v, SUMI_PARAM_DOUBLE, out);
     case SUMI_PARAM_INT_LIST: return to_list(v, SUMI_PARAM_INT, out);
+    case kParamStringList: {
+      if (v.kind() == Value::Kind::String) {
+        out = Value::array(v.origin());
+        out.push_back(v);
+        return true;
+      }
+      if (!v.is_array()) return false;
+      for (const auto& item : v.items())
+        if (item.kind() != Value::Kind::String) return false;
+      out = v;
+      return true;
+    }
   }
   return false;
 }
@@ -180,6 +193,11 @@ std::vector<double> ResolvedSection::get_double_list(std::string_view key) const
 std::vector<int64_t> ResolvedSection::get_int_list(std::string_view key) const {
   std::vector<int64_t> out;
   for (const auto& v : entry(key, SUMI_PARAM_INT_LIST).value.items()) out.push_back(v.as_int());
+  return out;
+}
+std::vector<std::string> ResolvedSection::get_string_list(std::string_view key) const {
+  std::vector<std::string> out;
+  for (const auto& v : entry(key, kParamStringList).value.items()) out.push_back(v.as_string());
   return out;
 }
 std::string ResolvedSection::text(std::string_view key) const { return entry(key, -1).value.text(); }

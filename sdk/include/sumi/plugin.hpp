@@ -20,6 +20,7 @@
 
 #include <cstddef>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <map>
 #include <memory>
@@ -145,6 +146,19 @@ struct FileTensor {
   std::vector<int64_t> shape;
 };
 
+// Python's str(float), as kohya's metadata holds numbers: the shortest text that reads back to
+// the same double, ".0" when integral ("2.0", "0.001", "1e-05").
+inline std::string py_float(double v) {
+  char buf[32];
+  for (int prec = 1; prec <= 17; ++prec) {
+    std::snprintf(buf, sizeof buf, "%.*g", prec, v);
+    if (std::strtod(buf, nullptr) == v) break;
+  }
+  std::string out = buf;
+  if (out.find_first_of(".einn") == std::string::npos) out += ".0";
+  return out;
+}
+
 // A JSON object of strings, {"key": "value", ...}, keys in map order; for metadata().
 inline std::string json_object(const std::map<std::string, std::string>& m) {
   auto quote = [](const std::string& v) {
@@ -171,6 +185,90 @@ inline std::string json_object(const std::map<std::string, std::string>& m) {
   std::string out = "{";
   for (const auto& [k, v] : m) out += (out.size() > 1 ? ", " : "") + quote(k) + ": " + quote(v);
   return out + "}";
+}
+
+// The metadata_json a network's probe / configure_from_weights receive: a JSON object of strings
+// (a file's safetensors metadata) as a map. Throws sumi::Error on text that is not one.
+inline std::map<std::string, std::string> parse_json_object(const std::string& json) {
+  size_t i = 0;
+  auto bad = [&](const char* what) -> void {
+    throw Error(SUMI_ERR_INVALID_ARGUMENT, std::string("metadata JSON: ") + what + " at offset " + std::to_string(i));
+  };
+  auto ws = [&] {
+    while (i < json.size() && (json[i] == ' ' || json[i] == '\n' || json[i] == '\t' || json[i] == '\r')) ++i;
+  };
+  auto str = [&] {
+    ws();
+    if (i >= json.size() || json[i] != '"') bad("expected a string");
+    std::string out;
+    for (++i; i < json.size() && json[i] != '"'; ++i) {
+      char c = json[i];
+      if (c != '\\') {
+        out += c;
+        continue;
+      }
+      if (++i >= json.size()) bad("unterminated escape");
+      switch (json[i]) {
+        case 'n': out += '\n'; break;
+        case 't': out += '\t'; break;
+        case 'r': out += '\r'; break;
+        case 'b': out += '\b'; break;
+        case 'f': out += '\f'; break;
+        case 'u': {
+          if (i + 4 >= json.size()) bad("short \\u escape");
+          unsigned cp = static_cast<unsigned>(std::strtoul(json.substr(i + 1, 4).c_str(), nullptr, 16));
+          i += 4;
+          if (cp >= 0xD800 && cp < 0xDC00 && i + 6 < json.size() && json[i + 1] == '\\' && json[i + 2] == 'u') {
+            const unsigned lo = static_cast<unsigned>(std::strtoul(json.substr(i + 3, 4).c_str(), nullptr, 16));
+            cp = 0x10000 + ((cp - 0xD800) << 10) + (lo - 0xDC00);
+            i += 6;
+          }
+          // UTF-8
+          if (cp < 0x80) out += static_cast<char>(cp);
+          else if (cp < 0x800) out += {static_cast<char>(0xC0 | (cp >> 6)), static_cast<char>(0x80 | (cp & 0x3F))};
+          else if (cp < 0x10000)
+            out += {static_cast<char>(0xE0 | (cp >> 12)), static_cast<char>(0x80 | ((cp >> 6) & 0x3F)), static_cast<char>(0x80 | (cp & 0x3F))};
+          else
+            out += {static_cast<char>(0xF0 | (cp >> 18)), static_cast<char>(0x80 | ((cp >> 12) & 0x3F)),
+                    static_cast<char>(0x80 | ((cp >> 6) & 0x3F)), static_cast<char>(0x80 | (cp & 0x3F))};
+          break;
+        }
+        default: out += json[i];  // \" \\ \/
+      }
+    }
+    if (i >= json.size()) bad("unterminated string");
+    ++i;
+    return out;
+  };
+  std::map<std::string, std::string> out;
+  ws();
+  if (i >= json.size() || json[i] != '{') bad("expected an object");
+  ++i;
+  ws();
+  if (i < json.size() && json[i] == '}') return out;
+  while (true) {
+    std::string k = str();
+    ws();
+    if (i >= json.size() || json[i] != ':') bad("expected ':'");
+    ++i;
+    out[k] = str();
+    ws();
+    if (i < json.size() && json[i] == ',') {
+      ++i;
+      continue;
+    }
+    if (i < json.size() && json[i] == '}') return out;
+    bad("expected ',' or '}'");
+  }
+}
+
+// kohya's ss_network_module of a file's metadata without the "networks." prefix ("" when absent).
+inline std::string file_network_module(const std::string& metadata_json) {
+  const auto m = parse_json_object(metadata_json);
+  auto it = m.find("ss_network_module");
+  if (it == m.end()) return "";
+  const std::string& v = it->second;
+  return v.rfind("networks.", 0) == 0 ? v.substr(9) : v;
 }
 
 class Network {

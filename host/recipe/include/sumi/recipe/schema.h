@@ -33,6 +33,10 @@ struct ParamSpec {
 
 std::vector<ParamSpec> to_specs(const sumi_param_spec* specs, int64_t n);
 
+// A type only the host's own keys use (never in a plugin's schema, not part of the ABI): a list
+// of strings, given as an array or as one string (a one-item list), e.g. [model] base_weights.
+constexpr int kParamStringList = 64;
+
 // "boolean", "integer", "float", "string", "list of floats", "list of integers".
 const char* param_type_name(int type);
 
@@ -65,6 +69,7 @@ class ResolvedSection {
   const std::string& get_string(std::string_view key) const;
   std::vector<double> get_double_list(std::string_view key) const;
   std::vector<int64_t> get_int_list(std::string_view key) const;
+  std::vector<std::string> get_string_list(std::string_view key) const;
 
   // Canonical text ("0.0001", "\"lora\"", "[0.9, 0.99]") and origin of a set key.
   std::string text(std::string_view key) const;
