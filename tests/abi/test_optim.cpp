@@ -147,8 +147,14 @@ TEST_CASE("lr schedulers equal diffusers' get_scheduler values") {
     }
     sumi_lr_query q{sizeof(sumi_lr_query), step, total, warmup, base_lr};
     double got = -1;
-    c->check(c->vtable<sumi_lr_scheduler_vtable>().factor(c->self(), &q, &got), "factor");
     CAPTURE(line);
+    if (spec == "constant" && warmup > 0) {
+      // diffusers' constant ignores a warm-up; kohya (get_scheduler_fix) refuses one, and so does
+      // sumi. The reference value holds without it.
+      CHECK(c->vtable<sumi_lr_scheduler_vtable>().factor(c->self(), &q, &got) != SUMI_OK);
+      q.warmup_steps = 0;
+    }
+    c->check(c->vtable<sumi_lr_scheduler_vtable>().factor(c->self(), &q, &got), "factor");
     CHECK(got == doctest::Approx(want).epsilon(1e-12));
     ++checked;
   }
