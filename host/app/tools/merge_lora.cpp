@@ -18,6 +18,7 @@
 #include "app/tools/kohya_files.h"
 #include "app/tools/plugin_model.h"
 #include "app/tools/tool_args.h"
+#include "sumi/io/safetensors.h"
 
 #include <ATen/ATen.h>
 
@@ -143,7 +144,11 @@ int merge_into_model(const ToolArgs& args, const MergeFlags& f, const std::vecto
   const std::string staged = save_to + ".sumi-" + std::to_string(::getpid()) + ".safetensors";
   try {
     model.save(staged, save_dtype.value_or(at::kFloat));
-    io::set_safetensors_metadata(staged, meta);
+    // The model plugin's own entries (the parts' configs a reload needs when the shapes cannot
+    // tell them, e.g. non-default head counts) stay; kohya's modelspec goes on top.
+    auto written = io::SafetensorsFile::open(staged)->metadata();
+    for (auto& [k, v] : meta) written[k] = v;
+    io::set_safetensors_metadata(staged, written);
     fs::rename(staged, save_to);
   } catch (...) {
     std::error_code ec;
