@@ -233,12 +233,7 @@ class DyloraNetwork : public sumi::Network {
   // (lora_down's first dimension); alphas come with load. Every rank must be a multiple of unit.
   void configure_from_weights(const std::vector<sumi::FileTensor>& tensors, const std::string&) override {
     if (!modules_.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "configure_from_weights after attach; it must come first");
-    std::vector<std::string> names;
-    std::vector<std::vector<int64_t>> shapes;
-    for (const auto& t : tensors) {
-      names.push_back(t.name);
-      shapes.push_back(t.shape);
-    }
+    const auto [names, shapes] = sumi::names_and_shapes(tensors);
     auto dims = targets::lora_file_ranks(names, shapes, s_.network);
     if (dims.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "the weights file has no LoRA modules (no *.lora_down.weight tensors)");
     for (const auto& [mod, r] : dims)

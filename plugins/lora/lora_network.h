@@ -378,12 +378,7 @@ class LoraNetwork : public sumi::Network {
   // per-module ranks, files covering only the U-Net or some modules); alphas come with load.
   void configure_from_weights(const std::vector<FileTensor>& tensors, const std::string&) override {
     if (!modules_.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "configure_from_weights after attach; it must come first");
-    std::vector<std::string> names;
-    std::vector<std::vector<int64_t>> shapes;
-    for (const auto& t : tensors) {
-      names.push_back(t.name);
-      shapes.push_back(t.shape);
-    }
+    const auto [names, shapes] = sumi::names_and_shapes(tensors);
     s_.module_dims = targets::lora_file_ranks(names, shapes, s_.network);
     s_.unet = s_.text_encoder = true;
   }

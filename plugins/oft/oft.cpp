@@ -195,12 +195,7 @@ class OftNetwork : public sumi::Network {
   // file's ss_network_alpha (when a number) becomes the network's alpha for its metadata.
   void configure_from_weights(const std::vector<sumi::FileTensor>& tensors, const std::string& metadata_json) override {
     if (!modules_.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "configure_from_weights after attach; it must come first");
-    std::vector<std::string> names;
-    std::vector<std::vector<int64_t>> shapes;
-    for (const auto& t : tensors) {
-      names.push_back(t.name);
-      shapes.push_back(t.shape);
-    }
+    const auto [names, shapes] = sumi::names_and_shapes(tensors);
     const FileLayout f = read_layout(names, shapes);
     if (f.modules.empty()) fail(SUMI_ERR_INVALID_ARGUMENT, "the weights file has no OFT modules (no oft_unet_*.oft_blocks tensors)");
     s_.dim = f.num_blocks;

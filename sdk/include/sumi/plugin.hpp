@@ -146,6 +146,20 @@ struct FileTensor {
   std::vector<int64_t> shape;
 };
 
+// A file's tensor names and shapes as two parallel lists (what sumi::targets' file readers take).
+struct FileNamesShapes {
+  std::vector<std::string> names;
+  std::vector<std::vector<int64_t>> shapes;
+};
+inline FileNamesShapes names_and_shapes(const std::vector<FileTensor>& tensors) {
+  FileNamesShapes out;
+  for (const auto& t : tensors) {
+    out.names.push_back(t.name);
+    out.shapes.push_back(t.shape);
+  }
+  return out;
+}
+
 // Python's str(float), as kohya's metadata holds numbers: the shortest text that reads back to
 // the same double, ".0" when integral ("2.0", "0.001", "1e-05").
 inline std::string py_float(double v) {
