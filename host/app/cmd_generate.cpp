@@ -346,8 +346,11 @@ int cmd_generate(const std::vector<std::string>& args) {
   auto pm = make_plugin_manager(common);
   host::Registry registry;
 
-  // gen_img's --sdxl / --v2 name the family; otherwise the model plugins are asked which loads it.
-  std::string family = vm.count("sdxl") ? "sdxl" : vm.count("v2") ? "sd2" : find_model_component(pm, ckpt);
+  // The model plugins are asked which loads the file; gen_img's --sdxl / --v2 must name that one.
+  std::vector<std::string> family_flags;
+  for (const char* f : {"sdxl", "v2"})
+    if (vm.count(f)) family_flags.push_back(f);
+  std::string family = find_model_component(pm, ckpt, family_flags);
   const std::string dtype = vm.count("bf16") ? "bf16" : vm.count("fp16") ? "fp16" : "fp32";
   auto model_ref = pm.find(SUMI_KIND_MODEL, family);
   // gen_img always reads prompts with weights ((word:1.3), BREAK) and in 75-token chunks.

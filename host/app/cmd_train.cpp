@@ -102,9 +102,10 @@ int cmd_train(const std::vector<std::string>& args) {
   if (!model || !model->find("path"))
     throw host::UserError("sumi train: no model: give --pretrained_model_name_or_path or [model] path");
   if (!model->find("type")) {
-    // kohya's --v2 names SD 2.x where a file cannot tell; otherwise the model plugins are asked.
+    // The model plugins are asked which loads the file; kohya's --v2 must name that one.
     const recipe::Value* v2 = model->find("v2");
-    const std::string component = v2 && v2->as_bool() ? "sd2" : find_model_component(pm, model->find("path")->as_string());
+    const std::vector<std::string> flags = v2 && v2->as_bool() ? std::vector<std::string>{"v2"} : std::vector<std::string>{};
+    const std::string component = find_model_component(pm, model->find("path")->as_string(), flags);
     recipe::set_override(root, "model.type", "\"" + component + "\"", "detected from the model file");
   }
   // Training noises with DDPM (kohya's schedule); naming it lets its own keys (rescale_betas_zero_snr,

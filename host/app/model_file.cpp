@@ -4,7 +4,10 @@
 #include "core/component.h"
 #include "core/plugin_manager.h"
 
+#include <nlohmann/json.hpp>
 #include <openssl/evp.h>
+
+#include <algorithm>
 
 #include <cstdio>
 #include <filesystem>
@@ -16,7 +19,37 @@ namespace fs = std::filesystem;
 
 namespace sumi::app {
 
-std::string find_model_component(host::PluginManager& pm, const std::string& path) {
+namespace {
+
+// The probe answer's "kohya_flags" (absent or not a list: none).
+std::vector<std::string> kohya_flags_of(const char* json) {
+  std::vector<std::string> out;
+  if (!json) return out;
+  const auto j = nlohmann::json::parse(json, nullptr, false);
+  if (j.is_object() && j.contains("kohya_flags") && j["kohya_flags"].is_array())
+    for (const auto& f : j["kohya_flags"])
+      if (f.is_string()) out.push_back(f.get<std::string>());
+  return out;
+}
+
+// Each flag the user gave must name the component that loads the file.
+void check_kohya_flags(const std::string& path, const std::string& component, const char* json,
+                       const std::vector<std::string>& given) {
+  const auto names = kohya_flags_of(json);
+  for (const auto& f : given) {
+    if (std::find(names.begin(), names.end(), f) != names.end()) continue;
+    std::string listed;
+    for (const auto& n : names) listed += (listed.empty() ? "--" : ", --") + n;
+    throw host::UserError(path + ": --" + f + " was given, but the file is loaded by model component '" + component +
+                          "', which " + (listed.empty() ? "no kohya family flag names" : "kohya's " + listed + " names") +
+                          "; drop --" + f + " (sumi detects the family from the file)");
+  }
+}
+
+}  // namespace
+
+std::string find_model_component(host::PluginManager& pm, const std::string& path,
+                                 const std::vector<std::string>& kohya_flags) {
   if (!fs::exists(path)) throw host::UserError(path + ": no such file or folder");
   std::vector<std::string> answers;
   for (const auto* lib : pm.scan()) {
@@ -31,7 +64,10 @@ std::string find_model_component(host::PluginManager& pm, const std::string& pat
         continue;
       }
       const char* json = nullptr;
-      if (vt.probe(c.self(), path.c_str(), &json) == SUMI_OK) return name;
+      if (vt.probe(c.self(), path.c_str(), &json) == SUMI_OK) {
+        check_kohya_flags(path, name, json, kohya_flags);
+        return name;
+      }
       answers.push_back(name + ": " + host::last_error());
     }
   }

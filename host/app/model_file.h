@@ -4,6 +4,7 @@
 #pragma once
 
 #include <string>
+#include <vector>
 
 namespace sumi::host {
 class PluginManager;
@@ -12,8 +13,12 @@ class PluginManager;
 namespace sumi::app {
 
 // The name of the first model component (in plugin search order) whose probe accepts `path`.
-// Throws UserError listing every component's answer when none does.
-std::string find_model_component(host::PluginManager& pm, const std::string& path);
+// Throws UserError listing every component's answer when none does. `kohya_flags` are the
+// family flags the user gave (kohya's "v2", "sdxl", without dashes): each must be one the
+// accepting component's probe answer lists under "kohya_flags" (the model says which of kohya's
+// flags name it; the host knows none), else a UserError says which flag does not fit the file.
+std::string find_model_component(host::PluginManager& pm, const std::string& path,
+                                 const std::vector<std::string>& kohya_flags = {});
 
 // A1111's "Model hash" (AutoV2): the first 10 hex digits of the file's SHA-256; "" for folders.
 std::string a1111_hash(const std::string& path);

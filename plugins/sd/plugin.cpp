@@ -95,7 +95,9 @@ class SdComponent : public sumi::Model {
     if (found != F)
       throw sumi::Error(SUMI_ERR_INVALID_ARGUMENT, path + " is an " + std::string(sumi::sd::family_title(found)) +
                                                        " checkpoint, not " + sumi::sd::family_title(F));
-    return std::string("{\"family\": \"") + family_name() + "\"}";
+    // kohya's flags that name this family (gen_img / train scripts): --v2 for SD 2.x, --sdxl.
+    const char* flags = F == ModelFamily::sdxl ? "[\"sdxl\"]" : F == ModelFamily::sd2 ? "[\"v2\"]" : "[]";
+    return std::string("{\"family\": \"") + family_name() + "\", \"kohya_flags\": " + flags + "}";
   }
   void load_token(const std::string& token, const std::string& path) override { model_.load_token(token, path); }
   void convert(const std::string& src, const std::string& dst, std::optional<sumi_dtype> dtype, bool overwrite) override {

@@ -24,6 +24,15 @@ TEST_CASE("the model plugins' probe picks the component for single files, checkp
   CHECK(sumi::app::find_model_component(pm, fixture("tiny-sd1")) == "sd1");
   CHECK(sumi::app::find_model_component(pm, fixture("tiny-sd2v")) == "sd2");
   CHECK(sumi::app::find_model_component(pm, fixture("tiny-sdxl")) == "sdxl");
+  // kohya's family flags must name the component that loads the file (the model plugin lists
+  // them in its probe answer; the host knows no family).
+  CHECK(sumi::app::find_model_component(pm, fixture("tiny-sd2v.safetensors"), {"v2"}) == "sd2");
+  CHECK(sumi::app::find_model_component(pm, fixture("tiny-sdxl"), {"sdxl"}) == "sdxl");
+  CHECK_THROWS_WITH_AS(sumi::app::find_model_component(pm, fixture("tiny-sd1.safetensors"), {"v2"}),
+                       doctest::Contains("--v2 was given, but the file is loaded by model component 'sd1'"),
+                       sumi::host::UserError);
+  CHECK_THROWS_WITH_AS(sumi::app::find_model_component(pm, fixture("tiny-sd2v"), {"sdxl"}),
+                       doctest::Contains("kohya's --v2 names; drop --sdxl"), sumi::host::UserError);
   // Not a model: every component's answer is in the message.
   try {
     sumi::app::find_model_component(pm, fixture("tiny-sd1.lora.safetensors"));

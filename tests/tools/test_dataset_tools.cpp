@@ -606,5 +606,5 @@ TEST_CASE("cache_text_encoder_outputs: SDXL captions into <stem>_te_outputs.npz 
   CHECK(has(error_of("cache_text_encoder_outputs", no_sdxl), "--sdxl is required"));
   auto sd1 = args;
   sd1[1] = fixture("tiny-sd1.safetensors");
-  CHECK(has(error_of("cache_text_encoder_outputs", sd1), "--sdxl, but the model is sd1"));
+  CHECK(has(error_of("cache_text_encoder_outputs", sd1), "--sdxl was given, but the file is loaded by model component 'sd1'"));
 }

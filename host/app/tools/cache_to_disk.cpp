@@ -75,11 +75,12 @@ bool setup(const std::string& prog, const std::string& usage, const std::vector<
     throw host::UserError("sumi " + prog + ": no model: give --pretrained_model_name_or_path (the checkpoint to encode with)");
   const std::string path = model->find("path")->as_string();
   if (!model->find("type")) {
+    // The model plugins are asked which loads the file; --v2 / --sdxl must name that one.
     const recipe::Value* v2 = model->find("v2");
-    const std::string component = v2 && v2->as_bool() ? "sd2" : find_model_component(r.pm, path);
-    if (r.sdxl && component != "sdxl")
-      throw host::UserError("sumi " + prog + ": --sdxl, but the model is " + component + " (" + path +
-                            "); drop --sdxl or use an SDXL checkpoint");
+    std::vector<std::string> flags;
+    if (v2 && v2->as_bool()) flags.push_back("v2");
+    if (r.sdxl) flags.push_back("sdxl");
+    const std::string component = find_model_component(r.pm, path, flags);
     recipe::set_override(r.root, "model.type", "\"" + component + "\"", "detected from the model file");
   }
   std::string dataset_config;
