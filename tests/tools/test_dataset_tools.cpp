@@ -7,6 +7,7 @@
 #include "app/tools/dataset_files.h"
 #include "app/tools/image_tools.h"
 #include "app/tools/tools.h"
+#include "tool_run.h"
 #include "core/error.h"
 #include "sumi/io/safetensors.h"
 
@@ -47,22 +48,7 @@ std::string read(const fs::path& p) {
 }
 
 // Runs `sumi <tool> args...` in-process; returns its stdout.
-std::string run(const std::string& tool, const std::vector<std::string>& args) {
-  std::ostringstream out;
-  auto* old = std::cout.rdbuf(out.rdbuf());
-  int rc = -1;
-  bool found = false;
-  try {
-    found = sumi::app::tools::run_tool(tool, args, rc);
-  } catch (...) {
-    std::cout.rdbuf(old);
-    throw;
-  }
-  std::cout.rdbuf(old);
-  REQUIRE(found);
-  REQUIRE(rc == 0);
-  return out.str();
-}
+std::string run(const std::string& tool, const std::vector<std::string>& args) { return sumi::test::run_tool(tool, args); }
 
 // The message of the UserError `sumi <tool> args...` throws ("" if none).
 std::string error_of(const std::string& tool, const std::vector<std::string>& args) {

@@ -7,6 +7,7 @@
 #include <doctest/doctest.h>
 
 #include "../common/test_data.h"
+#include "tool_run.h"
 
 #include "app/app.h"
 #include "app/network_settings.h"
@@ -30,30 +31,9 @@ using sumi::test::fixture;
 
 namespace {
 
-std::string scratch(const std::string& name) {
-  const fs::path dir = fs::path(SUMI_BUILD_DIR) / "tests" / "tools" / "work";
-  fs::create_directories(dir);
-  const fs::path p = dir / name;
-  fs::remove(p);
-  return p.string();
-}
+std::string scratch(const std::string& name) { return sumi::test::tools_scratch(name); }
 
-std::string run(std::vector<std::string> args) {
-  std::ostringstream out;
-  auto* old = std::cout.rdbuf(out.rdbuf());
-  int rc = -1;
-  bool found = false;
-  try {
-    found = sumi::app::tools::run_tool("lora_interrogator", args, rc);
-  } catch (...) {
-    std::cout.rdbuf(old);
-    throw;
-  }
-  std::cout.rdbuf(old);
-  REQUIRE(found);
-  REQUIRE(rc == 0);
-  return out.str();
-}
+std::string run(const std::vector<std::string>& args) { return sumi::test::run_tool("lora_interrogator", args); }
 
 struct Row {
   int rank;

@@ -5,6 +5,7 @@
 #include <doctest/doctest.h>
 
 #include "../common/test_data.h"
+#include "tool_run.h"
 
 #include "app/tools/kohya_files.h"
 #include "app/tools/tools.h"
@@ -30,31 +31,10 @@ namespace {
 
 std::string tools(const std::string& name) { return fixture("tools/" + name); }
 
-std::string scratch(const std::string& name) {
-  const fs::path dir = fs::path(SUMI_BUILD_DIR) / "tests" / "tools" / "work";
-  fs::create_directories(dir);
-  const fs::path p = dir / name;
-  fs::remove(p);
-  return p.string();
-}
+std::string scratch(const std::string& name) { return sumi::test::tools_scratch(name); }
 
 // Runs `sumi <tool> args...` in-process; returns its stdout.
-std::string run(const std::string& tool, std::vector<std::string> args) {
-  std::ostringstream out;
-  auto* old = std::cout.rdbuf(out.rdbuf());
-  int rc = -1;
-  bool found = false;
-  try {
-    found = sumi::app::tools::run_tool(tool, args, rc);
-  } catch (...) {
-    std::cout.rdbuf(old);
-    throw;
-  }
-  std::cout.rdbuf(old);
-  REQUIRE(found);
-  REQUIRE(rc == 0);
-  return out.str();
-}
+std::string run(const std::string& tool, const std::vector<std::string>& args) { return sumi::test::run_tool(tool, args); }
 
 std::string read_text(const std::string& path) {
   std::ifstream f(path);
