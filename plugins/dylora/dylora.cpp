@@ -12,6 +12,8 @@
 #include "dylora_file.h"
 #include <sumi/targets.hpp>
 
+#include "lora_module.h"
+
 #include <sumi/plugin.hpp>
 
 #include <cmath>
@@ -54,15 +56,7 @@ Tensor train_only(const Tensor& t, int64_t dim, int64_t from, int64_t to) {
   return parts.size() == 1 ? parts[0] : ops::cat(parts, dim);
 }
 
-struct Module {
-  std::string name;
-  bool conv = false;
-  std::vector<int64_t> stride{1, 1}, padding{0, 0};
-  std::vector<int64_t> base_shape;
-  int64_t dim = 0;
-  double scale = 1.0;  // alpha / dim
-  Tensor down, up, alpha;
-};
+using lora_layout::Module;
 
 class DyloraNetwork : public sumi::Network {
  public:
@@ -103,27 +97,9 @@ class DyloraNetwork : public sumi::Network {
     slot_.assign(infos.size(), -1);
     for (const targets::Target& t : targets::choose_targets(infos, s_)) {
       const sumi_module_info& info = *infos[t.index];
-      Module m;
-      m.name = info.name;
-      m.conv = info.kind == SUMI_MODULE_CONV2D;
-      m.dim = t.dim;
-      m.scale = t.alpha / static_cast<double>(t.dim);
-      const Tensor weight = Tensor::borrow(info.weight);
       std::vector<int64_t> down_shape, up_shape;
-      if (m.conv) {
-        m.stride = {info.stride[0], info.stride[1]};
-        m.padding = {info.padding[0], info.padding[1]};
-        down_shape = {t.dim, info.in_features, info.kernel[0], info.kernel[1]};
-        up_shape = {info.out_features, t.dim, 1, 1};
-        m.base_shape = {info.out_features, info.in_features, info.kernel[0], info.kernel[1]};
-      } else {
-        down_shape = {t.dim, info.in_features};
-        up_shape = {info.out_features, t.dim};
-        m.base_shape = {info.out_features, info.in_features};
-      }
-      if (weight.defined() && weight.sizes() != m.base_shape)
-        fail(SUMI_ERR_INVALID_ARGUMENT, "module '" + m.name + "': its weight is " + shape_str(weight.sizes()) +
-                                            " but its description says " + shape_str(m.base_shape));
+      Module m = lora_layout::make_module(info, t.dim, t.alpha, down_shape, up_shape, "dylora");
+      const Tensor weight = Tensor::borrow(info.weight);
       const char* group = info.role == SUMI_ROLE_UNET ? "unet" : "text_encoder";
       Tensor down0 = zeros_on(weight, down_shape);
       kaiming_uniform_sqrt5(down0);

@@ -22,6 +22,8 @@
 #include <sumi/plugin.hpp>
 #include <sumi/targets.hpp>
 
+#include "lora_module.h"
+
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -78,15 +80,7 @@ void normal_down(const Tensor& w, int64_t in_dim, int64_t rank) {
 }
 #endif
 
-struct Module {
-  std::string name;
-  bool conv = false;
-  std::vector<int64_t> stride{1, 1}, padding{0, 0};
-  std::vector<int64_t> base_shape;  // of the frozen weight: what weight_delta returns
-  int64_t dim = 0;
-  double scale = 1.0;  // alpha / dim
-  Tensor down, up, alpha;
-};
+using lora_layout::Module;
 
 class LoraNetwork : public sumi::Network {
  public:
@@ -154,27 +148,9 @@ class LoraNetwork : public sumi::Network {
     std::map<std::string, double> group_scale;
     for (const Target& t : choose_targets(infos, s_)) {
       const sumi_module_info& info = *infos[t.index];
-      Module m;
-      m.name = info.name;
-      m.conv = info.kind == SUMI_MODULE_CONV2D;
-      m.dim = t.dim;
-      m.scale = t.alpha / static_cast<double>(t.dim);
-      const Tensor weight = Tensor::borrow(info.weight);
       std::vector<int64_t> down_shape, up_shape;
-      if (m.conv) {
-        m.stride = {info.stride[0], info.stride[1]};
-        m.padding = {info.padding[0], info.padding[1]};
-        down_shape = {t.dim, info.in_features, info.kernel[0], info.kernel[1]};
-        up_shape = {info.out_features, t.dim, 1, 1};
-        m.base_shape = {info.out_features, info.in_features, info.kernel[0], info.kernel[1]};
-      } else {
-        down_shape = {t.dim, info.in_features};
-        up_shape = {info.out_features, t.dim};
-        m.base_shape = {info.out_features, info.in_features};
-      }
-      if (weight.defined() && weight.sizes() != m.base_shape)
-        fail(SUMI_ERR_INVALID_ARGUMENT, "module '" + m.name + "': its weight is " + shape_str(weight.sizes()) +
-                                            " but its description says " + shape_str(m.base_shape));
+      Module m = lora_layout::make_module(info, t.dim, t.alpha, down_shape, up_shape, SUMI_LORA_NAME);
+      const Tensor weight = Tensor::borrow(info.weight);
       std::string group = info.role == SUMI_ROLE_UNET ? "unet" : "text_encoder";
       // kohya's prepare_optimizer_params with block lr weights: one group per U-Net block, its
       // rate the U-Net's times the block's weight (modules outside every block stay in "unet").
