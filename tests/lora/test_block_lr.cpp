@@ -3,6 +3,7 @@
 // group "unet_blockNN" and gives the host the block's weight as the group's lr scale.
 #include <doctest/doctest.h>
 
+#include "../common/kohya_blocks.h"
 #include "lora_test_util.h"
 
 #include "core/error.h"
@@ -16,17 +17,7 @@ using sumi::test::tiny_sd;
 
 namespace {
 
-// kohya's get_block_index, written out again from its rules: down blocks 1..11, mid 12, up 13..24.
-int kohya_block(const std::string& name) {
-  static const std::regex re("(up|down)_blocks_(\\d+)_(resnets|upsamplers|downsamplers|attentions)_(\\d+)_");
-  std::smatch m;
-  if (std::regex_search(name, m, re)) {
-    const int i = std::stoi(m[2].str()), j = std::stoi(m[4].str());
-    const int idx = (m[3] == "upsamplers" || m[3] == "downsamplers") ? 3 * i + 2 : 3 * i + j;
-    return m[1] == "down" ? 1 + idx : 13 + idx;
-  }
-  return name.find("mid_block_") != std::string::npos ? 12 : -1;
-}
+using sumi::test::kohya_block;
 
 // The group of every registered U-Net parameter and the lr scale the registry holds for it.
 struct Seen {

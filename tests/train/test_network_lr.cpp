@@ -4,6 +4,7 @@
 // keep their initial tensors through training and are still saved.
 #include <doctest/doctest.h>
 
+#include "../common/kohya_blocks.h"
 #include "train_test_util.h"
 
 #include "../common/plugin_test.h"
@@ -24,17 +25,7 @@ using sumi::app::TrainMode;
 
 namespace {
 
-// kohya's get_block_index, written out from its rules.
-int kohya_block(const std::string& name) {
-  static const std::regex re("(up|down)_blocks_(\\d+)_(resnets|upsamplers|downsamplers|attentions)_(\\d+)_");
-  std::smatch m;
-  if (std::regex_search(name, m, re)) {
-    const int i = std::stoi(m[2].str()), j = std::stoi(m[4].str());
-    const int idx = (m[3] == "upsamplers" || m[3] == "downsamplers") ? 3 * i + 2 : 3 * i + j;
-    return m[1] == "down" ? 1 + idx : 13 + idx;
-  }
-  return name.find("mid_block_") != std::string::npos ? 12 : -1;
-}
+using sumi::test::kohya_block;
 
 const std::map<std::string, std::string> kWeights = {
     {"dim", "2"}, {"alpha", "1"}, {"conv_dim", "2"}, {"down_lr_weight", "0.5,,2,0.1"}, {"mid_lr_weight", "3"},
