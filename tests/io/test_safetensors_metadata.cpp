@@ -134,6 +134,12 @@ TEST_CASE("set_safetensors_metadata keeps foreign layouts readable and the file'
   const std::string raw = read_bytes(path);
   CHECK(raw.substr(raw.size() - 7) == "TRAILER");
   CHECK((fs::status(path).permissions() & fs::perms::all) == (fs::perms::owner_read | fs::perms::owner_write | fs::perms::group_read));
+  // update_safetensors_metadata keeps the file's entries and adds (or replaces) the given ones.
+  update_safetensors_metadata(path, {{"k", "w"}, {"more", "x"}});
+  update_safetensors_metadata(path, {{"last", "y"}});
+  const std::map<std::string, std::string> want{{"k", "w"}, {"more", "x"}, {"last", "y"}};
+  CHECK(SafetensorsFile::open(path)->metadata() == want);
+  CHECK(read_bytes(path).substr(read_bytes(path).size() - 7) == "TRAILER");
 }
 
 TEST_CASE("set_safetensors_metadata refuses a malformed file, naming it, and leaves it as it was") {

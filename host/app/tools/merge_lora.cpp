@@ -146,9 +146,7 @@ int merge_into_model(const ToolArgs& args, const MergeFlags& f, const std::vecto
     model.save(staged, save_dtype.value_or(at::kFloat));
     // The model plugin's own entries (the parts' configs a reload needs when the shapes cannot
     // tell them, e.g. non-default head counts) stay; kohya's modelspec goes on top.
-    auto written = io::SafetensorsFile::open(staged)->metadata();
-    for (auto& [k, v] : meta) written[k] = v;
-    io::set_safetensors_metadata(staged, written);
+    io::update_safetensors_metadata(staged, meta);
     fs::rename(staged, save_to);
   } catch (...) {
     std::error_code ec;

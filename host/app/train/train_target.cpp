@@ -85,9 +85,7 @@ class ModelFileTarget : public TrainTarget {
     fs::remove_all(tmp);
     write(tmp);
     if (!saves_folder()) {
-      auto md = io::SafetensorsFile::open(tmp.string())->metadata();
-      for (auto& [k, v] : modelspec_metadata(run_modelspec(s_, kind_, run.width, run.height, description_))) md[k] = v;
-      io::set_safetensors_metadata(tmp.string(), md);
+      io::update_safetensors_metadata(tmp.string(), modelspec_metadata(run_modelspec(s_, kind_, run.width, run.height, description_)));
     }
     fs::remove_all(path);
     fs::rename(tmp, path);

@@ -459,6 +459,12 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
   });
 }
 
+void update_safetensors_metadata(const std::string& path, const std::map<std::string, std::string>& entries) {
+  auto metadata = SafetensorsFile::open(path)->metadata();
+  for (const auto& [k, v] : entries) metadata[k] = v;
+  set_safetensors_metadata(path, metadata);
+}
+
 void set_safetensors_metadata(const std::string& path, const std::map<std::string, std::string>& metadata) {
   // The reader validates the whole header; its mapping pages in nothing but the header.
   const auto file = SafetensorsFile::open(path);

@@ -96,4 +96,8 @@ void write_safetensors(const std::string& path, const std::vector<TensorView>& t
 // On failure the file is left as it was and no temporary file remains.
 void set_safetensors_metadata(const std::string& path, const std::map<std::string, std::string>& metadata);
 
+// set_safetensors_metadata with the file's own __metadata__ kept: `entries` are added on top
+// (replacing entries of the same key), everything else stays.
+void update_safetensors_metadata(const std::string& path, const std::map<std::string, std::string>& entries);
+
 }  // namespace sumi::io
