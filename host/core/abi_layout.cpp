@@ -1,11 +1,12 @@
-// Pins the released ABI 1.0 - 1.3 layouts (LP64). A change here breaks every plugin built before it:
+// Pins the released ABI 1.0 - 1.4 layouts (LP64). A change here breaks every plugin built before it:
 // grow structs only by appending, and add asserts for the new minor instead of editing these.
 #include <sumi/sumi.h>
 
 #include <cstddef>
 
 #if defined(__LP64__)
-static_assert(sizeof(sumi_host_api) == 328, "sumi_host_api layout changed");
+static_assert(sizeof(sumi_host_api) == 336, "sumi_host_api layout changed");
+static_assert(offsetof(sumi_host_api, device) == 328, "sumi_host_api.device moved (1.4)");
 static_assert(offsetof(sumi_host_api, param_group_lr_scale) == 320, "sumi_host_api.param_group_lr_scale moved (1.3)");
 static_assert(offsetof(sumi_host_api, last_error) == 16, "sumi_host_api.last_error moved");
 static_assert(offsetof(sumi_host_api, op_call) == 160, "sumi_host_api.op_call moved");

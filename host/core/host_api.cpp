@@ -355,6 +355,15 @@ sumi_status param_group_lr_scale(sumi_context* ctx, const char* group, double sc
   });
 }
 
+sumi_status device_c(const sumi_context* ctx, sumi_device* out) {
+  return guarded([&] {
+    if (!ctx || !out) throw UserError("device: null context or output");
+    const c10::Device& d = ctx->registry->device();
+    out->device_type = d.is_cuda() ? SUMI_DEVICE_CUDA : SUMI_DEVICE_CPU;
+    out->device_id = d.has_index() ? d.index() : 0;
+  });
+}
+
 // ---------------------------------------------------------------- native tier
 void* native_tensor(sumi_tensor t) { return t ? static_cast<void*>(&t->tensor) : nullptr; }
 sumi_tensor native_wrap(const void* at_tensor) {
@@ -407,6 +416,7 @@ sumi_host_api make_table() {
   t.native_tensor = &native_tensor;
   t.native_wrap = &native_wrap;
   t.param_group_lr_scale = &param_group_lr_scale;
+  t.device = &device_c;
   return t;
 }
 

@@ -40,12 +40,17 @@ class Registry {
   // The learning-rate multiplier of a component's group (param_group_lr_scale; 1 when unset).
   void set_lr_scale(const std::string& component, const std::string& group, double scale);
   double lr_scale(const std::string& component, const std::string& group) const;
+  // The run's device (--device), which host->device answers to the components of this
+  // registry; CPU unless set.
+  void set_device(const c10::Device& device) { device_ = device; }
+  const c10::Device& device() const { return device_; }
 
  private:
   mutable std::mutex mu_;
   std::vector<RegistryEntry> entries_;
   std::map<std::string, size_t> index_;
   std::map<std::pair<std::string, std::string>, double> lr_scale_;
+  c10::Device device_{c10::kCPU};
 };
 
 // One typed configuration value (SUMI_PARAM_* in `type`).

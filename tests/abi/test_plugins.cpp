@@ -59,9 +59,9 @@ TEST_CASE("unknown plugin name lists what is available") {
 TEST_CASE("refusals: versions, native build, missing entry, failing entry") {
   sumi::host::PluginManager pm;
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_newer_minor")),
-                       doctest::Contains("needs sumi ABI 1.4, newer than this host's 1.3"), UserError);
+                       doctest::Contains("needs sumi ABI 1.5, newer than this host's 1.4"), UserError);
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_other_major")),
-                       doctest::Contains("was built for sumi ABI 2.3, but this host speaks ABI 1.3"), UserError);
+                       doctest::Contains("was built for sumi ABI 2.4, but this host speaks ABI 1.4"), UserError);
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_native_mismatch")),
                        doctest::Contains("native plugin built for libtorch 0.0.1-not-this-torch"), UserError);
   CHECK_THROWS_WITH_AS(pm.load(sumi::test::test_plugin("test_no_entry")),
@@ -119,9 +119,26 @@ TEST_CASE("a model built against ABI 1.1 loads; the 1.2 describe slot is absent 
   CHECK(sumi::host::last_error() == "abi11_model computes nothing");
 }
 
-TEST_CASE("this host speaks ABI 1.3 and a current model exposes the training, describe and token slots") {
-  CHECK(sumi::host::host_api()->abi_minor == 3);
+TEST_CASE("this host speaks ABI 1.4 and a current model exposes the training, describe and token slots") {
+  CHECK(sumi::host::host_api()->abi_minor == 4);
   sumi::host::Registry reg;
+  {
+    // host->device (1.4): the registry's device, CPU unless the run set one.
+    sumi_context ctx;
+    ctx.component = "model";
+    ctx.registry = &reg;
+    sumi_device d{-1, -1};
+    REQUIRE(sumi::host::host_api()->device(&ctx, &d) == SUMI_OK);
+    CHECK(d.device_type == SUMI_DEVICE_CPU);
+    CHECK(d.device_id == 0);
+    sumi::host::Registry cuda_reg;
+    cuda_reg.set_device(c10::Device(c10::kCUDA, 1));
+    ctx.registry = &cuda_reg;
+    REQUIRE(sumi::host::host_api()->device(&ctx, &d) == SUMI_OK);
+    CHECK(d.device_type == SUMI_DEVICE_CUDA);
+    CHECK(d.device_id == 1);
+    CHECK(sumi::host::host_api()->device(nullptr, &d) != SUMI_OK);
+  }
   auto ref = plugins().find(SUMI_KIND_MODEL, "null");
   sumi::host::Component c(ref, "model", reg, {});
   const auto& vt = c.vtable<sumi_model_vtable>();

@@ -22,7 +22,8 @@
  *    ABI 1.3 the network contract: sumi_module_info's bias, and the network vtable's probe,
  *    configure_from_weights, metadata and bias_delta slots (the host asks the network instead of
  *    knowing LoRA), and the model vtable's encode_tokens and token_text (token-level text
- *    encoding for kohya's lora_interrogator).
+ *    encoding for kohya's lora_interrogator); ABI 1.4 the run's device (host->device: models place
+ *    their weights there, networks and optimizers create tensors where their parameters are).
  */
 #ifndef SUMI_SUMI_H
 #define SUMI_SUMI_H
@@ -35,7 +36,7 @@ extern "C" {
 #endif
 
 #define SUMI_ABI_MAJOR 1
-#define SUMI_ABI_MINOR 3
+#define SUMI_ABI_MINOR 4
 
 #if defined(_WIN32)
 #define SUMI_EXPORT __declspec(dllexport)
@@ -259,6 +260,14 @@ typedef struct sumi_host_api {
    * gradient and are not given to the optimizer) but stays in the registry and is saved.
    * Call it before training starts (create / attach). */
   sumi_status (*param_group_lr_scale)(sumi_context* ctx, const char* group, double scale);
+
+  /* --- the device (since 1.4) ---
+   * Where this run computes (--device): a model moves its weights there at load and creates
+   * its working tensors there; networks and optimizers create theirs on the device of the
+   * tensors they are given (module weights, parameters), which is this one. Inputs the host
+   * hands a component are on it too; the host's CPU generator stays the source of random
+   * draws (noise is drawn on the CPU and moved). CPU when the run names none. */
+  sumi_status (*device)(const sumi_context* ctx, sumi_device* out);
 } sumi_host_api;
 
 /* ---------------------------------------------------------------- parameter schema ---- */
