@@ -17,6 +17,8 @@
 #include <boost/dll/runtime_symbol_info.hpp>
 #include <boost/program_options.hpp>
 
+#include <sumi/torch_compat.hpp>
+
 #include <filesystem>
 #include <map>
 #include <sstream>
@@ -32,8 +34,10 @@ bool parse_common(const std::vector<std::string>& args, CommonOptions& out, std:
       "plugin-dir", po::value<std::vector<std::string>>(&out.plugin_dirs)->composing(),
       "extra folder searched for plugins (repeatable; searched before $SUMI_PLUGIN_PATH)")(
       "threads", po::value<int>(&out.threads)->default_value(0),
-      "intra-op CPU threads (0 = all cores)")("recipe", po::value<std::string>(&out.recipe),
-                                              "recipe file (.toml/.yaml) or preset name");
+      "intra-op CPU threads (0 = all cores)")("device", po::value<std::string>(&out.device),
+                                              "where to compute: cpu, cuda or cuda:N (default: CUDA when this "
+                                              "build has it and a GPU is present, else cpu)")(
+      "recipe", po::value<std::string>(&out.recipe), "recipe file (.toml/.yaml) or preset name");
   auto parsed = po::command_line_parser(args).options(desc).allow_unregistered().run();
   po::variables_map vm;
   po::store(parsed, vm);
@@ -43,6 +47,34 @@ bool parse_common(const std::vector<std::string>& args, CommonOptions& out, std:
   os << desc;
   help = os.str();
   return !vm.count("help");
+}
+
+c10::Device run_device(const std::string& text) {
+  const int64_t gpus = torch_compat::cuda_device_count();
+  if (text.empty()) return gpus > 0 ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+  if (text == "cpu") return c10::Device(c10::kCPU);
+  int64_t index = -1;
+  if (text == "cuda") {
+    index = 0;
+  } else if (text.rfind("cuda:", 0) == 0 && text.size() > 5 && text.size() < 9 &&
+             text.find_first_not_of("0123456789", 5) == std::string::npos) {
+    index = std::stoll(text.substr(5));
+  } else {
+    throw host::UserError("--device '" + text + "': expected cpu, cuda or cuda:N (N the GPU's index)");
+  }
+  if (!at::hasCUDA())
+    throw host::UserError("--device " + text + ": this sumi is built against a libtorch without CUDA (" TORCH_VERSION
+                          "); use --device cpu, or build against a CUDA libtorch (docs/dependencies.md, \"CUDA\")");
+  if (index >= gpus)
+    throw host::UserError("--device " + text + ": " + (gpus == 0 ? std::string("no CUDA GPU is present") :
+                          "this machine has " + std::to_string(gpus) + " CUDA GPU(s), cuda:0 to cuda:" + std::to_string(gpus - 1)) +
+                          "; use --device cpu or one of those");
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+void refuse_device(const CommonOptions& o, const std::string& command) {
+  if (!o.device.empty())
+    throw host::UserError(command + ": --device does not apply (this command computes nothing on a device); remove it");
 }
 
 host::PluginManager make_plugin_manager(const CommonOptions& o) {

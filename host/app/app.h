@@ -19,6 +19,7 @@ namespace sumi::app {
 struct CommonOptions {
   std::vector<std::string> plugin_dirs;
   int threads = 0;           // 0 = all cores
+  std::string device;        // --device: "cpu", "cuda", "cuda:N"; empty = the default (run_device)
   std::string recipe;        // path or preset name; empty = flags only
   std::vector<std::string> rest;  // kohya flags and --set overrides
 };
@@ -26,6 +27,14 @@ struct CommonOptions {
 // Parses sumi's own options out of `args`; everything else goes to `rest`. Throws on --help
 // requests by returning false (the caller prints `help`).
 bool parse_common(const std::vector<std::string>& args, CommonOptions& out, std::string& help);
+
+// The device a run computes on, from --device: "cpu", "cuda" (device 0) or "cuda:N"; empty
+// picks CUDA device 0 when this libtorch build has CUDA and a GPU is present, else the CPU.
+// Throws UserError naming what was given for anything else, for CUDA in a CPU-only build or
+// on a machine without GPU, and for an index past the devices present.
+c10::Device run_device(const std::string& text);
+// For commands that compute nothing on a device: refuses --device, naming `command`.
+void refuse_device(const CommonOptions& o, const std::string& command);
 
 // Plugin manager with the search path of these options.
 host::PluginManager make_plugin_manager(const CommonOptions& o);

@@ -35,6 +35,7 @@ int cmd_fit(const std::vector<std::string>& args) {
     return 0;
   }
   const int threads = host::init_runtime(o.threads);
+  const c10::Device device = run_device(o.device);
   auto pm = make_plugin_manager(o);
   const auto root = load_recipe_tree(o);
   for (const char* unused : {"model", "network", "noise_scheduler", "datasets", "sample"}) {
@@ -55,12 +56,15 @@ int cmd_fit(const std::vector<std::string>& args) {
 
   // The problem: 256 samples, 8 features, 4 targets, a little noise.
   at::manual_seed(static_cast<uint64_t>(seed));
-  const at::Tensor x = at::randn({256, 8});
+  // Drawn on the CPU (the same problem on every device), then moved where the run computes.
+  const at::Tensor x_cpu = at::randn({256, 8});
   const at::Tensor w_true = at::randn({4, 8});
   const at::Tensor b_true = at::randn({4});
-  const at::Tensor y = at::linear(x, w_true, b_true) + 0.01 * at::randn({256, 4});
+  const at::Tensor y = (at::linear(x_cpu, w_true, b_true) + 0.01 * at::randn({256, 4})).to(device);
+  const at::Tensor x = x_cpu.to(device);
 
   host::Registry registry;
+  registry.set_device(device);
   const at::Tensor w = registry.add("fit", "weight", at::zeros({4, 8}), "", true);
   const at::Tensor b = registry.add("fit", "bias", at::zeros({4}), "", true);
   auto optimizer = instantiate(SUMI_KIND_OPTIMIZER, opt_sec, pm, registry);
@@ -117,7 +121,7 @@ int cmd_fit(const std::vector<std::string>& args) {
     fs::rename(tmp, csv);
   }
   std::printf("fit: loss %.6f -> %.6f (weight error %.5f)\n", losses.front(), final_loss,
-              (w.detach() - w_true).abs().max().item<double>());
+              (w.detach().cpu() - w_true).abs().max().item<double>());
   std::printf("fit: wrote %s and %s\n", weights.c_str(), csv.c_str());
   return 0;
 }

@@ -255,6 +255,7 @@ int cmd_generate(const std::vector<std::string>& args) {
       "textual_inversion_embeddings", po::value(&ti_files)->multitoken(), "Textual Inversion embedding files")(
       "plugin-dir", po::value(&plugin_dirs)->composing(), "extra plugin folder")(
       "threads", po::value(&threads), "CPU threads (0 = all cores)")(
+      "device", po::value<std::string>(), "where to compute: cpu, cuda or cuda:N (default: CUDA when this build has it and a GPU is present)")(
       "image_path", po::value(&image_path), "img2img start image: a file, or a folder (cycled image by image)")(
       "strength", po::value(&strength), "img2img strength in (0, 1] (default 0.8)")(
       "mask_path", po::value(&mask_path), "inpainting mask, file or folder: white = repaint (needs --image_path)")(
@@ -345,6 +346,7 @@ int cmd_generate(const std::vector<std::string>& args) {
   common.plugin_dirs = plugin_dirs;
   auto pm = make_plugin_manager(common);
   host::Registry registry;
+  registry.set_device(run_device(vm.count("device") ? vm["device"].as<std::string>() : ""));
 
   // The model plugins are asked which loads the file; gen_img's --sdxl / --v2 must name that one.
   std::vector<std::string> family_flags;

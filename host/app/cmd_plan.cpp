@@ -17,6 +17,7 @@ int cmd_plan(const std::vector<std::string>& args) {
     std::cout << "usage: sumi plan --recipe RECIPE [kohya flags] [--set section.key=value]...\n\n" << help;
     return 0;
   }
+  refuse_device(o, "sumi plan");
   auto pm = make_plugin_manager(o);
   const auto root = load_recipe_tree(o);
   const auto schemas = plugin_schemas(root, pm);

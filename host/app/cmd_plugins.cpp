@@ -19,6 +19,7 @@ int cmd_plugins(const std::vector<std::string>& args) {
     std::cout << "usage: sumi plugins [show NAME] [--kind KIND] [--plugin-dir DIR]...\n\n" << help;
     return 0;
   }
+  refuse_device(o, "sumi plugins");
   std::string show, kind_filter;
   for (size_t i = 0; i < o.rest.size(); ++i) {
     if (o.rest[i] == "show" && i + 1 < o.rest.size()) show = o.rest[++i];

@@ -114,6 +114,7 @@ int cmd_train(const std::vector<std::string>& args) {
   if (!nsec || !nsec->find("type")) recipe::set_override(root, "noise_scheduler.type", "\"ddpm\"", "training default");
   std::string dataset_config;
   TrainSettings s;
+  s.device = run_device(o.device);
   s.dataset_args = dataset_options(root, dataset_config);
   s.dataset_config = dataset_config;
   std::string mode_name;

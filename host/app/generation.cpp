@@ -148,13 +148,17 @@ struct Generator::Batch {
   int64_t start = 0;
   at::Tensor latents, mask;
 
-  Batch(const std::vector<ImageRequest>& requests) : rs(requests), r(requests.front()), B(static_cast<int64_t>(requests.size())) {}
+  // Where the model computes; the random streams stay on the CPU (gen_img's CPU-seeded draws).
+  c10::Device device;
+
+  Batch(const std::vector<ImageRequest>& requests, c10::Device dev)
+      : rs(requests), r(requests.front()), B(static_cast<int64_t>(requests.size())), device(dev) {}
   bool img2img() const { return r.init_image.defined() || r.init_latents.defined(); }
   // One draw per image from its own stream, as gen_img's per-image torch.manual_seed loop.
   at::Tensor draw() {
     std::vector<at::Tensor> parts;
     for (auto& g : gens) parts.push_back(at::randn(shape, g, at::TensorOptions().dtype(at::kFloat)));
-    return parts.size() == 1 ? parts.front() : at::cat(parts);
+    return (parts.size() == 1 ? parts.front() : at::cat(parts)).to(device);
   }
 };
 
@@ -193,7 +197,7 @@ void Generator::encode_prompts(Batch& b) {
       else if (name == "crop_top" || name == "crop_left") row.push_back(0.0);
       else throw host::UserError("the model asks for added conditioning '" + name + "', which generation cannot provide");
     }
-    b.added = at::tensor(row, at::kFloat).repeat({2 * b.B, 1});
+    b.added = at::tensor(row, at::kFloat).repeat({2 * b.B, 1}).to(b.device);
   }
 }
 
@@ -250,7 +254,7 @@ at::Tensor Generator::encode_start_images(Batch& b) {
   for (size_t k = 0; k < rs.size(); ++k) {
     const ImageRequest& q = rs[k];
     if (q.init_latents.defined()) {
-      per_image[k] = q.init_latents.to(at::kFloat);
+      per_image[k] = q.init_latents.to(b.device, at::kFloat);
       if (per_image[k].dim() != 4 || per_image[k].size(0) != 1 || per_image[k].size(2) != lh || per_image[k].size(3) != lw)
         throw host::UserError("init latents must be [1, C, " + std::to_string(lh) + ", " + std::to_string(lw) + "] for a " +
                               size_text(r.width, r.height) + " request");
@@ -275,7 +279,7 @@ at::Tensor Generator::encode_start_images(Batch& b) {
     for (size_t k : to_encode) all_same = all_same && same_image(rs[k].init_image, rs[to_encode.front()].init_image);
     std::vector<at::Tensor> images;
     for (size_t k : to_encode) {
-      images.push_back(rs[k].init_image.to(at::kFloat));
+      images.push_back(rs[k].init_image.to(b.device, at::kFloat));
       if (all_same) break;
     }
     const at::Tensor all = images.size() == 1 ? images.front() : at::cat(images);
@@ -327,7 +331,7 @@ void Generator::start_latents(Batch& b) {
   if (r.mask.defined()) {
     std::vector<at::Tensor> ms;
     for (const auto& q : b.rs)
-      ms.push_back(at::upsample_nearest2d(q.mask.to(at::kFloat), {r.height / vae_factor_, r.width / vae_factor_}));
+      ms.push_back(at::upsample_nearest2d(q.mask.to(b.device, at::kFloat), {r.height / vae_factor_, r.width / vae_factor_}));
     b.mask = ms.size() == 1 ? ms.front() : at::cat(ms);
   }
 }
@@ -344,7 +348,7 @@ void Generator::denoise(Batch& b, bool progress) {
   if (!one_scale) {
     std::vector<float> v;
     for (const auto& q : b.rs) v.push_back(static_cast<float>(q.scale));
-    scales = at::tensor(v, at::kFloat).view({b.B, 1, 1, 1});
+    scales = at::tensor(v, at::kFloat).view({b.B, 1, 1, 1}).to(b.device);
   }
   sumi_progress* bar = progress ? host::progress_begin("sampling", b.timesteps.numel() - b.start) : nullptr;
   for (int64_t i = b.start; i < b.timesteps.numel(); ++i) {
@@ -353,7 +357,7 @@ void Generator::denoise(Batch& b, bool progress) {
     Handle scaled, out, next;
     host::HandleScope step_keep;  // this step's borrowed handles
     scheduler_.check(svt.scale_model_input(scheduler_.self(), step_keep(x2), i, &scaled.h), "scale_model_input");
-    const at::Tensor tt = at::full({2 * b.B}, t, at::kFloat);
+    const at::Tensor tt = at::full({2 * b.B}, t, at::TensorOptions().dtype(at::kFloat).device(b.device));
     model_.check(mvt.denoise(model_.self(), step_keep(scaled.get()), step_keep(tt), step_keep(b.context), step_keep(b.pooled),
                              step_keep(b.added), &out.h),
                  "denoise");
@@ -383,15 +387,17 @@ std::vector<ImageResult> Generator::run_batch(const std::vector<ImageRequest>& r
                           size_text(r.width, r.height));
   if (r.steps <= 0) throw host::UserError("steps must be positive, got " + std::to_string(r.steps));
   at::NoGradGuard no_grad;
-  Batch b(rs);
+  Batch b(rs, model_.device());
   encode_prompts(b);
   plan_timesteps(b);
   draw_noises(b);
   start_latents(b);
   denoise(b, progress);
   const at::Tensor images = decode(b.latents);
+  // Results on the CPU, where images are written.
+  const at::Tensor latents = b.latents.to(at::kCPU);
   std::vector<ImageResult> out;
-  for (int64_t k = 0; k < b.B; ++k) out.push_back({b.latents.narrow(0, k, 1), images.narrow(0, k, 1)});
+  for (int64_t k = 0; k < b.B; ++k) out.push_back({latents.narrow(0, k, 1), images.narrow(0, k, 1)});
   return out;
 }
 
@@ -401,13 +407,13 @@ at::Tensor Generator::decode(const at::Tensor& latents) {
   const int64_t slice = vae_batch_size_ > 0 ? std::min(vae_batch_size_, n) : n;
   std::vector<at::Tensor> parts;
   for (int64_t from = 0; from < n; from += slice) {
-    const at::Tensor in = latents.narrow(0, from, std::min(slice, n - from)).contiguous();
+    const at::Tensor in = latents.narrow(0, from, std::min(slice, n - from)).to(model_.device()).contiguous();
     Handle image;
     {
       host::HandleScope keep;
       model_.check(mvt.vae_decode(model_.self(), keep(in), &image.h), "vae_decode");
     }
-    parts.push_back(image.get().to(at::kFloat));
+    parts.push_back(image.get().to(at::kCPU, at::kFloat));
   }
   return parts.size() == 1 ? parts.front() : at::cat(parts);
 }

@@ -61,6 +61,9 @@ static_assert(sizeof(sumi_file_tensor) == 32, "sumi_file_tensor layout changed")
 // ABI 1.3: the model's token-level text encoding, appended.
 static_assert(offsetof(sumi_model_vtable, encode_tokens) == 128, "sumi_model_vtable.encode_tokens moved");
 static_assert(offsetof(sumi_model_vtable, token_text) == 136, "sumi_model_vtable.token_text moved");
-static_assert(sizeof(sumi_model_vtable) == 144, "sumi_model_vtable 1.3 layout changed");
+static_assert(SUMI_MODEL_VTABLE_SIZE_1_3 == 144, "sumi_model_vtable 1.3 layout changed");
+// ABI 1.4: release_part, appended.
+static_assert(offsetof(sumi_model_vtable, release_part) == 144, "sumi_model_vtable.release_part moved");
+static_assert(sizeof(sumi_model_vtable) == 152, "sumi_model_vtable 1.4 layout changed");
 static_assert(offsetof(sumi_file_tensor, ndim) == 24, "sumi_file_tensor.ndim moved");
 #endif

@@ -129,6 +129,13 @@ Component::Component(ComponentRef ref, std::string ns, Registry& registry, std::
   ctx_.config = std::move(config);
   set_last_error("");
   const auto* c = ref_.component;
+  // Models, networks and optimizers create tensors; before ABI 1.4 they cannot ask where.
+  const bool makes_tensors = c->kind == SUMI_KIND_MODEL || c->kind == SUMI_KIND_NETWORK || c->kind == SUMI_KIND_OPTIMIZER;
+  if (makes_tensors && !registry.device().is_cpu() && ref_.library->descriptor->abi_minor < 4)
+    throw UserError(std::string(kind_name(c->kind)) + " '" + c->name + "' (" + ref_.library->path + ") was built for ABI " +
+                    std::to_string(ref_.library->descriptor->abi_major) + "." + std::to_string(ref_.library->descriptor->abi_minor) +
+                    ", before plugins were told the device (1.4), so it computes on the CPU only; run with --device cpu "
+                    "or rebuild it against this sumi's SDK");
   check(call_plugin([&] { return c->create(host_api(), &ctx_, &self_); }), "create");
   if (!self_) throw UserError(std::string(kind_name(c->kind)) + " '" + c->name + "' created no instance");
 }

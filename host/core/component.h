@@ -35,6 +35,8 @@ class Component {
   const PluginLibrary& library() const { return *ref_.library; }
   void* self() const { return self_; }
   sumi_context* context() { return &ctx_; }
+  // The run's device (its registry's): where this component computes.
+  const c10::Device& device() const { return ctx_.registry->device(); }
   template <class VT>
   const VT& vtable() const {
     return *static_cast<const VT*>(ref_.component->vtable);

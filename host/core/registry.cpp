@@ -17,7 +17,8 @@ at::Tensor Registry::add(const std::string& component, const std::string& name, 
   e.trainable = trainable;
   {
     at::NoGradGuard no_grad;
-    e.tensor = init.detach().clone();
+    // On the run's device (host->device): a component's parameters and state live where it computes.
+    e.tensor = init.device() == device_ ? init.detach().clone() : init.detach().to(device_);
   }
   if (trainable) e.tensor.set_requires_grad(true);
   index_[key] = entries_.size();

@@ -28,7 +28,8 @@ struct RegistryEntry {
 
 class Registry {
  public:
-  // Registers a detached copy of `init`; trainable entries require grad. Throws on duplicates.
+  // Registers a detached copy of `init` on this registry's device; trainable entries require
+  // grad. Throws on duplicates.
   at::Tensor add(const std::string& component, const std::string& name, const at::Tensor& init,
                  const std::string& group, bool trainable);
   // The entry or nullptr.

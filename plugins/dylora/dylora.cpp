@@ -25,7 +25,7 @@ namespace sumi::dylora {
 namespace {
 
 using sumi::shape_str;
-using sumi::ops::zeros_on;
+using sumi::ops::zeros;
 using sumi::ops::fill_;
 
 using sumi::Tensor;
@@ -101,11 +101,11 @@ class DyloraNetwork : public sumi::Network {
       Module m = lora_layout::make_module(info, t.dim, t.alpha, down_shape, up_shape, "dylora");
       const Tensor weight = Tensor::borrow(info.weight);
       const char* group = info.role == SUMI_ROLE_UNET ? "unet" : "text_encoder";
-      Tensor down0 = zeros_on(weight, down_shape);
+      Tensor down0 = zeros(down_shape);
       kaiming_uniform_sqrt5(down0);
       m.down = ctx_.param(m.name + ".lora_down.weight", down0, group);
-      m.up = ctx_.param(m.name + ".lora_up.weight", zeros_on(weight, up_shape), group);
-      Tensor a0 = zeros_on(weight, {});
+      m.up = ctx_.param(m.name + ".lora_up.weight", zeros(up_shape), group);
+      Tensor a0 = zeros({});
       fill_(a0, t.alpha);
       m.alpha = ctx_.state(m.name + ".alpha", a0);
       slot_[t.index] = static_cast<int64_t>(modules_.size());

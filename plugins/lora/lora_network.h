@@ -35,7 +35,7 @@ namespace sumi::lora {
 namespace {
 
 using sumi::shape_str;
-using sumi::ops::zeros_on;
+using sumi::ops::zeros;
 using sumi::ops::fill_;
 using sumi::ops::uniform_;
 
@@ -163,7 +163,9 @@ class LoraNetwork : public sumi::Network {
           group_scale[group] = lr_weights_.weight(block);
         }
       }
-      Tensor down0 = zeros_on(weight, down_shape);
+      // Drawn on the CPU, as kohya creates its networks there; the host places what is registered
+      // on the run's device.
+      Tensor down0 = zeros(down_shape);
 #if SUMI_LORA_FROZEN_DOWN
       normal_down(down0, info.in_features, t.dim);
       m.down = ctx_.state(m.name + ".lora_down.weight", down0);  // frozen: saved, never trained
@@ -171,8 +173,8 @@ class LoraNetwork : public sumi::Network {
       kaiming_uniform_sqrt5(down0);
       m.down = ctx_.param(m.name + ".lora_down.weight", down0, group.c_str());
 #endif
-      m.up = ctx_.param(m.name + ".lora_up.weight", zeros_on(weight, up_shape), group.c_str());
-      Tensor a0 = zeros_on(weight, {});
+      m.up = ctx_.param(m.name + ".lora_up.weight", zeros(up_shape), group.c_str());
+      Tensor a0 = zeros({});
       fill_(a0, t.alpha);
       m.alpha = ctx_.state(m.name + ".alpha", a0);
       slot_[t.index] = static_cast<int64_t>(modules_.size());

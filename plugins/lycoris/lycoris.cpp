@@ -42,7 +42,7 @@ namespace sumi::lycoris {
 namespace {
 
 using sumi::shape_str;
-using sumi::ops::zeros_on;
+using sumi::ops::zeros;
 using sumi::ops::fill_;
 
 using sumi::Tensor;
@@ -509,8 +509,8 @@ class LycorisNetwork : public sumi::Network {
     return rand({std::vector<int64_t>{1}}).item();
   }
 
-  Tensor& add(Module& m, const Tensor& like, const char* group, const std::string& part, std::vector<int64_t> shape) {
-    Tensor init = zeros_on(like, std::move(shape));
+  Tensor& add(Module& m, const Tensor& /*like*/, const char* group, const std::string& part, std::vector<int64_t> shape) {
+    Tensor init = zeros(std::move(shape));
     // Initialisation as LyCORIS: see the header comment.
     if (part == "hada_w1_a" || part == "hada_t1" || part == "hada_t2") normal_(init, 0.1);
     else if (part == "hada_w1_b" || part == "hada_w2_b") normal_(init, 1.0);
@@ -569,7 +569,7 @@ class LycorisNetwork : public sumi::Network {
     }
     m.scale = alpha / static_cast<double>(dim);
     if (fp) check_file_layout(m, *fp);
-    Tensor a0 = zeros_on(weight, {});
+    Tensor a0 = zeros({});
     fill_(a0, alpha);
     m.alpha = ctx_.state(m.name + ".alpha", a0);
   }

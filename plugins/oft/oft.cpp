@@ -22,6 +22,7 @@ namespace sumi::oft {
 namespace {
 
 using sumi::shape_str;
+using sumi::ops::zeros;
 using sumi::ops::zeros_on;
 using sumi::ops::fill_;
 
@@ -87,8 +88,8 @@ class OftNetwork : public sumi::Network {
       if (m.weight.defined() && m.weight.sizes() != base_shape)
         fail(SUMI_ERR_INVALID_ARGUMENT, "module '" + std::string(info.name) + "': its weight is " + shape_str(m.weight.sizes()) +
                                             " but its description says " + shape_str(base_shape));
-      m.oft_blocks = ctx_.param(m.name + ".oft_blocks", zeros_on(m.weight, {m.blocks, m.block_size, m.block_size}), "unet");
-      Tensor a0 = zeros_on(m.weight, {});
+      m.oft_blocks = ctx_.param(m.name + ".oft_blocks", zeros({m.blocks, m.block_size, m.block_size}), "unet");
+      Tensor a0 = zeros({});
       fill_(a0, s_.alpha);
       m.alpha = ctx_.state(m.name + ".alpha", a0);
       {

@@ -90,8 +90,9 @@ Map make_map(const Tensor& code, bool is_signed) {
   }
   Map m;
   m.code = code;
-  m.table_code = ops::to(Tensor::from_data(lo, {65536}), dtype::u8);
-  m.table_bound = Tensor::from_data(bound, {65536});
+  // Built on the CPU, used where the state is.
+  m.table_code = ops::to_device_of(ops::to(Tensor::from_data(lo, {65536}), dtype::u8), code);
+  m.table_bound = ops::to_device_of(Tensor::from_data(bound, {65536}), code);
   m.is_signed = is_signed;
   return m;
 }
@@ -143,6 +144,11 @@ Tensor lookup(const Map& m, const Tensor& x) {
   return add({index_select({m.table_code, int64_t{0}, cell}), gt({x, index_select({m.table_bound, int64_t{0}, cell})}), int64_t{1}});
 }
 
+// A uint8 code as a 0-dim tensor on the device of `like`.
+Tensor code_scalar(float v, const Tensor& like) {
+  return ops::to_device_of(ops::to(Tensor::from_data(std::vector<float>{v}, {}), dtype::u8), like);
+}
+
 }  // namespace
 
 Tensor encode_scaled(const Map& m, const Tensor& s, float inv_max) {
@@ -157,8 +163,7 @@ Tensor encode_scaled(const Map& m, const Tensor& s, float inv_max) {
     // sign bit: 255 unless s is negative. (Unsigned: 0, as the table gives.)
     const Tensor nan = isnan({x});
     if (any({nan}).item() != 0) {
-      const Tensor zero = ops::to(Tensor::from_data(std::vector<float>{0.0f}, {}), dtype::u8);
-      const Tensor top = ops::to(Tensor::from_data(std::vector<float>{255.0f}, {}), dtype::u8);
+      const Tensor zero = code_scalar(0, flat_s), top = code_scalar(255, flat_s);
       q = ops::where(nan, ops::where(signbit({flat_s}), zero, top), q);
     }
   }
@@ -173,8 +178,7 @@ Tensor encode(const Map& m, const Tensor& s, const Tensor& absmax) {
     // An all-zero block: x = 0 / 0, the kernel's code 0, then the sign rule with s's sign: +0 -> 255.
     static const Op isnan("aten::isnan");
     static const Op signbit("aten::signbit");
-    const Tensor zero = ops::to(Tensor::from_data(std::vector<float>{0.0f}, {}), dtype::u8);
-    const Tensor top = ops::to(Tensor::from_data(std::vector<float>{255.0f}, {}), dtype::u8);
+    const Tensor zero = code_scalar(0, s), top = code_scalar(255, s);
     q = ops::where(isnan({x}), ops::where(signbit({view(s, {-1})}), zero, top), q);
   }
   return q;

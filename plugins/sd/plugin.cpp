@@ -73,6 +73,11 @@ class SdComponent : public sumi::Model {
   }
   Tensor vae_encode(const Tensor& images, bool sample) override { return wrap(model_.vae_encode(unwrap(images), sample)); }
   Tensor vae_decode(const Tensor& latents) override { return wrap(model_.vae_decode(unwrap(latents))); }
+  void release_part(const std::string& part) override {
+    if (part != "vae")
+      throw sumi::Error(SUMI_ERR_INVALID_ARGUMENT, "release_part: unknown part '" + part + "' (this model releases \"vae\")");
+    model_.release_part(part);
+  }
   void set_network(void* network_self, const sumi_network_vtable* network, const int32_t* selected) override {
     model_.set_network(network_self, network, selected);
   }
@@ -121,6 +126,7 @@ class SdComponent : public sumi::Model {
     sumi::sd::ModelOptions o;
     o.family = F;
     o.dtype = dtype_from(ctx.get_string("dtype"));
+    o.device = sumi::native::to_at_device(ctx.device());
     o.vae = ctx.get_string("vae");
     o.v_parameterization = ctx.get_bool("v_parameterization");
     o.clip_skip = ctx.get_int("clip_skip");

@@ -213,15 +213,21 @@ void SdModel::load(const std::string& path) {
     AddedToken t;
     t.token = e.token;
     t.ids = tok1->add_embedding_token(e.token, static_cast<int>(n));
-    t.rows = e.rows.to(dt);
+    t.rows = e.rows.to(options_.device, dt);  // the encoder computes with these rows as they are
     if (te->add_token_rows(t.rows) != t.ids.front()) throw std::logic_error("added token ids out of step (encoder 1)");
     if (tok2) {
       t.ids2 = tok2->add_embedding_token(e.token, static_cast<int>(n));
-      t.rows2 = e.rows2.to(dt);
+      t.rows2 = e.rows2.to(options_.device, dt);
       if (te2->add_token_rows(t.rows2) != t.ids2.front()) throw std::logic_error("added token ids out of step (encoder 2)");
     }
     tokens.push_back(std::move(t));
   }
+
+  // Everything is read on the CPU, then placed where the run computes (host->device).
+  if (!options_.device.is_cpu())
+    for (torch::nn::Module* m : {static_cast<torch::nn::Module*>(te.get()), static_cast<torch::nn::Module*>(te2.get()),
+                                 static_cast<torch::nn::Module*>(unet.get()), static_cast<torch::nn::Module*>(vae.get())})
+      if (m) m->to(options_.device);
 
   if (options_.gradient_checkpointing) {
     unet->set_gradient_checkpointing(true);
@@ -234,6 +240,8 @@ void SdModel::load(const std::string& path) {
   te2_ = te2;
   unet_ = unet;
   vae_ = vae;
+  vae_factor_ = int64_t{1} << (vae_->config().block_out_channels.size() - 1);
+  vae_scaling_ = vae_->config().scaling_factor;
   tok1_ = std::move(tok1);
   tok2_ = std::move(tok2);
   tokens_ = std::move(tokens);
@@ -309,7 +317,7 @@ std::string SdModel::describe() const {
   j["family"] = fam == ModelFamily::sdxl ? "sdxl" : fam == ModelFamily::sd2 ? "sd2" : "sd1";
   j["prediction_type"] = prediction_type();
   j["latent_channels"] = unet_->config().in_channels;
-  j["vae_scale_factor"] = int64_t{1} << (vae_->config().block_out_channels.size() - 1);
+  j["vae_scale_factor"] = vae_factor_;
   j["scaling_factor"] = vae_scaling_factor();
   const int64_t res = fam == ModelFamily::sdxl ? 1024 : (fam == ModelFamily::sd2 && v) ? 768 : 512;
   j["default_resolution"] = {res, res};
@@ -358,7 +366,20 @@ std::string SdModel::prediction_type() const {
   return prediction_type_.empty() ? "epsilon" : prediction_type_;
 }
 
-double SdModel::vae_scaling_factor() const { return vae_->config().scaling_factor; }
+double SdModel::vae_scaling_factor() const { return vae_scaling_; }
+
+nn::AutoencoderKL& SdModel::require_vae(const char* what) const {
+  if (!vae_)
+    throw std::runtime_error(std::string(what) + ": the VAE was released (release_part \"vae\": every latent was cached); "
+                             "a run that encodes, decodes or saves the model keeps it");
+  return *vae_;
+}
+
+void SdModel::release_part(const std::string& part) {
+  if (!loaded()) throw std::logic_error("release_part before load");
+  if (part != "vae") throw std::invalid_argument("release_part: unknown part '" + part + "' (this model releases \"vae\")");
+  vae_.reset();
+}
 
 std::pair<at::Tensor, at::Tensor> SdModel::encode_text(const std::vector<std::string>& prompts) const {
   if (!loaded()) throw std::logic_error("encode_text before load");
@@ -407,13 +428,13 @@ std::pair<at::Tensor, at::Tensor> SdModel::encode_ids(const at::Tensor& ids, con
   if (options_.family == ModelFamily::sdxl) {
     if (!ids2.defined()) throw std::invalid_argument("SDXL conditioning needs the second tokenizer's ids too");
     // Both encoders' penultimate layers (no final norm), concatenated; pooled = te2's projection.
-    auto a = te_->forward(ids.to(at::kLong));
-    auto b = te2_->forward(ids2.to(at::kLong));
+    auto a = te_->forward(ids.to(options_.device, at::kLong));
+    auto b = te2_->forward(ids2.to(options_.device, at::kLong));
     const auto& ha = a.hidden_states[a.hidden_states.size() - 2];
     const auto& hb = b.hidden_states[b.hidden_states.size() - 2];
     return {at::cat({ha, hb.to(ha.scalar_type())}, -1), b.text_embeds};
   }
-  auto out = te_->forward(ids.to(at::kLong));
+  auto out = te_->forward(ids.to(options_.device, at::kLong));
   if (options_.clip_skip == 1) return {out.last_hidden_state, at::Tensor()};
   const auto& h = out.hidden_states[out.hidden_states.size() - static_cast<size_t>(options_.clip_skip)];
   return {te_->final_layer_norm(h), at::Tensor()};
@@ -424,7 +445,7 @@ at::Tensor SdModel::encode_token_ids(const at::Tensor& ids) const {
   if (ids.dim() != 2 || ids.size(0) < 1 || ids.size(1) < 1 || ids.size(1) > ClipTokenizer::kModelMaxLength)
     throw std::invalid_argument("encode_tokens: expected token ids [batch, 1.." + std::to_string(ClipTokenizer::kModelMaxLength) +
                                 "], got " + std::to_string(ids.dim()) + " dimensions");
-  const at::Tensor ids_long = ids.to(at::kLong);
+  const at::Tensor ids_long = ids.to(options_.device, at::kLong);
   const int64_t lo = ids_long.min().item<int64_t>(), hi = ids_long.max().item<int64_t>();
   const auto n = static_cast<int64_t>(tokenizer().size());
   if (lo < 0 || hi >= n)
@@ -519,16 +540,18 @@ at::Tensor SdModel::denoise(const at::Tensor& latents, const at::Tensor& timeste
 
 at::Tensor SdModel::vae_encode(const at::Tensor& images, bool sample) const {
   if (!loaded()) throw std::logic_error("vae_encode before load");
-  const at::ScalarType dt = vae_->parameters().front().scalar_type();
-  auto dist = vae_->encode(images.to(dt));
+  nn::AutoencoderKL& vae = require_vae("vae_encode");
+  const at::ScalarType dt = vae.parameters().front().scalar_type();
+  auto dist = vae.encode(images.to(dt));
   at::Tensor z = sample ? dist.sample() : dist.mean;
   return (z * vae_scaling_factor()).to(images.scalar_type());
 }
 
 at::Tensor SdModel::vae_decode(const at::Tensor& latents) const {
   if (!loaded()) throw std::logic_error("vae_decode before load");
-  const at::ScalarType dt = vae_->parameters().front().scalar_type();
-  return vae_->decode((latents / vae_scaling_factor()).to(dt)).to(latents.scalar_type());
+  nn::AutoencoderKL& vae = require_vae("vae_decode");
+  const at::ScalarType dt = vae.parameters().front().scalar_type();
+  return vae.decode((latents / vae_scaling_factor()).to(dt)).to(latents.scalar_type());
 }
 
 void SdModel::build_module_list() {
@@ -768,7 +791,7 @@ void SdModel::save(const std::string& path, std::optional<at::ScalarType> dtype,
   m.family = options_.family;
   m.path = path;
   m.unet_config = unet_->config();
-  m.vae_config = vae_->config();
+  m.vae_config = require_vae("save").config();
   m.te_config = te_->config();
   if (te2_) m.te2_config = te2_->config();
   m.prediction_type = prediction_type();
@@ -784,7 +807,7 @@ void SdModel::save(const std::string& path, std::optional<at::ScalarType> dtype,
   };
   m.parts.family = m.family;
   m.parts.unet = weights(*unet_);
-  m.parts.vae = weights(*vae_);
+  m.parts.vae = weights(require_vae("save"));
   m.parts.text_encoder = weights(*te_);
   if (te2_) m.parts.text_encoder_2 = weights(*te2_);
   for (const auto& [k, t] : carry_over_) {

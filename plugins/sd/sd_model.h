@@ -35,6 +35,7 @@ class ClipTokenizer;
 struct ModelOptions {
   nn::ModelFamily family = nn::ModelFamily::sd1;
   at::ScalarType dtype = at::kFloat;  // of the text encoders and UNet (the VAE stays fp32 for fp16)
+  at::Device device{at::kCPU};         // where the model computes (host->device); weights are read on the CPU
   std::string vae;                    // a separate VAE to use instead of the checkpoint's
   bool v_parameterization = false;
   int64_t clip_skip = 1;              // 1 = last layer; n = n-th from last + final layer norm
@@ -139,7 +140,10 @@ class SdModel {
   nn::ClipTextModel& text_encoder() const { return *te_; }
   nn::ClipTextModel* text_encoder_2() const { return te2_.get(); }
   nn::UNet2DConditionModel& unet() const { return *unet_; }
-  nn::AutoencoderKL& vae() const { return *vae_; }
+  nn::AutoencoderKL& vae() const { return require_vae("vae"); }
+  // Frees a part the run no longer needs (the ABI 1.4 release_part slot): "vae". Later VAE use
+  // and save throw naming it; describe keeps answering.
+  void release_part(const std::string& part);
 
  private:
   struct Layer {
@@ -160,8 +164,12 @@ class SdModel {
   void refresh_module_weights();
   void build_module_list();
   void release_module_list();
+  nn::AutoencoderKL& require_vae(const char* what) const;
 
   ModelOptions options_;
+  // The VAE's geometry, kept for describe after release_part("vae").
+  int64_t vae_factor_ = 8;
+  double vae_scaling_ = 0;
   std::string prediction_type_;
   std::string scheduler_config_;  // JSON text (ModelFiles::scheduler_config)
   std::shared_ptr<nn::ClipTextModel> te_, te2_;

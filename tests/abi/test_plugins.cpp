@@ -6,7 +6,10 @@
 #include "core/host_api.h"
 #include "core/tensor_handle.h"
 #include "../common/plugin_test.h"
+#include "app/app.h"
 #include "app/network_settings.h"
+
+#include <sumi/torch_compat.hpp>
 
 #include <deque>
 #include <string>
@@ -215,6 +218,47 @@ TEST_CASE("registry: one namespace per component, duplicates refused") {
   CHECK(groups[0].first == "unet");
   CHECK(groups[0].second[0].requires_grad());
   CHECK_FALSE(reg.find("optimizer", "a.step")->tensor.requires_grad());
+}
+
+TEST_CASE("the run's device: registered tensors are placed there; plugins from before ABI 1.4 are refused off the CPU") {
+  // The CPU is the default and keeps tensors where they are (a copy, as before).
+  sumi::host::Registry cpu;
+  const at::Tensor init = at::ones({2});
+  const at::Tensor t = cpu.add("network", "w", init, "", true);
+  CHECK(t.device().is_cpu());
+  CHECK_FALSE(t.is_same(init));
+  // Another device: what a component registers lives there (the meta device stands in for a GPU
+  // on a machine without one; placement is the same call).
+  sumi::host::Registry meta;
+  meta.set_device(c10::Device(c10::kMeta));
+  CHECK(meta.add("optimizer", "exp_avg", at::zeros({3}), "", false).device().is_meta());
+  CHECK(meta.add("network", "lora_up", at::zeros({3}), "unet", true).requires_grad());
+  // A network built for ABI 1.2 cannot ask for the device: refused by name, with the way out.
+  sumi::host::Registry cuda;
+  cuda.set_device(c10::Device(c10::kCUDA, 0));
+  auto old = plugins().find(SUMI_KIND_NETWORK, sumi::test::test_plugin("test_abi_1_2_header"));
+  CHECK_THROWS_WITH_AS(sumi::host::Component(old, "network", cuda, {}),
+                       doctest::Contains("before plugins were told the device (1.4)"), UserError);
+  CHECK_THROWS_WITH_AS(sumi::host::Component(old, "network", cuda, {}), doctest::Contains("--device cpu"), UserError);
+  // ...while on the CPU it loads as before, and schedulers (no tensors of their own) load anywhere.
+  CHECK_NOTHROW(sumi::host::Component(old, "network", cpu, {}));
+  auto lr = plugins().find(SUMI_KIND_LR_SCHEDULER, sumi::test::test_plugin("test_oldest_header"));
+  CHECK_NOTHROW(sumi::host::Component(lr, "lr", cuda, {}));
+}
+
+TEST_CASE("--device: cpu, cuda, cuda:N; anything else and CUDA without a GPU are refused by name") {
+  CHECK(sumi::app::run_device("cpu").is_cpu());
+  const int64_t gpus = sumi::torch_compat::cuda_device_count();
+  CHECK(sumi::app::run_device("").is_cuda() == (gpus > 0));
+  for (const char* bad : {"gpu", "CPU", "cuda:", "cuda:x", "cuda:0:1", "mps"})
+    CHECK_THROWS_WITH_AS(sumi::app::run_device(bad), doctest::Contains("expected cpu, cuda or cuda:N"), UserError);
+  if (gpus == 0) {
+    CHECK_THROWS_WITH_AS(sumi::app::run_device("cuda"), doctest::Contains("--device cpu"), UserError);
+    CHECK_THROWS_WITH_AS(sumi::app::run_device("cuda:1"), doctest::Contains("--device cpu"), UserError);
+  } else {
+    CHECK(sumi::app::run_device("cuda").index() == 0);
+  }
+  CHECK_THROWS_WITH_AS(sumi::app::run_device("cuda:" + std::to_string(gpus)), doctest::Contains("cuda:"), UserError);
 }
 
 namespace {

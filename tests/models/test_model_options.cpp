@@ -5,6 +5,10 @@
 #include <ATen/CPUGeneratorImpl.h>
 #include <doctest/doctest.h>
 
+#include "core/error.h"
+
+#include <filesystem>
+
 #include "core/host_api.h"
 #include "core/tensor_handle.h"
 #include "sumi/io/safetensors_torch.h"
@@ -95,4 +99,28 @@ TEST_CASE("models: vae_tiling and vae_slicing reach the model's VAE") {
   const at::Tensor images = at::rand({2, 3, 64, 64}, gen) * 2 - 1;
   CHECK(rel_err(sliced->vae_encode(images), plain->vae_encode(images)) < 1e-5);
   CHECK_FALSE(load_error("sd1", fixture("tiny-sd1"), {{"vae_tiling", "maybe"}}).empty());
+}
+
+TEST_CASE("models: release_part frees the VAE; describe still answers, VAE use and save are refused by name") {
+  auto m = load_model("sd1", fixture("tiny-sd1"));
+  REQUIRE(SUMI_HAS_FIELD(&m->vt(), sumi_model_vtable, release_part));
+  const char* text = nullptr;
+  REQUIRE(m->vt().describe(m->self(), &text) == SUMI_OK);
+  const std::string before = text;
+  CHECK(m->vt().release_part(m->self(), "unet") == SUMI_ERR_INVALID_ARGUMENT);
+  CHECK(sumi::host::last_error().find("unknown part 'unet'") != std::string::npos);
+  REQUIRE(m->vt().release_part(m->self(), "vae") == SUMI_OK);
+  REQUIRE(m->vt().describe(m->self(), &text) == SUMI_OK);
+  CHECK(std::string(text) == before);
+  at::NoGradGuard no_grad;
+  CHECK_THROWS_WITH(m->vae_decode(at::zeros({1, 4, 8, 8})), doctest::Contains("vae_decode: the VAE was released"));
+  CHECK_THROWS_WITH(m->vae_encode(at::zeros({1, 3, 64, 64})), doctest::Contains("vae_encode: the VAE was released"));
+  const auto file = std::filesystem::temp_directory_path() / "sumi_released_vae.safetensors";
+  std::filesystem::remove(file);
+  CHECK(m->vt().save(m->self(), file.string().c_str(), nullptr, 1) != SUMI_OK);
+  CHECK(sumi::host::last_error().find("save: the VAE was released") != std::string::npos);
+  CHECK_FALSE(std::filesystem::exists(file));
+  // The rest of the model still computes.
+  const auto cond = m->encode_text({"a"}).first;
+  CHECK(m->denoise(at::zeros({1, 4, 8, 8}), at::full({1}, 10.0), cond).isfinite().all().item<bool>());
 }

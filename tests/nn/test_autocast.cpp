@@ -3,7 +3,7 @@
 
 #include <map>
 
-#include "nn/autocast.h"
+#include <sumi/torch_compat.hpp>
 #include "nn/autoencoder_kl.h"
 #include "nn/clip_text.h"
 #include "nn/unet.h"
@@ -11,6 +11,7 @@
 
 using namespace sumi::nn;
 using namespace sumi::nn::test;
+using sumi::torch_compat::AutocastGuard;
 
 TEST_CASE("autocast: tiny-sdxl UNet under bf16 autocast stays within 5e-2 of float32") {
   auto config = UNetConfig::from_diffusers_json(fixture("tiny-sdxl/unet/config.json"));

@@ -210,6 +210,25 @@ TEST_CASE("training from cached latents, and kohya's refusals") {
   REQUIRE(r.losses.size() == 4);
   for (double l : r.losses) CHECK(std::isfinite(l));
   CHECK(fs::exists(root / "2_sks circle" / "circle_00.npz"));
+  // Every latent cached and nothing decodes: the VAE was freed (release_part), which changes no
+  // number — a run that keeps it (a prompt file, though never sampled at these settings) trains alike.
+  CHECK(r.vae_released);
+  {
+    auto keep = s;
+    const fs::path prompts = out / "prompts.txt";
+    fs::create_directories(out);
+    std::ofstream(prompts) << "a circle --w 64 --h 64 --s 2\n";
+    keep.sample.prompts = prompts.string();
+    // Encoding draws from the posterior (the global RNG): encode again, as the first run did.
+    std::vector<fs::path> cached;
+    for (const auto& e : fs::recursive_directory_iterator(root))
+      if (e.path().extension() == ".npz") cached.push_back(e.path());
+    REQUIRE_FALSE(cached.empty());
+    for (const auto& f : cached) fs::remove(f);
+    const auto k = sumi::app::train_network(keep, {SUMI_PLUGIN_DIR}, false);
+    CHECK_FALSE(k.vae_released);
+    CHECK(k.losses == r.losses);
+  }
 
   for (const char* aug : {"color_aug", "random_crop"}) {
     auto bad = s;

@@ -134,7 +134,7 @@ TEST_CASE("text-encoder cache: kohya's refusals") {
   cli["cache_text_encoder_outputs"] = true;
   Sdxl m;
   const auto data = build(cli);
-  CHECK_THROWS_WITH(sumi::app::TextEncoderCache::create(data, cli, false, false, *m.model, false), doctest::Contains("SDXL only"));
+  CHECK_THROWS_WITH(sumi::app::TextEncoderCache::create(data, cli, false, false, *m.model, false), doctest::Contains("does not offer the cache"));
   CHECK_THROWS_WITH(sumi::app::TextEncoderCache::create(data, cli, true, true, *m.model, false),
                     doctest::Contains("network_train_unet_only"));
   for (const char* opt : {"shuffle_caption", "enable_wildcard"}) {

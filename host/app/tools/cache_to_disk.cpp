@@ -67,6 +67,7 @@ bool setup(const std::string& prog, const std::string& usage, const std::vector<
     return false;
   }
   host::init_runtime(r.common.threads);
+  r.registry.set_device(run_device(r.common.device));
   r.pm = make_plugin_manager(r.common);
   r.root = load_recipe_tree(r.common);
   if (r.no_half_vae) recipe::set_override(r.root, "model.no_half_vae", "true", "--no_half_vae");

@@ -1,4 +1,5 @@
 #include "latent_cache.h"
+#include "precision.h"
 
 #include "core/component.h"
 #include "app/generation.h"
@@ -11,7 +12,6 @@
 
 #include <sumi/datasets/npz.h>
 
-#include <ATen/autocast_mode.h>
 
 #include <nlohmann/json.hpp>
 
@@ -34,22 +34,13 @@ double model_latent_scale(host::Component& model) {
 LatentEncoder model_latent_encoder(host::Component& model, double scale, bool bf16) {
   return [&model, scale, bf16](const at::Tensor& images) {
     at::NoGradGuard ng;
-    const bool prev_enabled = at::autocast::is_cpu_enabled();
-    const at::ScalarType prev_dtype = at::autocast::get_autocast_cpu_dtype();
-    if (bf16) {
-      at::autocast::set_cpu_enabled(true);
-      at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-    }
-    sumi_tensor in = host::make_handle(images), out = nullptr;
+    // Encoded where the model computes; the cache keeps its latents on the CPU.
+    Autocast ac(bf16 ? at::kBFloat16 : at::ScalarType::Undefined, model.device().type());
+    sumi_tensor in = host::make_handle(images.to(model.device())), out = nullptr;
     const sumi_status st = model.vtable<sumi_model_vtable>().vae_encode(model.self(), in, 1, &out);
     host::release_handle(in);
-    if (bf16) {
-      at::autocast::set_cpu_enabled(prev_enabled);
-      at::autocast::set_autocast_cpu_dtype(prev_dtype);
-      at::autocast::clear_cache();
-    }
     model.check(st, "vae_encode");
-    at::Tensor z = host::unwrap(out).to(at::kFloat).detach() / scale;
+    at::Tensor z = host::unwrap(out).to(at::kCPU, at::kFloat).detach() / scale;
     host::release_handle(out);
     return z;
   };
@@ -198,24 +189,6 @@ namespace sumi::app {
 
 namespace {
 
-struct AutocastScope {
-  bool on, prev_enabled = false;
-  at::ScalarType prev_dtype = at::kBFloat16;
-  explicit AutocastScope(bool enable) : on(enable) {
-    if (!on) return;
-    prev_enabled = at::autocast::is_cpu_enabled();
-    prev_dtype = at::autocast::get_autocast_cpu_dtype();
-    at::autocast::set_cpu_enabled(true);
-    at::autocast::set_autocast_cpu_dtype(at::kBFloat16);
-  }
-  ~AutocastScope() {
-    if (!on) return;
-    at::autocast::set_cpu_enabled(prev_enabled);
-    at::autocast::set_autocast_cpu_dtype(prev_dtype);
-    at::autocast::clear_cache();
-  }
-};
-
 ds::NpyArray tensor_npy(const at::Tensor& t) {
   const at::Tensor c = t.to(at::kFloat).contiguous();
   return ds::NpyArray::of_floats(c.sizes().vec(), std::vector<float>(c.data_ptr<float>(), c.data_ptr<float>() + c.numel()));
@@ -269,7 +242,7 @@ std::unique_ptr<TextEncoderCache> TextEncoderCache::create(const std::vector<ds:
   const ds::DataLoaderOptions o = ds::data_loader_options(args);
   if (!o.cache_text_encoder_outputs) return nullptr;
   if (!supported)
-    throw host::UserError(std::string("cache_text_encoder_outputs: kohya caches text-encoder outputs for SDXL only; model '") +
+    throw host::UserError(std::string("cache_text_encoder_outputs: kohya caches text-encoder outputs for its two-encoder model only; model '") +
                           model.info().name + "' does not offer the cache (remove the option)");
   // The cached outputs would go stale with every step that changes the text encoders; kohya's
   // scripts refuse the combination too.
@@ -287,15 +260,17 @@ std::unique_ptr<TextEncoderCache> TextEncoderCache::create(const std::vector<ds:
   for (const auto& d : data) ds::check_text_encoder_caching(d.config());
   auto c = std::unique_ptr<TextEncoderCache>(new TextEncoderCache());
   c->to_disk_ = o.cache_text_encoder_outputs_to_disk;
+  c->device_ = model.device();
   const auto& mvt = model.vtable<sumi_model_vtable>();
   auto encode = [&](const std::string& caption) {
     at::NoGradGuard ng;
-    AutocastScope ac(bf16);
+    Autocast ac(bf16 ? at::kBFloat16 : at::ScalarType::Undefined, model.device().type());
     const char* p = caption.c_str();
     sumi_tensor cond = nullptr, pooled = nullptr;
     model.check(mvt.encode_text(model.self(), &p, 1, &cond, &pooled), "encode_text");
-    std::pair<at::Tensor, at::Tensor> out{host::unwrap(cond)[0].to(at::kFloat).detach().clone(),
-                                          host::unwrap(pooled)[0].to(at::kFloat).detach().clone()};
+    // Kept on the CPU; a batch's rows go to the model's device at lookup.
+    std::pair<at::Tensor, at::Tensor> out{host::unwrap(cond)[0].to(at::kCPU, at::kFloat).detach().clone(),
+                                          host::unwrap(pooled)[0].to(at::kCPU, at::kFloat).detach().clone()};
     host::release_handle(cond);
     host::release_handle(pooled);
     return out;
@@ -325,7 +300,11 @@ std::unique_ptr<TextEncoderCache> TextEncoderCache::create(const std::vector<ds:
       if (why != "no file") host::log(SUMI_LOG_WARN, "datasets", file.string() + ": rebuilding the text-encoder cache: " + why);
       auto [cond, pooled] = encode(caption);
       const int64_t p = pooled.size(0), w = cond.size(-1);
-      if (p <= 0 || p >= w) throw host::UserError("cache_text_encoder_outputs: unexpected SDXL conditioning widths");
+      if (p <= 0 || p >= w)
+        throw host::UserError("cache_text_encoder_outputs: model '" + std::string(model.info().name) + "' gives pooled width " +
+                              std::to_string(p) + " and conditioning width " + std::to_string(w) +
+                              "; kohya's file layout needs the second encoder's hidden state (as wide as the pooled output) "
+                              "last in the conditioning");
       ds::NpzMembers m;
       m.emplace_back("hidden_state1", tensor_npy(cond.narrow(-1, 0, w - p)));
       m.emplace_back("hidden_state2", tensor_npy(cond.narrow(-1, w - p, p)));
@@ -365,8 +344,8 @@ void TextEncoderCache::lookup(std::size_t dataset, const std::vector<std::size_t
       ps.push_back(it->second.pooled);
     }
   }
-  *cond = host::make_handle(at::stack(cs));
-  *pooled = host::make_handle(at::stack(ps));
+  *cond = host::make_handle(at::stack(cs).to(device_));
+  *pooled = host::make_handle(at::stack(ps).to(device_));
 }
 
 }  // namespace sumi::app

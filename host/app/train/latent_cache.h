@@ -101,6 +101,7 @@ class TextEncoderCache {
   };
   std::pair<at::Tensor, at::Tensor> read(const std::filesystem::path& file, const std::string& caption, std::string* why) const;
   bool to_disk_ = false;
+  c10::Device device_{c10::kCPU};  // where lookup hands the rows (the model's)
   std::map<std::string, Entry> by_caption_;
   std::vector<std::vector<std::filesystem::path>> files_;
   std::string summary_;

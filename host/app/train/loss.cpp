@@ -48,7 +48,7 @@ at::Tensor conditional_loss(const at::Tensor& pred, const at::Tensor& target, co
   if (loss_type == "l1") return d.abs();
   std::vector<int64_t> shape(static_cast<size_t>(pred.dim()), 1);
   shape[0] = -1;
-  const at::Tensor c = huber_c.to(pred.scalar_type()).view(shape);
+  const at::Tensor c = huber_c.to(pred.device(), pred.scalar_type()).view(shape);
   const at::Tensor root = (d.pow(2) + c.pow(2)).sqrt() - c;
   if (loss_type == "huber") return 2 * c * root;
   if (loss_type == "smooth_l1") return 2 * root;

@@ -1,43 +1,12 @@
 #include "precision.h"
 
-#include <ATen/autocast_mode.h>
-#include <torch/version.h>
-
 namespace sumi::app {
 
-namespace {
-// The CPU autocast switches moved in libtorch 2.4 (device-generic names); this is the host's one
-// place that knows both spellings.
-#if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
-bool cpu_enabled() { return at::autocast::is_autocast_enabled(c10::DeviceType::CPU); }
-void set_cpu_enabled(bool on) { at::autocast::set_autocast_enabled(c10::DeviceType::CPU, on); }
-at::ScalarType cpu_dtype() { return at::autocast::get_autocast_dtype(c10::DeviceType::CPU); }
-void set_cpu_dtype(at::ScalarType t) { at::autocast::set_autocast_dtype(c10::DeviceType::CPU, t); }
-#else
-bool cpu_enabled() { return at::autocast::is_cpu_enabled(); }
-void set_cpu_enabled(bool on) { at::autocast::set_cpu_enabled(on); }
-at::ScalarType cpu_dtype() { return at::autocast::get_autocast_cpu_dtype(); }
-void set_cpu_dtype(at::ScalarType t) { at::autocast::set_autocast_cpu_dtype(t); }
-#endif
-}  // namespace
-
-Autocast::Autocast(at::ScalarType dtype) : on_(dtype != at::ScalarType::Undefined) {
-  if (!on_) return;
-  prev_enabled_ = cpu_enabled();
-  prev_dtype_ = cpu_dtype();
-  // The dtype first: libtorch 1.13 throws for anything but bf16, and a constructor that throws
-  // runs no destructor, so nothing may have been switched on by then.
-  set_cpu_dtype(dtype);
-  set_cpu_enabled(true);
-  at::autocast::increment_nesting();
+Autocast::Autocast(at::ScalarType dtype, c10::DeviceType device) {
+  if (dtype != at::ScalarType::Undefined) guard_ = std::make_unique<torch_compat::AutocastGuard>(device, dtype);
 }
 
-Autocast::~Autocast() {
-  if (!on_) return;
-  if (at::autocast::decrement_nesting() == 0) at::autocast::clear_cache();
-  set_cpu_enabled(prev_enabled_);
-  set_cpu_dtype(prev_dtype_);
-}
+Autocast::~Autocast() = default;
 
 bool cpu_fp16_autocast_available() {
   try {
@@ -56,15 +25,17 @@ GradScaler::GradScaler(GradScalerOptions o) : o_(o), scale_(o.init_scale) {}
 
 bool GradScaler::unscale(const std::vector<at::Tensor>& params) const {
   at::NoGradGuard ng;
-  bool finite = true;
+  // One flag where the gradients are, read once (a read per parameter would sync a GPU each time).
+  at::Tensor bad;
   const double inv = 1.0 / scale_;
   for (const auto& p : params) {
     if (!p.grad().defined()) continue;
     at::Tensor g = p.grad();
     g.mul_(inv);
-    if (finite && !g.isfinite().all().item<bool>()) finite = false;
+    const at::Tensor b = g.isfinite().all().logical_not();
+    bad = bad.defined() ? bad.logical_or(b) : b;
   }
-  return finite;
+  return !bad.defined() || !bad.item<bool>();
 }
 
 void GradScaler::update(bool found_inf) {

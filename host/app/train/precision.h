@@ -1,27 +1,28 @@
-// Mixed precision for training: an autocast scope on the CPU (bf16, or fp16 where the libtorch
-// build can compute in fp16 on the CPU), and dynamic loss scaling with the semantics of
+// Mixed precision for training: an autocast scope on the run's device (CPU: bf16, or fp16 where
+// the libtorch build can compute in fp16 on the CPU; CUDA: fp16 or bf16), and dynamic loss scaling with the semantics of
 // torch.cuda.amp.GradScaler, which fp16 training needs so small gradients do not flush to zero.
 #pragma once
 
 #include <ATen/ATen.h>
+#include <sumi/torch_compat.hpp>
 
 #include <cstdint>
+#include <memory>
 #include <vector>
 
 namespace sumi::app {
 
-// Autocast on the CPU to `dtype` for the scope; at::ScalarType::Undefined leaves it off.
+// Autocast of `device` (CPU or CUDA) to `dtype` for the scope; at::ScalarType::Undefined leaves
+// it off.
 class Autocast {
  public:
-  explicit Autocast(at::ScalarType dtype);
+  explicit Autocast(at::ScalarType dtype, c10::DeviceType device = c10::DeviceType::CPU);
   ~Autocast();
   Autocast(const Autocast&) = delete;
   Autocast& operator=(const Autocast&) = delete;
 
  private:
-  bool on_;
-  bool prev_enabled_ = false;
-  at::ScalarType prev_dtype_ = at::kBFloat16;
+  std::unique_ptr<torch_compat::AutocastGuard> guard_;
 };
 
 // Whether linear and conv2d run under fp16 CPU autocast in this libtorch (1.13 refuses fp16 as

@@ -136,7 +136,7 @@ std::vector<std::string> TrainingSampler::maybe_sample(int64_t step, std::option
     ImageResult result;
     {
       at::NoGradGuard ng;
-      Autocast ac(autocast_);
+      Autocast ac(autocast_, model_.device().type());
       result = Generator(model_, sched).run(r, false);
     }
     char idx[32];

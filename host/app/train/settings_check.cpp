@@ -26,7 +26,7 @@ namespace {
 void check_precision(const TrainSettings& s) {
   if (s.mixed_precision != "no" && s.mixed_precision != "bf16" && s.mixed_precision != "fp16")
     throw host::UserError("[train] mixed_precision: expected \"no\", \"bf16\" or \"fp16\", got \"" + s.mixed_precision + "\"");
-  if (s.mixed_precision == "fp16" && !cpu_fp16_autocast_available())
+  if (s.mixed_precision == "fp16" && s.device.is_cpu() && !cpu_fp16_autocast_available())
     throw host::UserError("[train] mixed_precision = \"fp16\": this libtorch build cannot compute in fp16 on the CPU "
                           "(no fp16 matmul/conv kernels); use \"bf16\" (the fast CPU path) or \"no\"");
   if (s.full_bf16 && s.mixed_precision != "bf16")

@@ -122,6 +122,7 @@ class Trainer {
   void load_model();
   void load_noise_schedule();
   void set_up_optimizer();
+  void release_unused_parts();
   void run_epoch();
   // One micro-batch: forward, loss, backward; returns its loss.
   double micro_batch(const datasets::GroupBatch& gb, const BatchSource::Batch& loaded);
@@ -173,6 +174,7 @@ Trainer::Trainer(const TrainSettings& s, const std::vector<std::string>& plugin_
   CommonOptions common;
   common.plugin_dirs = plugin_dirs;
   pm_.emplace(make_plugin_manager(common));
+  registry_.set_device(s.device);
   at::manual_seed(s.seed);
   check_train_settings(s);
   loss_opts_ = s.loss;
@@ -186,6 +188,7 @@ Trainer::Trainer(const TrainSettings& s, const std::vector<std::string>& plugin_
   // The trained target: the network plugin's parameters, or the model's own (parts / new tokens).
   target_ = make_train_target(s, *pm_, registry_, *model_, description_);
   set_up_optimizer();
+  release_unused_parts();
   host::log(SUMI_LOG_INFO, "train",
             "images " + std::to_string(data_.num_train_images) + " (+" + std::to_string(data_.num_reg_images) +
                 " reg), batches/epoch " + std::to_string(data_.batches_per_epoch) + ", steps " + std::to_string(data_.total_steps) +
@@ -273,6 +276,19 @@ void Trainer::set_up_optimizer() {
   std::vector<double> first_lrs;
   for (double lr : groups_.base_lrs) first_lrs.push_back(lr * factor);
   check_optimizer_lrs(opt_name_, group_names, groups_.base_lrs, first_lrs);
+}
+
+// What the run no longer needs (kohya keeps it all): the VAE once every latent is cached, when
+// nothing decodes (no sample images) and the whole model is not saved (DreamBooth / fine-tuning).
+void Trainer::release_unused_parts() {
+  if (!batches_->options().cache_latents || !s_.sample.prompts.empty() || s_.mode == TrainMode::dreambooth) return;
+  const auto& mvt = model_->vtable<sumi_model_vtable>();
+  if (!SUMI_HAS_FIELD(&mvt, sumi_model_vtable, release_part) || !mvt.release_part) return;
+  const sumi_status st = mvt.release_part(model_->self(), "vae");
+  if (st == SUMI_ERR_UNSUPPORTED) return;
+  model_->check(st, "release_part vae");
+  result_.vae_released = true;
+  host::log(SUMI_LOG_INFO, "train", "released the VAE: every latent is cached and nothing decodes");
 }
 
 RunFacts Trainer::run_facts() const {
@@ -365,8 +381,13 @@ double Trainer::micro_batch(const datasets::GroupBatch& gb, const BatchSource::B
   }
   const int64_t B = static_cast<int64_t>(imgs.size());
   Handles hs;
-  const at::Tensor latents = loaded.latents;
-  const TrainingNoise tn = draw_training_noise(s_.noise, latents, noise_ratio_rng_);
+  // The noise is drawn on the CPU (the same draws on every device), then everything goes where
+  // the model computes; the per-image losses come back for the weighting.
+  const c10::Device dev = registry_.device();
+  TrainingNoise tn = draw_training_noise(s_.noise, loaded.latents, noise_ratio_rng_);
+  const at::Tensor latents = loaded.latents.to(dev);
+  tn.noise = tn.noise.to(dev);
+  tn.input_noise = tn.input_noise.to(dev);
   const auto& nvt = nsched_->vtable<sumi_noise_scheduler_vtable>();
   at::Tensor noisy, target;
   {
@@ -382,7 +403,7 @@ double Trainer::micro_batch(const datasets::GroupBatch& gb, const BatchSource::B
   }
   at::Tensor pred;
   {
-    Autocast ac(autocast_dtype_);
+    Autocast ac(autocast_dtype_, dev.type());
     const auto& mvt = model_->vtable<sumi_model_vtable>();
     std::vector<const char*> cps;
     for (const auto& c : captions) cps.push_back(c.c_str());
@@ -395,15 +416,18 @@ double Trainer::micro_batch(const datasets::GroupBatch& gb, const BatchSource::B
       else
         model_->check(mvt.encode_text(model_->self(), cps.data(), B, &cond, &pooled), "encode_text");
     }
-    const at::Tensor added = added_conditioning(imgs);
+    at::Tensor added = added_conditioning(imgs);
+    if (added.defined()) added = added.to(dev);
     sumi_tensor out = nullptr;
     hs.take(cond);
     if (pooled) hs.take(pooled);
-    model_->check(mvt.denoise(model_->self(), hs(noisy), hs(tn.timesteps.to(at::kFloat)), cond, pooled, hs(added), &out), "denoise");
+    model_->check(mvt.denoise(model_->self(), hs(noisy), hs(tn.timesteps.to(dev, at::kFloat)), cond, pooled, hs(added), &out), "denoise");
     pred = hs.take(out);
   }
   const at::Tensor huber_c = huber_threshold(loss_opts_, tn.timesteps, alphas_cumprod_);
-  at::Tensor loss = conditional_loss(pred.to(at::kFloat), target.to(at::kFloat), loss_opts_.loss_type, huber_c).mean({1, 2, 3});
+  at::Tensor loss = conditional_loss(pred.to(at::kFloat), target.to(at::kFloat), loss_opts_.loss_type, huber_c)
+                       .mean({1, 2, 3})
+                       .to(at::kCPU);
   loss = loss * at::tensor(weights, at::kDouble).to(at::kFloat);
   loss = post_process_loss(loss, tn.timesteps, all_snr_, loss_opts_);
   loss = loss.mean();
@@ -422,10 +446,14 @@ void Trainer::optimizer_step(double micro_loss) {
     if (!finite) ++result_.skipped_steps;
   }
   if (finite && s_.max_grad_norm > 0) {
-    double total = 0;
-    for (const auto& p : groups_.all)
-      if (p.grad().defined()) total += p.grad().to(at::kDouble).pow(2).sum().item<double>();
-    total = std::sqrt(total);
+    // Summed where the gradients are, in float64 and parameter order; one read at the end.
+    at::Tensor sum;
+    for (const auto& p : groups_.all) {
+      if (!p.grad().defined()) continue;
+      const at::Tensor s = p.grad().to(at::kDouble).pow(2).sum();
+      sum = sum.defined() ? sum + s : s;
+    }
+    const double total = std::sqrt(sum.defined() ? sum.item<double>() : 0.0);
     const double coef = s_.max_grad_norm / (total + 1e-6);
     if (coef < 1)
       for (const auto& p : groups_.all)

@@ -33,6 +33,8 @@ const std::vector<std::string>& ti_style_templates();
 
 struct TrainSettings {
   TrainMode mode = TrainMode::network;
+  // Where the run computes (--device); the data, its caches and the random draws stay on the CPU.
+  c10::Device device{c10::kCPU};
   // Textual Inversion: the new token, the word its vectors start from ("" = random), how many
   // vectors, and "object"/"style" to replace every caption by a random kohya template ("" = keep).
   std::string token_string, init_word, ti_template;
@@ -144,6 +146,7 @@ struct TrainResult {
   std::vector<std::string> samples;  // sample images written, in order
   int64_t steps = 0;
   int64_t skipped_steps = 0;   // fp16: optimizer steps skipped for inf/NaN gradients
+  bool vae_released = false;   // the model's VAE was freed after latent caching (release_part)
   // --scale_weight_norms, per optimizer step: kohya's keys_scaled, average and max key norm.
   std::vector<int64_t> keys_scaled;
   std::vector<double> average_key_norms, max_key_norms;

@@ -21,7 +21,7 @@
 #include "nn/flops.h"
 #include "nn/layers.h"
 #include "nn/unet.h"
-#include "nn/autocast.h"
+#include <sumi/torch_compat.hpp>
 
 namespace sumi::bench {
 
@@ -401,7 +401,7 @@ std::vector<JobResult> run(const Options& o) {
         [&] {
           at::Tensor loss;
           {
-            nn::AutocastGuard ac(c10::DeviceType::CPU, autocast == at::ScalarType::Undefined ? at::kBFloat16 : autocast,
+            torch_compat::AutocastGuard ac(c10::DeviceType::CPU, autocast == at::ScalarType::Undefined ? at::kBFloat16 : autocast,
                                  autocast != at::ScalarType::Undefined);
             at::Tensor ctx, pooled;
             if (!m.xl) {

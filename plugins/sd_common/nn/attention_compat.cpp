@@ -3,7 +3,7 @@
 #include <ATen/Parallel.h>
 
 #include <torch/csrc/autograd/custom_function.h>
-#include <torch/version.h>
+#include <sumi/torch_compat.hpp>
 
 #include <algorithm>
 #include <cmath>
@@ -24,7 +24,7 @@ int64_t rows_per_chunk(const at::Tensor& q, const at::Tensor& k, int64_t chunk_e
   return std::max<int64_t>(1, chunk_elements / per_row);
 }
 
-#if TORCH_VERSION_MAJOR >= 2
+#if SUMI_TORCH_HAS_SDPA
 
 at::Tensor fused(const at::Tensor& q, const at::Tensor& k, const at::Tensor& v, bool causal) {
   return at::scaled_dot_product_attention(q, k, v, {}, 0.0, causal);

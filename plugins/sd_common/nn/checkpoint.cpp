@@ -6,7 +6,7 @@
 
 #include <stdexcept>
 
-#include "autocast.h"
+#include <sumi/torch_compat.hpp>
 #include "layers.h"
 
 namespace sumi::nn {
@@ -49,8 +49,8 @@ struct CheckpointFunction : torch::autograd::Function<CheckpointFunction> {
     at::Tensor out;
     {
       at::AutoGradMode grad_on(true);
-      AutocastGuard cpu(c10::DeviceType::CPU, body->cpu_dtype, body->cpu_autocast);
-      AutocastGuard cuda(c10::DeviceType::CUDA, body->cuda_dtype, body->cuda_autocast);
+      torch_compat::AutocastGuard cpu(c10::DeviceType::CPU, body->cpu_dtype, body->cpu_autocast);
+      torch_compat::AutocastGuard cuda(c10::DeviceType::CUDA, body->cuda_dtype, body->cuda_autocast);
       out = body->fn(inputs);
     }
     if (!out.requires_grad()) return result;
@@ -78,10 +78,10 @@ bool has_trainable_inside(const torch::nn::Module& owner) {
 at::Tensor checkpointed(const torch::nn::Module& owner, CheckpointBody fn, std::vector<at::Tensor> inputs) {
   auto body = c10::make_intrusive<Body>();
   body->fn = std::move(fn);
-  body->cpu_autocast = autocast_enabled(c10::DeviceType::CPU);
-  body->cpu_dtype = autocast_dtype(c10::DeviceType::CPU);
-  body->cuda_autocast = autocast_enabled(c10::DeviceType::CUDA);
-  body->cuda_dtype = autocast_dtype(c10::DeviceType::CUDA);
+  body->cpu_autocast = torch_compat::autocast_enabled(c10::DeviceType::CPU);
+  body->cpu_dtype = torch_compat::autocast_dtype(c10::DeviceType::CPU);
+  body->cuda_autocast = torch_compat::autocast_enabled(c10::DeviceType::CUDA);
+  body->cuda_dtype = torch_compat::autocast_dtype(c10::DeviceType::CUDA);
   at::Tensor trigger = at::empty({0}, inputs.empty() ? at::TensorOptions() : at::TensorOptions().device(inputs[0].device()));
   if (has_trainable_inside(owner)) trigger.requires_grad_(true);
   return CheckpointFunction::apply(body, at::TensorList(inputs), trigger);

@@ -34,6 +34,11 @@ inline const sumi_native_info* build_info() {
 inline const at::Tensor& unwrap(const Tensor& t) {
   return *static_cast<const at::Tensor*>(api().native_tensor(t.get()));
 }
+// A sumi_device (host->device, Context::device) as libtorch's device.
+inline at::Device to_at_device(sumi_device d) {
+  if (d.device_type == SUMI_DEVICE_CUDA) return at::Device(at::kCUDA, static_cast<c10::DeviceIndex>(d.device_id));
+  return at::Device(at::kCPU);
+}
 // A new handle sharing `t`.
 inline Tensor wrap(const at::Tensor& t) { return Tensor::adopt(api().native_wrap(&t)); }
 

@@ -76,6 +76,12 @@ class Context {
     return std::vector<int64_t>(d, d + n);
   }
   // A trainable parameter registered with the host (a detached copy of `init`).
+  // The run's device (host->device, ABI 1.4); the CPU under an older host, which has none.
+  sumi_device device() const {
+    sumi_device d{SUMI_DEVICE_CPU, 0};
+    if (SUMI_HAS_FIELD(&api(), sumi_host_api, device) && api().device) check(api().device(c_, &d));
+    return d;
+  }
   Tensor param(const std::string& name, const Tensor& init, const char* group = nullptr) {
     sumi_tensor t = nullptr;
     check(api().param_create(c_, name.c_str(), init.get(), group, &t));
@@ -393,6 +399,10 @@ class Model {
   virtual std::string token_text(int64_t id) {
     throw Error(SUMI_ERR_UNSUPPORTED, "this model has no token texts (token_text " + std::to_string(id) + ")");
   }
+  // ABI 1.4: free a part the run no longer needs (sumi.h, release_part); the default keeps it.
+  virtual void release_part(const std::string& part) {
+    throw Error(SUMI_ERR_UNSUPPORTED, "this model keeps its parts (release_part '" + part + "')");
+  }
 };
 
 class Tagger {
@@ -631,7 +641,8 @@ struct ModelVtable {
             t = self_of<Impl>(s).token_text(id);
             *text = t.c_str();
           });
-        }};
+        },
+        [](void* s, const char* part) { return guarded([&] { self_of<Impl>(s).release_part(str(part)); }); }};
     return &vt;
   }
 };

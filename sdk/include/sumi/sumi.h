@@ -551,6 +551,14 @@ typedef struct sumi_model_vtable {
    * trimmed (transformers' convert_tokens_to_string). Borrowed: valid until the next call on
    * the same thread. */
   sumi_status (*token_text)(void* self, int64_t id, const char** text);
+
+  /* --- freeing parts a run no longer needs (appended in 1.4). A host reads it only when
+   * struct_size covers it; a NULL slot or SUMI_ERR_UNSUPPORTED means the model keeps the part.
+   * `part` "vae": the host has cached every latent and will not encode or decode again (no
+   * sample images, no model save); the model frees the VAE's weights, and a later vae_encode /
+   * vae_decode / save fails naming the released part. describe keeps answering. Other part
+   * names are refused with SUMI_ERR_INVALID_ARGUMENT. */
+  sumi_status (*release_part)(void* self, const char* part);
 } sumi_model_vtable;
 
 /* Size of the model vtable of ABI 1.0 (before train_part): the least a model must provide. */
@@ -559,6 +567,8 @@ typedef struct sumi_model_vtable {
 #define SUMI_MODEL_VTABLE_SIZE_1_1 offsetof(sumi_model_vtable, describe)
 /* Size of the model vtable of ABI 1.2 (before encode_tokens). */
 #define SUMI_MODEL_VTABLE_SIZE_1_2 offsetof(sumi_model_vtable, encode_tokens)
+/* Size of the model vtable of ABI 1.3 (before release_part). */
+#define SUMI_MODEL_VTABLE_SIZE_1_3 offsetof(sumi_model_vtable, release_part)
 
 /* --- tagger: image -> tags. */
 typedef void (*sumi_tag_sink)(void* user, const char* tag, double score);

@@ -182,6 +182,10 @@ class Arg {
     v_.tag = SUMI_VALUE_DTYPE;
     v_.u.dtype = d;
   }
+  Arg(sumi_device d) {
+    v_.tag = SUMI_VALUE_DEVICE;
+    v_.u.device = d;
+  }
   Arg(std::vector<int64_t> v) : ints_(std::move(v)) {
     v_.tag = SUMI_VALUE_INT_LIST;
     v_.u.ints.data = ints_.data();
@@ -368,6 +372,10 @@ inline void zero_(const Tensor& x) { SUMI_OP_("aten::zero_", "")({x}); }
 inline void fill_(const Tensor& x, double v) { SUMI_OP_("aten::fill_", "Scalar")({x, v}); }
 // Draws U[lo, hi) into x from the host's generator (torch's nn.init.uniform_).
 inline void uniform_(const Tensor& x, double lo, double hi) { SUMI_OP_("aten::uniform_", "")({x, lo, hi}); }
+// `x` on the device of `like`, its dtype kept (a copy only when the devices differ).
+inline Tensor to_device_of(const Tensor& x, const Tensor& like) {
+  return SUMI_OP_("aten::to", "device")({x, like.device(), x.dtype(), false, false, none});
+}
 // Zeros of `shape` (float32) on the device of `like`; on the CPU when `like` is undefined.
 inline Tensor zeros_on(const Tensor& like, std::vector<int64_t> shape) {
   if (!like.defined()) return zeros(std::move(shape));

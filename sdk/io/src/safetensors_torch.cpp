@@ -6,15 +6,7 @@
 #include <cstring>
 #include <limits>
 
-#if __has_include(<torch/version.h>)
-#include <torch/version.h>
-#endif
-#if defined(TORCH_VERSION_MAJOR) && \
-    (TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 1))
-#define SUMI_TORCH_HAS_FLOAT8 1
-#else
-#define SUMI_TORCH_HAS_FLOAT8 0
-#endif
+#include <sumi/torch_compat.hpp>
 
 namespace sumi::io {
 namespace {
