@@ -4,6 +4,7 @@
 #include "core/op_bridge.h"
 #include "core/runtime.h"
 #include "core/tensor_handle.h"
+#include "core/typed_plugins.h"
 #include "network_settings.h"
 #include "sumi/io/safetensors_torch.h"
 
@@ -164,15 +165,13 @@ std::unique_ptr<host::Component> instantiate(int32_t kind, const recipe::Resolve
 std::vector<int32_t> attach_network(host::Component& model, host::Component& network, const std::string& weights_file,
                                     double multiplier, bool training) {
   std::vector<int32_t> selected = prepare_network(model, network, weights_file, multiplier, training);
-  const auto& mvt = model.vtable<sumi_model_vtable>();
-  const auto& nvt = network.vtable<sumi_network_vtable>();
-  model.check(mvt.set_network(model.self(), network.self(), &nvt, selected.data()), "set_network");
+  host::ModelPlugin(model).set_network(network.self(), &network.vtable<sumi_network_vtable>(), selected.data());
   return selected;
 }
 
 std::vector<int32_t> prepare_network(host::Component& model, host::Component& network, const std::string& weights_file,
                                      double multiplier, bool training) {
-  const auto& nvt = network.vtable<sumi_network_vtable>();
+  host::NetworkPlugin net(network);
   // The model's modules in this host's layout; attach's infos stay valid while the network lives
   // (it may keep them), so the copy is kept per network instance.
   static std::map<const void*, std::vector<sumi_module_info>> infos;
@@ -181,19 +180,16 @@ std::vector<int32_t> prepare_network(host::Component& model, host::Component& ne
   std::vector<int32_t> selected;
   attach_modules(network, mods, selected);
   if (!weights_file.empty()) {
-    const auto weights = io::load_all(weights_file);
-    std::vector<const char*> names;
-    std::vector<sumi_tensor> handles;
-    for (const auto& [name, t] : weights) {
-      names.push_back(name.c_str());
-      handles.push_back(host::make_handle(t));
+    std::vector<std::string> names;
+    std::vector<at::Tensor> tensors;
+    for (auto& [name, t] : io::load_all(weights_file)) {
+      names.push_back(name);
+      tensors.push_back(std::move(t));
     }
-    const auto st = nvt.load(network.self(), names.data(), handles.data(), static_cast<int64_t>(handles.size()));
-    for (auto h : handles) host::release_handle(h);
-    network.check(st, ("load " + weights_file).c_str());
+    net.load(names, tensors, weights_file);
   }
-  network.check(nvt.set_multiplier(network.self(), multiplier), "set_multiplier");
-  network.check(nvt.set_training(network.self(), training ? 1 : 0), "set_training");
+  net.set_multiplier(multiplier);
+  net.set_training(training);
   return selected;
 }
 

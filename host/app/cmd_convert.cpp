@@ -7,6 +7,8 @@
 #include "app.h"
 #include "core/component.h"
 #include "core/error.h"
+#include "core/tensor_handle.h"
+#include "core/typed_plugins.h"
 #include "core/plugin_manager.h"
 #include "model_file.h"
 
@@ -66,10 +68,8 @@ int cmd_convert(const std::vector<std::string>& args) {
   host::Registry registry;
   const auto ref = pm.find(SUMI_KIND_MODEL, family);
   host::Component model(ref, "model", registry, host::make_config(*ref.component, {}));
-  const auto& vt = model.vtable<sumi_model_vtable>();
-  model.require_slot(SUMI_HAS_FIELD(&vt, sumi_model_vtable, convert) && vt.convert, "convert", "1.2");
-  model.check(vt.convert(model.self(), pos[0].c_str(), pos[1].c_str(), dtype ? &*dtype : nullptr, overwrite ? 1 : 0),
-              "convert");
+  host::ModelPlugin(model).convert(pos[0], pos[1],
+                                   dtype ? std::optional<at::ScalarType>(host::to_scalar_type(*dtype)) : std::nullopt, overwrite);
   std::printf("wrote %s\n", pos[1].c_str());
   return 0;
 }

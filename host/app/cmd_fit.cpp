@@ -9,6 +9,7 @@
 #include "core/runtime.h"
 #include "core/op_bridge.h"
 #include "core/tensor_handle.h"
+#include "core/typed_plugins.h"
 #include "sumi/io/safetensors_torch.h"
 
 #include <sumi/recipe/schema.h>
@@ -69,12 +70,7 @@ int cmd_fit(const std::vector<std::string>& args) {
   const at::Tensor b = registry.add("fit", "bias", at::zeros({4}), "", true);
   auto optimizer = instantiate(SUMI_KIND_OPTIMIZER, opt_sec, pm, registry);
   auto scheduler = instantiate(SUMI_KIND_LR_SCHEDULER, lr_sec, pm, registry);
-  {
-    std::vector<sumi_tensor> hs{host::make_handle(w), host::make_handle(b)};
-    const auto s = optimizer->vtable<sumi_optimizer_vtable>().add_param_group(optimizer->self(), "", hs.data(), 2);
-    for (auto h : hs) host::release_handle(h);
-    optimizer->check(s, "add_param_group");
-  }
+  host::OptimizerPlugin(*optimizer).add_param_group("", {w, b});
   std::fprintf(stderr, "fit: optimizer %s, lr_scheduler %s, %lld steps, lr %g, seed %lld, %d threads\n",
                optimizer->info().name, scheduler->info().name, static_cast<long long>(steps), base_lr,
                static_cast<long long>(seed), threads);
@@ -86,11 +82,8 @@ int cmd_fit(const std::vector<std::string>& args) {
       if (p.grad().defined()) p.grad().zero_();
     at::Tensor loss = (at::linear(x, w, b) - y).pow(2).mean();
     loss.backward();
-    sumi_lr_query q{sizeof(sumi_lr_query), step, steps, warmup, base_lr};
-    double factor = 1.0;
-    scheduler->check(scheduler->vtable<sumi_lr_scheduler_vtable>().factor(scheduler->self(), &q, &factor), "factor");
-    const double lr = base_lr * factor;
-    optimizer->check(optimizer->vtable<sumi_optimizer_vtable>().step(optimizer->self(), &lr, 1), "step");
+    const double lr = base_lr * host::LrSchedulerPlugin(*scheduler).factor(step, steps, warmup, base_lr);
+    host::OptimizerPlugin(*optimizer).step({lr});
     losses.push_back(loss.item<double>());
     lrs.push_back(lr);
     char postfix[64];

@@ -4,6 +4,7 @@
 #include "network_settings.h"
 
 #include "core/error.h"
+#include "core/typed_plugins.h"
 #include "core/op_bridge.h"
 #include "core/tensor_handle.h"
 
@@ -18,10 +19,7 @@ namespace sumi::app {
 
 NetworkStack::~NetworkStack() {
   // The model must not call into networks that are about to be destroyed.
-  if (applied_) {
-    const auto& mvt = model_.vtable<sumi_model_vtable>();
-    (void)mvt.set_network(model_.self(), nullptr, nullptr, nullptr);
-  }
+  if (applied_) host::ModelPlugin(model_).detach_network_noexcept();
 }
 
 void NetworkStack::add(std::unique_ptr<host::Component> network, std::vector<int32_t> selected) {
@@ -36,9 +34,7 @@ void NetworkStack::set_multipliers(const std::vector<double>& multipliers) {
                            std::to_string(nets_.size()) + " networks");
   if (pre_calc_ && multipliers == merged_muls_) return;
   for (size_t i = 0; i < nets_.size(); ++i) {
-    const double m = multipliers[i];
-    const auto& nvt = nets_[i].component->vtable<sumi_network_vtable>();
-    nets_[i].component->check(nvt.set_multiplier(nets_[i].component->self(), m), "set_multiplier");
+    host::NetworkPlugin(*nets_[i].component).set_multiplier(multipliers[i]);
   }
   if (!pre_calc_) return;
   // kohya's restore_weights + pre_calculation: back to the base weights, then merged again.
@@ -86,15 +82,13 @@ void NetworkStack::apply() {
   std::vector<int32_t> any(nets_.front().selected.size(), 0);
   for (const Net& n : nets_)
     for (size_t i = 0; i < any.size(); ++i) any[i] = any[i] || n.selected.at(i);
-  const auto& mvt = model_.vtable<sumi_model_vtable>();
-  model_.check(mvt.set_network(model_.self(), this, &chain, any.data()), "set_network");
+  host::ModelPlugin(model_).set_network(this, &chain, any.data());
   applied_ = true;
 }
 
 void NetworkStack::detach() {
   if (!applied_) return;
-  const auto& mvt = model_.vtable<sumi_model_vtable>();
-  model_.check(mvt.set_network(model_.self(), nullptr, nullptr, nullptr), "set_network");
+  host::ModelPlugin(model_).set_network(nullptr, nullptr, nullptr);
   applied_ = false;
 }
 
@@ -128,43 +122,30 @@ void NetworkStack::add_deltas(const char* flag) {
   const auto n = static_cast<int64_t>(mods.size());
   at::NoGradGuard no_grad;
   for (const Net& net : nets_) {
-    const auto& nvt = net.component->vtable<sumi_network_vtable>();
+    host::NetworkPlugin network(*net.component);
     for (int64_t i = 0; i < n; ++i) {
       if (!net.selected.at(static_cast<size_t>(i))) continue;
       if (!mods[i].weight)
         throw host::UserError(std::string(f + ": the model gives no base weight for module '") + mods[i].name +
                               "'; apply the network at runtime instead (drop " + f + ")");
-      sumi_tensor d = nullptr;
-      net.component->check(nvt.weight_delta(net.component->self(), i, &d), "weight_delta");
-      const at::Tensor delta = host::unwrap(d);
+      const at::Tensor delta = network.weight_delta(i);
       at::Tensor w = host::unwrap(mods[i].weight);  // shares the model's storage
-      if (!delta.sizes().equals(w.sizes())) {
-        host::release_handle(d);
+      if (!delta.defined() || !delta.sizes().equals(w.sizes()))
         throw host::UserError(std::string(f + ": the network's delta for module '") + mods[i].name +
                               "' does not have the shape of its weight");
-      }
       // Added in float32, then rounded once to the weight's dtype.
       w.copy_(w.to(at::kFloat).add_(delta.to(w.device(), at::kFloat)));
-      host::release_handle(d);
       // ABI 1.3: an output-scaling network changes the bias too.
-      if (!SUMI_HAS_FIELD(&nvt, sumi_network_vtable, bias_delta) || !nvt.bias_delta) continue;
-      sumi_tensor bd = nullptr;
-      net.component->check(nvt.bias_delta(net.component->self(), i, &bd), "bias_delta");
-      if (!bd) continue;
-      const at::Tensor bdelta = host::unwrap(bd);
-      if (!mods[i].bias) {
-        host::release_handle(bd);
+      const at::Tensor bdelta = network.bias_delta(i);
+      if (!bdelta.defined()) continue;
+      if (!mods[i].bias)
         throw host::UserError(std::string(f + ": the network changes the bias of module '") + mods[i].name +
                               "', which has none (or the model, built before ABI 1.3, does not give it); drop " + f);
-      }
       at::Tensor b = host::unwrap(mods[i].bias);
-      if (!bdelta.sizes().equals(b.sizes())) {
-        host::release_handle(bd);
+      if (!bdelta.sizes().equals(b.sizes()))
         throw host::UserError(std::string(f + ": the network's bias delta for module '") + mods[i].name +
                               "' does not have the shape of its bias");
-      }
       b.copy_(b.to(at::kFloat).add_(bdelta.to(b.device(), at::kFloat)));
-      host::release_handle(bd);
     }
   }
 }

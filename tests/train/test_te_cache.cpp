@@ -68,12 +68,8 @@ struct Sdxl {
 };
 
 std::pair<at::Tensor, at::Tensor> lookup(const sumi::app::TextEncoderCache& c, std::size_t item, const std::string& caption) {
-  sumi_tensor cond = nullptr, pooled = nullptr;
-  c.lookup(0, {item}, {caption}, &cond, &pooled);
-  std::pair<at::Tensor, at::Tensor> out{sumi::host::unwrap(cond)[0].clone(), sumi::host::unwrap(pooled)[0].clone()};
-  sumi::host::release_handle(cond);
-  sumi::host::release_handle(pooled);
-  return out;
+  const auto [cond, pooled] = c.lookup(0, {item}, {caption});
+  return {cond[0].clone(), pooled[0].clone()};
 }
 
 }  // namespace

@@ -7,6 +7,7 @@
 #include "core/op_bridge.h"
 #include "core/progress.h"
 #include "core/tensor_handle.h"
+#include "core/typed_plugins.h"
 
 #include "batch_tensor.h"
 
@@ -36,13 +37,7 @@ LatentEncoder model_latent_encoder(host::Component& model, double scale, bool bf
     at::NoGradGuard ng;
     // Encoded where the model computes; the cache keeps its latents on the CPU.
     Autocast ac(bf16 ? at::kBFloat16 : at::ScalarType::Undefined, model.device().type());
-    sumi_tensor in = host::make_handle(images.to(model.device())), out = nullptr;
-    const sumi_status st = model.vtable<sumi_model_vtable>().vae_encode(model.self(), in, 1, &out);
-    host::release_handle(in);
-    model.check(st, "vae_encode");
-    at::Tensor z = host::unwrap(out).to(at::kCPU, at::kFloat).detach() / scale;
-    host::release_handle(out);
-    return z;
+    return host::ModelPlugin(model).vae_encode(images.to(model.device()), true).to(at::kCPU, at::kFloat).detach() / scale;
   };
 }
 
@@ -249,11 +244,11 @@ std::unique_ptr<TextEncoderCache> TextEncoderCache::create(const std::vector<ds:
   if (trains_text_encoder) {
     if (mode == "textual_inversion")
       throw host::UserError("cache_text_encoder_outputs: Textual Inversion trains the new token's vectors inside the text "
-                            "encoders, so their outputs change every step (kohya's SDXL Textual Inversion has no such cache); "
+                            "encoders, so their outputs change every step (kohya's Textual Inversion scripts have no such cache); "
                             "remove the option");
     if (mode == "dreambooth")
       throw host::UserError("cache_text_encoder_outputs: train_text_encoder trains the text encoders, whose outputs then change "
-                            "every step (kohya's sdxl_train refuses this too); drop one of the two");
+                            "every step (kohya refuses this too); drop one of the two");
     throw host::UserError("cache_text_encoder_outputs: the network trains text-encoder modules, whose outputs then change "
                           "every step; add network_train_unet_only (kohya refuses this too)");
   }
@@ -261,19 +256,13 @@ std::unique_ptr<TextEncoderCache> TextEncoderCache::create(const std::vector<ds:
   auto c = std::unique_ptr<TextEncoderCache>(new TextEncoderCache());
   c->to_disk_ = o.cache_text_encoder_outputs_to_disk;
   c->device_ = model.device();
-  const auto& mvt = model.vtable<sumi_model_vtable>();
   auto encode = [&](const std::string& caption) {
     at::NoGradGuard ng;
     Autocast ac(bf16 ? at::kBFloat16 : at::ScalarType::Undefined, model.device().type());
-    const char* p = caption.c_str();
-    sumi_tensor cond = nullptr, pooled = nullptr;
-    model.check(mvt.encode_text(model.self(), &p, 1, &cond, &pooled), "encode_text");
+    const auto [cond, pooled] = host::ModelPlugin(model).encode_text({caption});
     // Kept on the CPU; a batch's rows go to the model's device at lookup.
-    std::pair<at::Tensor, at::Tensor> out{host::unwrap(cond)[0].to(at::kCPU, at::kFloat).detach().clone(),
-                                          host::unwrap(pooled)[0].to(at::kCPU, at::kFloat).detach().clone()};
-    host::release_handle(cond);
-    host::release_handle(pooled);
-    return out;
+    return std::pair<at::Tensor, at::Tensor>{cond[0].to(at::kCPU, at::kFloat).detach().clone(),
+                                             pooled[0].to(at::kCPU, at::kFloat).detach().clone()};
   };
   std::size_t encoded = 0, reused = 0;
   std::mt19937_64 unused;  // static captions draw nothing
@@ -324,8 +313,8 @@ std::unique_ptr<TextEncoderCache> TextEncoderCache::create(const std::vector<ds:
   return c;
 }
 
-void TextEncoderCache::lookup(std::size_t dataset, const std::vector<std::size_t>& items, const std::vector<std::string>& captions,
-                              sumi_tensor* cond, sumi_tensor* pooled) const {
+std::pair<at::Tensor, at::Tensor> TextEncoderCache::lookup(std::size_t dataset, const std::vector<std::size_t>& items,
+                                                           const std::vector<std::string>& captions) const {
   std::vector<at::Tensor> cs, ps;
   for (std::size_t k = 0; k < captions.size(); ++k) {
     if (to_disk_) {
@@ -344,8 +333,7 @@ void TextEncoderCache::lookup(std::size_t dataset, const std::vector<std::size_t
       ps.push_back(it->second.pooled);
     }
   }
-  *cond = host::make_handle(at::stack(cs).to(device_));
-  *pooled = host::make_handle(at::stack(ps).to(device_));
+  return {at::stack(cs).to(device_), at::stack(ps).to(device_)};
 }
 
 }  // namespace sumi::app

@@ -87,9 +87,9 @@ class TextEncoderCache {
   static std::unique_ptr<TextEncoderCache> create(const std::vector<datasets::Dataset>& data, const datasets::CliOptions& args,
                                                   bool supported, bool trains_text_encoder, host::Component& model,
                                                   bool bf16, const std::string& mode = "network");
-  // The conditioning of a batch (new handles the caller owns), for the items' captions.
-  void lookup(std::size_t dataset, const std::vector<std::size_t>& items, const std::vector<std::string>& captions,
-              sumi_tensor* cond, sumi_tensor* pooled) const;
+  // The conditioning of a batch [cond, pooled] for the items' captions, on the model's device.
+  std::pair<at::Tensor, at::Tensor> lookup(std::size_t dataset, const std::vector<std::size_t>& items,
+                                           const std::vector<std::string>& captions) const;
   const std::string& summary() const { return summary_; }
 
   // kohya's file for an image: `<stem>_te_outputs.npz`.

@@ -1,6 +1,7 @@
 #include "app/train/param_groups.h"
 
 #include "core/error.h"
+#include "core/typed_plugins.h"
 #include "core/handle_scope.h"
 
 #include <ATen/ATen.h>
@@ -111,14 +112,7 @@ ParamGroups build_param_groups(const TrainSettings& s, host::Registry& registry,
 }
 
 void add_param_groups(host::Component& optimizer, const ParamGroups& groups) {
-  for (const auto& [gname, params] : groups.groups) {
-    host::HandleScope hs;
-    std::vector<sumi_tensor> th;
-    for (const auto& p : params) th.push_back(hs(p));
-    optimizer.check(optimizer.vtable<sumi_optimizer_vtable>().add_param_group(optimizer.self(), gname.c_str(), th.data(),
-                                                                               static_cast<int64_t>(th.size())),
-                    "add_param_group");
-  }
+  for (const auto& [gname, params] : groups.groups) host::OptimizerPlugin(optimizer).add_param_group(gname, params);
 }
 
 }  // namespace sumi::app

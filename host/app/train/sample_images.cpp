@@ -3,7 +3,9 @@
 #include "app/app.h"
 #include "app/generation.h"
 #include "app/image_io.h"
+#include "app/model_description.h"
 #include "core/error.h"
+#include "core/typed_plugins.h"
 #include "precision.h"
 
 #include <ctime>
@@ -35,8 +37,8 @@ void refuse_unsupported(const prompt::PromptSpec& p) {
   no(p.network_multipliers.has_value(), "--am", "network multipliers; samples use the trained network at 1");
   no(p.strength.has_value(), "--t", "img2img strength");
   no(p.original_width || p.original_height || p.original_width_negative || p.original_height_negative, "--ow/--oh/--nw/--nh",
-     "SDXL size conditioning");
-  no(p.crop_top || p.crop_left, "--ct/--cl", "SDXL crop conditioning");
+     "the model's size conditioning");
+  no(p.crop_top || p.crop_left, "--ct/--cl", "the model's crop conditioning");
   no(p.controlnet_image.has_value(), "--cn", "ControlNet image");
   no(p.output_name.has_value(), "--f", "file name; kohya's naming is used");
   if (p.seeds.size() > 1)
@@ -97,16 +99,16 @@ std::vector<std::string> TrainingSampler::maybe_sample(int64_t step, std::option
     double multiplier;
     ~Restore() {
       if (!net) return;
+      // No throwing from a destructor: the calls' statuses are not checked here.
       const auto& nvt = net->vtable<sumi_network_vtable>();
-      nvt.set_multiplier(net->self(), multiplier);
-      nvt.set_training(net->self(), 1);
+      (void)nvt.set_multiplier(net->self(), multiplier);
+      (void)nvt.set_training(net->self(), 1);
     }
   } restore{nullptr, train_multiplier_};
   if (network_) {
-    const auto& nvt = network_->vtable<sumi_network_vtable>();
-    network_->check(nvt.set_training(network_->self(), 0), "set_training");
+    host::NetworkPlugin(*network_).set_training(false);
     restore.net = network_;
-    network_->check(nvt.set_multiplier(network_->self(), 1.0), "set_multiplier");
+    host::NetworkPlugin(*network_).set_multiplier(1.0);
   }
 
   const fs::path dir = fs::path(output_dir_) / "sample";
@@ -127,8 +129,10 @@ std::vector<std::string> TrainingSampler::maybe_sample(int64_t step, std::option
     r.prompt = p.prompt;
     r.negative_prompt = p.negative_prompt.value_or("");
     const int64_t w = p.width.value_or(512), h = p.height.value_or(512);
-    r.width = std::max<int64_t>(64, w - w % 8);  // kohya rounds down to a multiple of 8
-    r.height = std::max<int64_t>(64, h - h % 8);
+    // kohya rounds down to a multiple of the VAE's factor (8 for its models), at least 64.
+    const int64_t f = describe(model_).vae_scale_factor;
+    r.width = std::max<int64_t>(64, w - w % f);
+    r.height = std::max<int64_t>(64, h - h % f);
     r.steps = p.steps.value_or(30);
     r.scale = p.scale.value_or(7.5);
     const bool seeded = !p.seeds.empty();

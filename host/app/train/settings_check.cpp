@@ -74,7 +74,7 @@ void check_mode_keys(const TrainSettings& s) {
                           mode_name(mode));
   if (!s.block_lr.empty() && mode != TrainMode::dreambooth)
     throw host::UserError("[optimizer] block_lr (--block_lr) sets per-block rates of the UNet in DreamBooth / fine-tuning "
-                          "(sdxl_train.py, for SDXL); this run is " + std::string(mode_name(mode)));
+                          "(kohya's sdxl_train.py); this run is " + std::string(mode_name(mode)));
   for (double v : s.block_lr)
     if (!(v >= 0)) throw host::UserError("[optimizer] block_lr: learning rates must be >= 0, got " + std::to_string(v));
 }
@@ -118,7 +118,7 @@ void check_model_settings(const TrainSettings& s, const ModelDescription& model)
                           ": use text_encoder_lr");
   if (s.block_lr.empty()) return;
   if (!model.block_lr)
-    throw host::UserError("[optimizer] block_lr (--block_lr) is sdxl_train.py's, for SDXL: model '" + s.family +
+    throw host::UserError("[optimizer] block_lr (--block_lr) is kohya's sdxl_train.py's: model '" + s.family +
                           "' describes no UNet block groups to give rates to; use unet_lr");
   if (static_cast<int64_t>(s.block_lr.size()) != model.block_lr->blocks)
     throw host::UserError("[optimizer] block_lr: expected " + std::to_string(model.block_lr->blocks) + " comma-separated learning rates (" +

@@ -6,6 +6,8 @@
 #include "app/train/network_file.h"
 #include "app/train/settings_check.h"
 #include "core/error.h"
+#include "core/tensor_handle.h"
+#include "core/typed_plugins.h"
 #include "sumi/io/safetensors_torch.h"
 
 #include <optional>
@@ -93,7 +95,7 @@ class ModelFileTarget : public TrainTarget {
 
  protected:
   virtual void write(const fs::path& tmp) = 0;
-  const sumi_model_vtable& vt() const { return model_.vtable<sumi_model_vtable>(); }
+  host::ModelPlugin model() const { return host::ModelPlugin(model_); }
 
   const TrainSettings& s_;
   host::Component& model_;
@@ -106,26 +108,21 @@ class TextualInversionTarget final : public ModelFileTarget {
  public:
   TextualInversionTarget(const TrainSettings& s, host::Component& model, const ModelDescription& description)
       : ModelFileTarget(s, model, description, ModelSpecKind::textual_inversion) {
-    const auto& mvt = vt();
-    model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, add_token), "add_token", "1.1");
+    const auto& mvt = model.vtable<sumi_model_vtable>();
     model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, save_token), "save_token", "1.1");
-    model.check(mvt.add_token(model.self(), s.token_string.c_str(), s.init_word.empty() ? nullptr : s.init_word.c_str(),
-                              s.num_vectors_per_token),
-                ("add_token " + s.token_string).c_str());
+    host::ModelPlugin(model).add_token(s.token_string, s.init_word, s.num_vectors_per_token);
     if (!s.ti_weights.empty()) {
       // kohya's --weights: the token's vectors start from an embedding file (the model reads it).
       model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, load_token) && mvt.load_token, "load_token", "1.2");
       if (!fs::exists(s.ti_weights))
         throw host::UserError("--weights " + s.ti_weights + ": no such file (expected a Textual Inversion embedding)");
-      model.check(mvt.load_token(model.self(), s.token_string.c_str(), s.ti_weights.c_str()), ("--weights " + s.ti_weights).c_str());
+      host::ModelPlugin(model).load_token(s.token_string, s.ti_weights);
     }
   }
 
  private:
   void write(const fs::path& tmp) override {
-    const sumi_dtype dt = save_dtype(s_.save_precision);
-    model_.check(vt().save_token(model_.self(), s_.token_string.c_str(), tmp.string().c_str(), &dt, 1),
-                 ("save_token " + tmp.string()).c_str());
+    model().save_token(s_.token_string, tmp.string(), host::to_scalar_type(save_dtype(s_.save_precision)), true);
   }
 };
 
@@ -135,21 +132,19 @@ class ModelPartsTarget final : public ModelFileTarget {
  public:
   ModelPartsTarget(const TrainSettings& s, host::Component& model, const ModelDescription& description)
       : ModelFileTarget(s, model, description, ModelSpecKind::checkpoint) {
-    const auto& mvt = vt();
-    model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, train_part), "train_part", "1.1");
+    const auto& mvt = model.vtable<sumi_model_vtable>();
     model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, save), "save", "1.1");
     std::vector<std::string> parts{"unet"};
     if (s.train_text_encoder || (s.train_text_encoder_by_model && description.kohya_trains_text_encoder)) {
       if (description.text_encoders.empty()) parts.push_back("text_encoder");  // a 1.1 model: no describe
       parts.insert(parts.end(), description.text_encoders.begin(), description.text_encoders.end());
     }
-    for (const auto& part : parts) model.check(mvt.train_part(model.self(), part.c_str()), ("train_part " + part).c_str());
+    for (const auto& part : parts) host::ModelPlugin(model).train_part(part);
   }
 
  private:
   void write(const fs::path& tmp) override {
-    const sumi_dtype dt = save_dtype(s_.save_precision);
-    model_.check(vt().save(model_.self(), tmp.string().c_str(), &dt, 1), ("save " + tmp.string()).c_str());
+    model().save(tmp.string(), host::to_scalar_type(save_dtype(s_.save_precision)), true);
   }
 };
 

@@ -30,9 +30,9 @@
 #include "app/train/train_target.h"
 #include "app/train/training_data.h"
 #include "core/error.h"
-#include "core/handle_scope.h"
 #include "core/progress.h"
 #include "core/tensor_handle.h"
+#include "core/typed_plugins.h"
 #include "logging/loss_curve.h"
 
 #include <sumi/datasets/random.h>
@@ -46,6 +46,7 @@
 #include <filesystem>
 #include <fstream>
 #include <optional>
+#include <tuple>
 
 namespace fs = std::filesystem;
 
@@ -88,16 +89,9 @@ const std::vector<std::string>& ti_style_templates() {
 
 namespace {
 
-using Handles = host::HandleScope;
 using Clock = std::chrono::system_clock;
 
-at::Tensor alphas_cumprod_of(host::Component& c) {
-  sumi_tensor h = nullptr;
-  c.check(c.vtable<sumi_noise_scheduler_vtable>().alphas_cumprod(c.self(), &h), "alphas_cumprod");
-  at::Tensor t = host::unwrap(h).to(at::kDouble);
-  host::release_handle(h);
-  return t;
-}
+at::Tensor alphas_cumprod_of(host::Component& c) { return host::NoiseSchedulerPlugin(c).alphas_cumprod().to(at::kDouble); }
 
 // The per-image values of the model's added conditioning (describe's added_conditioning), as
 // the dataset knows them.
@@ -223,8 +217,7 @@ void Trainer::load_model() {
     mcfg["gradient_checkpointing"] = "true";
   }
   model_.emplace(model_ref, "model", registry_, host::make_config(c, mcfg));
-  const auto& mvt = model_->vtable<sumi_model_vtable>();
-  model_->check(mvt.load(model_->self(), s_.model_path.c_str()), ("load " + s_.model_path).c_str());
+  host::ModelPlugin(*model_).load(s_.model_path);
   description_ = describe(*model_);
   check_model_settings(s_, description_);
   // Latent caching (before the network exists, as kohya) and the prefetching loader.
@@ -270,9 +263,7 @@ void Trainer::set_up_optimizer() {
                                                               : std::map<std::string, std::string>{}));
   std::vector<std::string> group_names;
   for (const auto& g : groups_.groups) group_names.push_back(g.first);
-  sumi_lr_query q{sizeof(sumi_lr_query), 0, data_.total_steps, s_.lr_warmup_steps, s_.learning_rate};
-  double factor = 1.0;
-  lr_sched_->check(lr_sched_->vtable<sumi_lr_scheduler_vtable>().factor(lr_sched_->self(), &q, &factor), "factor");
+  const double factor = host::LrSchedulerPlugin(*lr_sched_).factor(0, data_.total_steps, s_.lr_warmup_steps, s_.learning_rate);
   std::vector<double> first_lrs;
   for (double lr : groups_.base_lrs) first_lrs.push_back(lr * factor);
   check_optimizer_lrs(opt_name_, group_names, groups_.base_lrs, first_lrs);
@@ -282,11 +273,7 @@ void Trainer::set_up_optimizer() {
 // nothing decodes (no sample images) and the whole model is not saved (DreamBooth / fine-tuning).
 void Trainer::release_unused_parts() {
   if (!batches_->options().cache_latents || !s_.sample.prompts.empty() || s_.mode == TrainMode::dreambooth) return;
-  const auto& mvt = model_->vtable<sumi_model_vtable>();
-  if (!SUMI_HAS_FIELD(&mvt, sumi_model_vtable, release_part) || !mvt.release_part) return;
-  const sumi_status st = mvt.release_part(model_->self(), "vae");
-  if (st == SUMI_ERR_UNSUPPORTED) return;
-  model_->check(st, "release_part vae");
+  if (!host::ModelPlugin(*model_).release_part("vae")) return;
   result_.vae_released = true;
   host::log(SUMI_LOG_INFO, "train", "released the VAE: every latent is cached and nothing decodes");
 }
@@ -320,9 +307,8 @@ void Trainer::sample(int64_t at_step, std::optional<int> at_epoch) {
 // The learning rates of the optimizer step after `at_step` steps: base rate x the LR plugin's
 // factor; train_db's --stop_text_encoder_training keeps the text encoders as they are from then on.
 std::vector<double> Trainer::lrs_at(int64_t at_step) {
-  sumi_lr_query q{sizeof(sumi_lr_query), at_step, data_.total_steps, s_.lr_warmup_steps, s_.learning_rate};
-  double factor = 1.0;
-  lr_sched_->check(lr_sched_->vtable<sumi_lr_scheduler_vtable>().factor(lr_sched_->self(), &q, &factor), "factor");
+  const double factor =
+      host::LrSchedulerPlugin(*lr_sched_).factor(at_step, data_.total_steps, s_.lr_warmup_steps, s_.learning_rate);
   const bool te_off = s_.mode == TrainMode::dreambooth && s_.stop_text_encoder_training >= 0 &&
                       at_step >= s_.stop_text_encoder_training;
   std::vector<double> lrs;
@@ -379,8 +365,6 @@ double Trainer::micro_batch(const datasets::GroupBatch& gb, const BatchSource::B
     }
     weights.push_back(ds.loss_weight(item, s_.prior_loss_weight));
   }
-  const int64_t B = static_cast<int64_t>(imgs.size());
-  Handles hs;
   // The noise is drawn on the CPU (the same draws on every device), then everything goes where
   // the model computes; the per-image losses come back for the weighting.
   const c10::Device dev = registry_.device();
@@ -388,41 +372,22 @@ double Trainer::micro_batch(const datasets::GroupBatch& gb, const BatchSource::B
   const at::Tensor latents = loaded.latents.to(dev);
   tn.noise = tn.noise.to(dev);
   tn.input_noise = tn.input_noise.to(dev);
-  const auto& nvt = nsched_->vtable<sumi_noise_scheduler_vtable>();
-  at::Tensor noisy, target;
-  {
-    sumi_tensor out = nullptr;
-    nsched_->check(nvt.add_noise(nsched_->self(), hs(latents), hs(tn.input_noise), hs(tn.timesteps), &out), "add_noise");
-    noisy = hs.take(out);
-    if (s_.v_parameterization) {
-      nsched_->check(nvt.velocity(nsched_->self(), hs(latents), hs(tn.noise), hs(tn.timesteps), &out), "velocity");
-      target = hs.take(out);
-    } else {
-      target = tn.noise;
-    }
-  }
+  host::NoiseSchedulerPlugin nsched(*nsched_);
+  const at::Tensor noisy = nsched.add_noise(latents, tn.input_noise, tn.timesteps);
+  const at::Tensor target = s_.v_parameterization ? nsched.velocity(latents, tn.noise, tn.timesteps) : tn.noise;
   at::Tensor pred;
   {
     Autocast ac(autocast_dtype_, dev.type());
-    const auto& mvt = model_->vtable<sumi_model_vtable>();
-    std::vector<const char*> cps;
-    for (const auto& c : captions) cps.push_back(c.c_str());
-    sumi_tensor cond = nullptr, pooled = nullptr;
+    host::ModelPlugin model(*model_);
+    at::Tensor cond, pooled;
     {
       const bool te_stopped = s_.stop_text_encoder_training >= 0 && at_.step >= s_.stop_text_encoder_training;
       at::AutoGradMode grad(groups_.trains_text_encoder && !te_stopped);
-      if (te_cache_)
-        te_cache_->lookup(gb.dataset, gb.batch.items, captions, &cond, &pooled);
-      else
-        model_->check(mvt.encode_text(model_->self(), cps.data(), B, &cond, &pooled), "encode_text");
+      std::tie(cond, pooled) = te_cache_ ? te_cache_->lookup(gb.dataset, gb.batch.items, captions) : model.encode_text(captions);
     }
     at::Tensor added = added_conditioning(imgs);
     if (added.defined()) added = added.to(dev);
-    sumi_tensor out = nullptr;
-    hs.take(cond);
-    if (pooled) hs.take(pooled);
-    model_->check(mvt.denoise(model_->self(), hs(noisy), hs(tn.timesteps.to(dev, at::kFloat)), cond, pooled, hs(added), &out), "denoise");
-    pred = hs.take(out);
+    pred = model.denoise(noisy, tn.timesteps.to(dev, at::kFloat), cond, pooled, added);
   }
   const at::Tensor huber_c = huber_threshold(loss_opts_, tn.timesteps, alphas_cumprod_);
   at::Tensor loss = conditional_loss(pred.to(at::kFloat), target.to(at::kFloat), loss_opts_.loss_type, huber_c)
@@ -461,8 +426,7 @@ void Trainer::optimizer_step(double micro_loss) {
   }
   const std::vector<double> lrs = lrs_at(at_.step);
   if (finite)
-    optimizer_->check(optimizer_->vtable<sumi_optimizer_vtable>().step(optimizer_->self(), lrs.data(), static_cast<int64_t>(lrs.size())),
-                      "step");
+    host::OptimizerPlugin(*optimizer_).step(lrs);
   for (const auto& p : groups_.all)
     if (p.grad().defined()) p.grad().zero_();
   ++at_.step;
@@ -471,14 +435,13 @@ void Trainer::optimizer_step(double micro_loss) {
   if (s_.scale_weight_norms > 0) {
     host::Component* net = target_->network();
     if (!net) throw host::UserError("[network] scale_weight_norms (--scale_weight_norms) needs a network to train");
-    const auto& vt = net->vtable<sumi_network_vtable>();
-    if (vt.struct_size < offsetof(sumi_network_vtable, apply_max_norm) + sizeof(void*) || !vt.apply_max_norm)
+    at::NoGradGuard ng;
+    const auto r = host::NetworkPlugin(*net).apply_max_norm(s_.scale_weight_norms);
+    if (!r)
       throw host::UserError("[network] scale_weight_norms (--scale_weight_norms): network '" + s_.network_type +
                             "' has no max-norm rule (its plugin predates ABI 1.3's apply_max_norm)");
-    at::NoGradGuard ng;
-    int64_t keys = 0;
-    double mean = 0, max = 0;
-    net->check(vt.apply_max_norm(net->self(), s_.scale_weight_norms, &keys, &mean, &max), "apply_max_norm (--scale_weight_norms)");
+    const int64_t keys = r->keys_scaled;
+    const double mean = r->mean_norm, max = r->max_norm;
     result_.keys_scaled.push_back(keys);
     result_.average_key_norms.push_back(mean);
     result_.max_key_norms.push_back(max);
