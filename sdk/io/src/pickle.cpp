@@ -411,108 +411,133 @@ class Unpickler {
     return v;
   }
 
+  // One opcode, by family: each handler returns false for an opcode not of its family.
   void step() {
+    if (stack_op() || global_or_memo_op() || container_op() || int_op() || literal_op() || object_op()) return;
+    fail("opcode " + op_text() + " is not one torch.save emits; refusing to interpret it");
+  }
+
+  // Protocol, framing and the stack itself: PROTO, FRAME, MARK, POP, POP_MARK, DUP.
+  bool stack_op() {
     switch (op_) {
       case 0x80: {  // PROTO
         const auto proto = uint_le(1);
         if (proto > 5) fail("pickle protocol " + std::to_string(proto) + " is newer than 5");
-        return;
+        return true;
       }
-      case 0x95: uint_le(8); return;  // FRAME: framing only, no meaning
-      case '(': marks_.push_back(stack_.size()); return;
+      case 0x95: uint_le(8); return true;  // FRAME: framing only, no meaning
+      case '(': marks_.push_back(stack_.size()); return true;
       case '0':  // POP
         if (!marks_.empty() && marks_.back() == stack_.size())
           marks_.pop_back();
         else
           pop();
-        return;
-      case '1': pop_mark(); return;  // POP_MARK
-      case '2': push(top()); return;  // DUP
+        return true;
+      case '1': pop_mark(); return true;  // POP_MARK
+      case '2': push(top()); return true;  // DUP
+      default: return false;
+    }
+  }
 
+  // Globals (checked against the allowlist) and the memo.
+  bool global_or_memo_op() {
+    switch (op_) {
       case 'c': {  // GLOBAL
         std::string module = line();
         std::string name = line();
         push(global(module, name));
-        return;
+        return true;
       }
       case 0x93: {  // STACK_GLOBAL
         ValuePtr name = pop(), module = pop();
         if (name->kind != Kind::String || module->kind != Kind::String)
           fail("STACK_GLOBAL needs two strings");
         push(global(module->s, name->s));
-        return;
+        return true;
       }
 
-      case 'p': memo_put(static_cast<std::uint64_t>(decimal(line()))); return;  // PUT
-      case 'q': memo_put(uint_le(1)); return;                                     // BINPUT
-      case 'r': memo_put(uint_le(4)); return;                                     // LONG_BINPUT
-      case 0x94: memo_put(memo_.size()); return;                                  // MEMOIZE
-      case 'g': push(memo_get(static_cast<std::uint64_t>(decimal(line())))); return;
-      case 'h': push(memo_get(uint_le(1))); return;
-      case 'j': push(memo_get(uint_le(4))); return;
+      case 'p': memo_put(static_cast<std::uint64_t>(decimal(line()))); return true;  // PUT
+      case 'q': memo_put(uint_le(1)); return true;                                     // BINPUT
+      case 'r': memo_put(uint_le(4)); return true;                                     // LONG_BINPUT
+      case 0x94: memo_put(memo_.size()); return true;                                  // MEMOIZE
+      case 'g': push(memo_get(static_cast<std::uint64_t>(decimal(line())))); return true;
+      case 'h': push(memo_get(uint_le(1))); return true;
+      case 'j': push(memo_get(uint_le(4))); return true;
+      default: return false;
+    }
+  }
 
-      case '}': push(make(Kind::Dict)); return;
-      case ']': push(make(Kind::List)); return;
-      case ')': push(make(Kind::Tuple)); return;
-      case 0x8f: push(make(Kind::List)); return;  // EMPTY_SET, kept as a list
-      case 't': push(sequence(Kind::Tuple, pop_mark())); return;
+  // Tuples, lists, dicts and sets (kept as lists), and filling them.
+  bool container_op() {
+    switch (op_) {
+      case '}': push(make(Kind::Dict)); return true;
+      case ']': push(make(Kind::List)); return true;
+      case ')': push(make(Kind::Tuple)); return true;
+      case 0x8f: push(make(Kind::List)); return true;  // EMPTY_SET, kept as a list
+      case 't': push(sequence(Kind::Tuple, pop_mark())); return true;
       case 0x85: {
         ValuePtr a = pop();
         push(sequence(Kind::Tuple, {a}));
-        return;
+        return true;
       }
       case 0x86: {
         ValuePtr b = pop(), a = pop();
         push(sequence(Kind::Tuple, {a, b}));
-        return;
+        return true;
       }
       case 0x87: {
         ValuePtr c = pop(), b = pop(), a = pop();
         push(sequence(Kind::Tuple, {a, b, c}));
-        return;
+        return true;
       }
-      case 'l': push(sequence(Kind::List, pop_mark())); return;
-      case 0x91: push(sequence(Kind::List, pop_mark())); return;  // FROZENSET
+      case 'l': push(sequence(Kind::List, pop_mark())); return true;
+      case 0x91: push(sequence(Kind::List, pop_mark())); return true;  // FROZENSET
       case 'd': {
         ValuePtr d = make(Kind::Dict);
         set_items(d, pop_mark());
         push(d);
-        return;
+        return true;
       }
       case 's': {  // SETITEM
         ValuePtr v = pop(), k = pop();
         set_items(top(), {k, v});
-        return;
+        return true;
       }
       case 'u': {  // SETITEMS
         auto kv = pop_mark();
         set_items(top(), std::move(kv));
-        return;
+        return true;
       }
       case 'a': {  // APPEND
         ValuePtr v = pop();
         add_items(top(), {v});
-        return;
+        return true;
       }
       case 'e':     // APPENDS
       case 0x90: {  // ADDITEMS
         auto items = pop_mark();
         add_items(top(), std::move(items));
-        return;
+        return true;
       }
+      default: return false;
+    }
+  }
 
+  // Integers, binary and text (INT's "01" / "00" are protocol 0's bools).
+  bool int_op() {
+    switch (op_) {
       case 'J': {
         ValuePtr v = make(Kind::Int);
         v->i = static_cast<std::int32_t>(static_cast<std::uint32_t>(uint_le(4)));
         push(v);
-        return;
+        return true;
       }
       case 'K':
       case 'M': {
         ValuePtr v = make(Kind::Int);
         v->i = static_cast<std::int64_t>(uint_le(op_ == 'K' ? 1 : 2));
         push(v);
-        return;
+        return true;
       }
       case 0x8a:    // LONG1
       case 0x8b: {  // LONG4
@@ -525,7 +550,7 @@ class Unpickler {
           v->i = static_cast<std::int64_t>(raw);
         }
         push(v);
-        return;
+        return true;
       }
       case 'I': {
         const std::string t = line();
@@ -538,14 +563,21 @@ class Unpickler {
           v->i = decimal(t);
           push(v);
         }
-        return;
+        return true;
       }
       case 'L': {
         ValuePtr v = make(Kind::Int);
         v->i = decimal(line());
         push(v);
-        return;
+        return true;
       }
+      default: return false;
+    }
+  }
+
+  // Floats, strings, bytes, None and bools.
+  bool literal_op() {
+    switch (op_) {
       case 'G': {  // BINFLOAT, big-endian
         need(8);
         std::uint64_t bits = 0;
@@ -554,7 +586,7 @@ class Unpickler {
         ValuePtr v = make(Kind::Float);
         std::memcpy(&v->f, &bits, 8);
         push(v);
-        return;
+        return true;
       }
       case 'F': {
         const std::string t = line();
@@ -563,7 +595,7 @@ class Unpickler {
         v->f = std::strtod(t.c_str(), &end);
         if (t.empty() || *end != '\0') fail("bad float literal '" + t + "'");
         push(v);
-        return;
+        return true;
       }
 
       case 'X':     // BINUNICODE
@@ -577,7 +609,7 @@ class Unpickler {
         ValuePtr v = make(Kind::String);
         v->s = take(len);
         push(v);
-        return;
+        return true;
       }
       case 'B':     // BINBYTES
       case 'C':     // SHORT_BINBYTES
@@ -588,34 +620,40 @@ class Unpickler {
         ValuePtr v = make(Kind::Bytes);
         v->s = take(len);
         push(v);
-        return;
+        return true;
       }
 
-      case 'N': push(make(Kind::None)); return;
+      case 'N': push(make(Kind::None)); return true;
       case 0x88:
       case 0x89: {
         ValuePtr v = make(Kind::Bool);
         v->b = op_ == 0x88;
         push(v);
-        return;
+        return true;
       }
+      default: return false;
+    }
+  }
 
+  // Calls, attribute state, persistent ids and instances: only what the allowlist permits.
+  bool object_op() {
+    switch (op_) {
       case 'R': {  // REDUCE
         ValuePtr args = pop(), fn = pop();
         push(call(fn, args));
-        return;
+        return true;
       }
       case 'b': {  // BUILD: sets attributes; none of the allowed objects needs them
         pop();
         const Kind k = top()->kind;
         if (k != Kind::Dict && k != Kind::Tensor && k != Kind::Opaque)
           fail(std::string("BUILD on a ") + kind_name(k));
-        return;
+        return true;
       }
       case 'Q': {  // BINPERSID
         ValuePtr pid = pop();
         push(persistent_load(pid));
-        return;
+        return true;
       }
       case 0x81:    // NEWOBJ
       case 0x92: {  // NEWOBJ_EX
@@ -627,12 +665,9 @@ class Unpickler {
         ValuePtr o = make(Kind::Opaque);
         o->s = cls->s + "()";
         push(o);
-        return;
+        return true;
       }
-      default: {
-        fail("opcode " + op_text() +
-             " is not one torch.save emits; refusing to interpret it");
-      }
+      default: return false;
     }
   }
 
