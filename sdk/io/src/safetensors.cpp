@@ -78,12 +78,10 @@ std::int64_t TensorInfo::numel() const {
   return n;
 }
 
-std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
-  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
-  if (fd.fd < 0) {
-    int err = errno;
-    throw std::runtime_error("cannot open safetensors file '" + path + "': " + errno_text(err));
-  }
+namespace {
+
+// The size of the regular file behind `fd`; at least the 8-byte header length.
+std::uint64_t checked_file_size(const Fd& fd, const std::string& path) {
   struct stat st {};
   if (::fstat(fd.fd, &st) != 0) {
     int err = errno;
@@ -95,20 +93,13 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     throw FormatError("'" + path + "' is not a safetensors file: it is " + std::to_string(size) +
                       " bytes long, expected at least the 8-byte header length");
   }
+  return size;
+}
 
-  std::shared_ptr<SafetensorsFile> file(new SafetensorsFile());
-  file->path_ = path;
-  file->size_ = size;
-  // MAP_PRIVATE + PROT_WRITE: tensors handed out zero-copy may be written in place by callers;
-  // those writes stay in private copy-on-write pages and never reach the file.
-  file->map_ = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd.fd, 0);
-  if (file->map_ == MAP_FAILED) {
-    int err = errno;
-    file->map_ = nullptr;
-    throw std::runtime_error("cannot memory-map '" + path + "': " + errno_text(err));
-  }
-  const auto* bytes = static_cast<const std::uint8_t*>(file->map_);
-
+// The header length field of the mapped file of `size` bytes, checked against the limit, the
+// file's size and the JSON object that must follow it.
+std::uint64_t checked_header_length(const std::uint8_t* bytes, std::uint64_t size,
+                                    const std::string& path) {
   std::uint64_t header_len = 0;
   std::memcpy(&header_len, bytes, 8);
   if (header_len > kMaxHeaderBytes) {
@@ -120,21 +111,21 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
                       " bytes but only " + std::to_string(size - 8) +
                       " bytes follow it; the file is truncated or not safetensors");
   }
-  file->data_start_ = 8 + header_len;
-  const std::uint64_t data_len = size - file->data_start_;
-  const char* hbegin = reinterpret_cast<const char*>(bytes + 8);
-  const char* hend = hbegin + header_len;
-  if (header_len == 0 || *hbegin != '{') {
+  if (header_len == 0 || bytes[8] != '{') {
     throw FormatError("'" + path + "': the header does not start with '{' (expected a JSON object)");
   }
+  return header_len;
+}
 
+// The header [begin, end) as a JSON object, its keys in file order.
+Json parse_header(const char* begin, const char* end, const std::string& path) {
   // The JSON parser would silently keep one of two equal keys; a duplicate tensor name is a
   // corrupt header, so the callback catches it.
   std::set<std::string> seen;
   std::string duplicate;
   Json header;
   try {
-    header = Json::parse(hbegin, hend, [&](int depth, Json::parse_event_t ev, Json& parsed) {
+    header = Json::parse(begin, end, [&](int depth, Json::parse_event_t ev, Json& parsed) {
       if (depth == 1 && ev == Json::parse_event_t::key && duplicate.empty()) {
         const auto& key = parsed.get_ref<const std::string&>();
         if (!seen.insert(key).second) duplicate = key;
@@ -151,90 +142,103 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
     throw FormatError("'" + path + "': the header must be a JSON object, found " +
                       std::string(header.type_name()));
   }
+  return header;
+}
 
-  for (auto& [name, entry] : header.items()) {
-    const std::string where = "'" + path + "', tensor '" + name + "'";
-    if (name == "__metadata__") {
-      if (!entry.is_object()) {
-        throw FormatError("'" + path + "': __metadata__ must be an object of strings, found " +
-                          std::string(entry.type_name()));
-      }
-      for (auto& [k, v] : entry.items()) {
-        if (!v.is_string()) {
-          throw FormatError("'" + path + "': __metadata__ value of '" + k +
-                            "' must be a string, found " + std::string(v.type_name()) + " " +
-                            v.dump());
-        }
-        file->metadata_[k] = v.get<std::string>();
-      }
-      continue;
-    }
-    if (!entry.is_object()) {
-      throw FormatError(where + ": expected an object with dtype, shape and data_offsets, found " +
-                        std::string(entry.type_name()));
-    }
-    TensorInfo info;
-    info.name = name;
-
-    auto dt = entry.find("dtype");
-    if (dt == entry.end() || !dt->is_string()) {
-      throw FormatError(where + ": missing or non-string \"dtype\"");
-    }
-    info.dtype = dt->get<std::string>();
-    const std::size_t itemsize = dtype_size(info.dtype);
-    if (itemsize == 0) {
-      throw FormatError(where + ": unknown dtype '" + info.dtype +
-                        "' (expected one of F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL F8_E4M3 "
-                        "F8_E5M2)");
-    }
-
-    auto sh = entry.find("shape");
-    if (sh == entry.end() || !sh->is_array()) {
-      throw FormatError(where + ": missing \"shape\" array");
-    }
-    for (const auto& d : *sh) {
-      if (!d.is_number_integer() || (!d.is_number_unsigned() && d.get<std::int64_t>() < 0)) {
-        throw FormatError(where + ": shape entries must be non-negative integers, found " +
-                          sh->dump());
-      }
-      if (d.get<std::uint64_t>() > static_cast<std::uint64_t>(
-                                       std::numeric_limits<std::int64_t>::max())) {
-        throw FormatError(where + ": shape entry too large in " + sh->dump());
-      }
-      info.shape.push_back(d.get<std::int64_t>());
-    }
-
-    auto off = entry.find("data_offsets");
-    if (off == entry.end() || !off->is_array() || off->size() != 2 ||
-        !(*off)[0].is_number_unsigned() || !(*off)[1].is_number_unsigned()) {
-      throw FormatError(where + ": \"data_offsets\" must be [begin, end] of non-negative integers" +
-                        (off == entry.end() ? std::string() : ", found " + off->dump()));
-    }
-    const auto begin = (*off)[0].get<std::uint64_t>();
-    const auto end = (*off)[1].get<std::uint64_t>();
-    if (begin > end || end > data_len) {
-      throw FormatError(where + ": data_offsets [" + std::to_string(begin) + ", " +
-                        std::to_string(end) + "] fall outside the data region of " +
-                        std::to_string(data_len) + " bytes (truncated file?)");
-    }
-    std::uint64_t expected = 0;
-    if (!byte_size(info.shape, itemsize, expected)) {
-      throw FormatError(where + ": shape " + shape_text(info.shape) + " is too large");
-    }
-    if (end - begin != expected) {
-      throw FormatError(where + ": shape " + shape_text(info.shape) + " of " + info.dtype +
-                        " needs " + std::to_string(expected) + " bytes but data_offsets span " +
-                        std::to_string(end - begin));
-    }
-    info.offset = begin;
-    info.nbytes = end - begin;
-    file->index_.emplace(info.name, file->tensors_.size());
-    file->tensors_.push_back(std::move(info));
+// The __metadata__ entry: an object of strings.
+void read_metadata(const Json& entry, const std::string& path,
+                   std::map<std::string, std::string>& out) {
+  if (!entry.is_object()) {
+    throw FormatError("'" + path + "': __metadata__ must be an object of strings, found " +
+                      std::string(entry.type_name()));
   }
+  for (auto& [k, v] : entry.items()) {
+    if (!v.is_string()) {
+      throw FormatError("'" + path + "': __metadata__ value of '" + k +
+                        "' must be a string, found " + std::string(v.type_name()) + " " +
+                        v.dump());
+    }
+    out[k] = v.get<std::string>();
+  }
+}
 
-  // Overlap check on the byte ranges; empty tensors occupy nothing.
+// The "shape" of a tensor entry; `where` names the file and tensor.
+std::vector<std::int64_t> read_shape(const Json& entry, const std::string& where) {
+  auto sh = entry.find("shape");
+  if (sh == entry.end() || !sh->is_array()) {
+    throw FormatError(where + ": missing \"shape\" array");
+  }
+  std::vector<std::int64_t> shape;
+  for (const auto& d : *sh) {
+    if (!d.is_number_integer() || (!d.is_number_unsigned() && d.get<std::int64_t>() < 0)) {
+      throw FormatError(where + ": shape entries must be non-negative integers, found " +
+                        sh->dump());
+    }
+    if (d.get<std::uint64_t>() > static_cast<std::uint64_t>(
+                                     std::numeric_limits<std::int64_t>::max())) {
+      throw FormatError(where + ": shape entry too large in " + sh->dump());
+    }
+    shape.push_back(d.get<std::int64_t>());
+  }
+  return shape;
+}
+
+// One tensor entry of the header: dtype, shape and data_offsets, which must lie inside the data
+// region of `data_len` bytes and span exactly the bytes the shape needs.
+TensorInfo read_tensor_entry(const std::string& name, const Json& entry, const std::string& path,
+                             std::uint64_t data_len) {
+  const std::string where = "'" + path + "', tensor '" + name + "'";
+  if (!entry.is_object()) {
+    throw FormatError(where + ": expected an object with dtype, shape and data_offsets, found " +
+                      std::string(entry.type_name()));
+  }
+  TensorInfo info;
+  info.name = name;
+
+  auto dt = entry.find("dtype");
+  if (dt == entry.end() || !dt->is_string()) {
+    throw FormatError(where + ": missing or non-string \"dtype\"");
+  }
+  info.dtype = dt->get<std::string>();
+  const std::size_t itemsize = dtype_size(info.dtype);
+  if (itemsize == 0) {
+    throw FormatError(where + ": unknown dtype '" + info.dtype +
+                      "' (expected one of F64 F32 F16 BF16 I64 I32 I16 I8 U8 BOOL F8_E4M3 "
+                      "F8_E5M2)");
+  }
+  info.shape = read_shape(entry, where);
+
+  auto off = entry.find("data_offsets");
+  if (off == entry.end() || !off->is_array() || off->size() != 2 ||
+      !(*off)[0].is_number_unsigned() || !(*off)[1].is_number_unsigned()) {
+    throw FormatError(where + ": \"data_offsets\" must be [begin, end] of non-negative integers" +
+                      (off == entry.end() ? std::string() : ", found " + off->dump()));
+  }
+  const auto begin = (*off)[0].get<std::uint64_t>();
+  const auto end = (*off)[1].get<std::uint64_t>();
+  if (begin > end || end > data_len) {
+    throw FormatError(where + ": data_offsets [" + std::to_string(begin) + ", " +
+                      std::to_string(end) + "] fall outside the data region of " +
+                      std::to_string(data_len) + " bytes (truncated file?)");
+  }
+  std::uint64_t expected = 0;
+  if (!byte_size(info.shape, itemsize, expected)) {
+    throw FormatError(where + ": shape " + shape_text(info.shape) + " is too large");
+  }
+  if (end - begin != expected) {
+    throw FormatError(where + ": shape " + shape_text(info.shape) + " of " + info.dtype +
+                      " needs " + std::to_string(expected) + " bytes but data_offsets span " +
+                      std::to_string(end - begin));
+  }
+  info.offset = begin;
+  info.nbytes = end - begin;
+  return info;
+}
+
+// Overlap check on the byte ranges; empty tensors occupy nothing.
+void check_no_overlap(const std::vector<TensorInfo>& tensors, const std::string& path) {
   std::vector<const TensorInfo*> by_offset;
-  for (const auto& t : file->tensors_)
+  for (const auto& t : tensors)
     if (t.nbytes) by_offset.push_back(&t);
   std::sort(by_offset.begin(), by_offset.end(),
             [](const TensorInfo* a, const TensorInfo* b) { return a->offset < b->offset; });
@@ -248,6 +252,47 @@ std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) 
                         std::to_string(b->offset + b->nbytes) + ") overlap");
     }
   }
+}
+
+}  // namespace
+
+std::shared_ptr<SafetensorsFile> SafetensorsFile::open(const std::string& path) {
+  Fd fd(::open(path.c_str(), O_RDONLY | O_CLOEXEC));
+  if (fd.fd < 0) {
+    int err = errno;
+    throw std::runtime_error("cannot open safetensors file '" + path + "': " + errno_text(err));
+  }
+  const std::uint64_t size = checked_file_size(fd, path);
+
+  std::shared_ptr<SafetensorsFile> file(new SafetensorsFile());
+  file->path_ = path;
+  file->size_ = size;
+  // MAP_PRIVATE + PROT_WRITE: tensors handed out zero-copy may be written in place by callers;
+  // those writes stay in private copy-on-write pages and never reach the file.
+  file->map_ = ::mmap(nullptr, size, PROT_READ | PROT_WRITE, MAP_PRIVATE, fd.fd, 0);
+  if (file->map_ == MAP_FAILED) {
+    int err = errno;
+    file->map_ = nullptr;
+    throw std::runtime_error("cannot memory-map '" + path + "': " + errno_text(err));
+  }
+  const auto* bytes = static_cast<const std::uint8_t*>(file->map_);
+
+  const std::uint64_t header_len = checked_header_length(bytes, size, path);
+  file->data_start_ = 8 + header_len;
+  const std::uint64_t data_len = size - file->data_start_;
+  const char* hbegin = reinterpret_cast<const char*>(bytes + 8);
+  const Json header = parse_header(hbegin, hbegin + header_len, path);
+
+  for (auto& [name, entry] : header.items()) {
+    if (name == "__metadata__") {
+      read_metadata(entry, path, file->metadata_);
+      continue;
+    }
+    TensorInfo info = read_tensor_entry(name, entry, path, data_len);
+    file->index_.emplace(info.name, file->tensors_.size());
+    file->tensors_.push_back(std::move(info));
+  }
+  check_no_overlap(file->tensors_, path);
   return file;
 }
 
