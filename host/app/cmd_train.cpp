@@ -80,24 +80,9 @@ std::vector<std::pair<std::string, std::string>> kohya_network_args(const recipe
   return out;
 }
 
-}  // namespace
-
-int cmd_train(const std::vector<std::string>& args) {
-  CommonOptions o;
-  std::string help;
-  if (!parse_common(args, o, help)) {
-    std::cout << "usage: sumi train [--recipe RECIPE] [kohya train_network.py / train_db.py / fine_tune.py / train_textual_inversion.py flags] [--set section.key=value]...\n"
-                 "e.g.  sumi train --pretrained_model_name_or_path model.safetensors --train_data_dir data \\\n"
-                 "        --network_module networks.lora --network_dim 4 --output_dir out --max_train_steps 100\n"
-                 "modes: --network_module (network), --token_string (Textual Inversion), --in_json (fine-tuning), "
-                 "else DreamBooth; or [train] mode\n\n"
-              << help;
-    return 0;
-  }
-  host::init_runtime(o.threads);
-  auto pm = make_plugin_manager(o);
-  recipe::Value root = load_recipe_tree(o);
-  // The model section: the family comes from the file when the recipe does not name it.
+// The model section completed: a path is required; the family comes from the file when the recipe
+// does not name it. Training noises with DDPM (kohya's schedule) unless told otherwise.
+void complete_model_and_noise(recipe::Value& root, host::PluginManager& pm) {
   const recipe::Value* model = root.find("model");
   if (!model || !model->find("path"))
     throw host::UserError("sumi train: no model: give --pretrained_model_name_or_path or [model] path");
@@ -108,63 +93,56 @@ int cmd_train(const std::vector<std::string>& args) {
     const std::string component = find_model_component(pm, model->find("path")->as_string(), flags);
     recipe::set_override(root, "model.type", "\"" + component + "\"", "detected from the model file");
   }
-  // Training noises with DDPM (kohya's schedule); naming it lets its own keys (rescale_betas_zero_snr,
-  // which --zero_terminal_snr sets) be validated against its schema.
+  // Naming DDPM lets its own keys (rescale_betas_zero_snr, which --zero_terminal_snr sets) be
+  // validated against its schema.
   const recipe::Value* nsec = root.find("noise_scheduler");
   if (!nsec || !nsec->find("type")) recipe::set_override(root, "noise_scheduler.type", "\"ddpm\"", "training default");
-  std::string dataset_config;
-  TrainSettings s;
-  s.device = run_device(o.device);
-  s.dataset_args = dataset_options(root, dataset_config);
-  s.dataset_config = dataset_config;
-  std::string mode_name;
-  {
-    const recipe::Value* tr = root.find("train");
-    const recipe::Value* m = tr ? tr->find("mode") : nullptr;
-    if (m) mode_name = m->as_string();
-    else if (root.find("network")) mode_name = "network";
-    else if (tr && tr->find("token_string")) mode_name = "textual_inversion";
-    else if (s.dataset_args.count("in_json")) mode_name = "fine_tune";
-    else mode_name = "dreambooth";
-    const TrainMode mode = parse_train_mode(mode_name);
-    if (mode == TrainMode::network && !root.find("network"))
-      throw host::UserError("[train] mode = \"network\" needs a [network] section (--network_module networks.lora, ...)");
-    if (mode != TrainMode::network && root.find("network"))
-      throw host::UserError("[network] (--network_module / --network_*) makes no sense in " + mode_name +
-                            " mode: drop it, or train a network (mode = \"network\")");
-  }
-  // Validate everything else against the host's keys and the plugins' schemas.
-  const auto schemas = plugin_schemas(root, pm);
-  const auto m = resolve(root, "model", schemas);
-  const bool network_mode = mode_name == "network";
-  const auto opt = resolve(root, "optimizer", schemas);
-  const auto lr = resolve(root, "lr_scheduler", schemas);
-  const auto ns = resolve(root, "noise_scheduler", schemas);
-  const auto train = resolve(root, "train", schemas);
-  const auto out = resolve(root, "output", schemas);
-  const auto sample = resolve(root, "sample", schemas);
+}
 
+// [train] mode, or what kohya's scripts imply; a [network] section must agree with it.
+std::string train_mode_name(const recipe::Value& root, const datasets::CliOptions& dataset_args) {
+  std::string mode_name;
+  const recipe::Value* tr = root.find("train");
+  const recipe::Value* m = tr ? tr->find("mode") : nullptr;
+  if (m) mode_name = m->as_string();
+  else if (root.find("network")) mode_name = "network";
+  else if (tr && tr->find("token_string")) mode_name = "textual_inversion";
+  else if (dataset_args.count("in_json")) mode_name = "fine_tune";
+  else mode_name = "dreambooth";
+  const TrainMode mode = parse_train_mode(mode_name);
+  if (mode == TrainMode::network && !root.find("network"))
+    throw host::UserError("[train] mode = \"network\" needs a [network] section (--network_module networks.lora, ...)");
+  if (mode != TrainMode::network && root.find("network"))
+    throw host::UserError("[network] (--network_module / --network_*) makes no sense in " + mode_name +
+                          " mode: drop it, or train a network (mode = \"network\")");
+  return mode_name;
+}
+
+void set_model(TrainSettings& s, const recipe::ResolvedSection& m, const std::string& mode_name) {
   s.model_path = m.get_string("path");
   s.family = m.get_string("type");
   s.model_params = plugin_params(m);
   s.v_parameterization = m.has("v_parameterization") && m.get_bool("v_parameterization");
   if (m.has("base_weights")) s.base_weights = m.get_string_list("base_weights");
   if (m.has("base_weights_multiplier")) s.base_weights_multiplier = m.get_double_list("base_weights_multiplier");
-  if ((m.has("base_weights") || m.has("base_weights_multiplier")) && !network_mode)
+  if ((m.has("base_weights") || m.has("base_weights_multiplier")) && mode_name != "network")
     throw host::UserError("[model] base_weights (--base_weights) is train_network.py's: network files merged into the model before a "
                           "network is trained; this run is " + mode_name + " (merge them first with `sumi merge_lora --sd_model`)");
-  s.mode = parse_train_mode(mode_name);
-  if (network_mode) {
-    const auto net = resolve(root, "network", schemas);
-    s.network_type = net.get_string("type");
-    s.network_params = plugin_params(net);
-    s.network_module = kohya_network_module(*root.find("network"), s.network_type);
-    s.network_args = kohya_network_args(*root.find("network"), net);
-    if (net.has("weights")) s.network_weights = net.get_string("weights");
-    s.dim_from_weights = net.has("dim_from_weights") && net.get_bool("dim_from_weights");
-    if (net.has("scale_weight_norms")) s.scale_weight_norms = net.get_double("scale_weight_norms");
-    s.network_multiplier = net.get_double("multiplier");
-  }
+}
+
+void set_network(TrainSettings& s, const recipe::Value& network_table, const recipe::ResolvedSection& net) {
+  s.network_type = net.get_string("type");
+  s.network_params = plugin_params(net);
+  s.network_module = kohya_network_module(network_table, s.network_type);
+  s.network_args = kohya_network_args(network_table, net);
+  if (net.has("weights")) s.network_weights = net.get_string("weights");
+  s.dim_from_weights = net.has("dim_from_weights") && net.get_bool("dim_from_weights");
+  if (net.has("scale_weight_norms")) s.scale_weight_norms = net.get_double("scale_weight_norms");
+  s.network_multiplier = net.get_double("multiplier");
+}
+
+// Textual Inversion's token and which text encoders train.
+void set_tokens_and_text_encoder(TrainSettings& s, const recipe::ResolvedSection& train, const std::string& mode_name) {
   if (train.has("token_string")) s.token_string = train.get_string("token_string");
   if (train.has("init_word")) s.init_word = train.get_string("init_word");
   if (train.has("weights")) s.ti_weights = train.get_string("weights");
@@ -190,6 +168,10 @@ int cmd_train(const std::vector<std::string>& args) {
   } else {
     s.train_text_encoder = te_flag;
   }
+}
+
+void set_schedules(TrainSettings& s, const recipe::ResolvedSection& opt, const recipe::ResolvedSection& lr,
+                   const recipe::ResolvedSection& ns) {
   s.optimizer_type = opt.get_string("type");
   s.optimizer_params = plugin_params(opt);
   s.learning_rate = opt.get_double("learning_rate");
@@ -203,6 +185,10 @@ int cmd_train(const std::vector<std::string>& args) {
   s.lr_warmup_steps = lr.get_int("warmup_steps");
   s.noise_scheduler_type = ns.get_string("type");
   s.noise_scheduler_params = plugin_params(ns);
+}
+
+// The training loop's [train] keys: steps, batches, precision, noise and loss.
+void set_training_loop(TrainSettings& s, const recipe::ResolvedSection& train) {
   s.max_train_steps = train.get_int("max_train_steps");
   if (train.has("max_train_epochs")) s.max_train_epochs = train.get_int("max_train_epochs");
   s.seed = train.has("seed") ? static_cast<uint64_t>(train.get_int("seed")) : std::random_device{}();
@@ -235,11 +221,15 @@ int cmd_train(const std::vector<std::string>& args) {
   s.loss.debiased_estimation_loss = train.get_bool("debiased_estimation_loss");
   s.prior_loss_weight = train.get_double("prior_loss_weight");
   s.skip_bad_files = train.get_bool("skip_bad_files");
+}
+
+// [output]: where and how the result and its states are saved, logs and metadata.
+void set_output(TrainSettings& s, const recipe::ResolvedSection& out) {
   s.output_dir = out.get_string("output_dir");
   s.output_name = out.get_string("output_name");
   s.save_model_as = out.get_string("save_model_as");
   if (s.mode != TrainMode::dreambooth && s.save_model_as != "safetensors")
-    throw host::UserError("[output] save_model_as: " + std::string(network_mode ? "networks" : "embeddings") +
+    throw host::UserError("[output] save_model_as: " + std::string(s.mode == TrainMode::network ? "networks" : "embeddings") +
                           " are saved as safetensors; got '" + s.save_model_as + "'");
   s.save_precision = out.get_string("save_precision");
   s.save_every_n_steps = out.get_int("save_every_n_steps");
@@ -261,14 +251,51 @@ int cmd_train(const std::vector<std::string>& args) {
   if (out.has("metadata_description")) s.metadata_description = out.get_string("metadata_description");
   if (out.has("metadata_license")) s.metadata_license = out.get_string("metadata_license");
   if (out.has("metadata_tags")) s.metadata_tags = out.get_string("metadata_tags");
+}
+
+void set_sample(TrainSettings& s, const recipe::ResolvedSection& sample) {
   if (sample.has("prompts")) s.sample.prompts = sample.get_string("prompts");
   s.sample.every_n_steps = sample.get_int("every_n_steps");
   s.sample.every_n_epochs = sample.get_int("every_n_epochs");
   s.sample.at_first = sample.get_bool("at_first");
   s.sample.sampler = sample.get_string("sampler");
-  if (train.has("resume")) s.resume = train.get_string("resume");
+}
 
-  const auto result = train_network(s, o.plugin_dirs);
+// The recipe tree, completed and validated, as the trainer's settings.
+TrainSettings train_settings(recipe::Value& root, host::PluginManager& pm, const CommonOptions& o) {
+  complete_model_and_noise(root, pm);
+  std::string dataset_config;
+  TrainSettings s;
+  s.device = run_device(o.device);
+  s.dataset_args = dataset_options(root, dataset_config);
+  s.dataset_config = dataset_config;
+  const std::string mode_name = train_mode_name(root, s.dataset_args);
+  // Validate everything else against the host's keys and the plugins' schemas.
+  const auto schemas = plugin_schemas(root, pm);
+  const auto m = resolve(root, "model", schemas);
+  const auto opt = resolve(root, "optimizer", schemas);
+  const auto lr = resolve(root, "lr_scheduler", schemas);
+  const auto ns = resolve(root, "noise_scheduler", schemas);
+  const auto train = resolve(root, "train", schemas);
+  const auto out = resolve(root, "output", schemas);
+  const auto sample = resolve(root, "sample", schemas);
+
+  set_model(s, m, mode_name);
+  s.mode = parse_train_mode(mode_name);
+  if (s.mode == TrainMode::network) {
+    const auto net = resolve(root, "network", schemas);
+    set_network(s, *root.find("network"), net);
+  }
+  set_tokens_and_text_encoder(s, train, mode_name);
+  set_schedules(s, opt, lr, ns);
+  set_training_loop(s, train);
+  set_output(s, out);
+  set_sample(s, sample);
+  if (train.has("resume")) s.resume = train.get_string("resume");
+  return s;
+}
+
+void print_result(const TrainResult& result, const TrainSettings& s) {
   std::printf("train: %lld steps, loss %.5f (first) -> %.5f (last)\n", static_cast<long long>(result.steps),
               result.losses.empty() ? 0.0 : result.losses.front(), result.losses.empty() ? 0.0 : result.losses.back());
   std::printf("train: wrote %s\n", result.output_file.c_str());
@@ -277,6 +304,27 @@ int cmd_train(const std::vector<std::string>& args) {
   if (!result.samples.empty()) std::printf("train: %zu sample images in %s/sample\n", result.samples.size(), s.output_dir.c_str());
   if (result.skipped_steps > 0)
     std::printf("train: %lld optimizer steps skipped for inf/NaN fp16 gradients\n", static_cast<long long>(result.skipped_steps));
+}
+
+}  // namespace
+
+int cmd_train(const std::vector<std::string>& args) {
+  CommonOptions o;
+  std::string help;
+  if (!parse_common(args, o, help)) {
+    std::cout << "usage: sumi train [--recipe RECIPE] [kohya train_network.py / train_db.py / fine_tune.py / train_textual_inversion.py flags] [--set section.key=value]...\n"
+                 "e.g.  sumi train --pretrained_model_name_or_path model.safetensors --train_data_dir data \\\n"
+                 "        --network_module networks.lora --network_dim 4 --output_dir out --max_train_steps 100\n"
+                 "modes: --network_module (network), --token_string (Textual Inversion), --in_json (fine-tuning), "
+                 "else DreamBooth; or [train] mode\n\n"
+              << help;
+    return 0;
+  }
+  host::init_runtime(o.threads);
+  auto pm = make_plugin_manager(o);
+  recipe::Value root = load_recipe_tree(o);
+  const TrainSettings s = train_settings(root, pm, o);
+  print_result(train_network(s, o.plugin_dirs), s);
   return 0;
 }
 
