@@ -165,7 +165,7 @@ std::unique_ptr<host::Component> instantiate(int32_t kind, const recipe::Resolve
 std::vector<int32_t> attach_network(host::Component& model, host::Component& network, const std::string& weights_file,
                                     double multiplier, bool training) {
   std::vector<int32_t> selected = prepare_network(model, network, weights_file, multiplier, training);
-  host::ModelPlugin(model).set_network(network.self(), &network.vtable<sumi_network_vtable>(), selected.data());
+  host::ModelPlugin(model).set_network(network.self(), &host::NetworkPlugin(network).vtable(), selected.data());
   return selected;
 }
 

@@ -7,7 +7,7 @@
 #include "app.h"
 #include "core/component.h"
 #include "core/error.h"
-#include "core/handle_scope.h"
+#include "core/typed_plugins.h"
 #include "core/runtime.h"
 
 #include <ATen/ATen.h>
@@ -193,16 +193,10 @@ void bench_optimizer(host::PluginManager& pm, const std::string& spec, const std
     auto ref = pm.find(SUMI_KIND_OPTIMIZER, spec);
     name = ref.component->name;
     host::Component opt(ref, "optimizer", registry, host::make_config(*ref.component, {}));
-    {
-      host::HandleScope hs;
-      std::vector<sumi_tensor> th;
-      for (const auto& p : params) th.push_back(hs(p));
-      opt.check(opt.vtable<sumi_optimizer_vtable>().add_param_group(opt.self(), "", th.data(),
-                                                                  static_cast<int64_t>(th.size())),
-                "add_param_group");
-    }
-    const double lr = 1e-4;
-    auto step = [&] { opt.check(opt.vtable<sumi_optimizer_vtable>().step(opt.self(), &lr, 1), "step"); };
+    host::OptimizerPlugin optimizer(opt);
+    optimizer.add_param_group("", params);
+    const std::vector<double> lrs{1e-4};
+    auto step = [&] { optimizer.step(lrs); };
     reset_peak_rss();
     const at::Tensor before = params.front().clone();
     step();

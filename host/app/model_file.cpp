@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "core/component.h"
 #include "core/plugin_manager.h"
+#include "core/typed_plugins.h"
 
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
@@ -57,18 +58,18 @@ std::string find_model_component(host::PluginManager& pm, const std::string& pat
       if (ref.component->kind != SUMI_KIND_MODEL) continue;
       host::Registry registry;
       host::Component c(ref, "probe", registry, host::make_config(*ref.component, {}));
-      const auto& vt = c.vtable<sumi_model_vtable>();
+      host::ModelPlugin model(c);
       const std::string name = ref.component->name;
-      if (!SUMI_HAS_FIELD(&vt, sumi_model_vtable, probe) || !vt.probe) {
+      if (!model.has_probe()) {
         answers.push_back(name + ": built for an older ABI (no probe)");
         continue;
       }
-      const char* json = nullptr;
-      if (vt.probe(c.self(), path.c_str(), &json) == SUMI_OK) {
-        check_kohya_flags(path, name, json, kohya_flags);
+      std::string why;
+      if (const auto json = model.probe(path, &why)) {
+        check_kohya_flags(path, name, json->c_str(), kohya_flags);
         return name;
       }
-      answers.push_back(name + ": " + host::last_error());
+      answers.push_back(name + ": " + why);
     }
   }
   std::string msg = path + ": no model plugin loads it";

@@ -1,6 +1,7 @@
 #include "network_settings.h"
 
 #include "core/error.h"
+#include "core/typed_plugins.h"
 #include "sumi/io/safetensors.h"
 
 #include <nlohmann/json.hpp>
@@ -14,11 +15,6 @@ namespace fs = std::filesystem;
 namespace sumi::app {
 
 namespace {
-
-bool has_probe(const host::Component& network) {
-  const auto& vt = network.vtable<sumi_network_vtable>();
-  return SUMI_HAS_FIELD(&vt, sumi_network_vtable, probe) && vt.probe;
-}
 
 std::map<std::string, std::string> string_object(const std::string& json, const std::string& what) {
   std::map<std::string, std::string> out;
@@ -78,10 +74,8 @@ WeightsFile read_weights_file(const std::string& path) {
 }
 
 std::vector<sumi_module_info> model_modules(host::Component& model) {
-  const auto& mvt = model.vtable<sumi_model_vtable>();
-  const sumi_module_info* mods = nullptr;
   int64_t n = 0;
-  model.check(mvt.modules(model.self(), &mods, &n), "modules");
+  const sumi_module_info* mods = host::ModelPlugin(model).modules(n);
   std::vector<sumi_module_info> out(static_cast<size_t>(n));
   if (n == 0) return out;
   // The model's array has the stride of its own struct (its elements' struct_size).
@@ -101,11 +95,11 @@ std::vector<sumi_module_info> model_modules(host::Component& model) {
 }
 
 void attach_modules(host::Component& network, const std::vector<sumi_module_info>& modules, std::vector<int32_t>& selected) {
-  const auto& nvt = network.vtable<sumi_network_vtable>();
+  host::NetworkPlugin net(network);
   selected.assign(modules.size(), 0);
   const auto n = static_cast<int64_t>(modules.size());
-  if (has_probe(network)) {
-    network.check(nvt.attach(network.self(), modules.data(), n, selected.data()), "attach");
+  if (net.has_probe()) {
+    net.attach(modules.data(), n, selected.data());
     return;
   }
   // Built for ABI 1.0 - 1.2: an array of the old, shorter records. Kept alive as long as the
@@ -119,26 +113,17 @@ void attach_modules(host::Component& network, const std::vector<sumi_module_info
     m.struct_size = SUMI_MODULE_INFO_SIZE_1_2;
     std::memcpy(buf.data() + i * SUMI_MODULE_INFO_SIZE_1_2, &m, SUMI_MODULE_INFO_SIZE_1_2);
   }
-  network.check(nvt.attach(network.self(), reinterpret_cast<const sumi_module_info*>(buf.data()), n, selected.data()), "attach");
+  net.attach(reinterpret_cast<const sumi_module_info*>(buf.data()), n, selected.data());
 }
 
 std::optional<std::vector<int32_t>> probe_network(host::Component& network, const WeightsFile& f) {
-  if (!has_probe(network)) return std::nullopt;
-  const auto ts = f.tensors();
-  std::vector<int32_t> understood(ts.size(), 0);
-  network.check(network.vtable<sumi_network_vtable>().probe(network.self(), ts.data(), static_cast<int64_t>(ts.size()),
-                                                           f.metadata_json.c_str(), understood.data()),
-                ("probe " + f.path).c_str());
-  return understood;
+  host::NetworkPlugin net(network);
+  if (!net.has_probe()) return std::nullopt;
+  return net.probe(f.tensors(), f.metadata_json, f.path);
 }
 
 bool configure_network_from_file(host::Component& network, const WeightsFile& f) {
-  const auto& vt = network.vtable<sumi_network_vtable>();
-  if (!SUMI_HAS_FIELD(&vt, sumi_network_vtable, configure_from_weights) || !vt.configure_from_weights) return false;
-  const auto ts = f.tensors();
-  network.check(vt.configure_from_weights(network.self(), ts.data(), static_cast<int64_t>(ts.size()), f.metadata_json.c_str()),
-                ("configure_from_weights " + f.path).c_str());
-  return true;
+  return host::NetworkPlugin(network).configure_from_weights(f.tensors(), f.metadata_json, f.path);
 }
 
 std::string find_network_component(host::PluginManager& pm, const WeightsFile& f) {
@@ -205,11 +190,9 @@ std::string find_network_component(host::PluginManager& pm, const WeightsFile& f
 }
 
 std::map<std::string, std::string> network_metadata_of(host::Component& network) {
-  const auto& vt = network.vtable<sumi_network_vtable>();
-  if (!SUMI_HAS_FIELD(&vt, sumi_network_vtable, metadata) || !vt.metadata) return {};
-  const char* json = nullptr;
-  network.check(vt.metadata(network.self(), &json), "metadata");
-  return string_object(json ? json : "{}", std::string("network '") + network.info().name + "' metadata");
+  const std::optional<std::string> json = host::NetworkPlugin(network).metadata();
+  if (!json) return {};
+  return string_object(*json, std::string("network '") + network.info().name + "' metadata");
 }
 
 }  // namespace sumi::app

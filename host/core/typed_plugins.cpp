@@ -142,6 +142,11 @@ bool ModelPlugin::release_part(const std::string& part) {
   return true;
 }
 
+bool ModelPlugin::has_probe() const { return SUMI_HAS_FIELD(&vt(), sumi_model_vtable, probe) && vt().probe; }
+bool ModelPlugin::has_save() const { return SUMI_HAS_FIELD(&vt(), sumi_model_vtable, save) && vt().save; }
+bool ModelPlugin::has_save_token() const { return SUMI_HAS_FIELD(&vt(), sumi_model_vtable, save_token) && vt().save_token; }
+bool ModelPlugin::has_load_token() const { return SUMI_HAS_FIELD(&vt(), sumi_model_vtable, load_token) && vt().load_token; }
+
 // ---------------------------------------------------------------- noise scheduler
 void NoiseSchedulerPlugin::set_timesteps(int64_t n) { c_.check(vt().set_timesteps(c_.self(), n), "set_timesteps"); }
 
@@ -259,6 +264,49 @@ std::optional<NetworkPlugin::MaxNorm> NetworkPlugin::apply_max_norm(double max_n
   if (st == SUMI_ERR_UNSUPPORTED) return std::nullopt;
   c_.check(st, "apply_max_norm");
   return r;
+}
+
+void NetworkPlugin::resume_training_noexcept(double multiplier) noexcept {
+  // The statuses are not checked: nothing may throw here.
+  (void)vtable().set_multiplier(c_.self(), multiplier);
+  (void)vtable().set_training(c_.self(), 1);
+}
+
+bool NetworkPlugin::has_probe() const { return SUMI_HAS_FIELD(&vtable(), sumi_network_vtable, probe) && vtable().probe; }
+
+void NetworkPlugin::attach(const sumi_module_info* modules, int64_t n, int32_t* selected) {
+  c_.check(vtable().attach(c_.self(), modules, n, selected), "attach");
+}
+
+std::vector<int32_t> NetworkPlugin::probe(const std::vector<sumi_file_tensor>& tensors, const std::string& metadata_json,
+                                          const std::string& from) {
+  c_.require_slot(has_probe(), "probe", "1.3");
+  std::vector<int32_t> understood(tensors.size(), 0);
+  c_.check(vtable().probe(c_.self(), tensors.data(), static_cast<int64_t>(tensors.size()), metadata_json.c_str(),
+                          understood.data()),
+           ("probe " + from).c_str());
+  return understood;
+}
+
+bool NetworkPlugin::configure_from_weights(const std::vector<sumi_file_tensor>& tensors, const std::string& metadata_json,
+                                           const std::string& from) {
+  if (!SUMI_HAS_FIELD(&vtable(), sumi_network_vtable, configure_from_weights) || !vtable().configure_from_weights)
+    return false;
+  c_.check(vtable().configure_from_weights(c_.self(), tensors.data(), static_cast<int64_t>(tensors.size()),
+                                           metadata_json.c_str()),
+           ("configure_from_weights " + from).c_str());
+  return true;
+}
+
+bool NetworkPlugin::has_metadata() const {
+  return SUMI_HAS_FIELD(&vtable(), sumi_network_vtable, metadata) && vtable().metadata;
+}
+
+std::optional<std::string> NetworkPlugin::metadata() {
+  if (!has_metadata()) return std::nullopt;
+  const char* json = nullptr;
+  c_.check(vtable().metadata(c_.self(), &json), "metadata");
+  return std::string(json ? json : "{}");
 }
 
 }  // namespace sumi::host

@@ -56,6 +56,11 @@ class ModelPlugin {
   std::string token_text(int64_t id);
   // 1.4: frees `part`; false when the model keeps it (no slot, or it declines).
   bool release_part(const std::string& part);
+  // Whether the plugin has the slot (present and set), for checks before a run starts.
+  bool has_probe() const;
+  bool has_save() const;
+  bool has_save_token() const;
+  bool has_load_token() const;
 
  private:
   const sumi_model_vtable& vt() const { return c_.vtable<sumi_model_vtable>(); }
@@ -122,6 +127,21 @@ class NetworkPlugin {
     double mean_norm = 0, max_norm = 0;
   };
   std::optional<MaxNorm> apply_max_norm(double max_norm);
+  // Sets the network to train at `multiplier` again; never throws (for destructors).
+  void resume_training_noexcept(double multiplier) noexcept;
+  // 1.3: probe; a network that has it reads attach's records at this ABI's size (an older one
+  // reads the 1.0 - 1.2 records).
+  bool has_probe() const;
+  void attach(const sumi_module_info* modules, int64_t n, int32_t* selected);
+  // 1.3: per tensor of a file (named `from` in errors), whether the network reads it (non-zero).
+  std::vector<int32_t> probe(const std::vector<sumi_file_tensor>& tensors, const std::string& metadata_json,
+                             const std::string& from);
+  // 1.3: sizes the network from a file's tensors; false for a network without the slot.
+  bool configure_from_weights(const std::vector<sumi_file_tensor>& tensors, const std::string& metadata_json,
+                              const std::string& from);
+  // 1.3: the network's own metadata (a JSON object); nullopt for a network without the slot.
+  bool has_metadata() const;
+  std::optional<std::string> metadata();
 
  private:
   Component& c_;

@@ -98,11 +98,7 @@ std::vector<std::string> TrainingSampler::maybe_sample(int64_t step, std::option
     host::Component* net;
     double multiplier;
     ~Restore() {
-      if (!net) return;
-      // No throwing from a destructor: the calls' statuses are not checked here.
-      const auto& nvt = net->vtable<sumi_network_vtable>();
-      (void)nvt.set_multiplier(net->self(), multiplier);
-      (void)nvt.set_training(net->self(), 1);
+      if (net) host::NetworkPlugin(*net).resume_training_noexcept(multiplier);
     }
   } restore{nullptr, train_multiplier_};
   if (network_) {

@@ -55,8 +55,7 @@ class NetworkTarget final : public TrainTarget {
   void save(const fs::path& path, const RunFacts& run) override {
     NetworkFacts facts;
     facts.component = network_->info().name;
-    const auto& nvt = network_->vtable<sumi_network_vtable>();
-    facts.has_metadata = SUMI_HAS_FIELD(&nvt, sumi_network_vtable, metadata) && nvt.metadata;
+    facts.has_metadata = host::NetworkPlugin(*network_).has_metadata();
     facts.metadata = network_metadata_of(*network_);
     auto md = network_metadata(s_, run, description_, &facts);
     for (auto& [k, v] : modelspec_metadata(run_modelspec(s_, ModelSpecKind::lora, run.width, run.height, description_))) md[k] = v;
@@ -108,12 +107,11 @@ class TextualInversionTarget final : public ModelFileTarget {
  public:
   TextualInversionTarget(const TrainSettings& s, host::Component& model, const ModelDescription& description)
       : ModelFileTarget(s, model, description, ModelSpecKind::textual_inversion) {
-    const auto& mvt = model.vtable<sumi_model_vtable>();
-    model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, save_token), "save_token", "1.1");
+    model.require_slot(host::ModelPlugin(model).has_save_token(), "save_token", "1.1");
     host::ModelPlugin(model).add_token(s.token_string, s.init_word, s.num_vectors_per_token);
     if (!s.ti_weights.empty()) {
       // kohya's --weights: the token's vectors start from an embedding file (the model reads it).
-      model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, load_token) && mvt.load_token, "load_token", "1.2");
+      model.require_slot(host::ModelPlugin(model).has_load_token(), "load_token", "1.2");
       if (!fs::exists(s.ti_weights))
         throw host::UserError("--weights " + s.ti_weights + ": no such file (expected a Textual Inversion embedding)");
       host::ModelPlugin(model).load_token(s.token_string, s.ti_weights);
@@ -132,8 +130,7 @@ class ModelPartsTarget final : public ModelFileTarget {
  public:
   ModelPartsTarget(const TrainSettings& s, host::Component& model, const ModelDescription& description)
       : ModelFileTarget(s, model, description, ModelSpecKind::checkpoint) {
-    const auto& mvt = model.vtable<sumi_model_vtable>();
-    model.require_slot(SUMI_HAS_FIELD(&mvt, sumi_model_vtable, save), "save", "1.1");
+    model.require_slot(host::ModelPlugin(model).has_save(), "save", "1.1");
     std::vector<std::string> parts{"unet"};
     if (s.train_text_encoder || (s.train_text_encoder_by_model && description.kohya_trains_text_encoder)) {
       if (description.text_encoders.empty()) parts.push_back("text_encoder");  // a 1.1 model: no describe
