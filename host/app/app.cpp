@@ -51,26 +51,11 @@ bool parse_common(const std::vector<std::string>& args, CommonOptions& out, std:
 }
 
 c10::Device run_device(const std::string& text) {
-  const int64_t gpus = torch_compat::cuda_device_count();
-  if (text.empty()) return gpus > 0 ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
-  if (text == "cpu") return c10::Device(c10::kCPU);
-  int64_t index = -1;
-  if (text == "cuda") {
-    index = 0;
-  } else if (text.rfind("cuda:", 0) == 0 && text.size() > 5 && text.size() < 9 &&
-             text.find_first_not_of("0123456789", 5) == std::string::npos) {
-    index = std::stoll(text.substr(5));
-  } else {
-    throw host::UserError("--device '" + text + "': expected cpu, cuda or cuda:N (N the GPU's index)");
+  try {
+    return torch_compat::parse_device(text);
+  } catch (const std::invalid_argument& e) {
+    throw host::UserError(e.what());
   }
-  if (!at::hasCUDA())
-    throw host::UserError("--device " + text + ": this sumi is built against a libtorch without CUDA (" TORCH_VERSION
-                          "); use --device cpu, or build against a CUDA libtorch (docs/dependencies.md, \"CUDA\")");
-  if (index >= gpus)
-    throw host::UserError("--device " + text + ": " + (gpus == 0 ? std::string("no CUDA GPU is present") :
-                          "this machine has " + std::to_string(gpus) + " CUDA GPU(s), cuda:0 to cuda:" + std::to_string(gpus - 1)) +
-                          "; use --device cpu or one of those");
-  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
 }
 
 void refuse_device(const CommonOptions& o, const std::string& command) {

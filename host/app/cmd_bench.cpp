@@ -11,6 +11,7 @@
 #include "core/runtime.h"
 
 #include <ATen/ATen.h>
+#include <sumi/torch_compat.hpp>
 
 #include <sys/wait.h>
 #include <unistd.h>
@@ -46,6 +47,7 @@ struct BenchArgs {
   int threads = 0, steps = 3;
   int64_t optimizer_params = int64_t{1} << 23;
   bool tiny = false, help = false;
+  std::string device;                // --device (also forwarded): where the optimizer job steps
   std::vector<std::string> forward;  // arguments for sumi-bench
 };
 
@@ -83,6 +85,12 @@ BenchArgs parse_bench_args(const std::vector<std::string>& args) {
     } else {
       if (a == "--help" || a == "-h") b.help = true;
       if (a == "--tiny") b.tiny = true;
+      if (a == "--device") {
+        b.device = take();
+        b.forward.push_back(a);
+        b.forward.push_back(b.device);
+        continue;
+      }
       if (a == "--threads" || a == "--steps") {
         const std::string v = take();
         (a == "--threads" ? b.threads : b.steps) = static_cast<int>(to_int(v));
@@ -145,13 +153,14 @@ struct Timing {
   double seconds = 0, cpu_seconds = 0;
 };
 
-// Median wall and CPU seconds of `n` calls.
-Timing median_of(int n, const std::function<void()>& fn) {
+// Median wall and CPU seconds of `n` calls, each waiting for `device`'s queued work.
+Timing median_of(int n, const c10::Device& device, const std::function<void()>& fn) {
   std::vector<double> wall, cpu;
   for (int i = 0; i < n; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     const double c0 = cpu_now();
     fn();
+    torch_compat::synchronize(device);
     wall.push_back(std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
     cpu.push_back(cpu_now() - c0);
   }
@@ -162,13 +171,16 @@ Timing median_of(int n, const std::function<void()>& fn) {
 
 // The machine's memory bandwidth as an optimizer sees it: a += 1e-9 b in place over float32
 // arrays of `n` elements (a read and written, b read: 12 bytes per element), fastest of 5.
-double bandwidth_gbs(int64_t n) {
-  at::Tensor a = at::rand({n});
-  const at::Tensor b = at::rand({n});
+double bandwidth_gbs(int64_t n, const c10::Device& device) {
+  at::Tensor a = at::rand({n}).to(device);
+  const at::Tensor b = at::rand({n}).to(device);
+  a.add_(b, 1e-9);
+  torch_compat::synchronize(device);
   double best = 1e30;
   for (int i = 0; i < 5; ++i) {
     const auto t0 = std::chrono::steady_clock::now();
     a.add_(b, 1e-9);
+    torch_compat::synchronize(device);
     best = std::min(best, std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count());
   }
   return 12.0 * static_cast<double>(n) / best * 1e-9;
@@ -178,13 +190,14 @@ double bandwidth_gbs(int64_t n) {
 // after one warm-up step (which creates the state), the state's bytes per parameter, and the
 // least memory traffic of a step: parameter read + write, gradient read, state read + write.
 void bench_optimizer(host::PluginManager& pm, const std::string& spec, const std::vector<at::Tensor>& shapes,
-                     int steps, double bw_gbs) {
+                     int steps, double bw_gbs, const c10::Device& device) {
   host::Registry registry;
+  registry.set_device(device);
   std::vector<at::Tensor> params;
   int64_t numel = 0;
   for (size_t i = 0; i < shapes.size(); ++i) {
     at::Tensor p = registry.add("network", "p" + std::to_string(i), shapes[i], "", true);
-    p.mutable_grad() = at::randn_like(p) * 1e-3;
+    p.mutable_grad() = at::randn_like(p) * 1e-3;  // on the registry's device, as p
     params.push_back(p);
     numel += p.numel();
   }
@@ -205,7 +218,7 @@ void bench_optimizer(host::PluginManager& pm, const std::string& spec, const std
     double state_bytes = 0;
     for (const auto& e : registry.entries())
       if (e.component == "optimizer" && e.tensor.defined()) state_bytes += static_cast<double>(e.tensor.nbytes());
-    const Timing t = median_of(std::max(1, steps), step);
+    const Timing t = median_of(std::max(1, steps), device, step);
     const double per_param = state_bytes / static_cast<double>(numel);
     const double traffic = static_cast<double>(numel) * (12.0 + 2.0 * per_param);
     const double gbs = traffic / t.seconds * 1e-9;
@@ -224,6 +237,7 @@ void bench_optimizer(host::PluginManager& pm, const std::string& spec, const std
 
 void run_optimizer_job(const BenchArgs& b) {
   const int threads = host::init_runtime(b.threads);
+  const c10::Device device = run_device(b.device);
   CommonOptions o;
   o.plugin_dirs = b.plugin_dirs;
   auto pm = make_plugin_manager(o);
@@ -237,13 +251,14 @@ void run_optimizer_job(const BenchArgs& b) {
   at::manual_seed(0);
   std::vector<at::Tensor> shapes;
   for (int64_t i = 0; i < tensors; ++i) shapes.push_back(at::randn({256, 256}) * 0.02);
-  const double bw = bandwidth_gbs(b.tiny ? (int64_t{1} << 20) : (int64_t{1} << 26));
-  std::printf("\noptimizer step: %lld float32 parameters in %lld tensors of 256x256, %d threads, median of %d steps;\n"
-              "memory bandwidth (a += b in place, float32) %.1f GB/s\n",
-              static_cast<long long>(tensors * 65536), static_cast<long long>(tensors), threads, std::max(1, b.steps), bw);
+  const double bw = bandwidth_gbs(b.tiny ? (int64_t{1} << 20) : (int64_t{1} << 26), device);
+  std::printf("\noptimizer step: %lld float32 parameters in %lld tensors of 256x256, device %s, %d threads, median of %d "
+              "steps;\nmemory bandwidth (a += b in place, float32) %.1f GB/s\n",
+              static_cast<long long>(tensors * 65536), static_cast<long long>(tensors), device.str().c_str(), threads,
+              std::max(1, b.steps), bw);
   std::printf("%-24s %10s %9s %9s %9s %8s %9s %9s\n", "optimizer", "seconds", "ns/param", "state_B", "GB/s",
               "of_peak", "rss_GiB", "cpu_s");
-  for (const auto& n : names) bench_optimizer(pm, n, shapes, b.steps, bw);
+  for (const auto& n : names) bench_optimizer(pm, n, shapes, b.steps, bw, device);
 }
 
 }  // namespace

@@ -3,10 +3,8 @@
 #include "model_description.h"
 
 #include "core/error.h"
-#include "core/handle_scope.h"
-#include "core/op_bridge.h"
 #include "core/progress.h"
-#include "core/tensor_handle.h"
+#include "core/typed_plugins.h"
 
 #include <ATen/CPUGeneratorImpl.h>
 
@@ -16,18 +14,13 @@
 
 namespace sumi::app {
 
-namespace {
-
-using Handle = host::OwnedHandle;
-
-}  // namespace
-
 Generator::Generator(host::Component& model, host::Component& scheduler, int64_t vae_batch_size)
     : model_(model), scheduler_(scheduler), vae_batch_size_(vae_batch_size) {
   const ModelDescription d = describe(model);
   latent_channels_ = d.latent_channels;
   vae_factor_ = d.vae_scale_factor;
   added_conditioning_ = d.added_conditioning;
+  noises_per_step_ = host::NoiseSchedulerPlugin(scheduler).describe().noises_per_step;
   if (latent_channels_ < 1 || vae_factor_ < 1)
     throw host::UserError(std::string("model '") + model.info().name + "' describes latents of " + std::to_string(latent_channels_) +
                           " channels at 1/" + std::to_string(vae_factor_) + " scale; expected positive numbers");
@@ -62,13 +55,6 @@ void check_batch(const std::vector<ImageRequest>& rs) {
       throw host::UserError("image " + std::to_string(i) + " of a batch differs from image 0 (" + what +
                             "); requests batched together must share size, steps, strength and kind");
   }
-}
-
-// gen_img's scheduler_num_noises_per_step: the sampler noises it draws per step and image
-// before sampling (2 for KDPM2AncestralDiscreteScheduler, 1 for every other sampler).
-int64_t noises_per_step(const host::Component& sampler) {
-  const std::string name = sampler.info().name;
-  return name == "dpm_2_a" || name == "k_dpm_2_a" ? 2 : 1;
 }
 
 bool same_image(const at::Tensor& a, const at::Tensor& b) {
@@ -130,7 +116,6 @@ struct Generator::Batch {
   const std::vector<ImageRequest>& rs;
   const ImageRequest& r;  // the first request: what the batch shares
   int64_t B;
-  host::HandleScope keep;  // borrowed handles that live as long as the batch
   // Conditioning, [uncond..., cond...].
   at::Tensor context, pooled, added;
   // The sampler's schedule.
@@ -163,17 +148,13 @@ struct Generator::Batch {
 };
 
 void Generator::encode_prompts(Batch& b) {
-  const auto& mvt = model_.vtable<sumi_model_vtable>();
   const auto& rs = b.rs;
   // One encode_text call, so that a weighted encoder gives every prompt of the batch, and each
   // negative, one chunk count.
-  Handle text, pooled;
-  std::vector<const char*> texts;
-  for (const auto& q : rs) texts.push_back(q.negative_prompt.c_str());
-  for (const auto& q : rs) texts.push_back(q.prompt.c_str());
-  model_.check(mvt.encode_text(model_.self(), texts.data(), 2 * b.B, &text.h, &pooled.h), "encode_text");
-  b.context = text.get();
-  b.pooled = pooled.get();
+  std::vector<std::string> texts;
+  for (const auto& q : rs) texts.push_back(q.negative_prompt);
+  for (const auto& q : rs) texts.push_back(q.prompt);
+  std::tie(b.context, b.pooled) = host::ModelPlugin(model_).encode_text(texts);
   if (b.context.size(0) != 2 * b.B)
     throw std::runtime_error("encode_text returned " + std::to_string(b.context.size(0)) + " rows for " +
                              std::to_string(2 * b.B) + " prompts");
@@ -202,14 +183,12 @@ void Generator::encode_prompts(Batch& b) {
 }
 
 void Generator::plan_timesteps(Batch& b) {
-  const auto& svt = scheduler_.vtable<sumi_noise_scheduler_vtable>();
-  scheduler_.check(svt.set_timesteps(scheduler_.self(), b.r.steps), "set_timesteps");
-  Handle ts, sg;
-  scheduler_.check(svt.timesteps(scheduler_.self(), &ts.h), "timesteps");
-  b.timesteps = ts.get().to(at::kDouble).contiguous();
-  scheduler_.check(svt.init_noise_sigma(scheduler_.self(), &b.sigma0), "init_noise_sigma");
-  scheduler_.check(svt.sigmas(scheduler_.self(), &sg.h), "sigmas");
-  b.sigmas = sg.get().defined() ? sg.get().to(at::kDouble).contiguous() : at::Tensor();
+  host::NoiseSchedulerPlugin sched(scheduler_);
+  sched.set_timesteps(b.r.steps);
+  b.timesteps = sched.timesteps().to(at::kDouble).contiguous();
+  b.sigma0 = sched.init_noise_sigma();
+  const at::Tensor sigmas = sched.sigmas();
+  b.sigmas = sigmas.defined() ? sigmas.to(at::kDouble).contiguous() : at::Tensor();
   // diffusers' sigma samplers (init sigma > 1) noise in sigma space, x0 + sigma * noise; the
   // plugins' add_noise is the DDPM form for every sampler (docs/schedulers.md), which is what
   // diffusers uses for ddim/ddpm/pndm and the DPM-Solvers. Same choice as diffusers' add_noise.
@@ -228,7 +207,7 @@ void Generator::draw_noises(Batch& b) {
   if (r.mask.defined() && !b.img2img()) throw host::UserError("inpainting needs an init image (a mask alone was given)");
   if (!b.img2img()) return;
   if (!(r.strength > 0 && r.strength <= 1)) throw host::UserError("strength must be in (0, 1], got " + std::to_string(r.strength));
-  const int64_t n = r.steps * noises_per_step(scheduler_);
+  const int64_t n = r.steps * noises_per_step_;
   for (int64_t j = 0; j < n; ++j) b.step_noises.push_back(b.draw());
   b.i2i_noise = b.draw();
 }
@@ -236,16 +215,12 @@ void Generator::draw_noises(Batch& b) {
 // The start image noised to the timestep at `index`.
 at::Tensor Generator::noised(Batch& b, int64_t index) {
   if (b.sigma_space) return b.init_latents + b.i2i_noise * b.sigmas[index].item<double>();
-  const auto& svt = scheduler_.vtable<sumi_noise_scheduler_vtable>();
-  Handle out;
   const at::Tensor t = at::full({b.B}, static_cast<int64_t>(std::llround(b.timesteps[index].item<double>())), at::kLong);
-  scheduler_.check(svt.add_noise(scheduler_.self(), b.keep(b.init_latents), b.keep(b.i2i_noise), b.keep(t), &out.h), "add_noise");
-  return out.get().to(at::kFloat);
+  return host::NoiseSchedulerPlugin(scheduler_).add_noise(b.init_latents, b.i2i_noise, t).to(at::kFloat);
 }
 
 // img2img: each request's start latents (given, or its image encoded as gen_img does).
 at::Tensor Generator::encode_start_images(Batch& b) {
-  const auto& mvt = model_.vtable<sumi_model_vtable>();
   const auto& rs = b.rs;
   const ImageRequest& r = b.r;
   const int64_t lh = r.height / vae_factor_, lw = r.width / vae_factor_;
@@ -290,9 +265,7 @@ at::Tensor Generator::encode_start_images(Batch& b) {
       GlobalRngAs global(b.gens.back(), rs.back().seed);
       for (int64_t from = 0; from < n; from += slice) {
         const at::Tensor in = all.narrow(0, from, std::min(slice, n - from)).contiguous();
-        Handle enc;
-        model_.check(mvt.vae_encode(model_.self(), b.keep(in), 1, &enc.h), "vae_encode");
-        parts.push_back(enc.get().to(at::kFloat));
+        parts.push_back(host::ModelPlugin(model_).vae_encode(in, true).to(at::kFloat));
       }
     }
     const at::Tensor encoded = parts.size() == 1 ? parts.front() : at::cat(parts);
@@ -337,8 +310,8 @@ void Generator::start_latents(Batch& b) {
 }
 
 void Generator::denoise(Batch& b, bool progress) {
-  const auto& mvt = model_.vtable<sumi_model_vtable>();
-  const auto& svt = scheduler_.vtable<sumi_noise_scheduler_vtable>();
+  host::ModelPlugin model(model_);
+  host::NoiseSchedulerPlugin sched(scheduler_);
   const ImageRequest& r = b.r;
   // One guidance scale for the batch is a scalar multiply (as a single run does); mixed scales
   // broadcast per image.
@@ -354,22 +327,16 @@ void Generator::denoise(Batch& b, bool progress) {
   for (int64_t i = b.start; i < b.timesteps.numel(); ++i) {
     const double t = b.timesteps[i].item<double>();
     const at::Tensor x2 = at::cat({b.latents, b.latents});
-    Handle scaled, out, next;
-    host::HandleScope step_keep;  // this step's borrowed handles
-    scheduler_.check(svt.scale_model_input(scheduler_.self(), step_keep(x2), i, &scaled.h), "scale_model_input");
+    const at::Tensor scaled = sched.scale_model_input(x2, i);
     const at::Tensor tt = at::full({2 * b.B}, t, at::TensorOptions().dtype(at::kFloat).device(b.device));
-    model_.check(mvt.denoise(model_.self(), step_keep(scaled.get()), step_keep(tt), step_keep(b.context), step_keep(b.pooled),
-                             step_keep(b.added), &out.h),
-                 "denoise");
-    const auto parts = out.get().chunk(2);
+    const auto parts = model.denoise(scaled, tt, b.context, b.pooled, b.added).chunk(2);
     const at::Tensor guided =
         one_scale ? parts[0] + r.scale * (parts[1] - parts[0]) : parts[0] + scales * (parts[1] - parts[0]);
     // Ancestral samplers take this noise; deterministic ones ignore it. gen_img's noise manager
     // hands out its pre-drawn noises in order from the first step sampled.
     const size_t m = static_cast<size_t>(i - b.start);
     const at::Tensor noise = m < b.step_noises.size() ? b.step_noises[m] : b.draw();
-    scheduler_.check(svt.step(scheduler_.self(), step_keep(guided), i, step_keep(b.latents), step_keep(noise), &next.h), "step");
-    b.latents = next.get();
+    b.latents = sched.step(guided, i, b.latents, noise);
     // Legacy inpainting (diffusers' StableDiffusionInpaintPipelineLegacy, sd-scripts gen_img for
     // ordinary models): keep the original, noised with the img2img noise to this step's
     // timestep, outside the mask.
@@ -402,18 +369,12 @@ std::vector<ImageResult> Generator::run_batch(const std::vector<ImageRequest>& r
 }
 
 at::Tensor Generator::decode(const at::Tensor& latents) {
-  const auto& mvt = model_.vtable<sumi_model_vtable>();
   const int64_t n = latents.size(0);
   const int64_t slice = vae_batch_size_ > 0 ? std::min(vae_batch_size_, n) : n;
   std::vector<at::Tensor> parts;
   for (int64_t from = 0; from < n; from += slice) {
     const at::Tensor in = latents.narrow(0, from, std::min(slice, n - from)).to(model_.device()).contiguous();
-    Handle image;
-    {
-      host::HandleScope keep;
-      model_.check(mvt.vae_decode(model_.self(), keep(in), &image.h), "vae_decode");
-    }
-    parts.push_back(image.get().to(at::kCPU, at::kFloat));
+    parts.push_back(host::ModelPlugin(model_).vae_decode(in).to(at::kCPU, at::kFloat));
   }
   return parts.size() == 1 ? parts.front() : at::cat(parts);
 }
@@ -506,11 +467,7 @@ std::map<std::string, std::string> declared_keys(const nlohmann::json& j, const 
 }  // namespace
 
 std::string describe_model(host::Component& model) {
-  const auto& vt = model.vtable<sumi_model_vtable>();
-  if (!SUMI_HAS_FIELD(&vt, sumi_model_vtable, describe) || !vt.describe) return "{}";
-  const char* text = nullptr;
-  model.check(vt.describe(model.self(), &text), "describe");
-  return text ? std::string(text) : std::string("{}");
+  return host::ModelPlugin(model).describe();
 }
 
 SchedulerSource scheduler_source_from_string(const std::string& name) {

@@ -87,6 +87,7 @@ class Generator {
   host::Component& scheduler_;
   int64_t vae_batch_size_ = 0;
   int64_t latent_channels_ = 4, vae_factor_ = 8;
+  int64_t noises_per_step_ = 1;  // the sampler's describe: gen_img's scheduler_num_noises_per_step
   std::vector<std::string> added_conditioning_;
 };
 

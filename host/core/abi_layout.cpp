@@ -26,7 +26,7 @@ static_assert(sizeof(sumi_autograd_function) == 40, "sumi_autograd_function layo
 static_assert(sizeof(sumi_optimizer_vtable) == 24, "sumi_optimizer_vtable layout changed");
 static_assert(sizeof(sumi_lr_query) == 40, "sumi_lr_query layout changed");
 static_assert(sizeof(sumi_lr_scheduler_vtable) == 16, "sumi_lr_scheduler_vtable layout changed");
-static_assert(sizeof(sumi_noise_scheduler_vtable) == 80, "sumi_noise_scheduler_vtable layout changed");
+static_assert(SUMI_NOISE_SCHEDULER_VTABLE_SIZE_1_3 == 80, "sumi_noise_scheduler_vtable 1.0-1.3 layout changed");
 static_assert(SUMI_MODULE_INFO_SIZE_1_2 == 104, "sumi_module_info 1.0-1.2 layout changed");
 static_assert(offsetof(sumi_module_info, weight) == 96, "sumi_module_info.weight moved");
 static_assert(SUMI_NETWORK_VTABLE_SIZE_1_2 == 56, "sumi_network_vtable 1.0-1.2 layout changed");
@@ -65,5 +65,8 @@ static_assert(SUMI_MODEL_VTABLE_SIZE_1_3 == 144, "sumi_model_vtable 1.3 layout c
 // ABI 1.4: release_part, appended.
 static_assert(offsetof(sumi_model_vtable, release_part) == 144, "sumi_model_vtable.release_part moved");
 static_assert(sizeof(sumi_model_vtable) == 152, "sumi_model_vtable 1.4 layout changed");
+// ABI 1.4: the noise scheduler's describe, appended.
+static_assert(offsetof(sumi_noise_scheduler_vtable, describe) == 80, "sumi_noise_scheduler_vtable.describe moved");
+static_assert(sizeof(sumi_noise_scheduler_vtable) == 88, "sumi_noise_scheduler_vtable 1.4 layout changed");
 static_assert(offsetof(sumi_file_tensor, ndim) == 24, "sumi_file_tensor.ndim moved");
 #endif

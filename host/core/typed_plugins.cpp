@@ -3,6 +3,8 @@
 #include "core/error.h"
 #include "core/handle_scope.h"
 
+#include <nlohmann/json.hpp>
+
 namespace sumi::host {
 
 namespace {
@@ -204,6 +206,33 @@ at::Tensor NoiseSchedulerPlugin::alphas_cumprod() {
   sumi_tensor out = nullptr;
   c_.check(vt().alphas_cumprod(c_.self(), &out), "alphas_cumprod");
   return keep.take(out);
+}
+
+NoiseSchedulerPlugin::Description NoiseSchedulerPlugin::describe() {
+  Description d;
+  d.a1111_name = c_.info().name;
+  if (!SUMI_HAS_FIELD(&vt(), sumi_noise_scheduler_vtable, describe) || !vt().describe) return d;
+  const char* text = nullptr;
+  c_.check(vt().describe(c_.self(), &text), "describe");
+  const std::string who = "noise scheduler '" + std::string(c_.info().name) + "'";
+  nlohmann::json j;
+  try {
+    j = nlohmann::json::parse(text ? text : "{}");
+  } catch (const nlohmann::json::exception& e) {
+    throw UserError(who + ": describe returned invalid JSON (" + e.what() + "); the plugin is broken, report it to its author");
+  }
+  if (!j.is_object()) throw UserError(who + ": describe must return a JSON object; the plugin is broken");
+  if (j.contains("a1111_name")) {
+    if (!j["a1111_name"].is_string() || j["a1111_name"].get<std::string>().empty())
+      throw UserError(who + ": describe's \"a1111_name\" must be a non-empty string");
+    d.a1111_name = j["a1111_name"].get<std::string>();
+  }
+  if (j.contains("noises_per_step")) {
+    if (!j["noises_per_step"].is_number_integer() || j["noises_per_step"].get<int64_t>() < 0)
+      throw UserError(who + ": describe's \"noises_per_step\" must be a non-negative integer");
+    d.noises_per_step = j["noises_per_step"].get<int64_t>();
+  }
+  return d;
 }
 
 // ---------------------------------------------------------------- optimizer, LR scheduler

@@ -83,6 +83,14 @@ class NoiseSchedulerPlugin {
   at::Tensor velocity(const at::Tensor& sample, const at::Tensor& noise, const at::Tensor& timesteps);
   at::Tensor alphas_cumprod();
 
+  // What the sampler says about itself (ABI 1.4 describe); a 1.0 - 1.3 scheduler, or one whose
+  // answer leaves a key out, gets the defaults: its component name and one noise per step.
+  struct Description {
+    std::string a1111_name;       // its label in A1111's `parameters` text
+    int64_t noises_per_step = 1;  // gen_img's scheduler_num_noises_per_step
+  };
+  Description describe();
+
  private:
   const sumi_noise_scheduler_vtable& vt() const { return c_.vtable<sumi_noise_scheduler_vtable>(); }
   Component& c_;

@@ -22,6 +22,7 @@ class Ddim : public Base {
   Tensor step(const Tensor& model_output, int64_t step_index, const Tensor& sample, const Tensor& noise) override;
 
  protected:
+  const char* a1111_label() const override { return "DDIM"; }
   Ddim(Context& ctx, const char* name, unsigned features);
   Tensor predict_x0(const Tensor& model_output, const Tensor& sample, double acp) const;
   std::vector<int64_t> ts_;
@@ -32,6 +33,9 @@ class Ddpm : public Ddim {
  public:
   explicit Ddpm(Context& ctx);
   Tensor step(const Tensor& model_output, int64_t step_index, const Tensor& sample, const Tensor& noise) override;
+
+ protected:
+  const char* a1111_label() const override { return "DDPM"; }
 };
 
 // PNDM with skip_prk_steps: the pseudo linear multistep (PLMS) method SD uses.
@@ -45,6 +49,9 @@ class Pndm : public Base {
   Tensor scale_model_input(const Tensor& sample, int64_t step_index) override;
   Tensor step(const Tensor& model_output, int64_t step_index, const Tensor& sample, const Tensor& noise) override;
 
+ protected:
+  const char* a1111_label() const override { return "PLMS"; }
+
  private:
   std::vector<int64_t> ts_;
   std::deque<Tensor> ets_;
@@ -57,6 +64,7 @@ class Lms : public SigmaBase {
   explicit Lms(Context& ctx);
   void set_timesteps(int64_t n) override;
   Tensor step(const Tensor& model_output, int64_t step_index, const Tensor& sample, const Tensor& noise) override;
+  const char* a1111_label() const override { return "LMS"; }
 
  private:
   double coefficient(int64_t order, int64_t i, int64_t current) const;
@@ -68,6 +76,9 @@ class Euler : public SigmaBase {
   explicit Euler(Context& ctx);
   void set_timesteps(int64_t n) override;
   Tensor step(const Tensor& model_output, int64_t step_index, const Tensor& sample, const Tensor& noise) override;
+
+ protected:
+  const char* a1111_label() const override { return "Euler"; }
 };
 
 class EulerAncestral : public SigmaBase {
@@ -75,6 +86,9 @@ class EulerAncestral : public SigmaBase {
   explicit EulerAncestral(Context& ctx);
   void set_timesteps(int64_t n) override;
   Tensor step(const Tensor& model_output, int64_t step_index, const Tensor& sample, const Tensor& noise) override;
+
+ protected:
+  const char* a1111_label() const override { return "Euler a"; }
 };
 
 // Heun's second-order method (Karras et al. algorithm 2 without churn).
@@ -83,6 +97,7 @@ class Heun : public SigmaBase {
   explicit Heun(Context& ctx);
   void set_timesteps(int64_t n) override;
   Tensor step(const Tensor& model_output, int64_t step_index, const Tensor& sample, const Tensor& noise) override;
+  const char* a1111_label() const override { return "Heun"; }
 
  private:
   Tensor prev_derivative_, prev_sample_;
@@ -99,6 +114,9 @@ class KDpm2 : public SigmaBase {
 
  protected:
   double input_sigma(int64_t step_index) const override;
+  const char* a1111_label() const override { return ancestral_ ? "DPM2 a" : "DPM2"; }
+  // gen_img draws two noises per step for KDPM2AncestralDiscreteScheduler.
+  int64_t noises_per_step() const override { return ancestral_ ? 2 : 1; }
 
  private:
   bool ancestral_;
@@ -121,6 +139,10 @@ class DpmSolver : public Base {
   double init_noise_sigma() override { return 1.0; }
   Tensor scale_model_input(const Tensor& sample, int64_t step_index) override;
   Tensor step(const Tensor& model_output, int64_t step_index, const Tensor& sample, const Tensor& noise) override;
+
+ protected:
+  // gen_img's A1111 labels: the multistep solver (either algorithm) "DPM++ 2M", singlestep "DPM++ SDE".
+  const char* a1111_label() const override { return singlestep_ ? "DPM++ SDE" : "DPM++ 2M"; }
 
  private:
   double alpha(int64_t t) const;

@@ -273,6 +273,11 @@ Base::Base(Context& ctx, const char* name, unsigned features) : cfg_(read_config
   make_train_tables(cfg_, betas_, acp_);
 }
 
+std::string Base::describe() {
+  return std::string("{\"a1111_name\": \"") + a1111_label() + (cfg_.karras ? " Karras" : "") +
+         "\", \"noises_per_step\": " + std::to_string(noises_per_step()) + "}";
+}
+
 double Base::acp_at(int64_t t) const { return std::max(acp_[static_cast<size_t>(t)], kMinAcp); }
 
 void Base::require_steps() const {

@@ -71,8 +71,14 @@ class Base : public NoiseScheduler {
   Tensor add_noise(const Tensor& original, const Tensor& noise, const Tensor& timesteps) override;
   Tensor velocity(const Tensor& sample, const Tensor& noise, const Tensor& timesteps) override;
   Tensor alphas_cumprod() override { return vec_tensor(acp_); }
+  // ABI 1.4: {"a1111_name": label (+ " Karras" with use_karras_sigmas), "noises_per_step"}.
+  std::string describe() override;
 
  protected:
+  // The sampler's label in A1111's `parameters` text, and the noises gen_img draws per step
+  // and image before sampling (its scheduler_num_noises_per_step).
+  virtual const char* a1111_label() const = 0;
+  virtual int64_t noises_per_step() const { return 1; }
   // Per-item coefficients shaped [B, 1, ...] like `like`, on its device and dtype.
   Tensor per_item(const std::vector<double>& v, const Tensor& like) const;
   std::vector<int64_t> train_indices(const Tensor& timesteps, const Tensor& like) const;

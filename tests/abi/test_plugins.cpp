@@ -8,10 +8,12 @@
 #include "../common/plugin_test.h"
 #include "app/app.h"
 #include "app/network_settings.h"
+#include "core/typed_plugins.h"
 
 #include <sumi/torch_compat.hpp>
 
 #include <deque>
+#include <map>
 #include <string>
 #include <vector>
 
@@ -329,4 +331,35 @@ TEST_CASE("a current network (lora) has the 1.3 slots: probe, configure_from_wei
         std::map<std::string, std::string>{{"ss_network_dim", "8"}, {"ss_network_alpha", "4.0"}});
   // A file with a foreign tensor is refused by configure_from_weights, naming it.
   CHECK_THROWS_WITH_AS(sumi::app::configure_network_from_file(c, f), doctest::Contains("'mod0.hada_w1_a'"), UserError);
+}
+
+TEST_CASE("noise scheduler describe (1.4): sumi's samplers give their A1111 label and gen_img's noises per step; a 1.3 "
+          "scheduler gets the defaults") {
+  sumi::host::Registry reg;
+  auto describe = [&](const std::string& name, const std::map<std::string, std::string>& cfg = {}) {
+    auto c = sumi::test::make(SUMI_KIND_NOISE_SCHEDULER, name, reg, cfg, "noise_scheduler");
+    return sumi::host::NoiseSchedulerPlugin(*c).describe();
+  };
+  const std::vector<std::pair<std::string, std::string>> labels = {
+      {"ddim", "DDIM"},        {"pndm", "PLMS"},          {"lms", "LMS"},           {"k_lms", "LMS"},
+      {"euler", "Euler"},      {"euler_a", "Euler a"},    {"k_euler_a", "Euler a"}, {"heun", "Heun"},
+      {"dpm_2", "DPM2"},       {"dpm_2_a", "DPM2 a"},     {"dpmsolver", "DPM++ 2M"}, {"dpmsolver++", "DPM++ 2M"},
+      {"dpmsingle", "DPM++ SDE"}};
+  for (const auto& [name, label] : labels) {
+    CAPTURE(name);
+    const auto d = describe(name);
+    CHECK(d.a1111_name == label);
+    // gen_img draws two noises per step for KDPM2AncestralDiscreteScheduler only.
+    CHECK(d.noises_per_step == (name == "dpm_2_a" ? 2 : 1));
+  }
+  CHECK(describe("k_dpm_2_a").noises_per_step == 2);
+  CHECK(describe("dpmsolver++", {{"use_karras_sigmas", "true"}}).a1111_name == "DPM++ 2M Karras");
+  CHECK(describe("euler_a", {{"use_karras_sigmas", "true"}}).a1111_name == "Euler a Karras");
+  // Built for 1.3: the vtable ends before describe; the host reads nothing past it.
+  auto old = plugins().find(SUMI_KIND_NOISE_SCHEDULER, sumi::test::test_plugin("test_abi_1_3_header"));
+  sumi::host::Component c(old, "noise_scheduler", reg, {});
+  CHECK(c.vtable<sumi_noise_scheduler_vtable>().struct_size == SUMI_NOISE_SCHEDULER_VTABLE_SIZE_1_3);
+  const auto d = sumi::host::NoiseSchedulerPlugin(c).describe();
+  CHECK(d.a1111_name == "abi13_sampler");
+  CHECK(d.noises_per_step == 1);
 }

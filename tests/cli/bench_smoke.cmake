@@ -37,3 +37,20 @@ endif()
 if(NOT out MATCHES "\nadamw8bit +${num} +${num} +2\\.0[0-9] ")
   message(FATAL_ERROR "sumi bench --tiny: AdamW8bit's state is not ~2 bytes per parameter:\n${out}")
 endif()
+# The run's device is printed; --device names the CPU as the default does, and a device this
+# build or machine does not have is refused by name before anything is timed.
+if(NOT out MATCHES "device cpu, 1 threads")
+  message(FATAL_ERROR "sumi bench --tiny: the model line does not name the device:\n${out}")
+endif()
+execute_process(COMMAND ${SUMI} bench --tiny --steps 1 --threads 1 --jobs peak,optimizer --optimizers adamw --device cpu
+                RESULT_VARIABLE rc OUTPUT_VARIABLE out ERROR_VARIABLE err)
+if(NOT rc EQUAL 0 OR NOT out MATCHES "device cpu, 1 threads" OR NOT out MATCHES "\nadamw +${num}")
+  message(FATAL_ERROR "sumi bench --device cpu: exit ${rc}\n${out}\n${err}")
+endif()
+foreach(bad "tpu" "cuda:99")
+  execute_process(COMMAND ${SUMI} bench --tiny --steps 1 --jobs peak --device ${bad} RESULT_VARIABLE rc OUTPUT_VARIABLE out
+                  ERROR_VARIABLE err)
+  if(rc EQUAL 0 OR NOT err MATCHES "--device '?${bad}'?: ")
+    message(FATAL_ERROR "sumi bench --device ${bad}: expected a refusal naming it, got exit ${rc}\n${out}\n${err}")
+  endif()
+endforeach()

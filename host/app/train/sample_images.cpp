@@ -145,7 +145,8 @@ std::vector<std::string> TrainingSampler::maybe_sample(int64_t step, std::option
     if (seeded) name += "_" + std::to_string(r.seed);
     const std::string path = (dir / (name + ".png")).string();
     std::ostringstream params;
-    params << r.prompt << "\nNegative prompt: " << r.negative_prompt << "\nSteps: " << r.steps << ", Sampler: " << sampler
+    params << r.prompt << "\nNegative prompt: " << r.negative_prompt << "\nSteps: " << r.steps
+           << ", Sampler: " << host::NoiseSchedulerPlugin(sched).describe().a1111_name
            << ", CFG scale: " << r.scale << ", Seed: " << r.seed << ", Size: " << r.width << "x" << r.height;
     write_png(path, to_uint8_hwc(result.image), {{"parameters", params.str()}});
     written.push_back(path);

@@ -155,14 +155,16 @@ ModelSpec model_spec(const Options& o) {
 
 // ---- peaks ---------------------------------------------------------------------------------
 
-// Fastest of `reps` calls of `fn`, after one warm-up call.
-double best_seconds(int reps, const std::function<void()>& fn, double* cpu) {
+// Fastest of `reps` calls of `fn`, after one warm-up call; each call waits for `dev`.
+double best_seconds(int reps, const c10::Device& dev, const std::function<void()>& fn, double* cpu) {
   fn();
+  torch_compat::synchronize(dev);
   double best = 1e30;
   for (int i = 0; i < reps; ++i) {
     const auto t0 = Clock::now();
     const double c0 = cpu_now();
     fn();
+    torch_compat::synchronize(dev);
     const double t = seconds_since(t0);
     if (t < best) {
       best = t;
@@ -172,20 +174,20 @@ double best_seconds(int reps, const std::function<void()>& fn, double* cpu) {
   return best;
 }
 
-std::vector<JobResult> peaks(const Options& o, double& peak_bf16, double& peak_fp32) {
+std::vector<JobResult> peaks(const Options& o, const c10::Device& dev, double& peak_bf16, double& peak_fp32) {
   at::NoGradGuard ng;
   const int64_t n = o.tiny ? 256 : 2048;
   const int64_t c = o.tiny ? 32 : 320, hw = o.tiny ? 16 : 64;
   const int reps = o.tiny ? 2 : 5;
   std::vector<JobResult> out;
   for (const std::string dt : {"fp32", "bf16"}) {
-    const auto opts = at::TensorOptions().dtype(dtype_of(dt));
+    const auto opts = at::TensorOptions().dtype(dtype_of(dt)).device(dev);
     {
       reset_peak_rss();
       const at::Tensor a = at::randn({n, n}).to(opts), b = at::randn({n, n}).to(opts);
       JobResult r{"peak matmul " + std::to_string(n) + "^2", dt};
       r.gflop = 2.0 * n * n * n * 1e-9;
-      r.seconds = best_seconds(reps, [&] { (void)at::mm(a, b); }, &r.cpu_seconds);
+      r.seconds = best_seconds(reps, dev, [&] { (void)at::mm(a, b); }, &r.cpu_seconds);
       r.rss_gib = peak_rss_gib();
       out.push_back(r);
     }
@@ -194,7 +196,7 @@ std::vector<JobResult> peaks(const Options& o, double& peak_bf16, double& peak_f
       const at::Tensor x = at::randn({1, c, hw, hw}).to(opts), w = (at::randn({c, c, 3, 3}) * 0.05).to(opts);
       JobResult r{"peak conv3x3 " + std::to_string(c) + "ch " + std::to_string(hw) + "^2", dt};
       r.gflop = 2.0 * hw * hw * 9.0 * c * c * 1e-9;
-      r.seconds = best_seconds(reps, [&] { (void)at::conv2d(x, w, {}, 1, 1); }, &r.cpu_seconds);
+      r.seconds = best_seconds(reps, dev, [&] { (void)at::conv2d(x, w, {}, 1, 1); }, &r.cpu_seconds);
       r.rss_gib = peak_rss_gib();
       out.push_back(r);
     }
@@ -214,7 +216,8 @@ struct Inputs {
   at::Tensor text_embeds, time_ids;  // SDXL: [1, P], [1, 6]
 };
 
-Inputs make_inputs(const ModelSpec& m) {
+// Drawn on the CPU (the same numbers on every device), then moved to `dev`.
+Inputs make_inputs(const ModelSpec& m, const c10::Device& dev) {
   Inputs in;
   const int64_t h = m.image_size / 8;
   in.latents = at::randn({1, 4, h, h});
@@ -225,12 +228,14 @@ Inputs make_inputs(const ModelSpec& m) {
     const double s = static_cast<double>(m.image_size);
     in.time_ids = at::tensor({s, s, 0.0, 0.0, s, s}, at::TensorOptions().dtype(at::kFloat)).unsqueeze(0);
   }
+  for (at::Tensor* t : {&in.latents, &in.ids, &in.context, &in.text_embeds, &in.time_ids})
+    if (t->defined()) *t = t->to(dev);
   return in;
 }
 
 at::Tensor unet_call(const nn::UNet2DConditionModel& unet, const at::Tensor& x, const at::Tensor& ctx,
                      const Inputs& in, int64_t batch, at::ScalarType dt) {
-  const at::Tensor t = at::full({batch}, 500, at::TensorOptions().dtype(at::kLong));
+  const at::Tensor t = at::full({batch}, 500, at::TensorOptions().dtype(at::kLong).device(x.device()));
   if (in.text_embeds.defined()) {
     nn::AddedConditioning ac{in.text_embeds.expand({batch, -1}).to(dt), in.time_ids.expand({batch, -1}).to(dt)};
     return unet.forward(x.to(dt), t, ctx.to(dt), &ac);
@@ -239,13 +244,14 @@ at::Tensor unet_call(const nn::UNet2DConditionModel& unet, const at::Tensor& x, 
 }
 
 // Timed iterations of one job: a warm-up that counts the FLOPs, then `steps` timed calls.
-JobResult time_job(const std::string& name, const std::string& dtype, int steps, const std::function<void()>& fn,
-                   const std::function<double(const nn::FlopCount&)>& flops) {
+JobResult time_job(const std::string& name, const std::string& dtype, int steps, const c10::Device& dev,
+                   const std::function<void()>& fn, const std::function<double(const nn::FlopCount&)>& flops) {
   reset_peak_rss();
   JobResult r{name, dtype};
   {
     nn::FlopCounter counter;
     fn();
+    torch_compat::synchronize(dev);
     r.gflop = flops(counter.count()) * 1e-9;
   }
   std::vector<double> times, cpu;
@@ -253,6 +259,7 @@ JobResult time_job(const std::string& name, const std::string& dtype, int steps,
     const auto t0 = Clock::now();
     const double c0 = cpu_now();
     fn();
+    torch_compat::synchronize(dev);
     times.push_back(seconds_since(t0));
     cpu.push_back(cpu_now() - c0);
   }
@@ -263,7 +270,8 @@ JobResult time_job(const std::string& name, const std::string& dtype, int steps,
 }
 
 // LoRA (kohya's LierLa set: the Linear / 1x1 layers of the UNet's transformers and the text
-// encoders' attention and MLP), dim 4, alpha 1, fp32 weights, hooked into the layers.
+// encoders' attention and MLP), dim 4, alpha 1, fp32 weights (drawn on the CPU, then moved to
+// the layer's device), hooked into the layers.
 struct Lora {
   std::vector<at::Tensor> params;
   std::vector<nn::Linear*> linears;
@@ -278,8 +286,9 @@ struct Lora {
       if (!selected(item.key())) continue;
       if (auto* lin = dynamic_cast<nn::Linear*>(item.value().get())) {
         const int64_t in = lin->weight.size(1), out = lin->weight.size(0);
-        at::Tensor down = (at::randn({dim, in}) / std::sqrt(static_cast<double>(in))).requires_grad_(true);
-        at::Tensor up = at::zeros({out, dim}).requires_grad_(true);
+        const auto dev = lin->weight.device();
+        at::Tensor down = (at::randn({dim, in}) / std::sqrt(static_cast<double>(in))).to(dev).requires_grad_(true);
+        at::Tensor up = at::zeros({out, dim}, at::TensorOptions().device(dev)).requires_grad_(true);
         params.push_back(down);
         params.push_back(up);
         lin->adapter = [down, up, scale](const at::Tensor& x, const at::Tensor& y) {
@@ -290,8 +299,9 @@ struct Lora {
         const auto& w = conv->weight;
         at::Tensor down = (at::randn({dim, w.size(1), w.size(2), w.size(3)}) /
                            std::sqrt(static_cast<double>(w.size(1) * w.size(2) * w.size(3))))
+                              .to(w.device())
                               .requires_grad_(true);
-        at::Tensor up = at::zeros({w.size(0), dim, 1, 1}).requires_grad_(true);
+        at::Tensor up = at::zeros({w.size(0), dim, 1, 1}, at::TensorOptions().device(w.device())).requires_grad_(true);
         params.push_back(down);
         params.push_back(up);
         const int64_t s = conv->stride, p = conv->padding;
@@ -317,16 +327,18 @@ std::vector<JobResult> run(const Options& o) {
       throw std::invalid_argument("sumi bench: unknown job '" + j + "'; jobs: peak, unet, lora, cfg");
   auto wants = [&](const char* j) { return std::find(o.jobs.begin(), o.jobs.end(), j) != o.jobs.end(); };
   const ModelSpec m = model_spec(o);
+  const c10::Device dev = torch_compat::parse_device(o.device);
   const at::ScalarType dt = dtype_of(o.precision);
-  std::printf("model %s%s, %lldx%lld, batch 1, %d threads, precision %s%s, %d timed steps per job\n", o.model.c_str(),
-              o.tiny ? " (tiny)" : "", static_cast<long long>(m.image_size), static_cast<long long>(m.image_size),
-              at::get_num_threads(), o.precision.c_str(), o.frozen_fp32 ? " (training: frozen base fp32 + autocast)" : "",
-              o.steps);
+  std::printf("model %s%s, %lldx%lld, batch 1, device %s, %d threads, precision %s%s, %d timed steps per job\n",
+              o.model.c_str(), o.tiny ? " (tiny)" : "", static_cast<long long>(m.image_size),
+              static_cast<long long>(m.image_size), dev.str().c_str(), at::get_num_threads(), o.precision.c_str(),
+              o.frozen_fp32 ? " (training: frozen base fp32 + autocast)" : "", o.steps);
+  if (!dev.is_cpu()) std::printf("rss_GiB is host memory; cpu_s the host's CPU time while the device works\n");
   print_header();
   std::vector<JobResult> results;
   double peak_bf16 = 0, peak_fp32 = 0;
   if (wants("peak")) {
-    for (auto& r : peaks(o, peak_bf16, peak_fp32)) {
+    for (auto& r : peaks(o, dev, peak_bf16, peak_fp32)) {
       print(r);
       results.push_back(r);
     }
@@ -340,18 +352,18 @@ std::vector<JobResult> run(const Options& o) {
   if (!wants("unet") && !wants("lora") && !wants("cfg")) return results;
 
   at::manual_seed(0);
-  const Inputs in = make_inputs(m);
+  const Inputs in = make_inputs(m, dev);
   const std::string size = std::to_string(m.image_size);
 
   // Inference: the UNet in the compute dtype, as `sumi generate --bf16` loads it.
   if (wants("unet") || wants("cfg")) {
     auto unet = std::make_shared<nn::UNet2DConditionModel>(m.unet);
-    unet->to(dt);
-    if (dt == at::kBFloat16) nn::convs_to_channels_last(*unet);  // as the sd plugin loads bf16
+    unet->to(dev, dt);
+    if (dt == at::kBFloat16 && dev.is_cpu()) nn::convs_to_channels_last(*unet);  // as the sd plugin loads bf16
     at::NoGradGuard ng;
     if (wants("unet")) {
       finish(time_job(
-          "unet forward " + size + " b1", o.precision, o.steps,
+          "unet forward " + size + " b1", o.precision, o.steps, dev,
           [&] { (void)unet_call(*unet, in.latents, in.context, in, 1, dt); },
           [](const nn::FlopCount& c) { return c.total(); }));
     }
@@ -361,7 +373,7 @@ std::vector<JobResult> run(const Options& o) {
       const double a = 0.5, a_prev = 0.55, guidance = 7.5;
       at::Tensor x = in.latents.clone();
       finish(time_job(
-          "cfg step " + size + " (b2 unet)", o.precision, o.steps,
+          "cfg step " + size + " (b2 unet)", o.precision, o.steps, dev,
           [&] {
             const at::Tensor eps2 = unet_call(*unet, at::cat({x, x}), ctx, in, 2, dt).to(at::kFloat);
             const auto parts = eps2.chunk(2);
@@ -379,12 +391,12 @@ std::vector<JobResult> run(const Options& o) {
     // bf16 autocast, loss in fp32, backward, AdamW over the LoRA weights.
     const at::ScalarType frozen = o.precision == "bf16" && !o.frozen_fp32 ? at::kBFloat16 : at::kFloat;
     auto unet = std::make_shared<nn::UNet2DConditionModel>(m.unet);
-    unet->to(frozen);
-    if (frozen == at::kBFloat16) nn::convs_to_channels_last(*unet);
+    unet->to(dev, frozen);
+    if (frozen == at::kBFloat16 && dev.is_cpu()) nn::convs_to_channels_last(*unet);
     std::vector<std::shared_ptr<nn::ClipTextModel>> tes;
     for (const auto& c : m.text_encoders) {
       tes.push_back(std::make_shared<nn::ClipTextModel>(c));
-      tes.back()->to(frozen);
+      tes.back()->to(dev, frozen);
     }
     for (auto& p : unet->parameters()) p.requires_grad_(false);
     for (auto& te : tes)
@@ -397,11 +409,11 @@ std::vector<JobResult> run(const Options& o) {
     const at::Tensor target = at::randn_like(in.latents);
     const at::ScalarType autocast = o.precision == "bf16" ? at::kBFloat16 : at::ScalarType::Undefined;
     finish(time_job(
-        "lora step " + size + " (te+unet)", o.precision, o.steps,
+        "lora step " + size + " (te+unet)", o.precision, o.steps, dev,
         [&] {
           at::Tensor loss;
           {
-            torch_compat::AutocastGuard ac(c10::DeviceType::CPU, autocast == at::ScalarType::Undefined ? at::kBFloat16 : autocast,
+            torch_compat::AutocastGuard ac(dev.type(), autocast == at::ScalarType::Undefined ? at::kBFloat16 : autocast,
                                  autocast != at::ScalarType::Undefined);
             at::Tensor ctx, pooled;
             if (!m.xl) {

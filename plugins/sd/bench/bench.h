@@ -20,6 +20,9 @@ struct Options {
   // train ran --mixed_precision bf16 before frozen weights were converted once at load).
   bool frozen_fp32 = false;
   std::vector<std::string> jobs{"peak", "unet", "lora", "cfg"};
+  // Where the jobs compute: cpu, cuda, cuda:N; "" = CUDA when this build has it and a GPU is
+  // present (as sumi's --device). Off the CPU every timing waits for the device's queued work.
+  std::string device;
 };
 
 struct JobResult {

@@ -41,7 +41,8 @@ int run(int argc, char** argv) {
       "LoRA step: keep the frozen base in fp32 under bf16 autocast (the old --mixed_precision bf16 path)")(
       "jobs", po::value<std::string>(&jobs)->default_value("peak,unet,lora,cfg"), "comma-separated: peak, unet, lora, cfg")(
       "tiny", po::bool_switch(&b.tiny), "the tiny test fixtures' sizes (a smoke run of seconds)")(
-      "threads", po::value<int>(&threads)->default_value(0), "CPU threads (0 = all cores)");
+      "threads", po::value<int>(&threads)->default_value(0), "CPU threads (0 = all cores)")(
+      "device", po::value<std::string>(&b.device), "cpu, cuda or cuda:N (default: CUDA when this build has it and a GPU is present)");
   po::variables_map vm;
   try {
     po::store(po::command_line_parser(argc, argv).options(desc).run(), vm);
@@ -50,7 +51,8 @@ int run(int argc, char** argv) {
     throw std::invalid_argument(std::string("sumi bench: ") + e.what());
   }
   if (vm.count("help")) {
-    std::cout << "usage: sumi bench [--model sd15|sdxl] [--size PX] [--steps N] [--threads N] [--tiny]\n\n" << desc;
+    std::cout << "usage: sumi bench [--model sd15|sdxl] [--size PX] [--steps N] [--threads N] [--device D] [--tiny]\n\n"
+              << desc;
     return 0;
   }
   b.jobs.clear();

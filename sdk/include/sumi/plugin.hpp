@@ -144,6 +144,8 @@ class NoiseScheduler {
   virtual Tensor add_noise(const Tensor& original, const Tensor& noise, const Tensor& timesteps) = 0;
   virtual Tensor velocity(const Tensor& sample, const Tensor& noise, const Tensor& timesteps) = 0;
   virtual Tensor alphas_cumprod() = 0;
+  // ABI 1.4: one JSON object ("a1111_name", "noises_per_step"; sumi.h); "{}" = the defaults.
+  virtual std::string describe() { return "{}"; }
 };
 
 // A weights file's tensor as probe / configure_from_weights see it (ABI 1.3): name and shape.
@@ -482,7 +484,14 @@ struct NoiseSchedulerVtable {
             put(out, self_of<Impl>(s).velocity(Tensor::borrow(x0), Tensor::borrow(noise), Tensor::borrow(ts)));
           });
         },
-        [](void* s, sumi_tensor* out) { return guarded([&] { put(out, self_of<Impl>(s).alphas_cumprod()); }); }};
+        [](void* s, sumi_tensor* out) { return guarded([&] { put(out, self_of<Impl>(s).alphas_cumprod()); }); },
+        [](void* s, const char** json) {
+          return guarded([&] {
+            thread_local std::string text;
+            text = self_of<Impl>(s).describe();
+            *json = text.c_str();
+          });
+        }};
     return &vt;
   }
 };

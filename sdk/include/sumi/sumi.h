@@ -23,7 +23,8 @@
  *    configure_from_weights, metadata and bias_delta slots (the host asks the network instead of
  *    knowing LoRA), and the model vtable's encode_tokens and token_text (token-level text
  *    encoding for kohya's lora_interrogator); ABI 1.4 the run's device (host->device: models place
- *    their weights there, networks and optimizers create tensors where their parameters are).
+ *    their weights there, networks and optimizers create tensors where their parameters are),
+ *    the model vtable's release_part and the noise scheduler vtable's describe.
  */
 #ifndef SUMI_SUMI_H
 #define SUMI_SUMI_H
@@ -351,7 +352,16 @@ typedef struct sumi_noise_scheduler_vtable {
                           sumi_tensor timesteps, sumi_tensor* out);
   /* 1-D float64 alphas_cumprod of the training schedule */
   sumi_status (*alphas_cumprod)(void* self, sumi_tensor* out);
+  /* (since 1.4) What the sampler says about itself, as the model's describe: `*json` receives
+   * one JSON object (UTF-8), borrowed until the next describe call on the same thread. Keys
+   * (all optional): "a1111_name" (string: its label in A1111's `parameters` text, e.g.
+   * "Euler a", "DPM++ 2M Karras"; default the component name), "noises_per_step" (integer:
+   * the sampler noises gen_img draws per step and image before sampling; default 1). */
+  sumi_status (*describe)(void* self, const char** json);
 } sumi_noise_scheduler_vtable;
+
+/* Size of the noise scheduler vtable of ABI 1.0 - 1.3 (before describe). */
+#define SUMI_NOISE_SCHEDULER_VTABLE_SIZE_1_3 offsetof(sumi_noise_scheduler_vtable, describe)
 
 /* --- what a model exposes for adapters: one adaptable layer. */
 #define SUMI_MODULE_LINEAR 0

@@ -14,6 +14,7 @@
 
 #include <cstdint>
 #include <stdexcept>
+#include <string>
 
 #if TORCH_VERSION_MAJOR > 2 || (TORCH_VERSION_MAJOR == 2 && TORCH_VERSION_MINOR >= 4)
 #define SUMI_TORCH_DEVICE_AUTOCAST 1
@@ -94,6 +95,40 @@ class AutocastGuard {
 inline int64_t cuda_device_count() {
   if (!at::hasCUDA()) return 0;
   return static_cast<int64_t>(at::detail::getCUDAHooks().getNumGPUs());
+}
+
+// The device a `--device` text names: "cpu", "cuda" (GPU 0) or "cuda:N"; "" is CUDA 0 when this
+// build has CUDA and a GPU is present, else the CPU. Throws std::invalid_argument naming the text,
+// what is accepted and the way out (another spelling, --device cpu, a CUDA libtorch).
+inline c10::Device parse_device(const std::string& text) {
+  const int64_t gpus = cuda_device_count();
+  if (text.empty()) return gpus > 0 ? c10::Device(c10::kCUDA, 0) : c10::Device(c10::kCPU);
+  if (text == "cpu") return c10::Device(c10::kCPU);
+  int64_t index = -1;
+  if (text == "cuda") {
+    index = 0;
+  } else if (text.rfind("cuda:", 0) == 0 && text.size() > 5 && text.size() < 9 &&
+             text.find_first_not_of("0123456789", 5) == std::string::npos) {
+    index = std::stoll(text.substr(5));
+  } else {
+    throw std::invalid_argument("--device '" + text + "': expected cpu, cuda or cuda:N (N the GPU's index)");
+  }
+  if (!at::hasCUDA())
+    throw std::invalid_argument("--device " + text + ": this sumi is built against a libtorch without CUDA (" TORCH_VERSION
+                                "); use --device cpu, or build against a CUDA libtorch (docs/dependencies.md, \"CUDA\")");
+  if (index >= gpus)
+    throw std::invalid_argument("--device " + text + ": " +
+                                (gpus == 0 ? std::string("no CUDA GPU is present")
+                                           : "this machine has " + std::to_string(gpus) + " CUDA GPU(s), cuda:0 to cuda:" +
+                                                 std::to_string(gpus - 1)) +
+                                "; use --device cpu or one of those");
+  return c10::Device(c10::kCUDA, static_cast<c10::DeviceIndex>(index));
+}
+
+// Waits until the work queued on `device` is done (CUDA runs asynchronously); nothing on the CPU.
+// Timings of device work call it before reading the clock.
+inline void synchronize(const c10::Device& device) {
+  if (device.is_cuda()) at::detail::getCUDAHooks().deviceSynchronize(device.index());
 }
 
 }  // namespace sumi::torch_compat
