@@ -58,7 +58,7 @@ size_t min_vtable_size(int32_t kind) {
     case SUMI_KIND_NETWORK: return SUMI_NETWORK_VTABLE_SIZE_1_2;  // 1.3 appended probe ... bias_delta
     case SUMI_KIND_OPTIMIZER: return sizeof(sumi_optimizer_vtable);
     case SUMI_KIND_LR_SCHEDULER: return sizeof(sumi_lr_scheduler_vtable);
-    case SUMI_KIND_NOISE_SCHEDULER: return sizeof(sumi_noise_scheduler_vtable);
+    case SUMI_KIND_NOISE_SCHEDULER: return SUMI_NOISE_SCHEDULER_VTABLE_SIZE_1_3;  // 1.4 appended describe
     case SUMI_KIND_TAGGER: return sizeof(sumi_tagger_vtable);
     default: return 0;
   }
