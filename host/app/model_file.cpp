@@ -3,6 +3,7 @@
 #include "core/error.h"
 #include "core/component.h"
 #include "core/plugin_manager.h"
+#include "core/typed_plugins.h"
 
 #include <nlohmann/json.hpp>
 #include <openssl/evp.h>
@@ -33,9 +34,8 @@ std::vector<std::string> kohya_flags_of(const char* json) {
 }
 
 // Each flag the user gave must name the component that loads the file.
-void check_kohya_flags(const std::string& path, const std::string& component, const char* json,
+void check_kohya_flags(const std::string& path, const std::string& component, const std::vector<std::string>& names,
                        const std::vector<std::string>& given) {
-  const auto names = kohya_flags_of(json);
   for (const auto& f : given) {
     if (std::find(names.begin(), names.end(), f) != names.end()) continue;
     std::string listed;
@@ -48,8 +48,7 @@ void check_kohya_flags(const std::string& path, const std::string& component, co
 
 }  // namespace
 
-std::string find_model_component(host::PluginManager& pm, const std::string& path,
-                                 const std::vector<std::string>& kohya_flags) {
+ModelFileMatch probe_model_file(host::PluginManager& pm, const std::string& path) {
   if (!fs::exists(path)) throw host::UserError(path + ": no such file or folder");
   std::vector<std::string> answers;
   for (const auto* lib : pm.scan()) {
@@ -57,23 +56,22 @@ std::string find_model_component(host::PluginManager& pm, const std::string& pat
       if (ref.component->kind != SUMI_KIND_MODEL) continue;
       host::Registry registry;
       host::Component c(ref, "probe", registry, host::make_config(*ref.component, {}));
-      const auto& vt = c.vtable<sumi_model_vtable>();
       const std::string name = ref.component->name;
-      if (!SUMI_HAS_FIELD(&vt, sumi_model_vtable, probe) || !vt.probe) {
-        answers.push_back(name + ": built for an older ABI (no probe)");
-        continue;
-      }
-      const char* json = nullptr;
-      if (vt.probe(c.self(), path.c_str(), &json) == SUMI_OK) {
-        check_kohya_flags(path, name, json, kohya_flags);
-        return name;
-      }
-      answers.push_back(name + ": " + host::last_error());
+      std::string why;
+      if (const auto json = host::ModelPlugin(c).probe(path, &why)) return {name, kohya_flags_of(json->c_str())};
+      answers.push_back(name + ": " + why);
     }
   }
   std::string msg = path + ": no model plugin loads it";
   for (const auto& a : answers) msg += "\n  " + a;
   throw host::UserError(msg + "\n(hint: name the model component, e.g. --set model.type=...; `sumi plugins` lists them)");
+}
+
+std::string find_model_component(host::PluginManager& pm, const std::string& path,
+                                 const std::vector<std::string>& kohya_flags) {
+  const ModelFileMatch m = probe_model_file(pm, path);
+  check_kohya_flags(path, m.component, m.kohya_flags, kohya_flags);
+  return m.component;
 }
 
 std::string a1111_hash(const std::string& path) {
