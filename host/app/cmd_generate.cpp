@@ -239,7 +239,7 @@ int cmd_generate(const std::vector<std::string>& args) {
       "vae_batch_size", po::value(&vae_batch), "images decoded at once (< 1: that fraction of the batch)")(
       "clip_skip", po::value(&clip_skip), "use the output of the n-th last text-encoder layer")(
       "max_embeddings_multiples", po::value(&max_emb), "prompt length in 75-token chunks (default 1 = 75 tokens)")(
-      "v2", "SD 2.x model")("v_parameterization", "v-prediction model")("sdxl", "SDXL model")(
+      kKohyaV2, "SD 2.x model")("v_parameterization", "v-prediction model")(kKohyaSdxl, "SDXL model")(
       "vae_tiling", "VAE decode/encode of large images in overlapping tiles (the model's vae_tiling option)")(
       "vae_slicing", "VAE decode/encode one image of a batch at a time (the model's vae_slicing option)")(
       "xformers", "memory-efficient attention (the model's mem_eff_attn option: attention in small query chunks)")(
@@ -350,7 +350,7 @@ int cmd_generate(const std::vector<std::string>& args) {
 
   // The model plugins are asked which loads the file; gen_img's --sdxl / --v2 must name that one.
   std::vector<std::string> family_flags;
-  for (const char* f : {"sdxl", "v2"})
+  for (const char* f : {kKohyaSdxl, kKohyaV2})
     if (vm.count(f)) family_flags.push_back(f);
   std::string family = find_model_component(pm, ckpt, family_flags);
   const std::string dtype = vm.count("bf16") ? "bf16" : vm.count("fp16") ? "fp16" : "fp32";
