@@ -245,8 +245,8 @@ po::options_description generate_options(Flags& f) {
       "vae_batch_size", po::value(&f.vae_batch), "images decoded at once (< 1: that fraction of the batch)")(
       "clip_skip", po::value(&f.clip_skip), "use the output of the n-th last text-encoder layer")(
       "max_embeddings_multiples", po::value(&f.max_emb), "prompt length in 75-token chunks (default 1 = 75 tokens)")(
-      "v2", "SD 2.x model (checked against the file)")("v_parameterization", "v-prediction model")(
-      "sdxl", "SDXL model (checked against the file)")(
+      kKohyaV2, "SD 2.x model (checked against the file)")("v_parameterization", "v-prediction model")(
+      kKohyaSdxl, "SDXL model (checked against the file)")(
       "vae_tiling", "VAE decode/encode of large images in overlapping tiles (the model's vae_tiling option)")(
       "vae_slicing", "VAE decode/encode one image of a batch at a time (the model's vae_slicing option)")(
       "xformers", "memory-efficient attention (the model's mem_eff_attn option: attention in small query chunks)")(
@@ -351,7 +351,7 @@ void check_network_flags(Flags& f) {
 // must name that one), configured from the flags and loaded.
 std::unique_ptr<host::Component> load_model(host::PluginManager& pm, host::Registry& registry, const Flags& f) {
   std::vector<std::string> family_flags;
-  for (const char* flag : {"sdxl", "v2"})
+  for (const char* flag : {kKohyaSdxl, kKohyaV2})
     if (f.has(flag)) family_flags.push_back(flag);
   auto model_ref = pm.find(SUMI_KIND_MODEL, find_model_component(pm, f.ckpt, family_flags));
   // gen_img always reads prompts with weights ((word:1.3), BREAK) and in 75-token chunks.

@@ -36,6 +36,7 @@ ModelDescription describe(host::Component& model) {
     d.text_encoder_output_cache = j.value("text_encoder_output_cache", false);
     d.kohya_base_model_version = j.value("kohya_base_model_version", "");
     d.kohya_v2 = j.value("kohya_v2", false);
+    if (j.contains("kohya_flags")) d.kohya_flags = j["kohya_flags"].get<std::vector<std::string>>();
     d.kohya_trains_text_encoder = j.value("kohya_trains_text_encoder", true);
     d.modelspec_architecture = j.value("modelspec_architecture", "");
     d.modelspec_lora_implementation = j.value("modelspec_lora_implementation", "diffusers");

@@ -31,6 +31,8 @@ struct ModelDescription {
   // the modelspec.implementation of its LoRA files.
   std::string kohya_base_model_version, modelspec_architecture, modelspec_lora_implementation;
   bool kohya_v2 = false;
+  // kohya's family flags that name this model (without dashes), as its probe answers them.
+  std::vector<std::string> kohya_flags;
   // Whether kohya's DreamBooth script for this model trains the text encoders unless told
   // otherwise (train_db.py does; sdxl_train.py only with --train_text_encoder).
   bool kohya_trains_text_encoder = true;
@@ -47,8 +49,9 @@ struct ModelDescription {
   std::optional<BlockLayout> block_lr;
 };
 
-// The loaded model's description; a model built for ABI < 1.2 gives the defaults above. Throws
-// a UserError naming the model when describe returns invalid JSON.
+// The model's description; a model built for ABI < 1.2 gives the defaults above. Throws a
+// UserError naming the model when describe returns invalid JSON. Before load a model answers
+// what it knows without a file (kohya's names, default size, prediction type, text encoders).
 ModelDescription describe(host::Component& model);
 
 }  // namespace sumi::app

@@ -34,9 +34,8 @@ std::vector<std::string> kohya_flags_of(const char* json) {
 }
 
 // Each flag the user gave must name the component that loads the file.
-void check_kohya_flags(const std::string& path, const std::string& component, const char* json,
+void check_kohya_flags(const std::string& path, const std::string& component, const std::vector<std::string>& names,
                        const std::vector<std::string>& given) {
-  const auto names = kohya_flags_of(json);
   for (const auto& f : given) {
     if (std::find(names.begin(), names.end(), f) != names.end()) continue;
     std::string listed;
@@ -49,8 +48,7 @@ void check_kohya_flags(const std::string& path, const std::string& component, co
 
 }  // namespace
 
-std::string find_model_component(host::PluginManager& pm, const std::string& path,
-                                 const std::vector<std::string>& kohya_flags) {
+ModelFileMatch probe_model_file(host::PluginManager& pm, const std::string& path) {
   if (!fs::exists(path)) throw host::UserError(path + ": no such file or folder");
   std::vector<std::string> answers;
   for (const auto* lib : pm.scan()) {
@@ -65,16 +63,20 @@ std::string find_model_component(host::PluginManager& pm, const std::string& pat
         continue;
       }
       std::string why;
-      if (const auto json = model.probe(path, &why)) {
-        check_kohya_flags(path, name, json->c_str(), kohya_flags);
-        return name;
-      }
+      if (const auto json = model.probe(path, &why)) return {name, kohya_flags_of(json->c_str())};
       answers.push_back(name + ": " + why);
     }
   }
   std::string msg = path + ": no model plugin loads it";
   for (const auto& a : answers) msg += "\n  " + a;
   throw host::UserError(msg + "\n(hint: name the model component, e.g. --set model.type=...; `sumi plugins` lists them)");
+}
+
+std::string find_model_component(host::PluginManager& pm, const std::string& path,
+                                 const std::vector<std::string>& kohya_flags) {
+  const ModelFileMatch m = probe_model_file(pm, path);
+  check_kohya_flags(path, m.component, m.kohya_flags, kohya_flags);
+  return m.component;
 }
 
 std::string a1111_hash(const std::string& path) {

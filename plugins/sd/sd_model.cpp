@@ -310,39 +310,32 @@ nlohmann::json block_lr_layout(const nn::UNetConfig& c) {
 }  // namespace
 
 std::string SdModel::describe() const {
-  if (!loaded()) throw std::logic_error("describe before load");
+  // The family's and the options' facts first: they need no weights (describe before load).
   const ModelFamily fam = options_.family;
   const bool v = prediction_type() == "v_prediction";
   nlohmann::json j;
   j["family"] = fam == ModelFamily::sdxl ? "sdxl" : fam == ModelFamily::sd2 ? "sd2" : "sd1";
   j["prediction_type"] = prediction_type();
-  j["latent_channels"] = unet_->config().in_channels;
-  j["vae_scale_factor"] = vae_factor_;
-  j["scaling_factor"] = vae_scaling_factor();
   const int64_t res = fam == ModelFamily::sdxl ? 1024 : (fam == ModelFamily::sd2 && v) ? 768 : 512;
   j["default_resolution"] = {res, res};
   // diffusers' SDXL pipelines encode an empty negative prompt as zeros (force_zeros_for_empty_prompt).
   j["force_zeros_for_empty_prompt"] = fam == ModelFamily::sdxl;
-  j["text_encoders"] = te2_ ? nlohmann::json{"text_encoder", "text_encoder_2"} : nlohmann::json{"text_encoder"};
-  // For encode_tokens / token_text: the (first) tokenizer's ids. special_token_ids as
-  // transformers' all_special_ids (BOS, EOS = UNK, the pad token).
-  {
-    const ClipTokenizer& t = tokenizer();
-    std::vector<int> special{t.bos(), t.eos(), t.pad_id()};
-    std::sort(special.begin(), special.end());
-    special.erase(std::unique(special.begin(), special.end()), special.end());
-    j["tokenizer"] = {{"vocab_size", t.vocab_size()}, {"bos_token_id", t.bos()}, {"eos_token_id", t.eos()},
-                      {"special_token_ids", special}};
-  }
+  const bool two_encoders = loaded() ? te2_ != nullptr : fam == ModelFamily::sdxl;
+  j["text_encoders"] = two_encoders ? nlohmann::json{"text_encoder", "text_encoder_2"} : nlohmann::json{"text_encoder"};
+  // kohya's flags that name this family (as the probe answers them).
+  j["kohya_flags"] = fam == ModelFamily::sdxl ? nlohmann::json{"sdxl"}
+                     : fam == ModelFamily::sd2 ? nlohmann::json{"v2"}
+                                               : nlohmann::json::array();
   // kohya's sai_model_spec architecture names.
   j["modelspec_architecture"] = fam == ModelFamily::sdxl ? "stable-diffusion-xl-v1-base"
                                 : fam == ModelFamily::sd2 ? (v ? "stable-diffusion-v2-768-v" : "stable-diffusion-v2-512")
                                                           : "stable-diffusion-v1";
-  // kohya's metadata names for this model (ss_base_model_version, ss_v2) and the layout its LoRA
-  // files have (SGM key names for SDXL, diffusers-derived for SD1/SD2: modelspec.implementation).
-  j["kohya_base_model_version"] = fam == ModelFamily::sdxl ? "sdxl_base_v1-0"
-                                  : fam == ModelFamily::sd2 ? (v ? "sd_v2_768_v" : "sd_v2_512")
-                                                            : "sd_v1";
+  // kohya's metadata names for this model (ss_base_model_version as its
+  // get_model_version_str_for_sd1_sd2 spells it, ss_v2) and the layout its LoRA files have (SGM
+  // key names for SDXL, diffusers-derived for SD1/SD2: modelspec.implementation).
+  j["kohya_base_model_version"] =
+      fam == ModelFamily::sdxl ? std::string("sdxl_base_v1-0")
+                               : std::string(fam == ModelFamily::sd2 ? "sd_v2" : "sd_v1") + (v ? "_v" : "");
   j["kohya_v2"] = fam == ModelFamily::sd2;
   // train_db.py trains the text encoder by default; sdxl_train.py only with --train_text_encoder.
   j["kohya_trains_text_encoder"] = fam != ModelFamily::sdxl;
@@ -353,8 +346,24 @@ std::string SdModel::describe() const {
     j["added_conditioning"] = {"original_height", "original_width", "crop_top", "crop_left", "target_height", "target_width"};
     // sdxl_train's text-encoder output cache and --learning_rate_te1/2 apply to this model.
     j["text_encoder_output_cache"] = true;
-    j["block_lr_layout"] = block_lr_layout(unet_->config());
   }
+  if (!loaded()) return j.dump();
+
+  // What the loaded files say.
+  j["latent_channels"] = unet_->config().in_channels;
+  j["vae_scale_factor"] = vae_factor_;
+  j["scaling_factor"] = vae_scaling_factor();
+  // For encode_tokens / token_text: the (first) tokenizer's ids. special_token_ids as
+  // transformers' all_special_ids (BOS, EOS = UNK, the pad token).
+  {
+    const ClipTokenizer& t = tokenizer();
+    std::vector<int> special{t.bos(), t.eos(), t.pad_id()};
+    std::sort(special.begin(), special.end());
+    special.erase(std::unique(special.begin(), special.end()), special.end());
+    j["tokenizer"] = {{"vocab_size", t.vocab_size()}, {"bos_token_id", t.bos()}, {"eos_token_id", t.eos()},
+                      {"special_token_ids", special}};
+  }
+  if (fam == ModelFamily::sdxl) j["block_lr_layout"] = block_lr_layout(unet_->config());
   nlohmann::json sched = scheduler_config_.empty() ? nlohmann::json::object() : nlohmann::json::parse(scheduler_config_);
   sched["prediction_type"] = prediction_type();  // v_parameterization / the model spec have the last word
   j["scheduler"] = sched;

@@ -97,9 +97,11 @@ class SdModel {
   at::Tensor vae_encode(const at::Tensor& images, bool sample) const;
   at::Tensor vae_decode(const at::Tensor& latents) const;
   double vae_scaling_factor() const;
-  // What the host needs to know of the loaded model (the ABI 1.2 describe slot): family,
-  // prediction type, latent layout, default resolution, text encoders, SAI model spec
-  // architecture and the scheduler config to sample with. A JSON object as text.
+  // What the host needs to know of the model (the ABI 1.2 describe slot): family, prediction
+  // type, default resolution, text encoders, kohya's names for it (flags, metadata, SAI model
+  // spec architecture); once loaded also the latent layout, tokenizer, block layout and the
+  // scheduler config to sample with. Before load it answers what the family and the options
+  // (v_parameterization) say, for tools that write metadata without weights. A JSON object as text.
   std::string describe() const;
 
   // Every Linear / Conv2d of the UNet and text encoder(s) (not the VAE), kohya-named.

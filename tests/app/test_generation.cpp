@@ -174,7 +174,7 @@ TEST_CASE("describe: what the host needs to know of a loaded model") {
     bool sgm_lora;             // modelspec.implementation of its LoRA files: generative-models
   };
   for (const Want& w : {Want{"tiny-sd1", "sd1", "epsilon", 0.18215, 512, 1, "stable-diffusion-v1", "sd_v1", false},
-                       Want{"tiny-sd2v", "sd2", "v_prediction", 0.18215, 768, 1, "stable-diffusion-v2-768-v", "sd_v2_768_v", false},
+                       Want{"tiny-sd2v", "sd2", "v_prediction", 0.18215, 768, 1, "stable-diffusion-v2-768-v", "sd_v2_v", false},
                        Want{"tiny-sdxl", "sdxl", "epsilon", 0.13025, 1024, 2, "stable-diffusion-xl-v1-base", "sdxl_base_v1-0", true}}) {
     CAPTURE(w.model);
     for (const std::string& path : {fixture(w.model), fixture(std::string(w.model) + ".safetensors")}) {
@@ -202,5 +202,36 @@ TEST_CASE("describe: what the host needs to know of a loaded model") {
       CHECK(md.vae_scale_factor == 8);
       CHECK(md.default_width == w.resolution);
     }
+  }
+}
+
+TEST_CASE("describe before load: what the component knows without a file, v-prediction from its option") {
+  struct Want {
+    const char* family;
+    bool v;
+    const char* arch;
+    const char* base_version;
+    int64_t resolution;
+    std::vector<std::string> kohya_flags;
+  };
+  for (const Want& w : {Want{"sd1", false, "stable-diffusion-v1", "sd_v1", 512, {}},
+                        Want{"sd2", false, "stable-diffusion-v2-512", "sd_v2", 512, {"v2"}},
+                        Want{"sd2", true, "stable-diffusion-v2-768-v", "sd_v2_v", 768, {"v2"}},
+                        Want{"sdxl", false, "stable-diffusion-xl-v1-base", "sdxl_base_v1-0", 1024, {"sdxl"}}}) {
+    CAPTURE(w.family);
+    CAPTURE(w.v);
+    sumi::host::Registry reg;
+    auto c = sumi::test::make(SUMI_KIND_MODEL, w.family, reg, {{"v_parameterization", w.v ? "true" : "false"}}, "model");
+    const auto d = nlohmann::json::parse(sumi::app::describe_model(*c));
+    CHECK(d.at("family") == w.family);
+    CHECK(d.at("prediction_type") == (w.v ? "v_prediction" : "epsilon"));
+    CHECK_FALSE(d.contains("latent_channels"));  // the files' facts come with load
+    CHECK_FALSE(d.contains("scheduler"));
+    const auto md = sumi::app::describe(*c);
+    CHECK(md.modelspec_architecture == w.arch);
+    CHECK(md.kohya_base_model_version == w.base_version);
+    CHECK(md.default_width == w.resolution);
+    CHECK(md.kohya_flags == w.kohya_flags);
+    CHECK(md.text_encoders.size() == (std::string(w.family) == "sdxl" ? 2u : 1u));
   }
 }

@@ -3,11 +3,16 @@
 //    is the SDK (sdk/include, sdk/io);
 //  - the host includes no plugin header and its CMake targets link no library defined under
 //    plugins/;
-//  - the SDK's headers include nothing of sumi's outside the SDK.
+//  - the SDK's headers include nothing of sumi's outside the SDK;
+//  - the host names no model family: no "sd1" / "sd2" / "sdxl" string, no kohya metadata name
+//    of one (architecture "stable-diffusion-...", base model version "sd_v1..."); the model
+//    plugins say those (probe, describe). kohya's --sdxl flag name is declared once, in
+//    host/app/model_file.h, and passed through to the plugins' answers.
 // Each rule is also run on a small synthetic tree that breaks it, so a checker that finds
 // nothing is not mistaken for a clean tree.
 #include <doctest/doctest.h>
 
+#include <algorithm>
 #include <filesystem>
 #include <fstream>
 #include <map>
@@ -142,6 +147,52 @@ std::vector<std::string> check_tree(const fs::path& root) {
   return all;
 }
 
+// A source without its comments (// to the end of the line, /* ... */), string literals kept.
+std::string without_comments(const std::string& text) {
+  std::string out;
+  out.reserve(text.size());
+  for (size_t i = 0; i < text.size(); ++i) {
+    const char c = text[i];
+    if (c == '"' || c == '\'') {  // a literal, copied whole (escapes included)
+      out += c;
+      for (++i; i < text.size() && text[i] != c && text[i] != '\n'; ++i) {
+        out += text[i];
+        if (text[i] == '\\' && i + 1 < text.size()) out += text[++i];
+      }
+      if (i < text.size()) out += text[i];
+    } else if (c == '/' && i + 1 < text.size() && text[i + 1] == '/') {
+      while (i < text.size() && text[i] != '\n') ++i;
+      out += '\n';
+    } else if (c == '/' && i + 1 < text.size() && text[i + 1] == '*') {
+      const size_t end = text.find("*/", i + 2);
+      for (size_t k = i; k < std::min(end, text.size()); ++k)
+        if (text[k] == '\n') out += '\n';
+      i = end == std::string::npos ? text.size() : end + 1;
+    } else {
+      out += c;
+    }
+  }
+  return out;
+}
+
+// "file:line: "sdxl" (a model family in the host)" for every string literal under host/ that
+// names an SD family or one of kohya's metadata names for one. kohya's flag name "sdxl" is
+// allowed in the one header that declares kohya's flags.
+std::vector<std::string> family_literals(const fs::path& root) {
+  static const std::regex literal(R"re("(sd1|sd2|sdxl|stable-diffusion[^"]*|sd_v[12][^"]*|sdxl_base[^"]*)")re");
+  std::vector<std::string> out;
+  for (const auto& f : sources(root / "host")) {
+    std::istringstream in(without_comments(read(f)));
+    std::string line;
+    for (int n = 1; std::getline(in, line); ++n)
+      for (std::sregex_iterator it(line.begin(), line.end(), literal), end; it != end; ++it) {
+        if ((*it)[1] == "sdxl" && f.lexically_relative(root).generic_string() == "host/app/model_file.h") continue;
+        out.push_back(f.generic_string() + ":" + std::to_string(n) + ": " + it->str() + " (a model family in the host)");
+      }
+  }
+  return out;
+}
+
 void write(const fs::path& p, const std::string& text) {
   fs::create_directories(p.parent_path());
   std::ofstream(p) << text;
@@ -185,5 +236,30 @@ TEST_CASE("the layering check finds each kind of violation in a tree that has it
   CHECK(all.find("cmd.cpp: includes \"model_files.h\" (a header of a plugin)") != std::string::npos);
   CHECK(all.find("CMakeLists.txt: links sumi_sd_files (a plugin library)") != std::string::npos);
   CHECK(all.find("extra.hpp: includes \"core/error.h\" (a header of sumi outside the SDK)") != std::string::npos);
+  fs::remove_all(root);
+}
+
+TEST_CASE("the host names no model family: the model plugins say which component, flags and metadata names") {
+  const auto found = family_literals(SUMI_SOURCE_DIR);
+  INFO(joined(found));
+  CHECK(found.empty());
+}
+
+TEST_CASE("the family check finds family literals in code, not in comments or the kohya flag header") {
+  const fs::path root = fs::path(SUMI_BUILD_DIR) / "test_layering" / "families";
+  fs::remove_all(root);
+  write(root / "host/app/model_file.h", "inline constexpr const char* kKohyaSdxl = \"sdxl\";  // \"sd1\"\n");
+  write(root / "host/app/ok.cpp", "// the \"sdxl\" component\n/* \"sd2\"\n \"stable-diffusion-v1\" */ auto s = \"sdxl turbo\";\n");
+  CHECK(family_literals(root).empty());
+  write(root / "host/app/tools/bad.cpp",
+        "auto a = \"sd1\"; // \"sd2\"\nauto b = f(\"sdxl\", \"stable-diffusion-v2-512\");\nauto c = \"sd_v2_v\"; auto q = '\"';\n");
+  const auto v = family_literals(root);
+  const std::string all = joined(v);
+  INFO(all);
+  CHECK(v.size() == 4);
+  CHECK(all.find("bad.cpp:1: \"sd1\"") != std::string::npos);
+  CHECK(all.find("bad.cpp:2: \"sdxl\"") != std::string::npos);
+  CHECK(all.find("bad.cpp:2: \"stable-diffusion-v2-512\"") != std::string::npos);
+  CHECK(all.find("bad.cpp:3: \"sd_v2_v\"") != std::string::npos);
   fs::remove_all(root);
 }

@@ -500,6 +500,11 @@ TEST_CASE("prepare_buckets_latents: kohya's buckets in the metadata, .npz latent
   bad = common;
   bad.insert(bad.end(), {"--mixed_precision", "fp16"});
   CHECK(has(error_of("prepare_buckets_latents", bad), "--mixed_precision fp16"));
+  // A family flag must name the model the file is, as the model plugins say.
+  bad = common;
+  bad.push_back("--sdxl");
+  CHECK(has(error_of("prepare_buckets_latents", bad), "model_name_or_path '" + fixture("tiny-sd1.safetensors") +
+                                                          "': --sdxl was given, but the file is loaded by model component 'sd1'"));
 }
 
 TEST_CASE("convert_diffusers20_original_sd: sumi convert with kohya's flags and precision rules") {
@@ -522,6 +527,10 @@ TEST_CASE("convert_diffusers20_original_sd: sumi convert with kohya's flags and 
   CHECK(n > 0);
   // Errors.
   CHECK(has(error_of("convert_diffusers20_original_sd", {"--v1", "--v2", fixture("tiny-sd1.safetensors"), back}), "--v1 and --v2"));
+  CHECK(has(error_of("convert_diffusers20_original_sd", {"--v2", fixture("tiny-sd1.safetensors"), back, "--plugin-dir", SUMI_PLUGIN_DIR}),
+            "model_to_load '" + fixture("tiny-sd1.safetensors") + "': --v2 was given"));
+  CHECK(has(error_of("convert_diffusers20_original_sd", {"--v1", fixture("tiny-sd2v.safetensors"), back, "--plugin-dir", SUMI_PLUGIN_DIR}),
+            "--v1 was given, but the file is loaded by model component 'sd2', which kohya's --v2 names"));
   CHECK(has(error_of("convert_diffusers20_original_sd", {fixture("tiny-sd1.safetensors"), (d / "x.ckpt").string()}),
             "sumi writes .safetensors"));
   CHECK(has(error_of("convert_diffusers20_original_sd", {fixture("tiny-sd1.safetensors"), folder, "--bf16"}),

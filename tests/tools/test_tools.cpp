@@ -330,7 +330,7 @@ TEST_CASE("merge_lora merges LoRAs into one LoRA as kohya does (plain and --conc
     const std::string golden = tools(std::string("tiny-sd1.merge_lora-") + mode + ".safetensors");
     const std::string out = scratch(std::string("tiny-sd1.merge_lora-") + mode + ".safetensors");
     std::vector<std::string> args{"--models", fixture("tiny-sd1.lora.safetensors"), tools("tiny-sd1.lora2.safetensors"),
-                                  "--ratios", "0.7", "0.5", "--save_to", out};
+                                  "--ratios", "0.7", "0.5", "--save_to", out, "--plugin-dir", SUMI_PLUGIN_DIR};
     if (std::string(mode) == "concat") args.push_back("--concat");
     run("merge_lora", args);
     auto a = load(out), b = load(golden);
@@ -375,7 +375,7 @@ TEST_CASE("svd_merge_lora matches kohya within the README's tolerance") {
   const std::string out = scratch("tiny-sd1.svd_merge.safetensors");
   const std::string in1 = fixture("tiny-sd1.lora.safetensors"), in2 = tools("tiny-sd1.lora2.safetensors");
   run("svd_merge_lora", {"--models", in1, in2, "--ratios", "0.7", "0.5", "--new_rank", "4", "--new_conv_rank", "2",
-                         "--save_to", out});
+                         "--save_to", out, "--plugin-dir", SUMI_PLUGIN_DIR});
   // The hash is of our factors (and kohya's quirk: int64 alphas); the rest is kohya's.
   auto meta = metadata(golden);
   meta["sshs_model_hash"] = metadata(out)["sshs_model_hash"];
@@ -519,13 +519,96 @@ TEST_CASE("extract_lora_from_models recovers kohya's LoRA from a merged checkpoi
 }
 
 TEST_CASE("merge_lora and extract refuse checkpoints of another family by name") {
-  CHECK_THROWS_WITH_AS(run("sdxl_merge_lora", {"--sd_model", fixture("tiny-sd1.safetensors"), "--models",
-                                               fixture("tiny-sd1.lora.safetensors"), "--ratios", "1", "--save_to",
-                                               scratch("x.safetensors")}),
-                       doctest::Contains("merge SD1/SD2 checkpoints with sumi merge_lora"), sumi::host::UserError);
+  const std::string sd1 = fixture("tiny-sd1.safetensors");
+  CHECK_THROWS_WITH_AS(run("sdxl_merge_lora", {"--sd_model", sd1, "--models", fixture("tiny-sd1.lora.safetensors"), "--ratios",
+                                               "1", "--save_to", scratch("x.safetensors"), "--plugin-dir", SUMI_PLUGIN_DIR}),
+                       doctest::Contains(("--sd_model '" + sd1 + "' is loaded by model component 'sd1', which no kohya family "
+                                          "flag names, not by one kohya's --sdxl names (this command's model); merge into other "
+                                          "checkpoints with sumi merge_lora").c_str()),
+                       sumi::host::UserError);
+  // A family flag the user gives must name the model the file is (the model plugins say which).
+  CHECK_THROWS_WITH_AS(run("extract_lora_from_models", {"--model_org", sd1, "--model_tuned", sd1, "--save_to",
+                                                        scratch("x.safetensors"), "--sdxl", "--plugin-dir", SUMI_PLUGIN_DIR}),
+                       doctest::Contains(("--model_org '" + sd1 + "': --sdxl was given, but the file is loaded by model "
+                                          "component 'sd1', which no kohya family flag names; drop --sdxl").c_str()),
+                       sumi::host::UserError);
+  CHECK_THROWS_WITH_AS(run("merge_lora", {"--sd_model", sd1, "--models", fixture("tiny-sd1.lora.safetensors"), "--ratios", "1",
+                                          "--save_to", scratch("x.safetensors"), "--v2", "--plugin-dir", SUMI_PLUGIN_DIR}),
+                       doctest::Contains(("--sd_model '" + sd1 + "': --v2 was given").c_str()), sumi::host::UserError);
+  CHECK_THROWS_WITH_AS(run("extract_lora_from_models", {"--model_org", sd1, "--model_tuned", fixture("tiny-sd2v.safetensors"),
+                                                        "--save_to", scratch("x.safetensors"), "--plugin-dir", SUMI_PLUGIN_DIR}),
+                       doctest::Contains("by 'sd2': a LoRA is extracted between two checkpoints of one model"),
+                       sumi::host::UserError);
   CHECK_THROWS_WITH_AS(run("merge_lora", {"--models", fixture("tiny-sd1.lora.safetensors"), "--ratios", "1", "0.5",
                                           "--save_to", scratch("x.safetensors")}),
                        doctest::Contains("give one ratio per LoRA"), sumi::host::UserError);
+}
+
+// A fixture LoRA with kohya's family metadata (the fixtures carry none).
+std::string lora_with_metadata(const std::string& lora, const std::string& v2, const std::string& base_model_version) {
+  const std::string out = scratch(lora + "." + base_model_version + ".safetensors");
+  std::map<std::string, std::string> meta{{"ss_v2", v2}};
+  if (!base_model_version.empty()) meta["ss_base_model_version"] = base_model_version;
+  sumi::io::save_tensors(out, sumi::io::load_all(fixture(lora + ".safetensors")), meta);
+  return out;
+}
+
+TEST_CASE("merged LoRAs get the modelspec of the model their metadata names, as the model plugins describe it") {
+  struct Row {
+    const char* lora;
+    const char* v2;
+    const char* base;  // ss_base_model_version ("" for none)
+    const char* merge;  // the merge_lora command for the family
+    const char* arch;
+    const char* reso;
+    const char* prediction;
+    bool sai;
+  };
+  const Row rows[] = {
+      {"tiny-sd1.lora", "False", "sd_v1", "merge_lora", "stable-diffusion-v1/lora", "512x512", "epsilon", false},
+      {"tiny-sd1.lora", "False", "", "merge_lora", "stable-diffusion-v1/lora", "512x512", "epsilon", false},
+      {"tiny-sd2v.lora", "True", "sd_v2_v", "merge_lora", "stable-diffusion-v2-768-v/lora", "768x768", "v", false},
+      {"tiny-sd2v.lora", "True", "sd_v2_768_v", "merge_lora", "stable-diffusion-v2-768-v/lora", "768x768", "v", false},
+      {"tiny-sdxl.lora", "False", "sdxl_base_v1-0", "sdxl_merge_lora", "stable-diffusion-xl-v1-base/lora", "1024x1024", "epsilon",
+       true},
+  };
+  for (const Row& r : rows) {
+    CAPTURE(r.lora);
+    CAPTURE(r.base);
+    const std::string in = lora_with_metadata(r.lora, r.v2, r.base);
+    for (const std::string& tool : {std::string("svd_merge_lora"), std::string(r.merge)}) {
+      CAPTURE(tool);
+      const std::string out = scratch(tool + "-" + r.lora + ".safetensors");
+      std::vector<std::string> args{"--models", in, "--ratios", "1", "--save_to", out, "--plugin-dir", SUMI_PLUGIN_DIR};
+      if (tool == "svd_merge_lora") args.insert(args.end(), {"--new_rank", "2"});
+      run(tool, args);
+      auto m = metadata(out);
+      CHECK(m["modelspec.architecture"] == r.arch);
+      CHECK(m["modelspec.resolution"] == r.reso);
+      CHECK(m["modelspec.prediction_type"] == r.prediction);
+      CHECK(m["modelspec.implementation"] == (r.sai ? "https://github.com/Stability-AI/generative-models" : "diffusers"));
+      CHECK(m["ss_v2"] == r.v2);
+      CHECK(m.count("ss_base_model_version") == (std::string(r.base).empty() ? 0u : 1u));
+      if (!std::string(r.base).empty()) CHECK(m["ss_base_model_version"] == r.base);
+    }
+  }
+  // sdxl_merge_lora's name says the model when the files do not.
+  const std::string out = scratch("sdxl_merge_lora-bare.safetensors");
+  run("sdxl_merge_lora", {"--models", lora_with_metadata("tiny-sdxl.lora", "False", ""), "--ratios", "1", "--save_to", out,
+                          "--plugin-dir", SUMI_PLUGIN_DIR});
+  CHECK(metadata(out)["modelspec.architecture"] == "stable-diffusion-xl-v1-base/lora");
+}
+
+TEST_CASE("merge_lora reads the model from the checkpoint when no family flag is given") {
+  // kohya needs --v2 for an SD 2 checkpoint; sumi's model plugins say it, and the merge is
+  // marked v-prediction as kohya marks --v2 merges.
+  const std::string out = scratch("tiny-sd2v.merged.safetensors");
+  run("merge_lora", {"--sd_model", fixture("tiny-sd2v.safetensors"), "--models", fixture("tiny-sd2v.lora.safetensors"),
+                     "--ratios", "0.5", "--save_to", out, "--plugin-dir", SUMI_PLUGIN_DIR});
+  auto m = metadata(out);
+  CHECK(m["modelspec.architecture"] == "stable-diffusion-v2-768-v");
+  CHECK(m["modelspec.prediction_type"] == "v");
+  CHECK(m["modelspec.resolution"] == "768x768");
 }
 
 TEST_CASE("merge_models is kohya's weighted sum, key by key") {

@@ -6,9 +6,10 @@
 #include <doctest/doctest.h>
 
 #include "train_test_util.h"
+#include "../common/plugin_test.h"
 
 #include "app/commands.h"
-#include "app/tools/kohya_files.h"
+#include "app/tools/plugin_model.h"
 #include "app/train/network_file.h"
 #include "app/train/train_metadata.h"
 #include "app/train/trainer.h"
@@ -85,7 +86,8 @@ TEST_CASE("modelspec: kohya's architecture, implementation, resolution and predi
     CAPTURE(r.arch);
     ModelSpec spec;
     spec.kind = r.kind;
-    sumi::app::tools::set_modelspec_family(spec, r.family, r.v);
+    // The model's part as the SD plugin describes it before load (what the tools write).
+    sumi::app::set_modelspec_model(spec, sumi::app::tools::describe_for_kohya(sumi::test::plugins(), r.family, r.v), r.v);
     spec.title = "t";
     spec.timestamp = 1700000000;
     const auto m = sumi::app::modelspec_metadata(spec);
@@ -102,6 +104,7 @@ TEST_CASE("modelspec: kohya's architecture, implementation, resolution and predi
                                                "modelspec.prediction_type"});
   }
   ModelSpec spec;
+  spec.architecture = "stable-diffusion-v1";
   spec.width = 640;
   spec.height = 448;
   spec.author = "me";

@@ -15,6 +15,7 @@
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/runtime.h"
+#include "core/typed_plugins.h"
 
 #include "batch_tensor.h"
 
@@ -27,6 +28,7 @@
 
 #include <ATen/ATen.h>
 
+#include <algorithm>
 #include <iostream>
 #include <map>
 #include <thread>
@@ -45,7 +47,8 @@ struct CacheRun {
   recipe::Value root;
   ds::CliOptions cli;
   std::vector<ds::Dataset> data;
-  std::string family, mixed_precision;
+  std::string mixed_precision;
+  int64_t vae_factor = 8;  // the model's (describe's vae_scale_factor)
   host::PluginManager pm;
   host::Registry registry;
   std::unique_ptr<host::Component> model;
@@ -79,8 +82,8 @@ bool setup(const std::string& prog, const std::string& usage, const std::vector<
     // The model plugins are asked which loads the file; --v2 / --sdxl must name that one.
     const recipe::Value* v2 = model->find("v2");
     std::vector<std::string> flags;
-    if (v2 && v2->as_bool()) flags.push_back("v2");
-    if (r.sdxl) flags.push_back("sdxl");
+    if (v2 && v2->as_bool()) flags.push_back(kKohyaV2);
+    if (r.sdxl) flags.push_back(kKohyaSdxl);
     const std::string component = find_model_component(r.pm, path, flags);
     recipe::set_override(r.root, "model.type", "\"" + component + "\"", "detected from the model file");
   }
@@ -102,12 +105,16 @@ bool setup(const std::string& prog, const std::string& usage, const std::vector<
   }
   const auto schemas = plugin_schemas(r.root, r.pm);
   const auto m = resolve(r.root, "model", schemas);
-  r.family = m.get_string("type");
-  if (r.sdxl && r.family != "sdxl")
-    throw host::UserError("sumi " + prog + ": --sdxl, but the model is " + r.family + " (" + path + "); drop --sdxl or use an SDXL checkpoint");
   r.model = instantiate(SUMI_KIND_MODEL, m, r.pm, r.registry);
-  const auto& mvt = r.model->vtable<sumi_model_vtable>();
-  r.model->check(mvt.load(r.model->self(), path.c_str()), ("load " + path).c_str());
+  // A model.type the recipe names: --sdxl must name it too (the model says which flags do).
+  if (r.sdxl) {
+    const auto flags = describe(*r.model).kohya_flags;
+    if (std::find(flags.begin(), flags.end(), kKohyaSdxl) == flags.end())
+      throw host::UserError("sumi " + prog + ": --sdxl, but the model is " + m.get_string("type") + " (" + path +
+                            "), which kohya's --sdxl does not name; drop --sdxl or use a checkpoint of a model it names");
+  }
+  host::ModelPlugin(*r.model).load(path);
+  r.vae_factor = describe(*r.model).vae_scale_factor;
   return true;
 }
 
@@ -118,14 +125,14 @@ std::vector<float> floats(const at::Tensor& t) {
 
 // kohya's is_disk_cached_latents_is_expected: the keys are there and the latents (and flipped
 // latents when needed) have the bucket's size.
-bool latents_size_ok(const std::filesystem::path& npz, ds::Size bucket, bool flip) {
+bool latents_size_ok(const std::filesystem::path& npz, ds::Size bucket, bool flip, int64_t vae_factor) {
   std::error_code ec;
   if (!std::filesystem::is_regular_file(npz, ec)) return false;
   try {
     const auto m = ds::read_npz(npz);
     const auto *lat = ds::find_member(m, "latents"), *fl = ds::find_member(m, "latents_flipped");
     auto sized = [&](const ds::NpyArray* a) {
-      return a && a->shape.size() == 3 && a->shape[1] == bucket.height / 8 && a->shape[2] == bucket.width / 8;
+      return a && a->shape.size() == 3 && a->shape[1] == bucket.height / vae_factor && a->shape[2] == bucket.width / vae_factor;
     };
     return sized(lat) && ds::find_member(m, "original_size") && ds::find_member(m, "crop_ltrb") && (!flip || sized(fl));
   } catch (const ds::NpzError&) {
@@ -161,7 +168,7 @@ int cmd_cache_latents(const std::vector<std::string>& argv) {
       for (size_t i = 0; i < d.items().size(); ++i) {
         const ds::LatentKey key = ds::latent_key(d, i);
         const auto npz = ds::latents_npz_path(d.items()[i].path);
-        if (r.skip_existing && latents_size_ok(npz, key.bucket, key.flip)) {
+        if (r.skip_existing && latents_size_ok(npz, key.bucket, key.flip, r.vae_factor)) {
           std::cout << "Skipping " << npz.string() << " because it already exists.\n";
           ++skipped;
           host::progress_update(bar, 1, nullptr);

@@ -6,6 +6,8 @@
 #include "app/tools/tools.h"
 
 #include "app/commands.h"
+#include "app/model_file.h"
+#include "app/tools/plugin_model.h"
 #include "app/tools/tool_args.h"
 #include "core/error.h"
 
@@ -22,8 +24,8 @@ int cmd_convert_diffusers20_original_sd(const std::vector<std::string>& argv) {
                 "same as sumi convert).");
   args.positional("model_to_load", "checkpoint file or Diffusers folder to read")
       .positional("model_to_save", "checkpoint to write (a name with an extension: .safetensors) or Diffusers folder (no extension)")
-      .flag("v1", "the model is SD 1.x (detected from the file when neither --v1 nor --v2 is given)")
-      .flag("v2", "the model is SD 2.x")
+      .flag(kKohyaV1, "the model is SD 1.x (detected from the file when neither --v1 nor --v2 is given)")
+      .flag(kKohyaV2, "the model is SD 2.x")
       .flag("unet_use_linear_projection", "kohya: v2 Diffusers U-Net config with use_linear_projection (not supported)")
       .flag("fp16", "load a Diffusers source as float16 and save a checkpoint as float16")
       .flag("bf16", "save a checkpoint as bfloat16")
@@ -40,7 +42,7 @@ int cmd_convert_diffusers20_original_sd(const std::vector<std::string>& argv) {
   const bool load_file = fs::is_regular_file(src, ec);
   const bool save_file = !fs::path(dst).extension().empty();
   if (!fs::exists(src, ec)) args.fail("model_to_load '" + src + "' does not exist (a checkpoint file or a Diffusers folder)");
-  if (args.on("v1") && args.on("v2"))
+  if (args.on(kKohyaV1) && args.on(kKohyaV2))
     args.fail("--v1 and --v2 both given: name the family once (or neither, and it is read from the model)");
   if (args.on("unet_use_linear_projection"))
     args.fail("--unet_use_linear_projection is not supported: the model plugin writes the SD 2.x U-Net config of its "
@@ -69,16 +71,18 @@ int cmd_convert_diffusers20_original_sd(const std::vector<std::string>& argv) {
   }
   if (args.given("reference_model"))
     std::cout << "--reference_model is used for Diffusers output only (kohya ignores it for a checkpoint too)\n";
-  std::string family;
-  if (args.on("v1")) family = "sd1";
-  if (args.on("v2")) family = "sd2";
+  // The model plugins say which component loads the source; --v1 / --v2 must name it.
+  std::vector<std::string> given;
+  for (const char* f : {kKohyaV1, kKohyaV2})
+    if (args.on(f)) given.push_back(f);
+  auto pm = tool_plugin_manager(args.strs("plugin-dir"));
+  const std::string component = tool_model_component(pm, src, "model_to_load", given);
 
   std::cout << "loading " << (load_file ? "checkpoint" : std::string("Diffusers") + (args.on("fp16") ? " as fp16" : "")) << ": "
             << src << "\n";
   std::cout << "converting and saving as " << (save_file ? "checkpoint in " + dtype : std::string("Diffusers")) << ": " << dst
             << "\n";
-  std::vector<std::string> convert{src, dst, "--dtype", dtype};
-  if (!family.empty()) convert.insert(convert.end(), {"--family", family});
+  std::vector<std::string> convert{src, dst, "--dtype", dtype, "--family", component};
   // kohya replaces an existing output; the input is never the output.
   if (fs::exists(dst, ec)) {
     if (fs::equivalent(src, dst, ec)) args.fail("model_to_save is model_to_load; write to another path");

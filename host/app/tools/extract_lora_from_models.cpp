@@ -7,6 +7,9 @@
 // when some weight there changed by more than --min_diff (v0.7.0's fixed 0.1 by default).
 #include "app/tools/tools.h"
 
+#include "app/model_file.h"
+#include "app/network_settings.h"
+
 #include "core/error.h"
 #include "core/progress.h"
 #include "app/train/train_metadata.h"
@@ -25,9 +28,9 @@ namespace sumi::app::tools {
 int cmd_extract_lora_from_models(const std::vector<std::string>& argv) {
   ToolArgs args("extract_lora_from_models",
                 "A LoRA from the difference of a tuned and an original checkpoint, by SVD (kohya networks/extract_lora_from_models.py).");
-  args.flag("v2", "the checkpoints are SD 2.x")
-      .flag("v_parameterization", "mark the LoRA for v-prediction in its metadata (default: as --v2)")
-      .flag("sdxl", "the checkpoints are SDXL")
+  args.flag(kKohyaV2, "the checkpoints are SD 2.x (read from the files when not given)")
+      .flag("v_parameterization", "mark the LoRA for v-prediction in its metadata (default: for the models --v2 names)")
+      .flag(kKohyaSdxl, "the checkpoints are SDXL (read from the files when not given)")
       .value("save_precision", "precision of the saved file (default float)", std::nullopt, {"float", "fp16", "bf16"})
       .value("model_org", "the original checkpoint (.safetensors, .ckpt or a diffusers folder)")
       .value("model_tuned", "the tuned checkpoint; the LoRA is the change from --model_org to it")
@@ -43,9 +46,10 @@ int cmd_extract_lora_from_models(const std::vector<std::string>& argv) {
   const std::string org = args.required("model_org"), tuned = args.required("model_tuned");
   const std::string save_to = args.required("save_to");
   check_output(save_to, {org, tuned}, "--save_to");
-  const bool v2 = args.on("v2"), sdxl = args.on("sdxl");
-  if (v2 && sdxl) args.fail("--v2 and --sdxl cannot be given together");
-  const bool v_param = args.on("v_parameterization") || v2;
+  std::vector<std::string> given;
+  for (const char* f : {kKohyaV2, kKohyaSdxl})
+    if (args.on(f)) given.push_back(f);
+  if (given.size() > 1) args.fail("--v2 and --sdxl cannot be given together");
   const int64_t dim = args.integer("dim");
   const std::optional<int64_t> conv_dim = args.opt_integer("conv_dim");
   if (dim < 1) args.fail("--dim must be at least 1");
@@ -55,19 +59,22 @@ int cmd_extract_lora_from_models(const std::vector<std::string>& argv) {
   const double min_diff = args.real("min_diff");
   const std::string device = check_device(args.str("device"));
   const std::optional<at::ScalarType> save_dtype = precision_type(args.str("save_precision"));
-  const std::string forced = sdxl ? "sdxl" : v2 ? "sd2" : "sd1";
-  const std::string hint = sdxl ? "leave --sdxl out for SD1/SD2 checkpoints"
-                           : v2 ? "--v2 is for SD2 checkpoints (SDXL: --sdxl)"
-                                : "pass --v2 for SD2 or --sdxl for SDXL checkpoints";
-  const std::string family = model_family(org, "--model_org", forced, hint);
-  model_family(tuned, "--model_tuned", forced, hint);
-
   auto pm = tool_plugin_manager(args.strs("plugin-dir"));
+  const std::string component = tool_model_component(pm, org, "--model_org", given);
+  const std::string tuned_component = tool_model_component(pm, tuned, "--model_tuned", given);
+  if (tuned_component != component)
+    throw host::UserError("--model_org '" + org + "' is loaded by model component '" + component + "', --model_tuned '" +
+                          tuned + "' by '" + tuned_component + "': a LoRA is extracted between two checkpoints of one model");
+  // kohya's --v_parameterization defaults to --v2: v-prediction for the models --v2 names.
+  const ModelDescription described =
+      describe_for_kohya(pm, component, args.on("v_parameterization") ? std::optional<bool>(true) : std::nullopt);
+  const bool v2 = described.kohya_v2, v_param = args.on("v_parameterization") || v2;
+
   host::Registry registry;
-  std::cout << "loading original " << (sdxl ? "SDXL" : "SD") << " model : " << org << std::endl;
-  PluginModel model_o(pm, registry, family, org, "model_org");
-  std::cout << "loading tuned " << (sdxl ? "SDXL" : "SD") << " model : " << tuned << std::endl;
-  PluginModel model_t(pm, registry, family, tuned, "model_tuned");
+  std::cout << "loading original " << component << " model : " << org << std::endl;
+  PluginModel model_o(pm, registry, component, org, "model_org");
+  std::cout << "loading tuned " << component << " model : " << tuned << std::endl;
+  PluginModel model_t(pm, registry, component, tuned, "model_tuned");
 
   // The modules a kohya LoRA of these ranks covers, as the lora plugin selects them.
   auto lora_ref = pm.find(SUMI_KIND_NETWORK, "lora");
@@ -77,10 +84,10 @@ int cmd_extract_lora_from_models(const std::vector<std::string>& argv) {
     cfg["conv_alpha"] = std::to_string(*conv_dim);
   }
   host::Component lora(lora_ref, "network", registry, host::make_config(*lora_ref.component, cfg));
-  int64_t n = 0;
-  const sumi_module_info* mods = model_o.raw_modules(n);
-  std::vector<int32_t> selected(static_cast<size_t>(n), 0);
-  lora.check(lora.vtable<sumi_network_vtable>().attach(lora.self(), mods, n, selected.data()), "attach");
+  const std::vector<sumi_module_info> mods = model_o.module_infos();
+  const auto n = static_cast<int64_t>(mods.size());
+  std::vector<int32_t> selected;
+  attach_modules(lora, mods, selected);
   if (model_t.modules().size() != static_cast<size_t>(n))
     throw host::UserError("--model_org and --model_tuned have different module lists (" + std::to_string(n) + " and " +
                           std::to_string(model_t.modules().size()) + "): they are not the same kind of model");
@@ -136,7 +143,7 @@ int cmd_extract_lora_from_models(const std::vector<std::string>& argv) {
   host::progress_end(bar);
 
   Metadata meta{{"ss_v2", v2 ? "True" : "False"},
-                {"ss_base_model_version", sdxl ? "sdxl_base_v1-0" : !v2 ? "sd_v1" : v_param ? "sd_v2_v" : "sd_v2"},
+                {"ss_base_model_version", described.kohya_base_model_version},
                 {"ss_network_module", "networks.lora"},
                 {"ss_network_dim", std::to_string(dim)},
                 {"ss_network_alpha", std::to_string(dim)},
@@ -146,7 +153,7 @@ int cmd_extract_lora_from_models(const std::vector<std::string>& argv) {
   if (!args.on("no_metadata")) {
     ModelSpec spec;
     spec.kind = ModelSpecKind::lora;
-    set_modelspec_family(spec, family, v_param);
+    set_modelspec_model(spec, described, v_param);
     spec.title = file_stem(save_to);
     spec.timestamp = std::time(nullptr);
     for (auto& [k, v] : modelspec_metadata(spec)) meta[k] = v;

@@ -216,14 +216,4 @@ std::string merged_from_titles(const std::vector<std::string>& files) {
   return out;
 }
 
-void set_modelspec_family(ModelSpec& spec, const std::string& family, bool v_parameterization) {
-  spec.v_parameterization = v_parameterization;
-  const bool xl = family == "sdxl", sd2 = family == "sd2";
-  spec.architecture = xl ? "stable-diffusion-xl-v1-base"
-                      : sd2 ? (v_parameterization ? "stable-diffusion-v2-768-v" : "stable-diffusion-v2-512")
-                            : "stable-diffusion-v1";
-  spec.sai_lora = xl;
-  spec.default_width = spec.default_height = xl ? 1024 : sd2 && v_parameterization ? 768 : 512;
-}
-
 }  // namespace sumi::app::tools

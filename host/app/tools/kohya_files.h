@@ -75,8 +75,4 @@ std::string merged_from_titles(const std::vector<std::string>& files);
 // A modelspec title from a file name: the name without folder and extension.
 std::string file_stem(const std::string& path);
 
-// kohya's tools are told the family by flags (--sdxl, --v2): the modelspec fields of a file for
-// `family` ("sd1", "sd2", "sdxl"; v-prediction for SD2 with `v_parameterization`).
-void set_modelspec_family(ModelSpec& spec, const std::string& family, bool v_parameterization);
-
 }  // namespace sumi::app::tools

@@ -8,13 +8,14 @@
 #include "app/tools/tools.h"
 
 #include "app/app.h"
+#include "app/model_file.h"
 #include "app/network_settings.h"
 #include "app/tools/plugin_model.h"
 #include "app/tools/tool_args.h"
 #include "core/error.h"
-#include "core/handle_scope.h"
 #include "core/progress.h"
 #include "core/registry.h"
+#include "core/typed_plugins.h"
 
 #include <ATen/ATen.h>
 #include <ATen/core/grad_mode.h>
@@ -35,12 +36,7 @@ struct VocabRange {
 };
 
 VocabRange vocab_range(host::Component& model) {
-  const auto& vt = model.vtable<sumi_model_vtable>();
-  model.require_slot(SUMI_HAS_FIELD(&vt, sumi_model_vtable, token_text) && vt.encode_tokens && vt.token_text,
-                     "encode_tokens / token_text", "1.3");
-  const char* text = nullptr;
-  model.check(vt.describe(model.self(), &text), "describe");
-  const auto j = nlohmann::json::parse(text ? text : "{}");
+  const auto j = nlohmann::json::parse(host::ModelPlugin(model).describe());
   if (!j.contains("tokenizer"))
     throw host::UserError("the model plugin does not describe its tokenizer (describe has no \"tokenizer\" object); "
                           "update the plugin");
@@ -54,22 +50,14 @@ VocabRange vocab_range(host::Component& model) {
 
 // The text encoder's output for token ids [B, T] (the model's conditioning, float32).
 at::Tensor encode(host::Component& model, const at::Tensor& ids) {
-  const auto& vt = model.vtable<sumi_model_vtable>();
-  host::HandleScope scope;
-  host::OwnedHandle out;
-  model.check(vt.encode_tokens(model.self(), scope(ids), &out.h), "encode_tokens");
-  return out.get().to(at::kFloat).clone();
+  return host::ModelPlugin(model).encode_tokens(ids).to(at::kFloat).clone();
 }
 
 // Routes the text encoder through `network` (selected modules), or back to plain with nullptr.
 void route(host::Component& model, host::Component* network, const std::vector<int32_t>& selected) {
-  const auto& mvt = model.vtable<sumi_model_vtable>();
-  if (!network) {
-    model.check(mvt.set_network(model.self(), nullptr, nullptr, nullptr), "set_network");
-    return;
-  }
-  model.check(mvt.set_network(model.self(), network->self(), &network->vtable<sumi_network_vtable>(), selected.data()),
-              "set_network");
+  host::ModelPlugin m(model);
+  if (!network) return m.set_network(nullptr, nullptr, nullptr);
+  m.set_network(network->self(), &host::NetworkPlugin(*network).vtable(), selected.data());
 }
 
 // Python's "{:<20s}": padded with spaces to 20 code points.
@@ -84,7 +72,7 @@ std::string pad_right(const std::string& s, size_t width) {
 int cmd_lora_interrogator(const std::vector<std::string>& argv) {
   ToolArgs args("lora_interrogator",
                 "the tokens a LoRA's text-encoder part changes the most (kohya networks/lora_interrogator.py).");
-  args.flag("v2", "load a Stable Diffusion 2.x model")
+  args.flag(kKohyaV2, "the model is Stable Diffusion 2.x (read from the file when not given)")
       .value("sd_model", "Stable Diffusion model to load (.safetensors / .ckpt / diffusers folder)")
       .value("model", "LoRA model to interrogate (.safetensors)")
       .value("batch_size", "token prompts per text-encoder call", "16")
@@ -97,16 +85,16 @@ int cmd_lora_interrogator(const std::vector<std::string>& argv) {
   if (batch < 1) args.fail("--batch_size must be at least 1, got " + std::to_string(batch));
   const auto clip_skip = args.opt_integer("clip_skip");
   if (clip_skip && *clip_skip < 1) args.fail("--clip_skip must be at least 1 (the last layer), got " + std::to_string(*clip_skip));
-  const std::string family = model_family(sd_model, "--sd_model", args.on("v2") ? "sd2" : "sd1",
-                                          "give --v2 for an SD2 model (kohya's lora_interrogator reads SD1/SD2 checkpoints)");
+  auto pm = tool_plugin_manager(args.strs("plugin-dir"));
+  const std::string component = tool_model_component(
+      pm, sd_model, "--sd_model", args.on(kKohyaV2) ? std::vector<std::string>{kKohyaV2} : std::vector<std::string>{});
   const WeightsFile file = read_weights_file(lora);
 
-  auto pm = tool_plugin_manager(args.strs("plugin-dir"));
   host::Registry registry;
   std::cerr << "loading SD model: " << sd_model << "\n";
   std::map<std::string, std::string> config;
   if (clip_skip) config["clip_skip"] = std::to_string(*clip_skip);
-  PluginModel model(pm, registry, family, sd_model, "model", config);
+  PluginModel model(pm, registry, component, sd_model, "model", config);
   host::Component& m = model.component();
   const VocabRange range = vocab_range(m);
 
@@ -155,15 +143,13 @@ int cmd_lora_interrogator(const std::vector<std::string>& argv) {
   std::vector<int64_t> order(static_cast<size_t>(n));
   std::iota(order.begin(), order.end(), 0);
   std::stable_sort(order.begin(), order.end(), [&](int64_t a, int64_t b) { return diffs[a] > diffs[b]; });
-  const auto& mvt = m.vtable<sumi_model_vtable>();
   std::cout << "top 100:\n";
   for (size_t i = 0; i < std::min<size_t>(100, order.size()); ++i) {
-    const char* text = nullptr;
-    m.check(mvt.token_text(m.self(), order[i], &text), "token_text");
+    const std::string text = host::ModelPlugin(m).token_text(order[i]);
     char head[32], tail[32];
     std::snprintf(head, sizeof head, "[%3zu]: %5lld ", i, static_cast<long long>(order[i]));
     std::snprintf(tail, sizeof tail, ": %.5f", static_cast<double>(diffs[order[i]]));
-    std::cout << head << pad_right(text ? text : "", 20) << tail << "\n";
+    std::cout << head << pad_right(text, 20) << tail << "\n";
   }
   return 0;
 }

@@ -14,6 +14,7 @@
 #include "core/error.h"
 #include "core/progress.h"
 #include "core/registry.h"
+#include "app/model_file.h"
 #include "app/train/train_metadata.h"
 #include "app/tools/kohya_files.h"
 #include "app/tools/plugin_model.h"
@@ -36,9 +37,11 @@ namespace {
 
 bool contains(const std::string& s, const char* part) { return s.find(part) != std::string::npos; }
 
+// The command: merge_lora (any model; --v2 checked against the file) or sdxl_merge_lora, whose
+// name stands for kohya's --sdxl.
 struct MergeFlags {
-  std::string family;  // "sdxl" for sdxl_merge_lora, "" for merge_lora (sd1, or sd2 with --v2)
-  bool sdxl = false;
+  std::string implied;  // the kohya flag the command's name implies ("" for merge_lora)
+  bool named() const { return !implied.empty(); }
 };
 
 // One LoRA's change into one model weight, as kohya's merge_to_sd_model computes it.
@@ -67,16 +70,18 @@ int merge_into_model(const ToolArgs& args, const MergeFlags& f, const std::vecto
   check_output(save_to, inputs, "--save_to");
   if (args.str("precision") != "float")
     args.fail("--precision " + args.str("precision") + " with --sd_model: sumi merges into a checkpoint in float32 only");
-  const bool v2 = !f.sdxl && args.on("v2");
-  const std::string family =
-      f.sdxl ? model_family(sd_model, "--sd_model", "sdxl", "merge SD1/SD2 checkpoints with sumi merge_lora")
-             : model_family(sd_model, "--sd_model", v2 ? "sd2" : "sd1",
-                            v2 ? "leave --v2 out for an SD1 checkpoint (SDXL: sumi sdxl_merge_lora)"
-                               : "pass --v2 for an SD2 checkpoint (SDXL: sumi sdxl_merge_lora)");
   auto pm = tool_plugin_manager(args.strs("plugin-dir"));
+  std::vector<std::string> given;
+  if (!f.named() && args.on(kKohyaV2)) given.push_back(kKohyaV2);
+  const std::string component =
+      tool_model_component(pm, sd_model, "--sd_model", given, f.implied,
+                           f.named() ? "merge into other checkpoints with sumi merge_lora" : "");
+  // kohya cannot tell whether a --v2 model predicts v; it marks the merge v-prediction.
+  const ModelDescription described = describe_for_kohya(pm, component);
+  const bool v2 = described.kohya_v2;
   host::Registry registry;
   std::cout << "loading SD model: " << sd_model << std::endl;
-  PluginModel model(pm, registry, family, sd_model, "model");
+  PluginModel model(pm, registry, component, sd_model, "model");
 
   at::NoGradGuard no_grad;
   for (size_t i = 0; i < models.size(); ++i) {
@@ -128,7 +133,7 @@ int merge_into_model(const ToolArgs& args, const MergeFlags& f, const std::vecto
   if (!args.on("no_metadata")) {
     ModelSpec spec;
     spec.kind = ModelSpecKind::checkpoint;
-    set_modelspec_family(spec, family, v2);  // kohya cannot tell; it marks --v2 merges v-prediction
+    set_modelspec_model(spec, described, v2);
     spec.title = file_stem(save_to);
     spec.timestamp = std::time(nullptr);
     meta = modelspec_metadata(spec);
@@ -262,9 +267,11 @@ int merge_loras(const ToolArgs& args, const MergeFlags& f, const std::vector<std
   meta["sshs_legacy_hash"] = h.legacy_hash;
   if (!args.on("no_metadata")) {
     const bool is_v2 = v2 && *v2 == "True";
+    auto pm = tool_plugin_manager(args.strs("plugin-dir"));
+    const LoraModel base = model_for_lora_files(pm, base_model, is_v2, f.implied, "sumi " + args.prog() + " --models");
     ModelSpec spec;
     spec.kind = ModelSpecKind::lora;
-    set_modelspec_family(spec, f.sdxl ? "sdxl" : is_v2 ? "sd2" : "sd1", is_v2);
+    set_modelspec_model(spec, base.description, is_v2);
     spec.title = file_stem(save_to);
     spec.timestamp = std::time(nullptr);
     for (auto& [k, v] : modelspec_metadata(spec)) meta[k] = v;
@@ -280,10 +287,10 @@ int merge_loras(const ToolArgs& args, const MergeFlags& f, const std::vector<std
 }
 
 int run_merge(const std::vector<std::string>& argv, const MergeFlags& f) {
-  const std::string prog = f.sdxl ? "sdxl_merge_lora" : "merge_lora";
-  ToolArgs args(prog, f.sdxl ? "Merges LoRAs into an SDXL checkpoint, or into one LoRA (kohya networks/sdxl_merge_lora.py)."
+  const std::string prog = f.named() ? "sdxl_merge_lora" : "merge_lora";
+  ToolArgs args(prog, f.named() ? "Merges LoRAs into an SDXL checkpoint, or into one LoRA (kohya networks/sdxl_merge_lora.py)."
                              : "Merges LoRAs into an SD1/SD2 checkpoint, or into one LoRA (kohya networks/merge_lora.py).");
-  if (!f.sdxl) args.flag("v2", "the checkpoint is SD 2.x");
+  if (!f.named()) args.flag(kKohyaV2, "the checkpoint is SD 2.x (read from the file when not given)");
   args.value("save_precision", "precision of the saved file (default: --precision)", std::nullopt, {"float", "fp16", "bf16"})
       .value("precision", "precision of the merge", "float", {"float", "fp16", "bf16"})
       .value("sd_model", "checkpoint to merge into (.safetensors, .ckpt); without it the LoRAs are merged into one LoRA")
@@ -293,7 +300,7 @@ int run_merge(const std::vector<std::string>& argv, const MergeFlags& f) {
       .flag("no_metadata", "write no modelspec metadata (a merged LoRA keeps kohya's minimum ss_* keys)")
       .flag("concat", "stack the LoRAs along the rank instead of adding them (the output's rank is the sum)")
       .flag("shuffle", "permute each module's rank (torch.randperm, as kohya)")
-      .list("plugin-dir", "extra plugin folder (the model plugin for --sd_model)");
+      .list("plugin-dir", "extra plugin folder (the model plugins: --sd_model's, and the one the metadata names)");
   if (!args.parse(argv)) return 0;
   const auto& models = args.strs("models");
   const std::vector<double> ratios = args.lora_ratios();
@@ -303,13 +310,13 @@ int run_merge(const std::vector<std::string>& argv, const MergeFlags& f) {
     if (args.on("concat") || args.on("shuffle")) args.fail("--concat and --shuffle are for merging LoRAs into one LoRA (no --sd_model)");
     return merge_into_model(args, f, models, ratios, save_precision.value_or(merge_dtype));
   }
-  if (!f.sdxl && args.on("v2")) args.fail("--v2 is about the --sd_model checkpoint; a LoRA merge reads ss_v2 from the files");
+  if (!f.named() && args.on(kKohyaV2)) args.fail("--v2 is about the --sd_model checkpoint; a LoRA merge reads ss_v2 from the files");
   return merge_loras(args, f, models, ratios, merge_dtype, save_precision.value_or(merge_dtype));
 }
 
 }  // namespace
 
-int cmd_merge_lora(const std::vector<std::string>& args) { return run_merge(args, {"", false}); }
-int cmd_sdxl_merge_lora(const std::vector<std::string>& args) { return run_merge(args, {"sdxl", true}); }
+int cmd_merge_lora(const std::vector<std::string>& args) { return run_merge(args, {""}); }
+int cmd_sdxl_merge_lora(const std::vector<std::string>& args) { return run_merge(args, {kKohyaSdxl}); }
 
 }  // namespace sumi::app::tools

@@ -9,6 +9,7 @@
 #include "app/train/train_metadata.h"
 #include "app/tools/kohya_files.h"
 #include "app/tools/lora_math.h"
+#include "app/tools/plugin_model.h"
 #include "app/tools/tool_args.h"
 
 #include <ATen/ATen.h>
@@ -43,7 +44,8 @@ int cmd_svd_merge_lora(const std::vector<std::string>& argv) {
       .value("new_rank", "rank of the output LoRA", "4")
       .value("new_conv_rank", "rank of its 3x3 conv modules (default: --new_rank)")
       .value("device", "device for the SVD (cpu; cuda where this libtorch has it)")
-      .flag("no_metadata", "write no modelspec metadata (kohya's minimum ss_* keys are kept)");
+      .flag("no_metadata", "write no modelspec metadata (kohya's minimum ss_* keys are kept)")
+      .list("plugin-dir", "extra plugin folder (the model plugin whose names the modelspec metadata takes)");
   if (!args.parse(argv)) return 0;
   const auto& models = args.strs("models");
   const std::vector<double> ratios = args.lora_ratios();
@@ -119,12 +121,13 @@ int cmd_svd_merge_lora(const std::vector<std::string>& argv) {
   meta["sshs_model_hash"] = h.model_hash;
   meta["sshs_legacy_hash"] = h.legacy_hash;
   if (!args.on("no_metadata")) {
+    // The model the LoRAs are for, as the model plugins describe it.
     const bool is_v2 = v2 && *v2 == "True";
-    std::string bm = base_model.value_or("");
-    for (auto& c : bm) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+    auto pm = tool_plugin_manager(args.strs("plugin-dir"));
+    const LoraModel base = model_for_lora_files(pm, base_model, is_v2, "", "sumi svd_merge_lora --models");
     ModelSpec spec;
     spec.kind = ModelSpecKind::lora;
-    set_modelspec_family(spec, bm.rfind("sdxl", 0) == 0 ? "sdxl" : is_v2 ? "sd2" : "sd1", is_v2);
+    set_modelspec_model(spec, base.description, is_v2);
     spec.title = file_stem(save_to);
     spec.timestamp = std::time(nullptr);
     for (auto& [k, v] : modelspec_metadata(spec)) meta[k] = v;

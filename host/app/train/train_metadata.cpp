@@ -141,15 +141,19 @@ Metadata modelspec_metadata(const ModelSpec& spec) {
   return m;
 }
 
-ModelSpec run_modelspec(const TrainSettings& s, ModelSpecKind kind, int64_t width, int64_t height,
-                        const ModelDescription& model) {
-  ModelSpec spec;
-  spec.kind = kind;
+void set_modelspec_model(ModelSpec& spec, const ModelDescription& model, bool v_parameterization) {
   spec.architecture = model.modelspec_architecture;
   spec.sai_lora = model.modelspec_lora_implementation != "diffusers";
   spec.default_width = model.default_width;
   spec.default_height = model.default_height;
-  spec.v_parameterization = s.v_parameterization;
+  spec.v_parameterization = v_parameterization;
+}
+
+ModelSpec run_modelspec(const TrainSettings& s, ModelSpecKind kind, int64_t width, int64_t height,
+                        const ModelDescription& model) {
+  ModelSpec spec;
+  spec.kind = kind;
+  set_modelspec_model(spec, model, s.v_parameterization);
   spec.title = s.metadata_title.value_or(s.output_name);
   spec.author = s.metadata_author;
   spec.description = s.metadata_description;

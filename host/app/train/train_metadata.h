@@ -59,7 +59,7 @@ struct ModelSpec {
   // The base model's modelspec.architecture (without /lora or /textual-inversion), whether its
   // LoRA files use Stability AI's key layout (implementation generative-models, else
   // diffusers), and its default resolution (for width / height 0).
-  std::string architecture = "stable-diffusion-v1";
+  std::string architecture;
   bool sai_lora = false;
   int64_t default_width = 512, default_height = 512;
   bool v_parameterization = false;
@@ -77,6 +77,10 @@ struct ModelSpec {
 // implementation Stability AI's generative-models for checkpoints, embeddings and SDXL LoRA,
 // "diffusers" for SD1/SD2 LoRA; prediction_type "v" or "epsilon".
 Metadata modelspec_metadata(const ModelSpec& spec);
+
+// The model's part of a spec, as its describe gives it: architecture, LoRA key layout, default
+// resolution; and whether it predicts v (kohya's --v_parameterization).
+void set_modelspec_model(ModelSpec& spec, const ModelDescription& model, bool v_parameterization);
 
 // The ModelSpec of a run: kind, family, v-pred, title/author/... from the [output] metadata_*
 // keys, the timestep range when min/max_timestep differ from 0/1000, clip_skip when not 1,
