@@ -163,7 +163,7 @@ TEST_CASE("SDXL fine-tuning: block_lr trains only blocks with a learning rate; l
   CHECK_THROWS_WITH(sumi::app::train_network(bad, {SUMI_PLUGIN_DIR}, false), doctest::Contains("expected 23"));
   bad = settings(TrainMode::dreambooth, dataset, out);  // sd1
   bad.block_lr.assign(kSdxlBlocks, 1e-3);
-  CHECK_THROWS_WITH(sumi::app::train_network(bad, {SUMI_PLUGIN_DIR}, false), doctest::Contains("SDXL"));
+  CHECK_THROWS_WITH(sumi::app::train_network(bad, {SUMI_PLUGIN_DIR}, false), doctest::Contains("sdxl_train.py"));
   bad = settings(TrainMode::network, dataset, out, "sdxl");
   bad.text_encoder_lr2 = 1e-4;
   CHECK_THROWS_WITH(sumi::app::train_network(bad, {SUMI_PLUGIN_DIR}, false), doctest::Contains("use text_encoder_lr"));
@@ -297,7 +297,7 @@ TEST_CASE("sumi train: kohya's defaults and flags — AdamW without --optimizer_
   std::ifstream j(out / "st-state" / "train_state.json");
   std::string text((std::istreambuf_iterator<char>(j)), std::istreambuf_iterator<char>());
   CHECK(text.find("\"adamw\"") != std::string::npos);
-  CHECK_THROWS_WITH(sumi::app::cmd_train(with({"--block_lr", "1e-4,1e-4"})), doctest::Contains("SDXL"));
+  CHECK_THROWS_WITH(sumi::app::cmd_train(with({"--block_lr", "1e-4,1e-4"})), doctest::Contains("sdxl_train.py"));
   CHECK_THROWS_WITH(sumi::app::cmd_train(with({"--conditioning_data_dir", dataset.string()})),
                     doctest::Contains("ControlNet"));
   fs::remove_all(out);
