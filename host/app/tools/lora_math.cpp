@@ -1,5 +1,6 @@
 #include "app/tools/lora_math.h"
 
+#include "app/app.h"
 #include "core/error.h"
 
 #include <ATen/ATen.h>
@@ -11,17 +12,9 @@ at::Tensor lora_product(const at::Tensor& down, const at::Tensor& up) {
 }
 
 std::string check_device(const std::string& device) {
-  if (device.empty() || device == "cpu") return "cpu";
-  c10::optional<c10::Device> d;
-  try {
-    d = c10::Device(device);
-  } catch (const std::exception&) {
-    throw host::UserError("--device '" + device + "' is not a device name (cpu, cuda, cuda:0)");
-  }
-  if (d->is_cuda() && !at::hasCUDA())
-    throw host::UserError("--device '" + device + "': this sumi's libtorch has no CUDA; leave --device out (or cpu)");
-  if (!d->is_cpu() && !d->is_cuda()) throw host::UserError("--device '" + device + "': only cpu and cuda are supported");
-  return device;
+  // kohya's tools compute on the CPU unless told; a device named is parsed as --device everywhere.
+  if (device.empty()) return "cpu";
+  return run_device(device).str();
 }
 
 Svd svd(const at::Tensor& matrix, const std::string& device, const std::string& what) {

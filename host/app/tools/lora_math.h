@@ -27,8 +27,9 @@ void split(const Svd& s, int64_t k, const at::IntArrayRef down_shape, at::Tensor
 // kohya: q = quantile(cat(up, down), 0.99), both clamped to [-q, q].
 void clamp_quantile(at::Tensor& up, at::Tensor& down, double quantile);
 
-// The compute device of --device (kohya's flag): "" or "cpu", or a CUDA device when this
-// libtorch has one. Throws naming the flag otherwise.
+// The compute device of --device (kohya's flag): "" means the CPU (kohya's tools' default);
+// anything else as run_device parses it (cpu, cuda, cuda:N of a GPU present). Throws naming the
+// flag otherwise.
 std::string check_device(const std::string& device);
 
 }  // namespace sumi::app::tools
